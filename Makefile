@@ -1,0 +1,72 @@
+# smartsheet-oauth-broker: every command a developer or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+DEPLOY_VENV := .venv-deploy
+PY          := $(VENV)/bin/python
+SAM         := $(DEPLOY_VENV)/bin/sam
+PYTEST_ARGS ?=
+ARGS        ?=
+
+.PHONY: help venv deploy-venv dev demo refresh test unit lint typecheck validate build deploy \
+        set-client-secret bench reliability clean
+
+help: ## list the commands
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt functions/requirements.txt
+	@py=$$(infra/scripts/find_python.sh) || exit 1; \
+	  [ -x $(PY) ] || "$$py" -m venv $(VENV); \
+	  $(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(DEPLOY_VENV)/.installed: requirements-deploy.txt
+	@py=$$(infra/scripts/find_python.sh) || exit 1; \
+	  [ -x $(DEPLOY_VENV)/bin/python ] || "$$py" -m venv $(DEPLOY_VENV); \
+	  $(DEPLOY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-deploy.txt
+	@touch $@
+
+venv: $(VENV)/.installed ## create .venv with the pinned dependencies
+
+deploy-venv: $(DEPLOY_VENV)/.installed ## create .venv-deploy with the SAM CLI
+
+dev: venv ## run the broker locally: embedded AWS + Smartsheet emulator on http://127.0.0.1:3000
+	$(PY) -m infra.local.dev $(ARGS)
+
+demo: venv ## run the whole sign-in and refresh story headless and print each step
+	$(PY) -m infra.local.demo $(ARGS)
+
+refresh: venv ## trigger the scheduled refresh sweep on the running `make dev` stack
+	$(PY) -m infra.local.dev refresh $(ARGS)
+
+lint: venv ## ruff, mypy and cfn-lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy functions infra tests
+	$(VENV)/bin/cfn-lint template.yaml
+
+typecheck: venv
+	$(VENV)/bin/mypy functions infra tests
+
+test: venv lint ## every check and every test (unit, integration, e2e, browser, reliability)
+	@infra/scripts/check_chromium.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: venv ## the fast tests only (no servers, no browser)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+validate: deploy-venv ## sam validate --lint
+	$(SAM) validate --lint --template template.yaml
+
+build: deploy-venv ## sam build (never in a container): .aws-sam/build
+	$(SAM) build --template template.yaml
+
+deploy: build ## sam build, then sam deploy (add ARGS=--guided the first time)
+	$(SAM) deploy $(ARGS)
+
+set-client-secret: venv ## put the Smartsheet client secret into the deployed stack's secret (STACK=name)
+	$(PY) -m infra.scripts.set_client_secret $(ARGS)
+
+clean: ## remove the venvs and build output
+	rm -rf $(VENV) $(DEPLOY_VENV) .aws-sam .mypy_cache .ruff_cache .hypothesis
