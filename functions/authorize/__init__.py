@@ -1,0 +1,1 @@
+"""AuthorizeFunction: GET /login."""

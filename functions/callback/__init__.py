@@ -1,0 +1,1 @@
+"""CallbackFunction: GET /callback."""

@@ -1,0 +1,51 @@
+"""GET /callback: Smartsheet sends the browser back here with a code (or an error) and our state."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.shared.cookies import Cookie, SameSite
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from smartsheet_oauth import pages, services
+from smartsheet_oauth.config import get_config
+from smartsheet_oauth.observability import logger, metrics
+from smartsheet_oauth.sign_in import NONCE_COOKIE, finish_sign_in
+from smartsheet_oauth.web import count, html, query_params, redirect, resolver
+
+get_config()  # a bad configuration fails the cold start, naming the variable
+app = resolver(operation="callback")
+
+# The nonce is single-use like the state: expire it in the browser whatever the outcome.
+_CLEAR_NONCE = Cookie(
+    name=NONCE_COOKIE, value="", path="/", secure=True, http_only=True, same_site=SameSite.LAX_MODE, max_age=0
+)
+
+
+@app.get("/callback")
+def callback() -> Any:
+    params = query_params(app)
+    config = get_config()
+    signed_in = finish_sign_in(
+        params,
+        app.current_event.resolved_cookies_field.get(NONCE_COOKIE),
+        config=config,
+        states=services.state_store(),
+        smartsheet=services.smartsheet_client(),
+        vault=services.token_vault(),
+        connections=services.connection_store(),
+        now=int(time.time()),
+    )
+    logger.append_keys(connection_id=signed_in.connection_id)
+    logger.info("connection stored", extra={"outcome": "success", "new_connection": signed_in.is_new})
+    count("callback", "success")
+    if signed_in.return_to:
+        return redirect(303, signed_in.return_to, cookies=[_CLEAR_NONCE])
+    return html(200, pages.signed_in(signed_in.email), cookies=[_CLEAR_NONCE])
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,1 @@
+"""RefreshFunction: the scheduled refresh sweep."""

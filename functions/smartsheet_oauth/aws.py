@@ -1,0 +1,37 @@
+"""The boto3 clients the broker uses: created once per container, lazily, on first use."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+# Standard retry mode retries throttling and 5xx with backoff; short timeouts keep a request inside its budget.
+_BOTO_CONFIG = BotoConfig(
+    retries={"mode": "standard", "max_attempts": 3},
+    connect_timeout=2,
+    read_timeout=5,
+    max_pool_connections=64,
+)
+
+
+@cache
+def dynamodb() -> DynamoDBClient:
+    return boto3.client("dynamodb", config=_BOTO_CONFIG)
+
+
+@cache
+def secretsmanager() -> SecretsManagerClient:
+    return boto3.client("secretsmanager", config=_BOTO_CONFIG)
+
+
+def reset() -> None:
+    """Forget the cached clients (tests switch endpoints between cases)."""
+    dynamodb.cache_clear()
+    secretsmanager.cache_clear()

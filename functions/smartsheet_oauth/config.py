@@ -1,0 +1,188 @@
+"""The broker's configuration: every environment variable, validated once at cold start."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from urllib.parse import urlsplit
+
+from smartsheet_oauth.errors import ConfigError
+
+KNOWN_SCOPES = frozenset(
+    {
+        "ADMIN_SHEETS",
+        "ADMIN_SIGHTS",
+        "ADMIN_USERS",
+        "ADMIN_WEBHOOKS",
+        "ADMIN_WORKSPACES",
+        "CREATE_SHEETS",
+        "CREATE_SIGHTS",
+        "DELETE_SHEETS",
+        "DELETE_SIGHTS",
+        "READ_CONTACTS",
+        "READ_EVENTS",
+        "READ_SHEETS",
+        "READ_SIGHTS",
+        "READ_USERS",
+        "SHARE_SHEETS",
+        "SHARE_SIGHTS",
+        "WRITE_SHEETS",
+    }
+)
+
+# region -> (authorize page, API base). The token endpoint is <API base>/token.
+REGIONS: dict[str, tuple[str, str]] = {
+    "us": ("https://app.smartsheet.com/b/authorize", "https://api.smartsheet.com/2.0"),
+    "eu": ("https://app.smartsheet.eu/b/authorize", "https://api.smartsheet.eu/2.0"),
+    "gov": ("https://app.smartsheetgov.com/b/authorize", "https://api.smartsheetgov.com/2.0"),
+    "au": ("https://app.smartsheet.au/b/authorize", "https://api.smartsheet.au/2.0"),
+}
+
+REQUIRED = (
+    "STATE_TABLE_NAME",
+    "CONNECTIONS_TABLE_NAME",
+    "APP_CREDENTIALS_SECRET_ARN",
+    "TOKEN_SECRET_PREFIX",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    state_table_name: str
+    connections_table_name: str
+    app_credentials_secret_arn: str
+    token_secret_prefix: str
+    region: str
+    authorize_url: str
+    api_base_url: str
+    scopes: tuple[str, ...]
+    redirect_uri: str | None
+    state_ttl_seconds: int
+    refresh_window_seconds: int
+    refresh_concurrency: int
+    allowed_return_to: tuple[str, ...]
+    lease_seconds: int
+    app_credentials_max_age_seconds: int
+    token_kms_key_id: str | None
+
+
+def load_config(environ: Mapping[str, str]) -> Config:
+    """Read and validate the configuration; raise ConfigError naming the first bad variable."""
+    values = {name: _required(environ, name) for name in REQUIRED}
+
+    region = environ.get("SMARTSHEET_REGION", "").strip().lower() or "us"
+    if region not in REGIONS:
+        raise ConfigError("SMARTSHEET_REGION", f"must be one of {', '.join(REGIONS)}, got {region!r}")
+    default_authorize, default_api = REGIONS[region]
+
+    redirect_uri = environ.get("REDIRECT_URI", "").strip() or None
+    if redirect_uri is not None:
+        _check_url("REDIRECT_URI", redirect_uri)
+
+    return Config(
+        state_table_name=values["STATE_TABLE_NAME"],
+        connections_table_name=values["CONNECTIONS_TABLE_NAME"],
+        app_credentials_secret_arn=values["APP_CREDENTIALS_SECRET_ARN"],
+        token_secret_prefix=_secret_prefix(values["TOKEN_SECRET_PREFIX"]),
+        region=region,
+        authorize_url=_url_override(environ, "SMARTSHEET_AUTHORIZE_URL", default_authorize),
+        api_base_url=_url_override(environ, "SMARTSHEET_API_BASE_URL", default_api).rstrip("/"),
+        scopes=_scopes(environ.get("OAUTH_SCOPES", "")),
+        redirect_uri=redirect_uri,
+        state_ttl_seconds=_int(environ, "STATE_TTL_SECONDS", 600, low=60, high=3600),
+        refresh_window_seconds=_int(environ, "REFRESH_WINDOW_SECONDS", 172800, low=600, high=604800),
+        refresh_concurrency=_int(environ, "REFRESH_CONCURRENCY", 8, low=1, high=64),
+        allowed_return_to=_allowed_return_to(environ.get("ALLOWED_RETURN_TO", "")),
+        lease_seconds=_int(environ, "REFRESH_LEASE_SECONDS", 120, low=10, high=900),
+        app_credentials_max_age_seconds=_int(environ, "APP_CREDENTIALS_MAX_AGE_SECONDS", 300, low=0, high=86400),
+        token_kms_key_id=environ.get("TOKEN_KMS_KEY_ID", "").strip() or None,
+    )
+
+
+@cache
+def get_config() -> Config:
+    """The process's configuration, read from os.environ once (a cold start fails here if it is bad)."""
+    return load_config(os.environ)
+
+
+def _required(environ: Mapping[str, str], name: str) -> str:
+    value = environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(name, "is required and not set")
+    return value
+
+
+def _secret_prefix(prefix: str) -> str:
+    if not prefix.endswith("/"):
+        raise ConfigError("TOKEN_SECRET_PREFIX", f"must end with '/', got {prefix!r}")
+    if any(ch not in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/_+=.@-" for ch in prefix):
+        raise ConfigError("TOKEN_SECRET_PREFIX", "may contain only letters, digits and /_+=.@-")
+    return prefix
+
+
+def _int(environ: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _scopes(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(raw.split()))
+    if not names:
+        raise ConfigError("OAUTH_SCOPES", "is required: a space-separated list such as 'READ_SHEETS'")
+    unknown = sorted(set(names) - KNOWN_SCOPES)
+    if unknown:
+        raise ConfigError("OAUTH_SCOPES", f"has unknown scope(s) {', '.join(unknown)}")
+    return names
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(name: str, url: str) -> None:
+    """https everywhere; http only for a loopback host (the local emulator and gateway)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and is_loopback(parts.hostname):
+        return
+    raise ConfigError(name, f"must be an https:// URL (http:// only for 127.0.0.1/localhost), got {url!r}")
+
+
+def _url_override(environ: Mapping[str, str], name: str, default: str) -> str:
+    value = environ.get(name, "").strip()
+    if not value:
+        return default
+    _check_url(name, value)
+    if urlsplit(value).query or urlsplit(value).fragment:
+        raise ConfigError(name, "must not carry a query string or fragment")
+    return value
+
+
+def _allowed_return_to(raw: str) -> tuple[str, ...]:
+    entries = []
+    for entry in raw.split():
+        _check_url("ALLOWED_RETURN_TO", entry)
+        parts = urlsplit(entry)
+        if parts.username or parts.password or parts.fragment:
+            raise ConfigError("ALLOWED_RETURN_TO", f"entries may not carry userinfo or fragments: {entry!r}")
+        entries.append(entry)
+    return tuple(entries)

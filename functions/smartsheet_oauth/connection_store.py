@@ -1,0 +1,263 @@
+"""Connection records in the connections table: sign-in upserts, the due index, refresh leases and commits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from smartsheet_oauth.storage_errors import storage
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+DUE_INDEX = "by-refresh-due"
+# The sparse index's one partition value: only active connections carry it. A single partition keeps the
+# earliest-first order global; DynamoDB serves a few thousand reads a second from it, far above what one
+# sweep asks.
+DUE_SHARD = "due"
+
+ACTIVE, NEEDS_REAUTH, REVOKED = "active", "needs_reauth", "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    connection_id: str
+    status: str
+    secret_arn: str
+    email: str
+    scopes: str
+    region: str
+    access_expires_at: int
+    refresh_due_at: int | None
+    generation: int
+    lease_until: int | None
+    failures: int
+    last_error: str | None
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class DueConnection:
+    connection_id: str
+    refresh_due_at: int
+    access_expires_at: int
+    generation: int
+
+
+def _n(item: dict[str, Any], name: str, default: int | None = None) -> int | None:
+    return int(item[name]["N"]) if name in item else default
+
+
+def _s(item: dict[str, Any], name: str) -> str | None:
+    return str(item[name]["S"]) if name in item else None
+
+
+def connection_from_item(item: dict[str, Any]) -> Connection:
+    return Connection(
+        connection_id=item["connection_id"]["S"],
+        status=item["status"]["S"],
+        secret_arn=item["secret_arn"]["S"],
+        email=_s(item, "email") or "",
+        scopes=_s(item, "scopes") or "",
+        region=_s(item, "region") or "",
+        access_expires_at=_n(item, "access_expires_at", 0) or 0,
+        refresh_due_at=_n(item, "refresh_due_at"),
+        generation=_n(item, "generation", 0) or 0,
+        lease_until=_n(item, "lease_until"),
+        failures=_n(item, "failures", 0) or 0,
+        last_error=_s(item, "last_error"),
+        created_at=_n(item, "created_at", 0) or 0,
+        updated_at=_n(item, "updated_at", 0) or 0,
+    )
+
+
+class ConnectionStore:
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def record_sign_in(
+        self,
+        *,
+        connection_id: str,
+        secret_arn: str,
+        email: str,
+        scopes: str,
+        region: str,
+        access_expires_at: int,
+        refresh_due_at: int,
+        now: int,
+    ) -> bool:
+        """Create or update the connection after a successful sign-in; it is active again, whatever it was.
+        Returns True when the connection is new."""
+        with storage("connections.sign_in"):
+            answer = self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression=(
+                    "SET #status = :active, secret_arn = :arn, email = :email, scopes = :scopes, #region = :region,"
+                    " access_expires_at = :exp, refresh_due_at = :due, due_shard = :shard,"
+                    " generation = if_not_exists(generation, :zero) + :one, failures = :zero,"
+                    " created_at = if_not_exists(created_at, :now), updated_at = :now"
+                    " REMOVE lease_until, lease_owner, last_error"
+                ),
+                ExpressionAttributeNames={"#status": "status", "#region": "region"},
+                ExpressionAttributeValues={
+                    ":active": {"S": ACTIVE},
+                    ":arn": {"S": secret_arn},
+                    ":email": {"S": email},
+                    ":scopes": {"S": scopes},
+                    ":region": {"S": region},
+                    ":exp": {"N": str(access_expires_at)},
+                    ":due": {"N": str(refresh_due_at)},
+                    ":shard": {"S": DUE_SHARD},
+                    ":zero": {"N": "0"},
+                    ":one": {"N": "1"},
+                    ":now": {"N": str(now)},
+                },
+                ReturnValues="UPDATED_OLD",
+            )
+        return "created_at" not in answer.get("Attributes", {})
+
+    def get(self, connection_id: str) -> Connection | None:
+        with storage("connections.get"):
+            answer = self._client.get_item(
+                TableName=self._table, Key={"connection_id": {"S": connection_id}}, ConsistentRead=True
+            )
+        item = answer.get("Item")
+        return connection_from_item(item) if item else None
+
+    def due(
+        self, *, now: int, limit: int, start_key: dict[str, Any] | None = None
+    ) -> tuple[list[DueConnection], dict[str, Any] | None]:
+        """Active connections whose refresh is due, earliest first, through the sparse index (no scan).
+        Returns one page and the key to continue from."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": DUE_INDEX,
+            "KeyConditionExpression": "due_shard = :shard AND refresh_due_at <= :now",
+            "ExpressionAttributeValues": {":shard": {"S": DUE_SHARD}, ":now": {"N": str(now)}},
+            "ScanIndexForward": True,
+            "Limit": limit,
+        }
+        if start_key:
+            kwargs["ExclusiveStartKey"] = start_key
+        with storage("connections.due"):
+            answer = self._client.query(**kwargs)
+        due = [
+            DueConnection(
+                connection_id=item["connection_id"]["S"],
+                refresh_due_at=int(item["refresh_due_at"]["N"]),
+                access_expires_at=_n(item, "access_expires_at", 0) or 0,
+                generation=_n(item, "generation", 0) or 0,
+            )
+            for item in answer.get("Items", [])
+            # A connection leased by another worker is skipped; its lease expiry brings it back.
+            if (_n(item, "lease_until", 0) or 0) <= now
+        ]
+        return due, answer.get("LastEvaluatedKey")
+
+    def acquire_lease(
+        self, connection_id: str, *, generation: int, owner: str, now: int, lease_seconds: int
+    ) -> Connection:
+        """Take the refresh lease: only one worker refreshes a connection at a time. Raises ConditionFailed when
+        another worker holds it, the connection was refreshed meanwhile (generation moved), or is not active."""
+        with storage("connections.lease"):
+            answer = self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression="SET lease_until = :until, lease_owner = :owner",
+                ConditionExpression=(
+                    "#status = :active AND generation = :gen AND refresh_due_at <= :now"
+                    " AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":until": {"N": str(now + lease_seconds)},
+                    ":owner": {"S": owner},
+                    ":active": {"S": ACTIVE},
+                    ":gen": {"N": str(generation)},
+                    ":now": {"N": str(now)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        return connection_from_item(answer["Attributes"])
+
+    def commit_refresh(
+        self,
+        connection_id: str,
+        *,
+        generation: int,
+        owner: str,
+        access_expires_at: int,
+        refresh_due_at: int,
+        now: int,
+    ) -> None:
+        """Record a refresh whose new pair is already stored: new expiry, generation + 1, lease released."""
+        with storage("connections.commit"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression=(
+                    "SET access_expires_at = :exp, refresh_due_at = :due, generation = :next, failures = :zero,"
+                    " updated_at = :now REMOVE lease_until, lease_owner, last_error"
+                ),
+                ConditionExpression="lease_owner = :owner AND generation = :gen",
+                ExpressionAttributeValues={
+                    ":exp": {"N": str(access_expires_at)},
+                    ":due": {"N": str(refresh_due_at)},
+                    ":next": {"N": str(generation + 1)},
+                    ":zero": {"N": "0"},
+                    ":now": {"N": str(now)},
+                    ":owner": {"S": owner},
+                    ":gen": {"N": str(generation)},
+                },
+            )
+
+    def record_transient_failure(
+        self, connection_id: str, *, generation: int, owner: str, retry_at: int, reason: str, now: int
+    ) -> int:
+        """Keep the connection active, count the failure, and come back to it at retry_at. Returns the count."""
+        with storage("connections.failure"):
+            answer = self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression=(
+                    "SET refresh_due_at = :retry, failures = if_not_exists(failures, :zero) + :one,"
+                    " last_error = :reason, updated_at = :now REMOVE lease_until, lease_owner"
+                ),
+                ConditionExpression="lease_owner = :owner AND generation = :gen",
+                ExpressionAttributeValues={
+                    ":retry": {"N": str(retry_at)},
+                    ":zero": {"N": "0"},
+                    ":one": {"N": "1"},
+                    ":reason": {"S": reason},
+                    ":now": {"N": str(now)},
+                    ":owner": {"S": owner},
+                    ":gen": {"N": str(generation)},
+                },
+                ReturnValues="UPDATED_NEW",
+            )
+        return int(answer["Attributes"]["failures"]["N"])
+
+    def mark_needs_reauth(self, connection_id: str, *, generation: int, owner: str, reason: str, now: int) -> None:
+        """The grant is gone at Smartsheet: take the connection out of the sweep until the user signs in again."""
+        with storage("connections.needs_reauth"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression=(
+                    "SET #status = :status, last_error = :reason, updated_at = :now"
+                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard"
+                ),
+                ConditionExpression="lease_owner = :owner AND generation = :gen",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":status": {"S": NEEDS_REAUTH},
+                    ":reason": {"S": reason},
+                    ":now": {"N": str(now)},
+                    ":owner": {"S": owner},
+                    ":gen": {"N": str(generation)},
+                },
+            )

@@ -1,0 +1,110 @@
+"""The broker's domain errors: what the handlers map to pages and the sweep maps to outcomes."""
+
+from __future__ import annotations
+
+
+class ConfigError(RuntimeError):
+    """A missing or malformed environment variable: fails the cold start and names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"configuration error: {variable} {problem}")
+        self.variable = variable
+
+
+class BrokerError(Exception):
+    """Base of the errors a request or a refresh can end in."""
+
+
+class BadRequest(BrokerError):
+    """The browser sent something malformed (oversized or invalid query)."""
+
+
+class SignInRejected(BrokerError):
+    """The sign-in cannot go on: unknown, used or expired state, or a nonce cookie that does not match."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AccessDenied(BrokerError):
+    """The user declined (error=access_denied) or Smartsheet refused the authorization request."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class StorageError(BrokerError):
+    """DynamoDB or Secrets Manager failed (throttled, unavailable): infrastructure, not the user's fault."""
+
+    def __init__(self, operation: str, code: str, *, transient: bool) -> None:
+        super().__init__(f"{operation} failed: {code}")
+        self.operation = operation
+        self.code = code
+        self.transient = transient
+
+
+class ConditionFailed(StorageError):
+    """A conditional write lost: the item was not in the state the caller expected (used state, held lease)."""
+
+
+class SmartsheetError(BrokerError):
+    """Smartsheet answered with an error, or not at all."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: int | None = None,
+        oauth_error: str | None = None,
+        ref_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+        self.oauth_error = oauth_error
+        self.ref_id = ref_id
+
+    @property
+    def reason(self) -> str:
+        """A short, secret-free label for logs, metrics and the connection record."""
+        if self.error_code is not None:
+            return f"{self.oauth_error or 'error'}:{self.error_code}"
+        if self.status is not None:
+            return f"http:{self.status}"
+        return type(self).__name__
+
+
+class InvalidGrant(SmartsheetError):
+    """The code or refresh token is invalid, expired, already used or revoked (1069, 1071, 1072, 1132)."""
+
+
+class InvalidClient(SmartsheetError):
+    """The app's client id or secret is wrong (1067, 1236-1238): an operator must fix the credentials."""
+
+
+class SmartsheetRejected(SmartsheetError):
+    """Any other 4xx answer (bad request, redirect_uri mismatch, unsupported grant type)."""
+
+
+class TransientSmartsheetError(SmartsheetError):
+    """Rate limited (429/4003), a server error (5xx, 4001/4002/4004), a timeout or a dropped connection."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        error_code: int | None = None,
+        oauth_error: str | None = None,
+        ref_id: str | None = None,
+    ) -> None:
+        super().__init__(message, status=status, error_code=error_code, oauth_error=oauth_error, ref_id=ref_id)
+        self.retry_after = retry_after
+
+
+class MalformedResponse(SmartsheetError):
+    """Smartsheet answered 2xx with a body that is not what the API documents."""

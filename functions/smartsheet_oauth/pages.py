@@ -1,0 +1,114 @@
+"""The HTML pages a browser sees, and the security headers every answer carries."""
+
+from __future__ import annotations
+
+from html import escape
+
+SECURITY_HEADERS: dict[str, str] = {
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+}
+
+_STYLE = (
+    "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:36rem;margin:4rem auto;"
+    "padding:0 1rem;color:#1f2933;line-height:1.5}h1{font-size:1.5rem}a.button{display:inline-block;"
+    "padding:.5rem 1rem;background:#0b5cad;color:#fff;border-radius:4px;text-decoration:none}"
+    ".ref{color:#616e7c;font-size:.85rem}"
+)
+
+
+def page(title: str, message: str, *, link: tuple[str, str] | None = None, reference: str | None = None) -> str:
+    """A small, self-contained page. Everything it shows is escaped; it loads nothing from elsewhere."""
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f"<p>{escape(message)}</p>",
+    ]
+    if link:
+        href, label = link
+        parts.append(f'<p><a class="button" href="{escape(href, quote=True)}">{escape(label)}</a></p>')
+    if reference:
+        parts.append(f'<p class="ref">Reference: <code>{escape(reference)}</code></p>')
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def signed_in(email: str) -> str:
+    return page(
+        "Smartsheet connected",
+        f"Your Smartsheet account {email} is connected. You can close this window.",
+    )
+
+
+def expired_or_used() -> str:
+    return page(
+        "This sign-in link has expired",
+        "This sign-in link has expired or was already used. Start again to connect your Smartsheet account.",
+        link=("/login", "Start again"),
+    )
+
+
+def declined() -> str:
+    return page(
+        "You declined access",
+        "You declined access to your Smartsheet account, so nothing was connected.",
+        link=("/login", "Try again"),
+    )
+
+
+def authorization_failed() -> str:
+    return page(
+        "Smartsheet could not authorize this app",
+        "Smartsheet did not grant access for this sign-in. Start again, or contact the app's support if it"
+        " keeps happening.",
+        link=("/login", "Start again"),
+    )
+
+
+def smartsheet_error(reference: str) -> str:
+    return page(
+        "Smartsheet refused the sign-in",
+        "Smartsheet did not accept this sign-in. Start again; if it keeps happening, contact support with the"
+        " reference below.",
+        link=("/login", "Start again"),
+        reference=reference,
+    )
+
+
+def unavailable(reference: str) -> str:
+    return page(
+        "Smartsheet is not answering right now",
+        "We could not finish connecting your Smartsheet account because a service is busy or unavailable."
+        " Please try again in a few minutes.",
+        link=("/login", "Try again"),
+        reference=reference,
+    )
+
+
+def bad_request(detail: str) -> str:
+    return page("This request is not valid", detail, link=("/login", "Start again"))
+
+
+def not_found() -> str:
+    return page("Page not found", "There is nothing at this address.")
+
+
+def internal_error(reference: str) -> str:
+    return page(
+        "Something went wrong",
+        "We could not finish this request. Please try again; if it keeps happening, contact support with the"
+        " reference below.",
+        link=("/login", "Start again"),
+        reference=reference,
+    )

@@ -1,0 +1,137 @@
+"""The sign-in flow: start (state + nonce, authorize URL) and finish (check, exchange, store)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from smartsheet_oauth.config import Config, is_loopback
+from smartsheet_oauth.connection_store import ConnectionStore
+from smartsheet_oauth.errors import AccessDenied, BadRequest, SignInRejected
+from smartsheet_oauth.smartsheet import SmartsheetClient, authorize_url
+from smartsheet_oauth.state_store import StateStore
+from smartsheet_oauth.token_vault import TokenSet, TokenVault
+
+# __Host- : the browser only accepts it Secure, with Path=/ and no Domain, so no subdomain can plant one.
+NONCE_COOKIE = "__Host-smartsheet-oauth-nonce"
+MAX_CODE_LENGTH = 512
+MAX_RETURN_TO_LENGTH = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class LoginRedirect:
+    location: str
+    nonce: str
+    max_age: int
+
+    def __repr__(self) -> str:
+        return "LoginRedirect(<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    connection_id: str
+    email: str
+    return_to: str | None
+    is_new: bool
+
+
+def checked_return_to(raw: str | None, allowed: tuple[str, ...]) -> str | None:
+    """The return_to URL if the allow-list admits it, else BadRequest. An entry without a path admits any
+    URL of that exact origin; an entry with a path admits exactly that URL."""
+    if raw is None or raw == "":
+        return None
+    if len(raw) > MAX_RETURN_TO_LENGTH or any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in raw):
+        raise BadRequest("return_to is not an allowed address")
+    parts = urlsplit(raw)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password:
+        raise BadRequest("return_to is not an allowed address")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise BadRequest("return_to is not an allowed address")
+    origin = f"{parts.scheme}://{parts.netloc.lower()}"
+    for entry in allowed:
+        entry_parts = urlsplit(entry)
+        entry_origin = f"{entry_parts.scheme}://{entry_parts.netloc.lower()}"
+        if entry_parts.path in ("", "/") and not entry_parts.query:
+            if origin == entry_origin:
+                return raw
+        elif raw == entry:
+            return raw
+    raise BadRequest("return_to is not an allowed address")
+
+
+def begin_sign_in(
+    *, config: Config, client_id: str, states: StateStore, now: int, return_to: str | None = None
+) -> LoginRedirect:
+    checked = checked_return_to(return_to, config.allowed_return_to)
+    pending = states.create(now=now, return_to=checked)
+    location = authorize_url(
+        config.authorize_url,
+        client_id=client_id,
+        scopes=config.scopes,
+        state=pending.state,
+        redirect_uri=config.redirect_uri,
+    )
+    return LoginRedirect(location=location, nonce=pending.nonce, max_age=config.state_ttl_seconds)
+
+
+def _code(raw: str | None) -> str:
+    if not raw:
+        raise BadRequest("Smartsheet did not send an authorization code.")
+    if len(raw) > MAX_CODE_LENGTH or not raw.isascii() or not raw.isprintable():
+        raise BadRequest("The authorization code is not valid.")
+    return raw
+
+
+def finish_sign_in(
+    query: dict[str, str],
+    nonce: str | None,
+    *,
+    config: Config,
+    states: StateStore,
+    smartsheet: SmartsheetClient,
+    vault: TokenVault,
+    connections: ConnectionStore,
+    now: int,
+) -> SignedIn:
+    """Check the state and the browser binding before anything reaches Smartsheet; then exchange the code,
+    learn who signed in, store the pair, and record the connection (in that order: the record never points
+    at tokens that were not stored)."""
+    state = query.get("state")
+    if not state:
+        raise SignInRejected("missing_state")
+    record = states.consume(state, now=now)
+    if not record.matches(nonce):
+        raise SignInRejected("nonce_mismatch")
+    if "error" in query:
+        raise AccessDenied(query["error"][:64])
+    code = _code(query.get("code"))
+
+    grant = smartsheet.exchange_code(code, redirect_uri=config.redirect_uri)
+    user = smartsheet.current_user(grant.access_token)
+    obtained_at = now
+    expires_at = obtained_at + grant.expires_in
+    scopes = " ".join(config.scopes)
+    tokens = TokenSet(
+        access_token=grant.access_token,
+        refresh_token=grant.refresh_token,
+        token_type=grant.token_type,
+        expires_at=expires_at,
+        scope=scopes,
+        region=config.region,
+        user_id=user.id,
+        email=user.email,
+        obtained_at=obtained_at,
+    )
+    secret_arn = vault.save(user.id, tokens)
+    is_new = connections.record_sign_in(
+        connection_id=user.id,
+        secret_arn=secret_arn,
+        email=user.email,
+        scopes=scopes,
+        region=config.region,
+        access_expires_at=expires_at,
+        refresh_due_at=max(now, expires_at - config.refresh_window_seconds),
+        now=now,
+    )
+    return SignedIn(connection_id=user.id, email=user.email, return_to=record.return_to, is_new=is_new)

@@ -1,0 +1,293 @@
+"""Smartsheet's OAuth API as the broker uses it: authorize URL, code exchange, refresh, /users/me, revoke."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from smartsheet_oauth.errors import (
+    InvalidClient,
+    InvalidGrant,
+    MalformedResponse,
+    SmartsheetError,
+    SmartsheetRejected,
+    TransientSmartsheetError,
+)
+
+# Smartsheet's errorCodes that mean "this grant is gone": expired/invalid/used code or refresh token,
+# hash mismatch, revoked token.
+_INVALID_GRANT_CODES = frozenset({1069, 1071, 1072, 1132})
+_INVALID_CLIENT_CODES = frozenset({1067, 1236, 1237, 1238})
+_TRANSIENT_CODES = frozenset({4001, 4002, 4003, 4004})
+_TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+# Bodies larger than this are not a token answer; refuse to parse them.
+_MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TokenGrant:
+    """A token pair as Smartsheet issued it. repr hides the tokens so they never reach a log by accident."""
+
+    access_token: str
+    refresh_token: str
+    token_type: str
+    expires_in: int
+
+    def __repr__(self) -> str:
+        return f"TokenGrant(token_type={self.token_type!r}, expires_in={self.expires_in}, tokens=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class SmartsheetUser:
+    """Who signed in: the fields of GET /users/me the broker keeps. The id stays a string (can exceed 2^53)."""
+
+    id: str
+    email: str
+    first_name: str
+    last_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 3.05
+    read: float = 10.0
+
+
+def request_hash(client_secret: str, code_or_refresh_token: str) -> str:
+    """The `hash` parameter: hex SHA-256 of "<app secret>|<code or refresh token>", so the secret never travels."""
+    return hashlib.sha256(f"{client_secret}|{code_or_refresh_token}".encode()).hexdigest()
+
+
+def authorize_url(base: str, *, client_id: str, scopes: tuple[str, ...], state: str, redirect_uri: str | None) -> str:
+    """The authorize page URL. Scopes are joined with %20 (quote_via=quote), the form Smartsheet documents."""
+    params = {"response_type": "code", "client_id": client_id, "scope": " ".join(scopes), "state": state}
+    if redirect_uri:
+        params["redirect_uri"] = redirect_uri
+    return f"{base}?{urlencode(params, quote_via=quote)}"
+
+
+def _session(retry: Retry) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=64)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def _safe_retry() -> Retry:
+    """Retries for calls whose repetition is harmless: the code exchange (a used code just fails) and GETs."""
+    return Retry(
+        total=2,
+        connect=2,
+        read=1,
+        status=2,
+        other=0,
+        status_forcelist=_TRANSIENT_STATUSES,
+        allowed_methods=frozenset({"GET", "POST"}),
+        backoff_factor=0.25,
+        backoff_max=2.0,
+        backoff_jitter=0.25,
+        retry_after_max=2,
+        raise_on_status=False,
+    )
+
+
+def _refresh_retry() -> Retry:
+    """A refresh must not be repeated once Smartsheet may have processed it: it rotates the refresh token, so
+    a blind retry after a 5xx or a read timeout could spend the new pair and kill the grant. Retry only
+    what Smartsheet cannot have processed: a refused connection and a 429."""
+    return Retry(
+        total=2,
+        connect=2,
+        read=0,
+        status=1,
+        other=0,
+        status_forcelist=(429,),
+        allowed_methods=frozenset({"POST"}),
+        backoff_factor=0.25,
+        backoff_max=2.0,
+        backoff_jitter=0.25,
+        retry_after_max=2,
+        raise_on_status=False,
+    )
+
+
+class SmartsheetClient:
+    """Talks to one Smartsheet region's API for one app (client id + secret)."""
+
+    def __init__(
+        self,
+        *,
+        api_base_url: str,
+        client_id: str,
+        client_secret: str,
+        timeouts: Timeouts | None = None,
+        session: requests.Session | None = None,
+        refresh_session: requests.Session | None = None,
+    ) -> None:
+        self._base = api_base_url.rstrip("/")
+        self.client_id = client_id
+        self._secret = client_secret
+        self._timeouts = timeouts or Timeouts()
+        self._session = session or _session(_safe_retry())
+        self._refresh_session = refresh_session or session or _session(_refresh_retry())
+
+    def exchange_code(self, code: str, *, redirect_uri: str | None = None) -> TokenGrant:
+        form = {
+            "grant_type": "authorization_code",
+            "client_id": self.client_id,
+            "code": code,
+            "hash": request_hash(self._secret, code),
+        }
+        if redirect_uri:
+            form["redirect_uri"] = redirect_uri
+        return _token_grant(self._post_token(self._session, form))
+
+    def refresh(self, refresh_token: str) -> TokenGrant:
+        form = {
+            "grant_type": "refresh_token",
+            "client_id": self.client_id,
+            "refresh_token": refresh_token,
+            "hash": request_hash(self._secret, refresh_token),
+        }
+        return _token_grant(self._post_token(self._refresh_session, form))
+
+    def current_user(self, access_token: str) -> SmartsheetUser:
+        response = self._send(
+            self._session,
+            "GET",
+            f"{self._base}/users/me",
+            headers={"Authorization": f"Bearer {access_token}"},
+        )
+        body = _json_object(response)
+        user_id = body.get("id")
+        if isinstance(user_id, bool) or not isinstance(user_id, int | str) or not str(user_id).isdigit():
+            raise MalformedResponse("/users/me answered without a numeric id", status=response.status_code)
+        email = body.get("email")
+        if not isinstance(email, str):
+            raise MalformedResponse("/users/me answered without an email", status=response.status_code)
+        return SmartsheetUser(
+            id=str(user_id),
+            email=email[:320],
+            first_name=_text(body.get("firstName")),
+            last_name=_text(body.get("lastName")),
+        )
+
+    def revoke(self, access_token: str, *, all_for_client: bool = False) -> None:
+        params = {"deleteAllForApiClient": "true"} if all_for_client else None
+        response = self._send(
+            self._session,
+            "DELETE",
+            f"{self._base}/token",
+            headers={"Authorization": f"Bearer {access_token}"},
+            params=params,
+        )
+        _json_object(response)
+
+    def _post_token(self, session: requests.Session, form: dict[str, str]) -> dict[str, Any]:
+        # Form-encoded body: the documented form (never JSON). requests sets the content type.
+        response = self._send(session, "POST", f"{self._base}/token", data=form)
+        return _json_object(response)
+
+    def _send(self, session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = session.request(
+                method, url, timeout=(self._timeouts.connect, self._timeouts.read), stream=True, **kwargs
+            )
+        except requests.exceptions.RetryError as exc:  # retries spent on 429/5xx
+            raise TransientSmartsheetError("Smartsheet kept answering with errors") from exc
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
+            raise TransientSmartsheetError(f"Smartsheet unreachable: {type(exc).__name__}") from exc
+        except requests.exceptions.RequestException as exc:
+            raise TransientSmartsheetError(f"request to Smartsheet failed: {type(exc).__name__}") from exc
+        try:
+            content = response.raw.read(_MAX_BODY_BYTES + 1, decode_content=True)
+        except (requests.exceptions.RequestException, OSError) as exc:
+            raise TransientSmartsheetError("Smartsheet's answer was cut off") from exc
+        finally:
+            response.close()
+        if len(content) > _MAX_BODY_BYTES:
+            raise MalformedResponse("Smartsheet's answer is too large", status=response.status_code)
+        response._content = content
+        if response.status_code >= 400:
+            raise _error_from(response)
+        return response
+
+
+def _json_object(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        raise MalformedResponse(
+            "Smartsheet answered with a body that is not JSON", status=response.status_code
+        ) from None
+    if not isinstance(body, dict):
+        raise MalformedResponse("Smartsheet answered with JSON that is not an object", status=response.status_code)
+    return body
+
+
+def _text(value: object) -> str:
+    return value[:200] if isinstance(value, str) else ""
+
+
+def _token_grant(body: dict[str, Any]) -> TokenGrant:
+    # Some older documentation examples wrap the answer as {"token": {...}}.
+    if isinstance(body.get("token"), dict) and "access_token" not in body:
+        body = body["token"]
+    access, refresh, expires_in = body.get("access_token"), body.get("refresh_token"), body.get("expires_in")
+    if not isinstance(access, str) or not access or len(access) > 4096:
+        raise MalformedResponse("token answer without a usable access_token")
+    if not isinstance(refresh, str) or not refresh or len(refresh) > 4096:
+        raise MalformedResponse("token answer without a usable refresh_token")
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or not 0 < expires_in <= 10**8:
+        raise MalformedResponse("token answer without a usable expires_in")
+    token_type = body.get("token_type")
+    return TokenGrant(
+        access_token=access,
+        refresh_token=refresh,
+        token_type=token_type if isinstance(token_type, str) and token_type else "bearer",
+        expires_in=int(expires_in),
+    )
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    raw = response.headers.get("Retry-After", "").strip()
+    if raw.isdigit():
+        return float(min(int(raw), 3600))
+    return None
+
+
+def _error_from(response: requests.Response) -> SmartsheetError:
+    status = response.status_code
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    raw_code = body.get("errorCode")
+    error_code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
+    oauth_error = body.get("error") if isinstance(body.get("error"), str) else None
+    ref_id = body.get("refId") if isinstance(body.get("refId"), str) else None
+    # Smartsheet's message text is kept out: it can echo request values. Codes are enough to act on.
+    label = f"Smartsheet answered {status}" + (f" (errorCode {error_code})" if error_code else "")
+    fields: dict[str, Any] = {
+        "status": status,
+        "error_code": error_code,
+        "oauth_error": oauth_error,
+        "ref_id": ref_id,
+    }
+    if status in _TRANSIENT_STATUSES or error_code in _TRANSIENT_CODES or status >= 500:
+        return TransientSmartsheetError(label, retry_after=_retry_after(response), **fields)
+    if error_code in _INVALID_GRANT_CODES or (error_code is None and oauth_error == "invalid_grant"):
+        return InvalidGrant(label, **fields)
+    if error_code in _INVALID_CLIENT_CODES or oauth_error == "invalid_client":
+        return InvalidClient(label, **fields)
+    return SmartsheetRejected(label, **fields)

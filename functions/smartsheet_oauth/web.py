@@ -1,0 +1,153 @@
+"""HTTP plumbing shared by the public handlers: the resolver, query checks, and domain errors mapped to pages."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+
+from smartsheet_oauth import pages
+from smartsheet_oauth.errors import (
+    AccessDenied,
+    BadRequest,
+    InvalidClient,
+    SignInRejected,
+    SmartsheetError,
+    StorageError,
+    TransientSmartsheetError,
+)
+from smartsheet_oauth.observability import logger, metrics
+
+HTML = "text/html; charset=utf-8"
+MAX_QUERY_LENGTH = 4096
+MAX_PARAM_LENGTH = 2048
+
+
+def html(
+    status: int, body: str, *, headers: dict[str, str] | None = None, cookies: list[Any] | None = None
+) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=HTML,
+        body=body,
+        headers={**pages.SECURITY_HEADERS, **(headers or {})},
+        cookies=cookies,
+    )
+
+
+def redirect(status: int, location: str, *, cookies: list[Any] | None = None) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=HTML,
+        body="",
+        headers={**pages.SECURITY_HEADERS, "Location": location},
+        cookies=cookies,
+    )
+
+
+def query_params(app: APIGatewayHttpResolver) -> dict[str, str]:
+    """The query string as a dict, refusing what no browser following our links sends: oversized input."""
+    event = app.current_event
+    raw = event.raw_query_string or ""
+    if len(raw) > MAX_QUERY_LENGTH:
+        raise BadRequest("The address is too long.")
+    params = event.query_string_parameters or {}
+    for name, value in params.items():
+        if len(name) > 64 or len(value) > MAX_PARAM_LENGTH:
+            raise BadRequest("The address has a value that is too long.")
+    return dict(params)
+
+
+def reference(app: APIGatewayHttpResolver) -> str:
+    """The id a user can quote to support: API Gateway's request id, also the logs' correlation id."""
+    try:
+        return str(app.current_event.request_context.request_id or "unknown")
+    except (AttributeError, KeyError, TypeError):
+        return "unknown"
+
+
+def count(operation: str, outcome: str) -> None:
+    """One EMF count per outcome, e.g. callback_success: names are fixed, so cardinality stays low."""
+    metrics.add_metric(name=f"{operation}_{outcome}", unit="Count", value=1)
+
+
+def resolver(*, operation: str) -> APIGatewayHttpResolver:
+    """A resolver whose failures are pages: each domain error gets its status and a page without internals."""
+    app = APIGatewayHttpResolver()
+
+    def outcome(name: str) -> None:
+        count(operation, name)
+
+    @app.not_found
+    def _not_found(_: NotFoundError) -> Response[str]:
+        return html(404, pages.not_found())
+
+    @app.exception_handler(BadRequest)
+    def _bad_request(exc: BadRequest) -> Response[str]:
+        logger.info("bad request", extra={"outcome": "bad_request", "detail": str(exc)})
+        outcome("bad_request")
+        return html(400, pages.bad_request(str(exc)))
+
+    @app.exception_handler(SignInRejected)
+    def _rejected(exc: SignInRejected) -> Response[str]:
+        logger.info("sign-in rejected", extra={"outcome": "bad_state", "reason": exc.reason})
+        outcome("bad_state")
+        return html(400, pages.expired_or_used())
+
+    @app.exception_handler(AccessDenied)
+    def _denied(exc: AccessDenied) -> Response[str]:
+        if exc.error == "access_denied":
+            logger.info("user declined access", extra={"outcome": "denied"})
+            outcome("denied")
+            return html(400, pages.declined())
+        logger.warning("authorization failed at Smartsheet", extra={"outcome": "authorize_error", "error": exc.error})
+        outcome("authorize_error")
+        return html(400, pages.authorization_failed())
+
+    @app.exception_handler(TransientSmartsheetError)
+    def _smartsheet_busy(exc: TransientSmartsheetError) -> Response[str]:
+        logger.warning("Smartsheet unavailable", extra={"outcome": "smartsheet_unavailable", "reason": exc.reason})
+        outcome("smartsheet_unavailable")
+        return html(503, pages.unavailable(reference(app)), headers={"Retry-After": "60"})
+
+    @app.exception_handler(SmartsheetError)
+    def _smartsheet_refused(exc: SmartsheetError) -> Response[str]:
+        log = logger.error if isinstance(exc, InvalidClient) else logger.warning
+        log(
+            "Smartsheet refused the request",
+            extra={
+                "outcome": "smartsheet_error",
+                "reason": exc.reason,
+                "smartsheet_ref_id": exc.ref_id,
+                "hint": "check the app credentials secret" if isinstance(exc, InvalidClient) else None,
+            },
+        )
+        outcome("smartsheet_error")
+        return html(502, pages.smartsheet_error(reference(app)))
+
+    @app.exception_handler(StorageError)
+    def _storage(exc: StorageError) -> Response[str]:
+        logger.error(
+            "AWS storage failed",
+            extra={"outcome": "storage_error", "operation": exc.operation, "code": exc.code},
+        )
+        outcome("storage_error")
+        return html(503, pages.unavailable(reference(app)), headers={"Retry-After": "30"})
+
+    @app.exception_handler(Exception)
+    def _unexpected(exc: Exception) -> Response[str]:
+        # The type and the frames only: an exception's text can carry request values.
+        logger.error(
+            "unexpected failure",
+            extra={
+                "outcome": "internal_error",
+                "error_type": type(exc).__name__,
+                "stack": traceback.format_tb(exc.__traceback__),
+            },
+        )
+        outcome("internal_error")
+        return html(500, pages.internal_error(reference(app)))
+
+    return app
