@@ -1,0 +1,240 @@
+"""`make dev` / `make refresh`: serve the broker on http://127.0.0.1:3000 and trigger its refresh sweep."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from infra.local.stack import DEFAULT_STACK_NAME, LocalStack, RealSmartsheet
+from infra.local.template_model import DEFAULT_TEMPLATE, TemplateError
+
+STATE_FILE: Final = Path(__file__).resolve().parents[2] / ".local" / "dev.json"
+SECRET_VARIABLE: Final = "SMARTSHEET_CLIENT_SECRET"  # noqa: S105 - the name, not a value
+REGIONS: Final = ("us", "eu", "gov", "au")
+
+log = logging.getLogger("infra.local.dev")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.local.dev",
+        description=(
+            "Run the Smartsheet OAuth broker locally: an embedded AWS (moto, resources created from "
+            "template.yaml), the Smartsheet emulator and a local API Gateway on http://127.0.0.1:PORT. "
+            "Ctrl-C stops everything it started."
+        ),
+        epilog=(
+            "subcommand:\n"
+            "  refresh [--url URL]   fire the scheduled refresh sweep on the running dev stack\n"
+            "                        (python -m infra.local.dev refresh, or: make refresh)\n\n"
+            f"With --real-smartsheet the client secret is read from ${SECRET_VARIABLE}, never from a flag."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--port", type=int, default=3000, help="gateway port (default 3000)")
+    parser.add_argument("--moto-port", type=int, default=0, help="embedded AWS port (default: any free one)")
+    parser.add_argument("--emulator-port", type=int, default=0, help="emulator port (default: any free one)")
+    parser.add_argument("--template", type=Path, default=DEFAULT_TEMPLATE, help="SAM template to run")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="template parameter override, e.g. --param OAuthScopes='READ_SHEETS WRITE_SHEETS' (repeatable)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="hide the functions' logs")
+    real = parser.add_argument_group("real Smartsheet (instead of the emulator)")
+    real.add_argument("--real-smartsheet", action="store_true", help="talk to the real Smartsheet")
+    real.add_argument("--region", choices=REGIONS, default="us", help="Smartsheet region (default us)")
+    real.add_argument("--client-id", help="your Smartsheet app's client id")
+    real.add_argument("--redirect-uri", help="send this redirect_uri (must equal the app's registered URL)")
+    return parser
+
+
+def build_refresh_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.local.dev refresh",
+        description="Fire the scheduled refresh sweep now on the running `make dev` stack.",
+    )
+    parser.add_argument("--url", help=f"the dev gateway (default: read from {STATE_FILE.name}, else port 3000)")
+    return parser
+
+
+def _parameters(pairs: Sequence[str]) -> dict[str, str]:
+    parameters = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"error: --param expects NAME=VALUE, got {pair!r}")
+        parameters[name] = value
+    return parameters
+
+
+def _function_log_printer(function: str, line: str) -> None:
+    print(f"  [{function}] {line}", file=sys.stderr, flush=True)
+
+
+def _banner(stack: LocalStack) -> str:
+    aws = stack.aws
+    lines = [
+        "",
+        f"smartsheet-oauth-broker runs locally (up in {stack.startup_seconds:.1f}s)",
+        f"  sign in:     {stack.login_url}      <- open this in a browser",
+        f"  callback:    {stack.callback_url}",
+    ]
+    if stack.real_smartsheet is None:
+        emulator = stack.emulator
+        users = ", ".join(user.email for user in emulator.users)
+        lines += [
+            f"  Smartsheet:  emulator at {emulator.base_url} (an Allow/Deny page; users: {users})",
+            f"               stats: {emulator.base_url}/_emulator/stats",
+        ]
+    else:
+        lines += [
+            f"  Smartsheet:  REAL, region {stack.real_smartsheet.region}, client id {stack.real_smartsheet.client_id}",
+            "               register the callback above (or your HTTPS tunnel to it) as the app's redirect URL",
+        ]
+    tables = ", ".join(stack.table_name(lid) for lid in aws.resources if lid.endswith("Table"))
+    lines += [
+        f"  AWS:         moto at {aws.endpoint_url} (credentials testing/testing, region {aws.region})",
+        f"               tables: {tables}",
+        f"               token secrets: {stack.token_secret_prefix}<connection id>",
+        "  refresh now: make refresh   (python -m infra.local.dev refresh)",
+        "Ctrl-C stops everything.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request access log
+    real = None
+    if args.real_smartsheet:
+        secret = os.environ.get(SECRET_VARIABLE, "")
+        if not args.client_id or not secret:
+            print(f"error: --real-smartsheet needs --client-id and ${SECRET_VARIABLE}", file=sys.stderr)
+            return 2
+        real = RealSmartsheet(region=args.region, client_id=args.client_id, client_secret=secret)
+    parameters = _parameters(args.param)
+    if args.redirect_uri:
+        parameters["RedirectUri"] = args.redirect_uri
+    stack = LocalStack(
+        args.template,
+        gateway_port=args.port,
+        moto_port=args.moto_port,
+        emulator_port=args.emulator_port,
+        stack_name=DEFAULT_STACK_NAME,
+        parameters=parameters,
+        real_smartsheet=real,
+        log_sink=(lambda _f, _l: None) if args.quiet else _function_log_printer,
+    )
+    stopping = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            stack.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                print(
+                    f"error: a port is already in use ({exc}); is `make dev` running already? "
+                    "Choose others with --port / --moto-port / --emulator-port.",
+                    file=sys.stderr,
+                )
+                return 1
+            raise
+        except TemplateError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        _write_state(stack)
+        print(_banner(stack), flush=True)
+        while not stopping.wait(0.5):
+            pass
+        print("\nstopping...", flush=True)
+    finally:
+        stack.stop()
+        _remove_state()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped: gateway, functions, emulator and embedded AWS are down.", flush=True)
+    return 0
+
+
+def _write_state(stack: LocalStack) -> None:
+    STATE_FILE.parent.mkdir(exist_ok=True)
+    state = {
+        "pid": os.getpid(),
+        "gateway_url": stack.url,
+        "moto_url": stack.aws.endpoint_url,
+        "emulator_url": stack.emulator.base_url if stack.real_smartsheet is None else None,
+        "started_at": int(time.time()),
+    }
+    STATE_FILE.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+
+def _remove_state() -> None:
+    with contextlib.suppress(FileNotFoundError):
+        state = json.loads(STATE_FILE.read_text(encoding="utf-8"))
+        if state.get("pid") == os.getpid():
+            STATE_FILE.unlink()
+
+
+def _dev_url(given: str | None) -> str:
+    if given:
+        return given.rstrip("/")
+    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+        url: str = json.loads(STATE_FILE.read_text(encoding="utf-8"))["gateway_url"]
+        return url
+    return "http://127.0.0.1:3000"
+
+
+def refresh(args: argparse.Namespace) -> int:
+    url = _dev_url(args.url)
+    if urlsplit(url).scheme != "http":
+        print(f"error: {url} is not the http:// URL of a dev stack", file=sys.stderr)
+        return 2
+    request = urllib.request.Request(f"{url}/_local/schedule", method="POST", data=b"")  # noqa: S310 - checked
+    try:
+        with urllib.request.urlopen(request, timeout=660) as response:  # noqa: S310 - a loopback URL
+            answer: dict[str, Any] = json.loads(response.read())
+    except (urllib.error.URLError, ConnectionError) as exc:
+        print(f"error: no dev stack answers at {url} ({exc}); start one with `make dev`", file=sys.stderr)
+        return 1
+    failed = 0
+    for run in answer["runs"]:
+        if run["ok"]:
+            print(f"{run['schedule']} -> {run['function']}: {json.dumps(run['payload'])} ({run['durationMs']} ms)")
+        else:
+            failed += 1
+            print(f"{run['schedule']} -> {run['function']}: FAILED {run['errorType']}: {run['errorMessage']}")
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["refresh"]:
+        return refresh(build_refresh_parser().parse_args(arguments[1:]))
+    return serve(build_parser().parse_args(arguments))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""Local Lambda: each template function runs in its own worker processes, with its own environment.
+
+Like Lambda, a function gets an execution environment (a process here) that imports its handler once
+(the cold start, with exactly the function's environment variables) and then serves one invocation
+at a time; more concurrent invocations start more environments. Nothing of the caller's process
+(sys.modules, os.environ, moto's state) leaks into a handler, and the handler's config is read at
+its own cold start, as in Lambda.
+
+The bottom half of this file is the bootstrap that runs inside a worker: it uses the standard library
+only, because the worker's sys.path is the function's CodeUri (Lambda's /var/task) and site-packages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from infra.local.template_model import FunctionSpec
+
+log = logging.getLogger("infra.local.lambda")
+
+INIT_TIMEOUT_SECONDS: Final = 30.0  # Lambda allows 10 s; a busy 2-core CI box needs more for imports
+MAX_RESPONSE_BYTES: Final = 6 * 1024 * 1024  # Lambda's synchronous response payload limit
+
+LogSink = Callable[[str, str], None]  # (function logical id, one line the function printed)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What one invocation gave back, the way Lambda reports it to its caller."""
+
+    request_id: str
+    payload: Any = None  # the handler's return value (JSON-decoded) when ok
+    error_type: str | None = None  # e.g. "KeyError", "Runtime.ImportModuleError", "Sandbox.Timedout"
+    error_message: str | None = None
+    duration_ms: float = 0.0
+    cold_start: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error_type is None
+
+
+class FunctionError(RuntimeError):
+    """An invocation that ended in a function error (unhandled exception, timeout, init failure)."""
+
+    def __init__(self, function: str, invocation: Invocation) -> None:
+        super().__init__(f"{function}: {invocation.error_type}: {invocation.error_message}")
+        self.invocation = invocation
+
+
+def _default_sink(function: str, line: str) -> None:
+    log.info("[%s] %s", function, line)
+
+
+class _Worker:
+    """One execution environment: a Python process that imported the handler and waits for events."""
+
+    def __init__(self, spec: FunctionSpec, env: Mapping[str, str], sink: LogSink, keep: deque[str]) -> None:
+        self.spec = spec
+        request_read, self._request_write = os.pipe()
+        self._response_read, response_write = os.pipe()
+        command = [
+            sys.executable,
+            "-I",  # isolated: no PYTHON* variables, no user site, no script folder on sys.path
+            "-u",
+            str(Path(__file__).resolve()),
+            str(spec.code_dir),
+            spec.handler,
+            str(request_read),
+            str(response_write),
+        ]
+        self.process = subprocess.Popen(
+            command,
+            cwd=spec.code_dir,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=(request_read, response_write),
+        )
+        os.close(request_read)
+        os.close(response_write)
+        self._requests = os.fdopen(self._request_write, "wb", buffering=0)
+        self._responses = os.fdopen(self._response_read, "rb", buffering=0)
+        self._buffer = b""
+        self._reader = threading.Thread(
+            target=self._pump_output,
+            args=(self.process.stdout, sink, keep),
+            name=f"lambda-log-{spec.logical_id}",
+            daemon=True,
+        )
+        self._reader.start()
+        self.initialized = False
+
+    def _pump_output(self, stream: IO[bytes] | None, sink: LogSink, keep: deque[str]) -> None:
+        if stream is None:
+            return
+        with contextlib.suppress(ValueError, OSError):
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                keep.append(line)
+                sink(self.spec.logical_id, line)
+
+    def wait_ready(self, timeout: float) -> dict[str, Any]:
+        message = self._read_message(time.monotonic() + timeout)
+        if message is None:
+            return {"type": "init_error", "errorType": "Runtime.InitTimeout", "errorMessage": "init timed out"}
+        self.initialized = message.get("type") == "ready"
+        return message
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        self._requests.write(json.dumps(message).encode() + b"\n")
+
+    def _read_message(self, deadline: float) -> dict[str, Any] | None:
+        """The worker's next message, or None when the deadline passes or the worker died."""
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([self._responses], [], [], remaining)
+            if not ready:
+                return None
+            chunk = self._responses.read(65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+    def receive(self, deadline: float) -> dict[str, Any] | None:
+        return self._read_message(deadline)
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, *, kill: bool = False) -> None:
+        with contextlib.suppress(OSError):
+            self._requests.close()
+        if kill:
+            self.process.kill()
+        try:
+            self.process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=3)
+        with contextlib.suppress(OSError):
+            self._responses.close()
+        self._reader.join(timeout=3)
+
+
+class LocalFunction:
+    """A template function served by a pool of worker processes (Lambda's execution environments)."""
+
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        env: Mapping[str, str],
+        *,
+        max_concurrency: int = 8,
+        log_sink: LogSink | None = None,
+        log_lines: int = 5000,
+    ) -> None:
+        self.spec = spec
+        self.env = dict(env)
+        self.max_concurrency = max_concurrency
+        self._sink = log_sink or _default_sink
+        self.logs: deque[str] = deque(maxlen=log_lines)
+        self._idle: list[_Worker] = []
+        self._count = 0
+        self._closed = False
+        self._available = threading.Condition()
+        self.invocations = 0
+        self.cold_starts = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.logical_id
+
+    def prewarm(self) -> None:
+        """Start one environment ahead of the first request (like provisioned concurrency)."""
+        with self._available:
+            if self._count >= self.max_concurrency or self._closed:
+                return
+            self._count += 1
+        worker, failure = self._start_worker()
+        with self._available:
+            if worker is None or self._closed:
+                self._count -= 1
+            else:
+                self._idle.append(worker)
+            self._available.notify()
+        if failure is not None:
+            log.warning("%s failed to start: %s", self.name, failure.error_message)
+        if worker is not None and self._closed:
+            worker.stop()
+
+    def _start_worker(self) -> tuple[_Worker | None, Invocation | None]:
+        worker = _Worker(self.spec, self.env, self._sink, self.logs)
+        ready = worker.wait_ready(INIT_TIMEOUT_SECONDS)
+        if ready.get("type") == "ready":
+            self.cold_starts += 1
+            return worker, None
+        worker.stop(kill=True)
+        failure = Invocation(
+            request_id="",
+            error_type=str(ready.get("errorType", "Runtime.InitError")),
+            error_message=str(ready.get("errorMessage", "the function failed to initialize")),
+        )
+        return None, failure
+
+    def _acquire(self) -> tuple[_Worker | None, Invocation | None, bool]:
+        with self._available:
+            while True:
+                if self._closed:
+                    raise RuntimeError(f"{self.name} is shut down")
+                if self._idle:
+                    return self._idle.pop(), None, False
+                if self._count < self.max_concurrency:
+                    self._count += 1
+                    break
+                self._available.wait()
+        worker, failure = self._start_worker()
+        if worker is None:
+            self._release(None)
+        return worker, failure, True
+
+    def _release(self, worker: _Worker | None) -> None:
+        with self._available:
+            if worker is not None and worker.alive and not self._closed:
+                self._idle.append(worker)
+            else:
+                self._count -= 1
+                if worker is not None:
+                    threading.Thread(target=worker.stop, kwargs={"kill": True}, daemon=True).start()
+            self._available.notify()
+
+    def invoke(self, event: Any, *, timeout: float | None = None) -> Invocation:
+        """Run the handler on `event` in a free environment; never raises for function errors."""
+        request_id = str(uuid.uuid4())
+        started = time.monotonic()
+        worker, failure, cold = self._acquire()
+        if worker is None:
+            assert failure is not None
+            return Invocation(
+                request_id=request_id,
+                error_type=failure.error_type,
+                error_message=failure.error_message,
+                cold_start=True,
+            )
+        limit = float(self.spec.timeout if timeout is None else min(timeout, self.spec.timeout))
+        self.invocations += 1
+        deadline_ms = int(time.time() * 1000 + self.spec.timeout * 1000)
+        log.debug("START RequestId: %s (%s)", request_id, self.name)
+        reply: dict[str, Any] | None
+        try:
+            worker.send({"event": event, "request_id": request_id, "deadline_ms": deadline_ms})
+            reply = worker.receive(time.monotonic() + limit)
+        except (OSError, ValueError):
+            reply = None
+        duration = (time.monotonic() - started) * 1000
+        if reply is None:
+            timed_out = worker.alive
+            # Lambda ends an environment whose invocation timed out or crashed; so do we.
+            worker.stop(kill=True)
+            self._release(None)
+            if timed_out:
+                message = f"Task timed out after {limit:.2f} seconds"
+                error_type = "Sandbox.Timedout"
+            else:
+                message = f"worker exited with code {worker.process.returncode}"
+                error_type = "Runtime.ExitError"
+            log.error("%s RequestId: %s Error: %s", self.name, request_id, message)
+            return Invocation(request_id, None, error_type, message, duration, cold)
+        self._release(worker)
+        log.debug("REPORT RequestId: %s Duration: %.2f ms (%s)", request_id, duration, self.name)
+        if reply.get("type") == "result":
+            return Invocation(request_id, reply.get("payload"), None, None, duration, cold)
+        return Invocation(
+            request_id,
+            None,
+            str(reply.get("errorType", "Unhandled")),
+            str(reply.get("errorMessage", "")),
+            duration,
+            cold,
+        )
+
+    def close(self) -> None:
+        with self._available:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._available.notify_all()
+        for worker in idle:
+            worker.stop()
+
+
+# ================================================================ inside a worker: standard library only
+class LambdaContext:
+    """The context object Lambda passes to a Python handler."""
+
+    def __init__(self, request_id: str, deadline_ms: int) -> None:
+        env = os.environ
+        self.aws_request_id = request_id
+        self.function_name = env.get("AWS_LAMBDA_FUNCTION_NAME", "")
+        self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        self.memory_limit_in_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
+        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
+        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
+        self.invoked_function_arn = env.get("LOCAL_LAMBDA_FUNCTION_ARN", "")
+        self.identity = None
+        self.client_context = None
+        self.tenant_id = None
+        self._deadline_ms = deadline_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, self._deadline_ms - int(time.time() * 1000))
+
+
+def _error(exc: BaseException, error_type: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "error",
+        "errorType": error_type or type(exc).__name__,
+        "errorMessage": str(exc),
+        "stackTrace": traceback.format_tb(exc.__traceback__),
+    }
+
+
+def _print_error(exc: BaseException) -> None:
+    # The same shape the Lambda Python runtime writes to the function's log.
+    print(f"[ERROR] {type(exc).__name__}: {exc}", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+def _bootstrap(code_dir: str, handler_name: str, request_fd: int, response_fd: int) -> int:
+    responses = os.fdopen(response_fd, "wb", buffering=0)
+    requests = os.fdopen(request_fd, "rb")
+
+    def answer(message: Mapping[str, Any]) -> None:
+        responses.write(json.dumps(message).encode() + b"\n")
+
+    sys.path.insert(0, code_dir)
+    module_name, _, attribute = handler_name.rpartition(".")
+    started = time.monotonic()
+    try:
+        handler = getattr(importlib.import_module(module_name), attribute)
+    except Exception as exc:
+        _print_error(exc)
+        answer(_error(exc, "Runtime.ImportModuleError") | {"type": "init_error"})
+        return 1
+    answer({"type": "ready", "init_ms": round((time.monotonic() - started) * 1000, 1)})
+    for line in requests:
+        request = json.loads(line)
+        context = LambdaContext(request["request_id"], request["deadline_ms"])
+        try:
+            result = handler(request["event"], context)
+        except Exception as exc:
+            _print_error(exc)
+            answer(_error(exc))
+            continue
+        finally:
+            sys.stdout.flush()
+        try:
+            payload = json.dumps({"type": "result", "payload": result})
+        except (TypeError, ValueError) as exc:
+            _print_error(exc)
+            answer(_error(exc, "Runtime.MarshalError"))
+            continue
+        if len(payload) > MAX_RESPONSE_BYTES:
+            print("[ERROR] Function.ResponseSizeTooLarge", file=sys.stderr)
+            answer({"type": "error", "errorType": "Function.ResponseSizeTooLarge", "errorMessage": ""})
+            continue
+        responses.write(payload.encode() + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_bootstrap(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
