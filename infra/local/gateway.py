@@ -424,7 +424,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self.send_response_only(status)
         self.send_header("Date", formatdate(usegmt=True))
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "keep-alive")
+        self.send_header("Connection", "close" if self.close_connection else "keep-alive")
         self.send_header("Apigw-Requestid", request_id)
         for name, value in headers:
             self.send_header(name, value)
@@ -453,6 +453,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 chunks.append(self.rfile.read(length))
                 self.rfile.readline()
         length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("negative Content-Length")
         if length > MAX_BODY_BYTES:
             self.close_connection = True
             return None
@@ -461,7 +463,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         started = time.monotonic()
         request_id = api_request_id()
-        status = self._dispatch(request_id)
+        try:
+            status = self._dispatch(request_id)
+        except ValueError:  # an unreadable body framing (Content-Length, chunk sizes)
+            self.close_connection = True
+            self._error(400, "Bad Request", request_id)
+            status = 400
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+            return
+        except Exception:
+            log.exception("the local gateway failed on %s %s", self.command, self.path)
+            self.close_connection = True
+            self._error(500, "Internal Server Error", request_id)
+            status = 500
         log.info(
             '%s "%s %s" %s %.0fms',
             self.client_address[0],

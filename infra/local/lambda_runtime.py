@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -217,7 +218,8 @@ class LocalFunction:
         worker = _Worker(self.spec, self.env, self._sink, self.logs)
         ready = worker.wait_ready(INIT_TIMEOUT_SECONDS)
         if ready.get("type") == "ready":
-            self.cold_starts += 1
+            with self._available:
+                self.cold_starts += 1
             return worker, None
         worker.stop(kill=True)
         failure = Invocation(
@@ -267,7 +269,8 @@ class LocalFunction:
                 cold_start=True,
             )
         limit = float(self.spec.timeout if timeout is None else min(timeout, self.spec.timeout))
-        self.invocations += 1
+        with self._available:
+            self.invocations += 1
         deadline_ms = int(time.time() * 1000 + self.spec.timeout * 1000)
         log.debug("START RequestId: %s (%s)", request_id, self.name)
         reply: dict[str, Any] | None
@@ -356,6 +359,9 @@ def _bootstrap(code_dir: str, handler_name: str, request_fd: int, response_fd: i
     def answer(message: Mapping[str, Any]) -> None:
         responses.write(json.dumps(message).encode() + b"\n")
 
+    # Ctrl-C in a terminal reaches the whole process group; like a Lambda environment, the worker
+    # ignores it and ends when its caller closes the request pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.path.insert(0, code_dir)
     module_name, _, attribute = handler_name.rpartition(".")
     started = time.monotonic()

@@ -89,6 +89,7 @@ class LocalStack:
         self.real_smartsheet = real_smartsheet
         self._emulator = emulator
         self._own_emulator = emulator is None and real_smartsheet is None
+        self._started_emulator = False
         self._max_concurrency = max_concurrency
         self._log_sink = log_sink
         self._prewarm = prewarm
@@ -144,6 +145,7 @@ class LocalStack:
             self._emulator = SmartsheetEmulator(apps=[app])
         if self._emulator is not None and not self._emulator.running:
             self._emulator.start(self.host, self._ports["emulator"])
+            self._started_emulator = True
         self.functions = {
             spec.logical_id: LocalFunction(
                 spec, self.function_environment(spec), max_concurrency=self._max_concurrency, log_sink=self._log_sink
@@ -174,8 +176,10 @@ class LocalStack:
         functions, self.functions = self.functions, {}
         for function in functions.values():
             function.close()
-        if self._own_emulator and self._emulator is not None:
+        if self._started_emulator and self._emulator is not None:
             self._emulator.stop()
+            self._started_emulator = False
+        if self._own_emulator:
             self._emulator = None
         aws, self._aws = self._aws, None
         if aws is not None:

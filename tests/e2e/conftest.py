@@ -14,7 +14,8 @@ from infra.local.stack import LocalStack
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
     # Separate stack name from `make dev`'s, so a dev stack and the tests never share secrets' names.
-    with LocalStack(stack_name=f"e2e-{os.getpid()}", log_sink=lambda _f, _l: None) as local:
+    # The functions' logs go to logging: pytest shows them beside a failing test.
+    with LocalStack(stack_name=f"e2e-{os.getpid()}") as local:
         yield local
 
 

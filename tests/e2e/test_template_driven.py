@@ -94,7 +94,7 @@ def extended_template(tmp_path: Path) -> Path:
 
 
 def test_a_table_and_a_route_added_to_the_template_appear_locally(extended_template: Path) -> None:
-    with LocalStack(extended_template, stack_name="e2e-extended", log_sink=lambda _f, _l: None) as stack:
+    with LocalStack(extended_template, stack_name="e2e-extended") as stack:
         table = stack.aws.table_name("AuditTable")
         description = stack.aws.dynamodb.describe_table(TableName=table)["Table"]
         assert [index["IndexName"] for index in description["GlobalSecondaryIndexes"]] == ["by-connection"]
