@@ -89,6 +89,9 @@ class LocalAws:
     def start(self) -> LocalAws:
         if self._server is not None:
             return self
+        werkzeug = logging.getLogger("werkzeug")
+        if werkzeug.level == logging.NOTSET:
+            werkzeug.setLevel(logging.WARNING)  # moto's per-request access log is noise here
         server = ThreadedMotoServer(ip_address=self._host, port=self._requested_port, verbose=False)
         server.start()
         self._server = server

@@ -108,8 +108,15 @@ def test_function_logs_never_carry_tokens(local_stack: LocalStack, client: Broke
     sign_in = client.login()
     callback_url = client.consent(sign_in, allow=True)
     assert client.callback(sign_in).status_code == 200
+    record = _connection(local_stack, str(local_stack.emulator.users[0].id))
+    assert record is not None
+    secret = local_stack.aws.secretsmanager.get_secret_value(SecretId=record["secret_arn"]["S"])
+    tokens = json.loads(secret["SecretString"])
+    local_stack.run_schedule()
     time.sleep(0.2)  # the log pump runs in its own thread
     logs = "\n".join(local_stack.function_logs())
     code = callback_url.split("code=")[1].split("&")[0]
-    for value in (code, sign_in.state, sign_in.nonce_cookie.split("=", 1)[1], "local-client-secret"):
+    nonce = sign_in.nonce_cookie.split("=", 1)[1]
+    secrets = (code, sign_in.state, nonce, tokens["access_token"], tokens["refresh_token"], "local-client-secret")
+    for value in secrets:
         assert value not in logs
