@@ -1,14 +1,11 @@
-"""Local Lambda: each template function runs in its own worker processes, with its own environment.
+"""Local Lambda: each template function runs in its own worker processes, with exactly its own environment."""
 
-Like Lambda, a function gets an execution environment (a process here) that imports its handler once
-(the cold start, with exactly the function's environment variables) and then serves one invocation
-at a time; more concurrent invocations start more environments. Nothing of the caller's process
-(sys.modules, os.environ, moto's state) leaks into a handler, and the handler's config is read at
-its own cold start, as in Lambda.
-
-The bottom half of this file is the bootstrap that runs inside a worker: it uses the standard library
-only, because the worker's sys.path is the function's CodeUri (Lambda's /var/task) and site-packages.
-"""
+# Like Lambda, a function gets execution environments (processes here): each imports the handler once
+# (the cold start, with the function's environment variables) and then serves one invocation at a time;
+# more concurrent invocations start more environments. Nothing of the caller's process (sys.modules,
+# os.environ, moto's state) leaks into a handler. The bottom half of this file is the bootstrap that runs
+# inside a worker: standard library only, because a worker's sys.path is the function's CodeUri (Lambda's
+# /var/task) and site-packages.
 
 from __future__ import annotations
 
