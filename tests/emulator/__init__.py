@@ -1,0 +1,1 @@
+"""Behaviour tests of the Smartsheet emulator itself, over real HTTP on loopback."""
