@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from aws_lambda_powertools import Logger, Metrics
 
 SERVICE = "smartsheet-oauth-broker"
 NAMESPACE = "SmartsheetOAuthBroker"
 
-# POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE override these defaults in the template.
-logger = Logger(service=SERVICE)
-metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
+# POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE (set in template.yaml) win over these defaults.
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE)
+metrics = Metrics(
+    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE,
+    service=os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE,
+)

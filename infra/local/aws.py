@@ -59,8 +59,11 @@ class LocalAws:
         host: str = "127.0.0.1",
         region: str = LOCAL_REGION,
         secret_values: Mapping[str, str] | None = None,
+        in_process: bool = False,
     ) -> None:
         self.template = template
+        # in_process: no server; boto3's default endpoints, for use inside moto's mock_aws (unit/integration tests).
+        self._in_process = in_process
         self.stack_name = stack_name
         self.region = region
         self.account_id = LOCAL_ACCOUNT_ID
@@ -87,6 +90,9 @@ class LocalAws:
 
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self) -> LocalAws:
+        if self._in_process:
+            self.provision()
+            return self
         if self._server is not None:
             return self
         werkzeug = logging.getLogger("werkzeug")
@@ -143,7 +149,8 @@ class LocalAws:
                     aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                     region_name=self.region,
                 )
-                self._clients[service] = session.client(service, endpoint_url=self.endpoint_url)  # type: ignore[call-overload]
+                endpoint = None if self._in_process else self.endpoint_url
+                self._clients[service] = session.client(service, endpoint_url=endpoint)  # type: ignore[call-overload]
             return self._clients[service]
 
     @property
@@ -190,7 +197,7 @@ class LocalAws:
         provisioner = PROVISIONERS.get(str(resource.get("Type"))) if resource else None
         if resource is None or provisioner is None:
             return _synthesize(self, logical_id)
-        if self._server is None:
+        if self._server is None and not self._in_process:
             raise RuntimeError(f"{logical_id} is needed before the embedded AWS started")
         if logical_id in self._in_progress:
             raise TemplateError(f"circular reference through {logical_id}")

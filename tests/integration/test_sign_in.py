@@ -1,0 +1,337 @@
+"""GET /login and GET /callback through the real handlers, against mock_aws and the Smartsheet emulator."""
+
+from __future__ import annotations
+
+import threading
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from smartsheet_oauth.state_store import nonce_hash
+
+from tests.support.broker import NONCE_COOKIE, Broker
+
+ADA = 4583173393803140
+ALAN = 9007199254740993  # above 2^53: must survive as a string
+
+
+def token_calls(broker: Broker) -> int:
+    return sum(1 for r in broker.emulator.token_requests)
+
+
+def assert_secure_headers(headers: dict[str, str]) -> None:
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert "Strict-Transport-Security" in headers
+
+
+def test_login_redirects_to_smartsheet_with_a_stored_state_and_a_bound_cookie(broker: Broker) -> None:
+    answer = broker.login()
+
+    assert answer.status == 302
+    assert_secure_headers(answer.headers)
+    url = urlsplit(answer.location)
+    assert f"{url.scheme}://{url.netloc}{url.path}" == broker.emulator.authorize_url
+    assert "scope=READ_SHEETS%20WRITE_SHEETS" in url.query
+    query = parse_qs(url.query)
+    assert query["response_type"] == ["code"]
+    assert query["client_id"] == ["local-client-id"]
+    assert "redirect_uri" not in query  # not configured: Smartsheet uses the registered one
+    state = query["state"][0]
+    assert len(state) >= 43  # 256 bits, URL-safe base64
+
+    [cookie] = answer.cookies
+    attributes = [part.strip().lower() for part in cookie.split(";")]
+    assert cookie.startswith(f"{NONCE_COOKIE}=")
+    assert {"secure", "httponly", "samesite=lax", "path=/"} <= set(attributes)
+    nonce = answer.cookie(NONCE_COOKIE)
+    assert nonce
+    assert nonce != state
+
+    item = broker.dynamodb.get_item(TableName=broker.state_table, Key={"state": {"S": state}})["Item"]
+    assert item["nonce_hash"]["S"] == nonce_hash(nonce)
+    created, expires = int(item["created_at"]["N"]), int(item["expires_at"]["N"])
+    assert expires - created == 600
+    assert abs(created - time.time()) < 5
+
+
+def test_full_sign_in_stores_tokens_and_the_connection(broker: Broker) -> None:
+    answer = broker.sign_in(user_id=ALAN)
+
+    assert answer.status == 200, answer.body
+    assert "alan@example.com" in answer.body
+    assert_secure_headers(answer.headers)
+    assert answer.cookie(NONCE_COOKIE) == ""  # the nonce is cleared
+    record = broker.connection(ALAN)
+    assert record is not None
+    assert record["connection_id"] == str(ALAN)
+    assert record["status"] == "active"
+    assert record["generation"] == 1
+    assert record["email"] == "alan@example.com"
+    assert record["region"] == "us"
+    assert record["access_expires_at"] - record["refresh_due_at"] == 172800
+    tokens = broker.tokens(ALAN)
+    assert tokens["user_id"] == str(ALAN)
+    assert broker.emulator.access_token_is_live(tokens["access_token"])
+    assert broker.emulator.refresh_token_is_live(tokens["refresh_token"])
+    assert tokens["expires_at"] == tokens["obtained_at"] + 604799
+    assert record["secret_arn"].split(":secret:")[1].startswith(f"test-stack/connections/{ALAN}")
+    # the exchange used the form body and the hash, never the secret itself
+    [exchange] = broker.emulator.token_requests
+    assert exchange["grant_type"] == "authorization_code"
+    assert exchange["auth_method"] == "hash"
+    assert exchange["transport"] == "form"
+    assert exchange["content_type"].startswith("application/x-www-form-urlencoded")
+
+
+def test_a_returning_user_updates_the_same_connection(broker: Broker) -> None:
+    assert broker.sign_in(user_id=ADA).status == 200
+    first = broker.tokens(ADA)
+    broker.dynamodb.update_item(
+        TableName=broker.connections_table,
+        Key={"connection_id": {"S": str(ADA)}},
+        UpdateExpression="SET #s = :s REMOVE due_shard",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": {"S": "needs_reauth"}},
+    )
+
+    assert broker.sign_in(user_id=ADA).status == 200
+
+    assert [c["connection_id"] for c in broker.connections()] == [str(ADA)]
+    record = broker.connection(ADA)
+    assert record is not None
+    assert record["status"] == "active"
+    assert record["generation"] == 2
+    assert record["due_shard"] == "due"
+    assert broker.tokens(ADA)["refresh_token"] != first["refresh_token"]
+    assert broker.tokens(ADA, "AWSPREVIOUS")["refresh_token"] == first["refresh_token"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"code": "abc"},
+        {"code": "abc", "state": "never-issued-state"},
+        {"code": "abc", "state": "bad state with spaces"},
+        {"code": "abc", "state": "a" * 200},
+    ],
+)
+def test_missing_unknown_or_malformed_state_is_refused_before_smartsheet(broker: Broker, query: dict[str, str]) -> None:
+    answer = broker.callback(query, nonce="whatever")
+
+    assert answer.status == 400
+    assert "expired or was already used" in answer.body
+    assert 'href="/login"' in answer.body
+    assert_secure_headers(answer.headers)
+    assert token_calls(broker) == 0
+    assert broker.connections() == []
+
+
+def test_a_state_works_once(broker: Broker) -> None:
+    location, nonce = broker.start()
+    callback_query = broker.consent(location, user_id=ADA)
+    assert broker.callback(callback_query, nonce).status == 200
+
+    replay = broker.callback(callback_query, nonce)
+
+    assert replay.status == 400
+    assert "expired or was already used" in replay.body
+    assert token_calls(broker) == 1
+
+
+def test_an_expired_state_still_in_the_table_is_refused(broker: Broker) -> None:
+    location, nonce = broker.start()
+    state = parse_qs(urlsplit(location).query)["state"][0]
+    # TTL deletion is lazy: the item is still there, but its time is up.
+    broker.dynamodb.update_item(
+        TableName=broker.state_table,
+        Key={"state": {"S": state}},
+        UpdateExpression="SET expires_at = :past",
+        ExpressionAttributeValues={":past": {"N": str(int(time.time()) - 1)}},
+    )
+
+    answer = broker.callback(broker.consent(location, user_id=ADA), nonce)
+
+    assert answer.status == 400
+    assert token_calls(broker) == 0
+    assert broker.connections() == []
+
+
+@pytest.mark.parametrize("cookie", [None, "", "someone-elses-nonce"])
+def test_a_missing_or_foreign_nonce_cookie_is_refused_and_spends_the_state(broker: Broker, cookie: str | None) -> None:
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA)
+
+    assert broker.callback(query, cookie).status == 400
+    assert broker.callback(query, nonce).status == 400  # one try: the state is gone
+
+    assert token_calls(broker) == 0
+    assert broker.connections() == []
+
+
+def test_declined_consent_gets_a_friendly_page(broker: Broker) -> None:
+    location, nonce = broker.start()
+    query = broker.consent(location, allow=False)
+    assert query["error"] == "access_denied"
+
+    answer = broker.callback(query, nonce)
+
+    assert answer.status == 400
+    assert "You declined access" in answer.body
+    assert 'href="/login"' in answer.body
+    assert "Traceback" not in answer.body
+    assert token_calls(broker) == 0
+    assert broker.callback(query, nonce).status == 400  # state consumed
+    assert "expired or was already used" in broker.callback(query, nonce).body
+
+
+def test_other_authorize_errors_get_a_generic_page(broker: Broker) -> None:
+    location, nonce = broker.start()
+    state = parse_qs(urlsplit(location).query)["state"][0]
+
+    answer = broker.callback({"error": "invalid_scope", "state": state}, nonce)
+
+    assert answer.status == 400
+    assert "could not authorize" in answer.body
+    assert token_calls(broker) == 0
+
+
+def test_a_code_smartsheet_rejects_gets_502_with_a_reference_and_stores_nothing(broker: Broker) -> None:
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA)
+    query["code"] = "not-a-code-smartsheet-issued"
+
+    answer = broker.callback(query, nonce)
+
+    assert answer.status == 502
+    assert "Reference:" in answer.body
+    assert "errorCode" not in answer.body
+    assert "Traceback" not in answer.body
+    assert broker.connections() == []
+    assert broker.secrets.list_secrets(Filters=[{"Key": "name", "Values": ["test-stack/"]}])["SecretList"] == []
+
+
+def test_wrong_client_secret_is_a_502_not_a_crash(broker: Broker) -> None:
+    broker.secrets.put_secret_value(
+        SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"],
+        SecretString='{"client_id": "local-client-id", "client_secret": "wrong"}',
+    )
+    location, nonce = broker.start()
+
+    answer = broker.callback(broker.consent(location, user_id=ADA), nonce)
+
+    assert answer.status == 502
+    assert broker.connections() == []
+
+
+def test_a_transient_smartsheet_error_is_retried_inside_the_request(broker: Broker) -> None:
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA)
+    broker.emulator.set_faults(next_outcomes=[4004])
+
+    answer = broker.callback(query, nonce)
+
+    assert answer.status == 200, answer.body
+    assert broker.connection(ADA) is not None
+
+
+def test_smartsheet_down_at_callback_is_a_503_and_stores_nothing(broker: Broker) -> None:
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA)
+    broker.emulator.set_faults(error_rate=1.0, token_only=True)
+
+    answer = broker.callback(query, nonce)
+
+    assert answer.status == 503
+    assert "try again" in answer.body
+    assert answer.headers.get("Retry-After")
+    assert broker.connections() == []
+
+
+def test_rate_limited_at_callback_is_a_503(broker: Broker) -> None:
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA)
+    broker.emulator.set_faults(rate_limit_rate=1.0, token_only=True)
+
+    assert broker.callback(query, nonce).status == 503
+    assert broker.connections() == []
+
+
+def test_concurrent_callbacks_with_one_state_let_exactly_one_through(broker: Broker) -> None:
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA)
+    barrier = threading.Barrier(4)
+    statuses: list[int] = []
+
+    def attempt() -> None:
+        barrier.wait()
+        statuses.append(broker.callback(query, nonce).status)
+
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(statuses) == [200, 400, 400, 400]
+    assert token_calls(broker) == 1
+
+
+def test_return_to_on_the_allow_list_is_where_the_user_lands(broker: Broker) -> None:
+    location, nonce = broker.start(return_to="https://app.example.com/settings")
+
+    answer = broker.callback(broker.consent(location, user_id=ADA), nonce)
+
+    assert answer.status == 303
+    assert answer.location == "https://app.example.com/settings"
+
+
+@pytest.mark.parametrize("target", ["https://evil.example.com/", "//evil.example.com", "javascript:alert(1)"])
+def test_return_to_off_the_allow_list_is_refused_at_login(broker: Broker, target: str) -> None:
+    answer = broker.login({"return_to": target})
+
+    assert answer.status == 400
+    assert "Location" not in answer.headers
+    assert broker.dynamodb.scan(TableName=broker.state_table)["Count"] == 0
+
+
+def test_oversized_query_is_a_400(broker: Broker) -> None:
+    assert broker.login({"return_to": "https://app.example.com/" + "x" * 5000}).status == 400
+    assert broker.callback({"state": "s", "code": "c" * 3000}, nonce="n").status == 400
+    assert token_calls(broker) == 0
+
+
+def test_missing_code_with_a_valid_state_is_a_400(broker: Broker) -> None:
+    location, nonce = broker.start()
+    state = parse_qs(urlsplit(location).query)["state"][0]
+
+    answer = broker.callback({"state": state}, nonce)
+
+    assert answer.status == 400
+    assert "did not send an authorization code" in answer.body
+    assert token_calls(broker) == 0
+
+
+def test_unknown_routes_are_404_pages(broker: Broker) -> None:
+    from authorize.app import lambda_handler
+
+    from tests.support.broker import answer_of
+    from tests.support.events import LambdaContext, http_event
+
+    answer = answer_of(lambda_handler(http_event("/admin"), LambdaContext()))
+
+    assert answer.status == 404
+    assert_secure_headers(answer.headers)
+    assert "Page not found" in answer.body
+
+
+def test_storage_outage_is_a_503_page_without_internals(broker: Broker) -> None:
+    broker.dynamodb.delete_table(TableName=broker.state_table)
+
+    answer = broker.login()
+
+    assert answer.status == 503
+    assert "ResourceNotFound" not in answer.body
+    assert "Traceback" not in answer.body

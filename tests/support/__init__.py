@@ -1,0 +1,1 @@
+"""Test helpers: event builders, Lambda contexts, the broker under test."""

@@ -1,0 +1,135 @@
+"""The broker under test, in-process: real handlers, moto's mock_aws, the Smartsheet emulator on loopback."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator
+from tests.support.events import LambdaContext, http_event, scheduled_event
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+NONCE_COOKIE = "__Host-smartsheet-oauth-nonce"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    cookies: list[str]
+    body: str
+
+    @property
+    def location(self) -> str:
+        return self.headers["Location"]
+
+    def cookie(self, name: str) -> str | None:
+        for raw in self.cookies:
+            jar: SimpleCookie = SimpleCookie()
+            jar.load(raw)
+            if name in jar:
+                return jar[name].value
+        return None
+
+
+def answer_of(result: dict[str, Any]) -> Answer:
+    return Answer(
+        status=result["statusCode"],
+        headers=dict(result.get("headers") or {}),
+        cookies=list(result.get("cookies") or []),
+        body=result.get("body") or "",
+    )
+
+
+class Broker:
+    """Drives the three real handlers the way API Gateway and EventBridge would."""
+
+    def __init__(
+        self, emulator: SmartsheetEmulator, dynamodb: DynamoDBClient, secrets: SecretsManagerClient, env: dict[str, str]
+    ) -> None:
+        self.emulator = emulator
+        self.dynamodb = dynamodb
+        self.secrets = secrets
+        self.env = env
+
+    # -- handlers ------------------------------------------------------------------------------
+    def login(self, query: dict[str, str] | str | None = None) -> Answer:
+        from authorize.app import lambda_handler
+
+        return answer_of(lambda_handler(http_event("/login", query), LambdaContext()))
+
+    def callback(self, query: dict[str, str] | str | None, nonce: str | None) -> Answer:
+        from callback.app import lambda_handler
+
+        cookies = {NONCE_COOKIE: nonce} if nonce is not None else None
+        return answer_of(lambda_handler(http_event("/callback", query, cookies=cookies), LambdaContext()))
+
+    def sweep(self, timeout_seconds: float = 60.0) -> dict[str, Any]:
+        from refresh.app import lambda_handler
+
+        result: dict[str, Any] = lambda_handler(scheduled_event(), LambdaContext(timeout_seconds=timeout_seconds))
+        return result
+
+    # -- flows ---------------------------------------------------------------------------------
+    def start(self, **query: str) -> tuple[str, str]:
+        """GET /login; returns (Smartsheet authorize URL, nonce cookie)."""
+        answer = self.login(query or None)
+        assert answer.status == 302, answer.body
+        nonce = answer.cookie(NONCE_COOKIE)
+        assert nonce
+        return answer.location, nonce
+
+    def consent(self, authorize_url: str, *, user_id: int | None = None, allow: bool = True) -> dict[str, str]:
+        """The emulated user clicks Allow/Deny; returns the callback's query parameters."""
+        redirect = self.emulator.consent(authorize_url, user_id=user_id, allow=allow)
+        return {k: v[0] for k, v in parse_qs(urlsplit(redirect).query).items()}
+
+    def sign_in(self, *, user_id: int | None = None) -> Answer:
+        location, nonce = self.start()
+        return self.callback(self.consent(location, user_id=user_id), nonce)
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def connections_table(self) -> str:
+        return self.env["CONNECTIONS_TABLE_NAME"]
+
+    @property
+    def state_table(self) -> str:
+        return self.env["STATE_TABLE_NAME"]
+
+    def connection(self, connection_id: str | int) -> dict[str, Any] | None:
+        item = self.dynamodb.get_item(
+            TableName=self.connections_table, Key={"connection_id": {"S": str(connection_id)}}, ConsistentRead=True
+        ).get("Item")
+        if item is None:
+            return None
+        return {k: (int(v["N"]) if "N" in v else v.get("S")) for k, v in item.items()}
+
+    def connections(self) -> list[dict[str, Any]]:
+        items = self.dynamodb.scan(TableName=self.connections_table)["Items"]
+        return [{k: (int(v["N"]) if "N" in v else v.get("S")) for k, v in i.items()} for i in items]
+
+    def tokens(self, connection_id: str | int, stage: str = "AWSCURRENT") -> dict[str, Any]:
+        name = f"{self.env['TOKEN_SECRET_PREFIX']}{connection_id}"
+        value: dict[str, Any] = json.loads(
+            self.secrets.get_secret_value(SecretId=name, VersionStage=stage)["SecretString"]
+        )
+        return value
+
+    def make_due(self, connection_id: str | int, *, at: int = 0) -> None:
+        """Move a connection's refresh time into the past, as time passing would."""
+        self.dynamodb.update_item(
+            TableName=self.connections_table,
+            Key={"connection_id": {"S": str(connection_id)}},
+            UpdateExpression="SET refresh_due_at = :due",
+            ExpressionAttributeValues={":due": {"N": str(at)}},
+        )
+
+
+APP = DEFAULT_APP

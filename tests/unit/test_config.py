@@ -1,0 +1,89 @@
+"""The configuration fails fast and names the variable that is missing or malformed."""
+
+from __future__ import annotations
+
+import pytest
+from smartsheet_oauth.config import REGIONS, load_config
+from smartsheet_oauth.errors import ConfigError
+
+BASE = {
+    "STATE_TABLE_NAME": "states",
+    "CONNECTIONS_TABLE_NAME": "connections",
+    "APP_CREDENTIALS_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf",
+    "TOKEN_SECRET_PREFIX": "broker/connections/",
+    "OAUTH_SCOPES": "READ_SHEETS WRITE_SHEETS",
+}
+
+
+def test_defaults_follow_the_design() -> None:
+    config = load_config(BASE)
+    assert config.region == "us"
+    assert config.authorize_url == "https://app.smartsheet.com/b/authorize"
+    assert config.api_base_url == "https://api.smartsheet.com/2.0"
+    assert config.scopes == ("READ_SHEETS", "WRITE_SHEETS")
+    assert config.redirect_uri is None
+    assert config.state_ttl_seconds == 600
+    assert config.refresh_window_seconds == 172800
+    assert config.allowed_return_to == ()
+
+
+@pytest.mark.parametrize("region", sorted(REGIONS))
+def test_each_region_has_its_own_hosts(region: str) -> None:
+    config = load_config({**BASE, "SMARTSHEET_REGION": region.upper()})
+    assert (config.authorize_url, config.api_base_url) == REGIONS[region]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["STATE_TABLE_NAME", "CONNECTIONS_TABLE_NAME", "APP_CREDENTIALS_SECRET_ARN", "TOKEN_SECRET_PREFIX", "OAUTH_SCOPES"],
+)
+def test_a_missing_variable_is_named(name: str) -> None:
+    env = {k: v for k, v in BASE.items() if k != name}
+    with pytest.raises(ConfigError, match=name) as info:
+        load_config(env)
+    assert info.value.variable == name
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("SMARTSHEET_REGION", "mars", "must be one of"),
+        ("OAUTH_SCOPES", "READ_SHEETS READ_EVERYTHING", "READ_EVERYTHING"),
+        ("STATE_TTL_SECONDS", "ten", "whole number"),
+        ("STATE_TTL_SECONDS", "5", "between"),
+        ("REFRESH_WINDOW_SECONDS", "99999999", "between"),
+        ("REFRESH_CONCURRENCY", "0", "between"),
+        ("TOKEN_SECRET_PREFIX", "no-trailing-slash", "must end with"),
+        ("TOKEN_SECRET_PREFIX", "bad prefix/", "only letters"),
+        ("SMARTSHEET_API_BASE_URL", "http://api.example.com/2.0", "https://"),
+        ("SMARTSHEET_AUTHORIZE_URL", "ftp://127.0.0.1/b/authorize", "https://"),
+        ("SMARTSHEET_API_BASE_URL", "https://api.example.com/2.0?x=1", "query"),
+        ("REDIRECT_URI", "http://example.com/callback", "https://"),
+        ("ALLOWED_RETURN_TO", "https://user@app.example.com", "userinfo"),
+        ("ALLOWED_RETURN_TO", "javascript:alert(1)", "https://"),
+    ],
+)
+def test_a_malformed_variable_is_named(name: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_config({**BASE, name: value})
+    assert info.value.variable == name
+    assert name in str(info.value)
+
+
+def test_http_overrides_are_allowed_for_loopback_only() -> None:
+    config = load_config(
+        {
+            **BASE,
+            "SMARTSHEET_API_BASE_URL": "http://127.0.0.1:8700/2.0/",
+            "SMARTSHEET_AUTHORIZE_URL": "http://localhost:8700/b/authorize",
+        }
+    )
+    assert config.api_base_url == "http://127.0.0.1:8700/2.0"
+    assert config.authorize_url == "http://localhost:8700/b/authorize"
+
+
+def test_scopes_are_deduplicated_in_order() -> None:
+    assert load_config({**BASE, "OAUTH_SCOPES": "WRITE_SHEETS READ_SHEETS WRITE_SHEETS"}).scopes == (
+        "WRITE_SHEETS",
+        "READ_SHEETS",
+    )

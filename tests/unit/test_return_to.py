@@ -1,0 +1,58 @@
+"""return_to only ever leads to an allow-listed origin or URL: no open redirect."""
+
+from __future__ import annotations
+
+import pytest
+from smartsheet_oauth.errors import BadRequest
+from smartsheet_oauth.sign_in import checked_return_to
+
+ALLOWED = ("https://app.example.com", "https://other.example.com/exact/path")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://app.example.com",
+        "https://app.example.com/",
+        "https://app.example.com/settings/smartsheet?tab=1",
+        "https://APP.example.com/x",
+        "https://other.example.com/exact/path",
+    ],
+)
+def test_allowed(url: str) -> None:
+    assert checked_return_to(url, ALLOWED) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://evil.example.com/",
+        "//evil.example.com",
+        "/\\evil.example.com",
+        "https:\\\\evil.example.com",
+        "javascript:alert(1)",
+        "data:text/html,hi",
+        "http://app.example.com/",
+        "https://app.example.com.evil.com/",
+        "https://app.example.com@evil.com/",
+        "https://user:pw@app.example.com/",
+        "https://app.example.com:8443/",
+        "https://other.example.com/exact/path/more",
+        "https://other.example.com/",
+        "https://app.example.com/\x00",
+        "https://app.example.com/\n",
+        "https%3A%2F%2Fevil.example.com",
+        "relative/path",
+        "x" * 3000,
+    ],
+)
+def test_refused(url: str) -> None:
+    with pytest.raises(BadRequest):
+        checked_return_to(url, ALLOWED)
+
+
+def test_nothing_is_allowed_by_default() -> None:
+    with pytest.raises(BadRequest):
+        checked_return_to("https://app.example.com/", ())
+    assert checked_return_to(None, ()) is None
+    assert checked_return_to("", ()) is None

@@ -1,0 +1,47 @@
+"""The authorize URL and the `hash` parameter are exactly what Smartsheet documents."""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import parse_qs, urlsplit
+
+from smartsheet_oauth.smartsheet import TokenGrant, authorize_url, request_hash
+
+
+def test_scopes_are_joined_with_percent_20_not_plus() -> None:
+    url = authorize_url(
+        "https://app.smartsheet.com/b/authorize",
+        client_id="abc",
+        scopes=("READ_SHEETS", "WRITE_SHEETS"),
+        state="s-1_x",
+        redirect_uri=None,
+    )
+    assert url.startswith("https://app.smartsheet.com/b/authorize?")
+    assert "scope=READ_SHEETS%20WRITE_SHEETS" in url
+    assert "+" not in url
+    query = parse_qs(urlsplit(url).query)
+    assert query == {
+        "response_type": ["code"],
+        "client_id": ["abc"],
+        "scope": ["READ_SHEETS WRITE_SHEETS"],
+        "state": ["s-1_x"],
+    }
+
+
+def test_redirect_uri_is_sent_only_when_configured() -> None:
+    url = authorize_url(
+        "https://a/b", client_id="c", scopes=("READ_SHEETS",), state="s", redirect_uri="https://x.example/callback"
+    )
+    assert parse_qs(urlsplit(url).query)["redirect_uri"] == ["https://x.example/callback"]
+
+
+def test_hash_is_sha256_of_secret_pipe_value() -> None:
+    expected = hashlib.sha256(b"my-secret|the-code").hexdigest()
+    assert request_hash("my-secret", "the-code") == expected
+    assert expected == expected.lower()
+
+
+def test_token_grant_repr_hides_tokens() -> None:
+    grant = TokenGrant(access_token="ACCESS-123", refresh_token="REFRESH-456", token_type="bearer", expires_in=10)
+    assert "ACCESS-123" not in repr(grant)
+    assert "REFRESH-456" not in repr(grant)
