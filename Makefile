@@ -4,12 +4,19 @@ SHELL := /bin/bash
 
 VENV        := .venv
 DEPLOY_VENV := .venv-deploy
+IAC_VENV    := .venv-iac
 PY          := $(VENV)/bin/python
 SAM         := $(DEPLOY_VENV)/bin/sam
 PYTEST_ARGS ?=
 ARGS        ?=
+STACK       ?=
+TRANSLATED  := .aws-sam/translated/template.json
+# The SAM CLI never sends telemetry from here; checkov neither phones home nor checks for updates.
+export SAM_CLI_TELEMETRY := 0
+export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
+export BC_SKIP_MAPPING := TRUE
 
-.PHONY: help venv deploy-venv dev demo refresh test unit lint typecheck validate build deploy \
+.PHONY: help venv deploy-venv iac-venv dev demo refresh test unit lint typecheck validate build deploy \
         set-client-secret bench reliability clean
 
 help: ## list the commands
@@ -27,9 +34,17 @@ $(DEPLOY_VENV)/.installed: requirements-deploy.txt
 	  $(DEPLOY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-deploy.txt
 	@touch $@
 
+$(IAC_VENV)/.installed: requirements-iac.txt
+	@py=$$(infra/scripts/find_python.sh) || exit 1; \
+	  [ -x $(IAC_VENV)/bin/python ] || "$$py" -m venv $(IAC_VENV); \
+	  $(IAC_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-iac.txt
+	@touch $@
+
 venv: $(VENV)/.installed ## create .venv with the pinned dependencies
 
 deploy-venv: $(DEPLOY_VENV)/.installed ## create .venv-deploy with the SAM CLI
+
+iac-venv: $(IAC_VENV)/.installed ## create .venv-iac with the security IaC checker (checkov)
 
 dev: venv ## run the broker locally: embedded AWS + Smartsheet emulator on http://127.0.0.1:3000
 	$(PY) -m infra.local.dev $(ARGS)
@@ -40,11 +55,14 @@ demo: venv ## run the whole sign-in and refresh story headless and print each st
 refresh: venv ## trigger the scheduled refresh sweep on the running `make dev` stack
 	$(PY) -m infra.local.dev refresh $(ARGS)
 
-lint: venv ## ruff, mypy and cfn-lint
+lint: venv iac-venv ## ruff, mypy, cfn-lint and checkov (on template.yaml and its SAM translation)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy functions infra tests
 	$(VENV)/bin/cfn-lint template.yaml
+	$(PY) -m infra.scripts.sam_translate template.yaml --output $(TRANSLATED)
+	$(VENV)/bin/cfn-lint $(TRANSLATED)
+	$(IAC_VENV)/bin/checkov --config-file infra/checkov.yaml --file template.yaml --file $(TRANSLATED)
 
 typecheck: venv
 	$(VENV)/bin/mypy functions infra tests
@@ -60,13 +78,14 @@ validate: deploy-venv ## sam validate --lint
 	$(SAM) validate --lint --template template.yaml
 
 build: deploy-venv ## sam build (never in a container): .aws-sam/build
-	$(SAM) build --template template.yaml
+	@py=$$(infra/scripts/find_python.sh) || exit 1; \
+	  PATH="$$(dirname "$$py"):$$PATH" $(SAM) build --template template.yaml
 
 deploy: build ## sam build, then sam deploy (add ARGS=--guided the first time)
 	$(SAM) deploy $(ARGS)
 
 set-client-secret: venv ## put the Smartsheet client secret into the deployed stack's secret (STACK=name)
-	$(PY) -m infra.scripts.set_client_secret $(ARGS)
+	$(PY) -m infra.scripts.set_client_secret $(if $(STACK),--stack $(STACK)) $(ARGS)
 
 clean: ## remove the venvs and build output
-	rm -rf $(VENV) $(DEPLOY_VENV) .aws-sam .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(DEPLOY_VENV) $(IAC_VENV) .aws-sam .mypy_cache .ruff_cache .hypothesis
