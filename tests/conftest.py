@@ -7,6 +7,9 @@ from collections.abc import Iterator
 import pytest
 from smartsheet_oauth import services
 
+# The `broker` (in-process) and `stack`/`local_stack`/`client` (loopback HTTP) fixtures, for every suite.
+pytest_plugins = ["tests.support.fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_aws_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

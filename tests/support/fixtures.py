@@ -1,0 +1,112 @@
+"""Fixtures more than one suite needs, registered for all of tests/ by tests/conftest.py (pytest_plugins).
+
+- `broker`: the in-process broker (moto's mock_aws, the Smartsheet emulator on loopback, the real handlers).
+- `stack`, `local_stack`, `client`: the local stack over loopback HTTP (moto server, emulator, gateway,
+  functions in their own processes), one per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+from smartsheet_oauth import services
+
+if TYPE_CHECKING:
+    from infra.local.demo import BrokerClient
+    from infra.local.smartsheet_emulator import SmartsheetEmulator
+    from infra.local.stack import LocalStack
+    from tests.support.broker import Broker
+
+# Every suite loads this plugin: moto and the local stack are imported only by the tests that use them.
+
+# -- the in-process broker ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[SmartsheetEmulator]:
+    from infra.local.smartsheet_emulator import SmartsheetEmulator
+
+    with SmartsheetEmulator(seed=1234).start() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def emulator(emulator_server: SmartsheetEmulator) -> Iterator[SmartsheetEmulator]:
+    emulator_server.reset_state()
+    emulator_server.reset_faults()
+    emulator_server.reset_stats()
+    yield emulator_server
+    emulator_server.reset_faults()
+
+
+@pytest.fixture
+def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
+    from moto import mock_aws
+
+    from infra.local.aws import LocalAws
+    from infra.local.smartsheet_emulator import DEFAULT_APP
+    from infra.local.template_model import Template
+    from tests.support.broker import Broker
+
+    with mock_aws():
+        app_credentials = {"client_id": DEFAULT_APP.client_id, "client_secret": DEFAULT_APP.client_secret}
+        aws = LocalAws(
+            Template.load(),
+            stack_name="test-stack",
+            region="us-east-1",
+            parameters={"SmartsheetClientId": DEFAULT_APP.client_id},
+            secret_values={"AppCredentialsSecret": json.dumps(app_credentials)},
+            in_process=True,
+        ).start()
+        env = {
+            "STATE_TABLE_NAME": aws.table_name("StateTable"),
+            "CONNECTIONS_TABLE_NAME": aws.table_name("ConnectionsTable"),
+            "APP_CREDENTIALS_SECRET_ARN": aws.secret_arn("AppCredentialsSecret"),
+            "TOKEN_SECRET_PREFIX": "test-stack/connections/",
+            "SMARTSHEET_REGION": "us",
+            "SMARTSHEET_AUTHORIZE_URL": emulator.authorize_url,
+            "SMARTSHEET_API_BASE_URL": emulator.api_base_url,
+            "OAUTH_SCOPES": "READ_SHEETS WRITE_SHEETS",
+            "ALLOWED_RETURN_TO": "https://app.example.com",
+            "POWERTOOLS_SERVICE_NAME": "smartsheet-oauth-broker",
+            "POWERTOOLS_LOG_LEVEL": "DEBUG",
+        }
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        services.reset()
+        yield Broker(emulator, aws.dynamodb, aws.secretsmanager, env)
+        services.reset()
+
+
+# -- the local stack over HTTP -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    from infra.local.stack import LocalStack
+
+    # Separate stack name from `make dev`'s, so a dev stack and the tests never share secrets' names.
+    # The functions' logs go to logging: pytest shows them beside a failing test.
+    with LocalStack(stack_name=f"e2e-{os.getpid()}") as local:
+        yield local
+
+
+@pytest.fixture
+def local_stack(stack: LocalStack) -> Iterator[LocalStack]:
+    """The session stack with the emulator's faults cleared before and after the test."""
+    stack.emulator.reset_faults()
+    yield stack
+    stack.emulator.reset_faults()
+
+
+@pytest.fixture
+def client(local_stack: LocalStack) -> Iterator[BrokerClient]:
+    from infra.local.demo import BrokerClient
+
+    broker = BrokerClient(local_stack.url, local_stack.emulator.base_url)
+    yield broker
+    broker.http.close()
