@@ -8,7 +8,7 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import pages, services
+from smartsheet_oauth import events, pages, services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.observability import logger, metrics
 from smartsheet_oauth.sign_in import NONCE_COOKIE, finish_sign_in
@@ -40,6 +40,15 @@ def callback() -> Any:
     logger.append_keys(connection_id=signed_in.connection_id)
     logger.info("connection stored", extra={"outcome": "success", "new_connection": signed_in.is_new})
     count("callback", "success")
+    services.event_publisher().publish(
+        events.ConnectionEvent(
+            detail_type=events.CREATED if signed_in.is_new else events.RECONNECTED,
+            connection_id=signed_in.connection_id,
+            status="active",
+            region=config.region,
+            email=signed_in.email,
+        )
+    )
     if signed_in.return_to:
         return redirect(303, signed_in.return_to, cookies=[_CLEAR_NONCE])
     return html(200, pages.signed_in(signed_in.email), cookies=[_CLEAR_NONCE])

@@ -25,6 +25,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         connections=services.connection_store(),
         vault=services.token_vault(),
         smartsheet=services.smartsheet_client(),
+        events=services.event_publisher(),
     )
     report = sweep(
         deps,

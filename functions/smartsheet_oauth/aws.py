@@ -10,6 +10,7 @@ from botocore.config import Config as BotoConfig
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 # Standard retry mode retries throttling and 5xx with backoff; short timeouts keep a request inside its budget.
@@ -17,6 +18,14 @@ _BOTO_CONFIG = BotoConfig(
     retries={"mode": "standard", "max_attempts": 3},
     connect_timeout=2,
     read_timeout=5,
+    max_pool_connections=64,
+)
+
+# Events are best-effort beside a sign-in or a refresh: tight timeouts bound what a slow EventBridge can cost.
+_EVENTS_CONFIG = BotoConfig(
+    retries={"mode": "standard", "max_attempts": 3},
+    connect_timeout=1,
+    read_timeout=2,
     max_pool_connections=64,
 )
 
@@ -31,7 +40,13 @@ def secretsmanager() -> SecretsManagerClient:
     return boto3.client("secretsmanager", config=_BOTO_CONFIG)
 
 
+@cache
+def events() -> EventBridgeClient:
+    return boto3.client("events", config=_EVENTS_CONFIG)
+
+
 def reset() -> None:
     """Forget the cached clients (tests switch endpoints between cases)."""
     dynamodb.cache_clear()
     secretsmanager.cache_clear()
+    events.cache_clear()

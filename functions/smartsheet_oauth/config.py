@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -67,6 +68,10 @@ class Config:
     lease_seconds: int
     app_credentials_max_age_seconds: int
     token_kms_key_id: str | None
+    # Connections as a product (events, management API, connect sessions): defaults keep older callers working.
+    event_bus_name: str = "default"
+    anonymous_login: bool = True
+    connect_session_ttl_seconds: int = 600
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
@@ -99,6 +104,9 @@ def load_config(environ: Mapping[str, str]) -> Config:
         lease_seconds=_int(environ, "REFRESH_LEASE_SECONDS", 120, low=10, high=900),
         app_credentials_max_age_seconds=_int(environ, "APP_CREDENTIALS_MAX_AGE_SECONDS", 300, low=0, high=86400),
         token_kms_key_id=environ.get("TOKEN_KMS_KEY_ID", "").strip() or None,
+        event_bus_name=_event_bus(environ.get("EVENT_BUS_NAME", "")),
+        anonymous_login=_switch(environ, "ANONYMOUS_LOGIN", default=True),
+        connect_session_ttl_seconds=_int(environ, "CONNECT_SESSION_TTL_SECONDS", 600, low=60, high=3600),
     )
 
 
@@ -186,3 +194,26 @@ def _allowed_return_to(raw: str) -> tuple[str, ...]:
             raise ConfigError("ALLOWED_RETURN_TO", f"entries may not carry userinfo or fragments: {entry!r}")
         entries.append(entry)
     return tuple(entries)
+
+
+_EVENT_BUS_NAME = re.compile(r"[A-Za-z0-9._/-]{1,256}")
+_EVENT_BUS_ARN = re.compile(r"arn:aws[a-z-]*:events:[a-z0-9-]+:\d{12}:event-bus/[A-Za-z0-9._/-]{1,256}")
+
+
+def _event_bus(raw: str) -> str:
+    """The bus the connection events go to: a name in this account and region, or a bus ARN."""
+    value = raw.strip() or "default"
+    if _EVENT_BUS_NAME.fullmatch(value) or _EVENT_BUS_ARN.fullmatch(value):
+        return value
+    raise ConfigError("EVENT_BUS_NAME", f"must be an event bus name or ARN, got {value!r}")
+
+
+def _switch(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("enabled", "true"):
+        return True
+    if raw in ("disabled", "false"):
+        return False
+    raise ConfigError(name, f"must be 'enabled' or 'disabled', got {raw!r}")

@@ -35,6 +35,8 @@ class Connection:
     last_error: str | None
     created_at: int
     updated_at: int
+    # The integrator's own user this connection is bound to (through a connect session), if any.
+    end_user_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         last_error=_s(item, "last_error"),
         created_at=_n(item, "created_at", 0) or 0,
         updated_at=_n(item, "updated_at", 0) or 0,
+        end_user_id=_s(item, "end_user_id"),
     )
 
 
@@ -116,9 +119,11 @@ class ConnectionStore:
                     ":one": {"N": "1"},
                     ":now": {"N": str(now)},
                 },
-                ReturnValues="UPDATED_OLD",
+                # ALL_OLD: no attributes back means there was no item. (UPDATED_OLD leaves out attributes whose
+                # value did not change, such as an if_not_exists created_at, in moto at least.)
+                ReturnValues="ALL_OLD",
             )
-        return "created_at" not in answer.get("Attributes", {})
+        return not answer.get("Attributes")
 
     def get(self, connection_id: str) -> Connection | None:
         with storage("connections.get"):

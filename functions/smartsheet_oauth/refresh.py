@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from smartsheet_oauth import connection_store, events
 from smartsheet_oauth.config import Config
 from smartsheet_oauth.connection_store import Connection, ConnectionStore, DueConnection
 from smartsheet_oauth.errors import (
@@ -42,6 +43,7 @@ class RefreshDeps:
     smartsheet: SmartsheetClient
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    events: events.EventPublisher | None = None
 
 
 @dataclass(slots=True)
@@ -134,6 +136,8 @@ def refresh_connection(due: DueConnection, deps: RefreshDeps, *, rng: random.Ran
         # The pair is stored; the record still says "due" and its lease expires, so the next sweep refreshes
         # again from the stored (new) pair. Nothing is lost.
         logger.warning("commit failed after save", extra={"connection_id": leased.connection_id, "reason": exc.code})
+    if leased.failures:
+        events.emit(deps.events, events.about(events.RECOVERED, leased, status=connection_store.ACTIVE))
     logger.info("connection refreshed", extra={"connection_id": leased.connection_id, "outcome": REFRESHED})
     return REFRESHED
 
@@ -186,6 +190,10 @@ def _transient(
             "failures": failures,
         },
     )
+    events.emit(
+        deps.events,
+        events.about(events.REFRESH_FAILED, leased, status=connection_store.ACTIVE, reason=reason, attempt=failures),
+    )
     return TRANSIENT
 
 
@@ -226,6 +234,9 @@ def _invalid_grant(leased: Connection, owner: str, used: TokenSet, deps: Refresh
     logger.warning(
         "grant revoked or expired at Smartsheet; user must sign in again",
         extra={"connection_id": leased.connection_id, "outcome": NEEDS_REAUTH, "reason": exc.reason},
+    )
+    events.emit(
+        deps.events, events.about(events.NEEDS_REAUTH, leased, status=connection_store.NEEDS_REAUTH, reason=exc.reason)
     )
     return NEEDS_REAUTH
 

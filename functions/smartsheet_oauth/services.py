@@ -11,6 +11,7 @@ from smartsheet_oauth import aws
 from smartsheet_oauth.config import Config, get_config
 from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.errors import ConfigError
+from smartsheet_oauth.events import EventPublisher
 from smartsheet_oauth.smartsheet import SmartsheetClient
 from smartsheet_oauth.state_store import StateStore
 from smartsheet_oauth.token_vault import TokenVault
@@ -69,6 +70,11 @@ def token_vault() -> TokenVault:
     return TokenVault(aws.secretsmanager(), config.token_secret_prefix, kms_key_id=config.token_kms_key_id)
 
 
+@cache
+def event_publisher() -> EventPublisher:
+    return EventPublisher(aws.events(), get_config().event_bus_name)
+
+
 _client_lock = threading.Lock()
 _client: tuple[AppCredentials, SmartsheetClient] | None = None
 
@@ -93,7 +99,7 @@ def reset() -> None:
     global _client  # noqa: PLW0603
     get_config.cache_clear()
     aws.reset()
-    for factory in (_secrets_provider, state_store, connection_store, token_vault):
+    for factory in (_secrets_provider, state_store, connection_store, token_vault, event_publisher):
         factory.cache_clear()
     with _client_lock:
         _client = None
