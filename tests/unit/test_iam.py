@@ -1,0 +1,485 @@
+"""Least privilege, proven on the SAM-translated template: each function's role grants exactly the actions on
+its own resources listed here, and every AWS call the real handlers make is allowed for that function."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+from smartsheet_oauth import services
+
+from infra.local.template_model import PhysicalResource, Resolver, Template, synthesize_physical
+from infra.scripts.sam_translate import TEMPLATE, load_template, translate
+
+if TYPE_CHECKING:
+    from tests.support.broker import Broker
+
+BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+
+# -- the template's resources as its policies name them (after the transform) ------------------------
+STATE_TABLE = {"Fn::GetAtt": ["StateTable", "Arn"]}
+CONNECTIONS_TABLE = {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}
+DUE_INDEX = {"Fn::Sub": "${ConnectionsTable.Arn}/index/by-refresh-due"}
+END_USER_INDEX = {"Fn::Sub": "${ConnectionsTable.Arn}/index/by-end-user"}
+APP_CREDENTIALS = {"Ref": "AppCredentialsSecret"}
+TOKEN_SECRETS = {
+    "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:"
+    "${AWS::StackName}/connections/*"
+}
+EVENT_BUS = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"}
+PENDING_TOKENS_KEY = {"Fn::GetAtt": ["PendingTokensKey", "Arn"]}
+ONLY_PENDING_PAIRS = {"StringEquals": {"kms:EncryptionContext:purpose": "pending-token-pair"}}
+TOKEN_KEY = {"Ref": "TokenKmsKeyArn"}
+VIA_SECRETS_MANAGER = {
+    "StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"}}
+}
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    action: str
+    resource: str  # canonical JSON of the Resource as the template writes it
+    condition: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.action} on {self.resource}" + (f" if {self.condition}" if self.condition else "")
+
+
+def grants(actions: Iterable[str], resource: Any, condition: Any = None) -> set[Grant]:
+    return {Grant(a, canonical(resource), canonical(condition) if condition else None) for a in actions}
+
+
+# -- what each function needs, and nothing else -------------------------------------------------------
+READ_APP_CREDENTIALS = grants(["secretsmanager:GetSecretValue"], APP_CREDENTIALS)
+PUBLISH_EVENTS = grants(["events:PutEvents"], EVENT_BUS)
+SEAL_PENDING_PAIRS = grants(["kms:GenerateDataKey", "kms:Decrypt"], PENDING_TOKENS_KEY, ONLY_PENDING_PAIRS)
+# Only with the TokenKmsKeyArn parameter: Secrets Manager uses the customer key on the function's behalf.
+CUSTOMER_TOKEN_KEY = grants(["kms:Decrypt", "kms:GenerateDataKey"], TOKEN_KEY, VIA_SECRETS_MANAGER)
+
+EXPECTED: dict[str, set[Grant]] = {
+    "AuthorizeFunction": grants(["dynamodb:PutItem"], STATE_TABLE) | READ_APP_CREDENTIALS,
+    "CallbackFunction": grants(["dynamodb:DeleteItem"], STATE_TABLE)
+    | grants(["dynamodb:UpdateItem"], CONNECTIONS_TABLE)
+    | READ_APP_CREDENTIALS
+    | grants(
+        [
+            "secretsmanager:CreateSecret",
+            "secretsmanager:PutSecretValue",
+            "secretsmanager:DescribeSecret",
+            "secretsmanager:RestoreSecret",
+        ],
+        TOKEN_SECRETS,
+    )
+    | PUBLISH_EVENTS,
+    "RefreshFunction": grants(["dynamodb:Query"], DUE_INDEX)
+    | grants(["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"], CONNECTIONS_TABLE)
+    | READ_APP_CREDENTIALS
+    | grants(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], TOKEN_SECRETS)
+    | SEAL_PENDING_PAIRS
+    | PUBLISH_EVENTS,
+    "ManagementFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"], CONNECTIONS_TABLE)
+    | grants(["dynamodb:Query"], END_USER_INDEX)
+    | grants(["dynamodb:PutItem"], STATE_TABLE)
+    | READ_APP_CREDENTIALS
+    | grants(
+        ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue", "secretsmanager:DeleteSecret"],
+        TOKEN_SECRETS,
+    )
+    | SEAL_PENDING_PAIRS
+    | PUBLISH_EVENTS,
+}
+USES_TOKEN_SECRETS = frozenset({"CallbackFunction", "RefreshFunction", "ManagementFunction"})
+
+WITH_TOKEN_KEY = {"TokenKmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"}
+
+
+# -- reading the translated template ------------------------------------------------------------------
+@cache
+def _translated(parameters: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return translate(TEMPLATE, dict(parameters))
+
+
+def translated(parameters: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return _translated(tuple(sorted((parameters or {}).items())))
+
+
+def resolver(document: Mapping[str, Any], parameters: Mapping[str, str], **kwargs: Any) -> Resolver:
+    values = {"SmartsheetClientId": "placeholder-client-id", **parameters}
+    return Resolver(Template(path=TEMPLATE, document=document), parameters=values, **kwargs)
+
+
+def choose_branches(value: Any, conditions: Resolver) -> Any:
+    """Evaluate Fn::If (and drop AWS::NoValue) the way CloudFormation would, leaving every other intrinsic as is."""
+    if isinstance(value, list):
+        items = [choose_branches(item, conditions) for item in value]
+        return [item for item in items if item != {"Ref": "AWS::NoValue"}]
+    if isinstance(value, dict):
+        if set(value) == {"Fn::If"}:
+            name, when_true, when_false = value["Fn::If"]
+            return choose_branches(when_true if conditions.condition(name) else when_false, conditions)
+        return {k: choose_branches(v, conditions) for k, v in value.items() if v != {"Ref": "AWS::NoValue"}}
+    return value
+
+
+def function_roles(document: Mapping[str, Any]) -> dict[str, str]:
+    """Function logical id -> the logical id of the role it runs as."""
+    roles = {}
+    for logical_id, resource in document["Resources"].items():
+        if resource["Type"] == "AWS::Lambda::Function":
+            role = resource["Properties"]["Role"]
+            assert set(role) == {"Fn::GetAtt"}, f"{logical_id} must run as a role of this template, not {role}"
+            roles[logical_id] = role["Fn::GetAtt"][0]
+    return roles
+
+
+def role_statements(document: Mapping[str, Any], role: str, parameters: Mapping[str, str]) -> list[dict[str, Any]]:
+    conditions = resolver(document, parameters, stack_name="any")
+    properties = document["Resources"][role]["Properties"]
+    statements: list[dict[str, Any]] = []
+    for policy in choose_branches(properties.get("Policies", []), conditions):
+        found = policy["PolicyDocument"]["Statement"]
+        statements += found if isinstance(found, list) else [found]
+    return statements
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def granted(statements: Iterable[Mapping[str, Any]]) -> set[Grant]:
+    found: set[Grant] = set()
+    for statement in statements:
+        assert statement.get("Effect") == "Allow", statement
+        assert not {"NotAction", "NotResource", "NotPrincipal"} & set(statement), statement
+        for action in as_list(statement["Action"]):
+            for resource in as_list(statement["Resource"]):
+                found |= grants([action], resource, statement.get("Condition"))
+    return found
+
+
+# -- the explicit lists --------------------------------------------------------------------------------
+def test_every_function_has_an_explicit_list_and_its_own_role() -> None:
+    roles = function_roles(translated())
+    assert set(roles) == set(EXPECTED), (
+        "a function was added or removed: give it an explicit list of actions and resources in EXPECTED"
+    )
+    assert len(set(roles.values())) == len(roles), "functions share a role"
+
+
+@pytest.mark.parametrize("parameters", [{}, WITH_TOKEN_KEY], ids=["aws-managed-token-key", "customer-token-key"])
+@pytest.mark.parametrize("function", sorted(EXPECTED))
+def test_each_function_is_granted_exactly_its_list(function: str, parameters: dict[str, str]) -> None:
+    document = translated(parameters)
+    role = function_roles(document)[function]
+    expected = set(EXPECTED[function])
+    if parameters and function in USES_TOKEN_SECRETS:
+        expected |= CUSTOMER_TOKEN_KEY
+
+    actual = granted(role_statements(document, role, parameters))
+
+    missing, extra = sorted(map(str, expected - actual)), sorted(map(str, actual - expected))
+    assert not missing, f"{function} lacks {missing}"
+    assert not extra, f"{function} is granted more than it needs: {extra}"
+
+
+def test_roles_carry_only_the_basic_logging_policy_and_no_wildcard() -> None:
+    document = translated(WITH_TOKEN_KEY)
+    for function, role in function_roles(document).items():
+        properties = document["Resources"][role]["Properties"]
+        # Lambda's own logging policy (CloudWatch Logs only); no managed CRUD or admin policy.
+        assert properties.get("ManagedPolicyArns") == [BASIC_EXECUTION], function
+        for grant in granted(role_statements(document, role, WITH_TOKEN_KEY)):
+            assert "*" not in grant.action, f"{function}: {grant}"
+            assert json.loads(grant.resource) != "*", f"{function}: {grant}"
+
+
+def test_the_source_template_uses_inline_statements_not_sam_policy_templates() -> None:
+    for logical_id, resource in load_template()["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for policy in resource["Properties"].get("Policies", []):
+            branches = policy["Fn::If"][1:] if isinstance(policy, dict) and "Fn::If" in policy else [policy]
+            for branch in branches:
+                assert isinstance(branch, dict), f"{logical_id}: managed policy {branch!r}"
+                assert set(branch) <= {"Statement", "Version", "Ref"}, f"{logical_id}: policy template {branch!r}"
+
+
+# -- what the code really calls ------------------------------------------------------------------------
+ACCOUNT = "123456789012"  # moto's account
+REGION = "us-east-1"
+STACK = "test-stack"  # the broker fixture's stack: TOKEN_SECRET_PREFIX is test-stack/connections/
+
+# What Secrets Manager asks KMS for, on the caller's behalf, when a secret is under a customer key.
+IMPLIED_KMS = {
+    "CreateSecret": ("kms:GenerateDataKey", "kms:Decrypt"),
+    "PutSecretValue": ("kms:GenerateDataKey", "kms:Decrypt"),
+    "GetSecretValue": ("kms:Decrypt",),
+}
+
+
+@dataclass
+class Call:
+    function: str
+    service: str  # the IAM prefix (the signing name)
+    operation: str
+    params: dict[str, Any]
+    response: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def action(self) -> str:
+        return f"{self.service}:{self.operation}"
+
+
+class CallRecorder:
+    """Records every AWS API call made by boto3 clients created after it starts, per acting function."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.acting: str | None = None  # a plain attribute: the sweep's worker threads act for it too
+        self.last: str | None = None
+        if boto3.DEFAULT_SESSION is None:
+            boto3.setup_default_session()
+        assert boto3.DEFAULT_SESSION is not None
+        self._events = boto3.DEFAULT_SESSION.events
+
+    def start(self) -> None:
+        self._events.register("before-call", self._before, unique_id="test-iam-before")
+        self._events.register("after-call", self._after, unique_id="test-iam-after")
+
+    def stop(self) -> None:
+        self._events.unregister("before-call", unique_id="test-iam-before")
+        self._events.unregister("after-call", unique_id="test-iam-after")
+
+    @contextlib.contextmanager
+    def acting_as(self, function: str) -> Iterator[None]:
+        # Each function runs in its own containers: what one cached (the app credentials, clients) the next
+        # one has to fetch itself.
+        if function != self.last:
+            services.reset()
+        self.acting = self.last = function
+        try:
+            yield
+        finally:
+            self.acting = None
+
+    def _before(self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if self.acting is None:
+            return  # the test's own set-up and checks
+        body = params.get("body") or b"{}"
+        call = Call(
+            function=self.acting,
+            service=model.service_model.signing_name,
+            operation=model.name,
+            params=json.loads(body) if body else {},
+        )
+        context["iam_test_call"] = call
+        self.calls.append(call)
+
+    def _after(self, parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        call = context.get("iam_test_call")
+        if call is not None:
+            call.response = {k: v for k, v in parsed.items() if k in ("KeyId", "ARN")}
+
+    def of(self, function: str) -> list[Call]:
+        return [c for c in self.calls if c.function == function]
+
+
+def table_arn(name: str) -> str:
+    return f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"
+
+
+def secret_arn(secret_id: str) -> str:
+    # A name resolves to the secret's ARN, which ends with "-" and six random characters.
+    return (
+        secret_id
+        if secret_id.startswith("arn:")
+        else f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:{secret_id}-AbCdEf"
+    )
+
+
+def key_arn(key_id: str) -> str:
+    return key_id if key_id.startswith("arn:") else f"arn:aws:kms:{REGION}:{ACCOUNT}:key/{key_id}"
+
+
+def resources_of(call: Call) -> list[str]:
+    """The ARNs IAM checks the call against."""
+    p = call.params
+    if call.service == "dynamodb" and "TableName" in p:
+        arn = table_arn(p["TableName"])
+        return [f"{arn}/index/{p['IndexName']}" if p.get("IndexName") else arn]
+    if call.service == "secretsmanager" and ("SecretId" in p or "Name" in p):
+        return [secret_arn(p.get("SecretId") or p["Name"])]
+    if call.service == "events" and call.operation == "PutEvents":
+        buses = {entry.get("EventBusName") or "default" for entry in p["Entries"]}
+        return [b if b.startswith("arn:") else f"arn:aws:events:{REGION}:{ACCOUNT}:event-bus/{b}" for b in buses]
+    if call.service == "kms" and (p.get("KeyId") or call.response.get("KeyId")):
+        return [key_arn(p.get("KeyId") or call.response["KeyId"])]
+    raise AssertionError(f"teach resources_of() which resource {call.action} acts on (params: {sorted(p)})")
+
+
+def condition_holds(condition: Mapping[str, Any] | None, context: Mapping[str, str]) -> bool:
+    """StringEquals only: any other operator or a key the call does not carry denies (the safe answer)."""
+    for operator, tests in (condition or {}).items():
+        if operator != "StringEquals":
+            return False
+        for key, wanted in tests.items():
+            if context.get(key) not in as_list(wanted):
+                return False
+    return True
+
+
+def allows(statements: Iterable[Mapping[str, Any]], action: str, resource: str, context: Mapping[str, str]) -> bool:
+    return any(
+        statement["Effect"] == "Allow"
+        and any(fnmatchcase(action.lower(), str(a).lower()) for a in as_list(statement["Action"]))
+        and any(fnmatchcase(resource, str(r)) for r in as_list(statement["Resource"]))
+        and condition_holds(statement.get("Condition"), context)
+        for statement in statements
+    )
+
+
+def needed(call: Call, token_key: str | None) -> list[tuple[str, str, dict[str, str]]]:
+    """(action, resource, request context) IAM evaluates for the call, including what a service asks KMS for."""
+    context = {f"kms:EncryptionContext:{k}": str(v) for k, v in (call.params.get("EncryptionContext") or {}).items()}
+    checks = [(call.action, resource, context) for resource in resources_of(call)]
+    secret = call.params.get("SecretId") or call.params.get("Name") or ""
+    if token_key and call.service == "secretsmanager" and f"secret:{STACK}/connections/" in secret_arn(secret):
+        via = {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}
+        checks += [(action, token_key, via) for action in IMPLIED_KMS.get(call.operation, ())]
+    return checks
+
+
+@dataclass
+class Deployed:
+    """The moto resources standing in for the stack's, as the function roles' ARNs resolve to."""
+
+    physical: dict[str, PhysicalResource]
+    parameters: dict[str, str]
+
+    def statements(self, function: str) -> list[dict[str, Any]]:
+        document = translated(self.parameters)
+        role = function_roles(document)[function]
+        resolved = resolver(
+            document,
+            self.parameters,
+            stack_name=STACK,
+            region=REGION,
+            account_id=ACCOUNT,
+            physical=lambda lid: (
+                self.physical.get(lid) or synthesize_physical(Template(TEMPLATE, document), lid, STACK, REGION, ACCOUNT)
+            ),
+        )
+        return [resolved.resolve(s) for s in role_statements(document, role, self.parameters)]
+
+
+def deploy(broker: Broker, monkeypatch: pytest.MonkeyPatch, *, customer_token_key: bool) -> Deployed:
+    kms = boto3.client("kms", region_name=REGION)
+    physical = {
+        "StateTable": PhysicalResource(broker.state_table, {"Arn": table_arn(broker.state_table)}),
+        "ConnectionsTable": PhysicalResource(broker.connections_table, {"Arn": table_arn(broker.connections_table)}),
+        "AppCredentialsSecret": PhysicalResource(broker.env["APP_CREDENTIALS_SECRET_ARN"]),
+    }
+    # Keys the template creates (PendingTokensKey...) and the environment variables that name them, as deployed.
+    environment = translated()["Resources"]["RefreshFunction"]["Properties"]["Environment"]["Variables"]
+    for logical_id, resource in translated()["Resources"].items():
+        if resource["Type"] == "AWS::KMS::Key":
+            key = kms.create_key(Description=logical_id)["KeyMetadata"]
+            physical[logical_id] = PhysicalResource(key["KeyId"], {"Arn": key["Arn"], "KeyId": key["KeyId"]})
+            for name, value in environment.items():
+                if value in ({"Fn::GetAtt": [logical_id, "Arn"]}, {"Ref": logical_id}):
+                    monkeypatch.setenv(name, key["Arn"])
+    parameters: dict[str, str] = {}
+    if customer_token_key:
+        parameters["TokenKmsKeyArn"] = kms.create_key(Description="customer token key")["KeyMetadata"]["Arn"]
+        monkeypatch.setenv("TOKEN_KMS_KEY_ID", parameters["TokenKmsKeyArn"])
+    if "EVENT_BUS_NAME" in broker.env:
+        parameters["EventBusName"] = broker.env["EVENT_BUS_NAME"]
+    services.reset()
+    return Deployed(physical, parameters)
+
+
+ADA = 4583173393803140
+GRACE = 6812335718217604
+
+
+@pytest.fixture
+def recorder() -> Iterator[CallRecorder]:
+    recorder = CallRecorder()
+    recorder.start()
+    yield recorder
+    recorder.stop()
+
+
+@pytest.mark.parametrize("customer_token_key", [False, True], ids=["aws-managed-token-key", "customer-token-key"])
+def test_every_call_the_handlers_make_is_allowed_for_that_function(
+    broker: Broker, recorder: CallRecorder, monkeypatch: pytest.MonkeyPatch, customer_token_key: bool
+) -> None:
+    deployed = deploy(broker, monkeypatch, customer_token_key=customer_token_key)
+
+    def sign_in(user_id: int) -> None:
+        with recorder.acting_as("AuthorizeFunction"):
+            location, nonce = broker.start()
+        query = broker.consent(location, user_id=user_id)
+        with recorder.acting_as("CallbackFunction"):
+            assert broker.callback(query, nonce).status == 200
+
+    sign_in(ADA)  # a new user: the secret is created
+    sign_in(ADA)  # a returning user: a new version of the same secret
+    sign_in(GRACE)
+    broker.emulator.revoke_user(GRACE)
+    broker.make_due(ADA)
+    broker.make_due(GRACE)
+    with recorder.acting_as("RefreshFunction"):
+        report = broker.sweep()
+    assert report["outcomes"]["ok"] == 1, report
+    assert report["outcomes"]["needs_reauth"] == 1, report
+
+    token_key = deployed.parameters.get("TokenKmsKeyArn")
+    seen: dict[str, list[str]] = {}
+    for function in ("AuthorizeFunction", "CallbackFunction", "RefreshFunction"):
+        calls = recorder.of(function)
+        statements = deployed.statements(function)
+        seen[function] = sorted({c.action for c in calls})
+        for call in calls:
+            for action, resource, context in needed(call, token_key):
+                assert allows(statements, action, resource, context), (
+                    f"{function} calls {call.action} but its role does not allow {action} on {resource} ({context})"
+                )
+    # The recording itself works: each function's core calls were seen.
+    assert {"dynamodb:PutItem", "secretsmanager:GetSecretValue"} <= set(seen["AuthorizeFunction"])
+    assert {"dynamodb:DeleteItem", "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue"} <= set(
+        seen["CallbackFunction"]
+    )
+    assert {"dynamodb:Query", "secretsmanager:PutSecretValue"} <= set(seen["RefreshFunction"])
+    counts = {f: dict(Counter(c.action for c in recorder.of(f))) for f in seen}
+    print(f"AWS calls per function (3 sign-ins, 1 sweep of 2): {json.dumps(counts)}")
+
+
+def test_a_call_outside_the_role_would_be_caught(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checker itself: it refuses what the roles do not grant (another table, another secret, a bare KMS use)."""
+    deployed = deploy(broker, monkeypatch, customer_token_key=True)
+    authorize, refresh = deployed.statements("AuthorizeFunction"), deployed.statements("RefreshFunction")
+    token_key = deployed.parameters["TokenKmsKeyArn"]
+
+    assert allows(authorize, "dynamodb:PutItem", table_arn(broker.state_table), {})
+    assert not allows(authorize, "dynamodb:PutItem", table_arn(broker.connections_table), {})
+    assert not allows(authorize, "dynamodb:DeleteItem", table_arn(broker.state_table), {})
+    assert allows(refresh, "secretsmanager:PutSecretValue", secret_arn(f"{STACK}/connections/42"), {})
+    assert not allows(refresh, "secretsmanager:PutSecretValue", secret_arn("other-stack/connections/42"), {})
+    assert not allows(refresh, "secretsmanager:PutSecretValue", broker.env["APP_CREDENTIALS_SECRET_ARN"], {})
+    via = {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}
+    assert allows(refresh, "kms:Decrypt", token_key, via)
+    assert not allows(refresh, "kms:Decrypt", token_key, {})  # only through Secrets Manager
+    assert not allows(authorize, "kms:Decrypt", token_key, via)
