@@ -329,18 +329,30 @@ def resources_of(call: Call) -> list[str]:
     raise AssertionError(f"teach resources_of() which resource {call.action} acts on (params: {sorted(p)})")
 
 
-def condition_holds(condition: Mapping[str, Any] | None, context: Mapping[str, str]) -> bool:
-    """StringEquals only: any other operator or a key the call does not carry denies (the safe answer)."""
+CONDITION_MATCHERS = {
+    "StringEquals": lambda value, pattern: value == pattern,
+    "StringLike": fnmatchcase,
+}
+
+
+def condition_holds(condition: Mapping[str, Any] | None, context: Mapping[str, Any]) -> bool:
+    """String(Equals|Like), optionally ForAllValues: over a multi-valued key. Any other operator, or a key the
+    call does not carry, denies (the safe answer: the test then fails and the evaluator is taught the rest)."""
     for operator, tests in (condition or {}).items():
-        if operator != "StringEquals":
+        qualifier, _, name = operator.rpartition(":")
+        match = CONDITION_MATCHERS.get(name)
+        if match is None or qualifier not in ("", "ForAllValues"):
             return False
         for key, wanted in tests.items():
-            if context.get(key) not in as_list(wanted):
+            values = context.get(key)
+            if values is None or (qualifier == "" and isinstance(values, list)):
+                return False
+            if not all(any(match(str(v), str(w)) for w in as_list(wanted)) for v in as_list(values)):
                 return False
     return True
 
 
-def allows(statements: Iterable[Mapping[str, Any]], action: str, resource: str, context: Mapping[str, str]) -> bool:
+def allows(statements: Iterable[Mapping[str, Any]], action: str, resource: str, context: Mapping[str, Any]) -> bool:
     return any(
         statement["Effect"] == "Allow"
         and any(fnmatchcase(action.lower(), str(a).lower()) for a in as_list(statement["Action"]))
@@ -350,9 +362,18 @@ def allows(statements: Iterable[Mapping[str, Any]], action: str, resource: str, 
     )
 
 
-def needed(call: Call, token_key: str | None) -> list[tuple[str, str, dict[str, str]]]:
-    """(action, resource, request context) IAM evaluates for the call, including what a service asks KMS for."""
-    context = {f"kms:EncryptionContext:{k}": str(v) for k, v in (call.params.get("EncryptionContext") or {}).items()}
+def needed(
+    call: Call, token_key: str | None, partition_keys: Mapping[str, str] | None = None
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(action, resource, request context) IAM evaluates for the call, including what a service asks KMS for.
+    `partition_keys` maps a table name to its partition key attribute (for dynamodb:LeadingKeys)."""
+    context: dict[str, Any] = {
+        f"kms:EncryptionContext:{k}": str(v) for k, v in (call.params.get("EncryptionContext") or {}).items()
+    }
+    attribute = (partition_keys or {}).get(call.params.get("TableName", ""))
+    item_key = call.params.get("Key") or call.params.get("Item") or {}
+    if call.service == "dynamodb" and attribute and attribute in item_key:
+        context["dynamodb:LeadingKeys"] = [next(iter(item_key[attribute].values()))]
     checks = [(call.action, resource, context) for resource in resources_of(call)]
     secret = call.params.get("SecretId") or call.params.get("Name") or ""
     if token_key and call.service == "secretsmanager" and f"secret:{STACK}/connections/" in secret_arn(secret):
@@ -367,6 +388,7 @@ class Deployed:
 
     physical: dict[str, PhysicalResource]
     parameters: dict[str, str]
+    partition_keys: dict[str, str] = field(default_factory=dict)  # table name -> its partition key attribute
 
     def statements(self, function: str) -> list[dict[str, Any]]:
         document = translated(self.parameters)
@@ -407,7 +429,12 @@ def deploy(broker: Broker, monkeypatch: pytest.MonkeyPatch, *, customer_token_ke
     if "EVENT_BUS_NAME" in broker.env:
         parameters["EventBusName"] = broker.env["EVENT_BUS_NAME"]
     services.reset()
-    return Deployed(physical, parameters)
+    partition_keys = {}
+    for logical_id, resource in load_template()["Resources"].items():
+        if resource["Type"] == "AWS::DynamoDB::Table" and logical_id in physical:
+            [hash_key] = [k["AttributeName"] for k in resource["Properties"]["KeySchema"] if k["KeyType"] == "HASH"]
+            partition_keys[physical[logical_id].ref] = hash_key
+    return Deployed(physical, parameters, partition_keys)
 
 
 ADA = 4583173393803140
@@ -453,7 +480,7 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
         statements = deployed.statements(function)
         seen[function] = sorted({c.action for c in calls})
         for call in calls:
-            for action, resource, context in needed(call, token_key):
+            for action, resource, context in needed(call, token_key, deployed.partition_keys):
                 assert allows(statements, action, resource, context), (
                     f"{function} calls {call.action} but its role does not allow {action} on {resource} ({context})"
                 )
@@ -483,3 +510,14 @@ def test_a_call_outside_the_role_would_be_caught(broker: Broker, monkeypatch: py
     assert allows(refresh, "kms:Decrypt", token_key, via)
     assert not allows(refresh, "kms:Decrypt", token_key, {})  # only through Secrets Manager
     assert not allows(authorize, "kms:Decrypt", token_key, via)
+
+
+def test_the_condition_evaluator_denies_what_it_cannot_prove() -> None:
+    sessions_only = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["connect-session:*"]}}
+    assert condition_holds(sessions_only, {"dynamodb:LeadingKeys": ["connect-session:abc"]})
+    assert not condition_holds(sessions_only, {"dynamodb:LeadingKeys": ["a-pending-sign-in-state"]})
+    assert not condition_holds(sessions_only, {})
+    via = {"StringEquals": {"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"}}
+    assert condition_holds(via, {"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"})
+    assert not condition_holds(via, {"kms:ViaService": "dynamodb.us-east-1.amazonaws.com"})
+    assert not condition_holds({"NumericLessThan": {"aws:MultiFactorAuthAge": "3600"}}, {"x": "1"})
