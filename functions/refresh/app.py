@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.observability import logger, metrics
 from smartsheet_oauth.refresh import RefreshDeps, sweep
+from smartsheet_oauth.sweep_metrics import record_sweep
 
 get_config()  # a bad configuration fails the cold start, naming the variable
 
@@ -17,7 +20,7 @@ get_config()  # a bad configuration fails the cold start, naming the variable
 SAFETY_MARGIN_SECONDS = 30.0
 
 
-@logger.inject_lambda_context(clear_state=True)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     deps = RefreshDeps(
@@ -27,14 +30,17 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         smartsheet=services.smartsheet_client(),
         events=services.event_publisher(),
     )
+    started_at = int(time.time())
     report = sweep(
         deps,
         time_left=lambda: context.get_remaining_time_in_millis() / 1000,
         safety_margin_seconds=SAFETY_MARGIN_SECONDS,
     )
-    for outcome, count in report.outcomes.items():
-        metrics.add_metric(name=f"refresh_{outcome}", unit="Count", value=count)
-    metrics.add_metric(name="sweep_dispatched", unit="Count", value=report.dispatched)
-    metrics.add_metric(name="sweep_duration", unit="Seconds", value=report.duration_seconds)
-    logger.info("sweep finished", extra=report.as_dict())
-    return report.as_dict()
+    summary = report.as_dict() | record_sweep(
+        report,
+        connections=deps.connections,
+        started_at=started_at,
+        time_left=lambda: context.get_remaining_time_in_millis() / 1000,
+    )
+    logger.info("sweep finished", extra=summary)
+    return summary

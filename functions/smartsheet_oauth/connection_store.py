@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,17 @@ class Connection:
     updated_at: int
     # The integrator's own user this connection is bound to (through a connect session), if any.
     end_user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusCounts:
+    """Connections per status; `expired` and `failing` are subsets of `active`."""
+
+    active: int = 0
+    needs_reauth: int = 0
+    revoked: int = 0
+    expired: int = 0  # active, but the access token is past its expiry: the refresher fell behind
+    failing: int = 0  # active, with failed refresh attempts waiting for a retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,5 +276,145 @@ class ConnectionStore:
                     ":now": {"N": str(now)},
                     ":owner": {"S": owner},
                     ":gen": {"N": str(generation)},
+                },
+            )
+
+    # -- operators: counts for the sweep's metrics, listing and one-connection actions (admin CLI) --------------
+
+    def count_due(self, *, now: int) -> int:
+        """How many active connections are due at `now` (leased ones included): the sweep's backlog when `now` is
+        the time the sweep started. A COUNT query on the sparse index, never a scan."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": DUE_INDEX,
+            "KeyConditionExpression": "due_shard = :shard AND refresh_due_at <= :now",
+            "ExpressionAttributeValues": {":shard": {"S": DUE_SHARD}, ":now": {"N": str(now)}},
+            "Select": "COUNT",
+        }
+        total = 0
+        while True:
+            with storage("connections.count_due"):
+                answer = self._client.query(**kwargs)
+            total += int(answer.get("Count", 0))
+            if not answer.get("LastEvaluatedKey"):
+                return total
+            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+    def count_by_status(self, *, now: int) -> StatusCounts:
+        """Connections per status, plus the active ones whose access token has already expired (the refresher fell
+        behind) or that wait for a retry. A scan reading three attributes: for the sweep's metrics and operators,
+        never on a sign-in path."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "ProjectionExpression": "#status, access_expires_at, failures",
+            "ExpressionAttributeNames": {"#status": "status"},
+        }
+        counts: dict[str, int] = dict.fromkeys(("active", "needs_reauth", "revoked", "expired", "failing"), 0)
+        while True:
+            with storage("connections.count"):
+                answer = self._client.scan(**kwargs)
+            for item in answer.get("Items", []):
+                status = _s(item, "status") or ""
+                if status in (ACTIVE, NEEDS_REAUTH, REVOKED):
+                    counts[status] += 1
+                if status == ACTIVE and (_n(item, "access_expires_at", 0) or 0) <= now:
+                    counts["expired"] += 1
+                if status == ACTIVE and (_n(item, "failures", 0) or 0) > 0:
+                    counts["failing"] += 1
+            if not answer.get("LastEvaluatedKey"):
+                return StatusCounts(**counts)
+            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+    def scan(self, *, status: str | None = None) -> Iterator[Connection]:
+        """Every connection, or those of one status, page by page (operators' listing; never on a request path)."""
+        kwargs: dict[str, Any] = {"TableName": self._table}
+        if status is not None:
+            kwargs["FilterExpression"] = "#status = :status"
+            kwargs["ExpressionAttributeNames"] = {"#status": "status"}
+            kwargs["ExpressionAttributeValues"] = {":status": {"S": status}}
+        while True:
+            with storage("connections.scan"):
+                answer = self._client.scan(**kwargs)
+            yield from (connection_from_item(item) for item in answer.get("Items", []))
+            if not answer.get("LastEvaluatedKey"):
+                return
+            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
+    def request_refresh(self, connection_id: str, *, now: int) -> Connection:
+        """Make a connection due now (an operator's "refresh now"): an active one moves to the front of the queue, a
+        needs_reauth one goes back to active so its stored refresh token is tried once more (it recovers a grant that
+        was marked by mistake, e.g. while the app secret was wrong). Raises ConditionFailed for an unknown or revoked
+        connection, or one whose lease another worker holds."""
+        with storage("connections.request_refresh"):
+            answer = self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression=(
+                    "SET #status = :active, refresh_due_at = :now, due_shard = :shard, updated_at = :now"
+                ),
+                ConditionExpression=(
+                    "attribute_exists(connection_id) AND #status <> :revoked"
+                    " AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":active": {"S": ACTIVE},
+                    ":revoked": {"S": REVOKED},
+                    ":now": {"N": str(now)},
+                    ":shard": {"S": DUE_SHARD},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        return connection_from_item(answer["Attributes"])
+
+    def hold(self, connection_id: str, *, owner: str, now: int, lease_seconds: int) -> Connection:
+        """Take the lease for an operator action whatever the connection's status, so no sweep refreshes (rotates)
+        it meanwhile. Raises ConditionFailed for an unknown connection or one whose lease another worker holds."""
+        with storage("connections.hold"):
+            answer = self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression="SET lease_until = :until, lease_owner = :owner",
+                ConditionExpression=(
+                    "attribute_exists(connection_id) AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
+                ),
+                ExpressionAttributeValues={
+                    ":until": {"N": str(now + lease_seconds)},
+                    ":owner": {"S": owner},
+                    ":now": {"N": str(now)},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        return connection_from_item(answer["Attributes"])
+
+    def release(self, connection_id: str, *, owner: str) -> None:
+        """Give a held lease back unchanged (an operator action that did not go through)."""
+        with storage("connections.release"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression="REMOVE lease_until, lease_owner",
+                ConditionExpression="lease_owner = :owner",
+                ExpressionAttributeValues={":owner": {"S": owner}},
+            )
+
+    def mark_revoked(self, connection_id: str, *, owner: str, reason: str, now: int) -> None:
+        """The connection is disconnected: out of the sweep for good, until the user signs in again. Needs the lease
+        taken with hold(); raises ConditionFailed if it was lost (e.g. the user signed in again meanwhile)."""
+        with storage("connections.revoke"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression=(
+                    "SET #status = :revoked, last_error = :reason, updated_at = :now"
+                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard"
+                ),
+                ConditionExpression="lease_owner = :owner",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":revoked": {"S": REVOKED},
+                    ":reason": {"S": reason},
+                    ":now": {"N": str(now)},
+                    ":owner": {"S": owner},
                 },
             )

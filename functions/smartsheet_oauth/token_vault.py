@@ -75,9 +75,20 @@ class TokenVault:
                     kwargs["KmsKeyId"] = self._kms_key_id
                 return self._client.create_secret(**kwargs)["ARN"]
         except StorageError as exc:
-            if exc.code != "ResourceExistsException":
+            # InvalidRequestException: the name belongs to a secret scheduled for deletion (AWS; moto says exists).
+            if exc.code not in ("ResourceExistsException", "InvalidRequestException"):
                 raise
+        self._restore_if_deleted(name)
         return self._put(name, tokens)
+
+    def _restore_if_deleted(self, secret_id: str) -> None:
+        """A disconnected connection's secret waits out its recovery window, and Secrets Manager refuses writes to
+        a secret scheduled for deletion: when its user signs in again, cancel the deletion first."""
+        with storage("vault.describe"):
+            deleted = "DeletedDate" in self._client.describe_secret(SecretId=secret_id)
+        if deleted:
+            with storage("vault.restore"):
+                self._client.restore_secret(SecretId=secret_id)
 
     def _put(self, secret_id: str, tokens: TokenSet) -> str:
         with storage("vault.put"):
@@ -87,3 +98,9 @@ class TokenVault:
         with storage("vault.load"):
             answer = self._client.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")
         return TokenSet.from_json(answer["SecretString"])
+
+    def schedule_deletion(self, secret_id: str, *, recovery_days: int = 7) -> None:
+        """Delete a disconnected connection's secret after a recovery window (7-30 days, Secrets Manager's rule), so
+        a mistaken disconnect can still be undone with restore-secret."""
+        with storage("vault.delete"):
+            self._client.delete_secret(SecretId=secret_id, RecoveryWindowInDays=recovery_days)
