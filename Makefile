@@ -17,7 +17,7 @@ export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
 export BC_SKIP_MAPPING := TRUE
 
 .PHONY: help venv deploy-venv iac-venv dev demo refresh test unit lint typecheck validate build deploy \
-        set-client-secret bench reliability clean
+        set-client-secret admin bench reliability clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ demo: venv ## run the whole sign-in and refresh story headless and print each st
 
 refresh: venv ## trigger the scheduled refresh sweep on the running `make dev` stack
 	$(PY) -m infra.local.dev refresh $(ARGS)
+
+admin: venv ## operate a broker: ARGS="[--stack NAME] list|show ID|refresh ID|disconnect ID|sweep|health"
+	PYTHONPATH=functions $(PY) -m infra.admin $(if $(STACK),--stack $(STACK)) $(ARGS)
 
 lint: venv iac-venv ## ruff, mypy, cfn-lint and checkov (on template.yaml and its SAM translation)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""The operator's command line (`make admin`, `python -m infra.admin`): connections, refresh, disconnect, health."""

@@ -1,0 +1,381 @@
+"""The admin CLI's commands and output. Tokens are never printed: only identifiers, states and times."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from smartsheet_oauth.connection_store import Connection
+from smartsheet_oauth.errors import StorageError
+from smartsheet_oauth.observability import logger
+
+from infra.admin import actions
+from infra.admin.actions import ActionError
+from infra.admin.target import DEV_STATE_FILE, Target, TargetError, deployed, local
+
+# Exit statuses: 0 done (health: healthy), 1 the action failed or health needs attention, 2 usage or target errors.
+OK, FAILED, UNUSABLE = 0, 1, 2
+
+EPILOG = """\
+target:
+  without --stack the CLI acts on the running `make dev` stack (found through .local/dev.json);
+  with --stack NAME it finds a deployed stack through its CloudFormation outputs, using your AWS
+  credentials (AWS_PROFILE / --profile, AWS_REGION / --region).
+
+examples:
+  make admin ARGS="health"
+  make admin ARGS="--stack broker-prod --region eu-west-1 list --status needs_reauth"
+  make admin ARGS="--stack broker-prod refresh 4583173393803140"
+  make admin ARGS="--stack broker-prod disconnect 4583173393803140 --yes"
+
+exit status: 0 done (health: nothing needs attention), 1 the action failed (health: something needs
+attention), 2 the stack cannot be used (credentials, name, not running) or a usage error.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m infra.admin",
+        description="Operate a smartsheet-oauth-broker: list and inspect connections, refresh or disconnect one, "
+        "run a sweep, print the health summary.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_argument_group("target")
+    where.add_argument("--stack", metavar="NAME", help="a deployed stack's name (default: the local `make dev` stack)")
+    where.add_argument("--region", help="the deployed stack's AWS region (default: AWS_REGION or your profile's)")
+    where.add_argument("--profile", help="AWS profile to use (default: AWS_PROFILE or the default chain)")
+    where.add_argument(
+        "--state-file", type=Path, default=DEV_STATE_FILE, help=f"the dev stack's state file (default {DEV_STATE_FILE})"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    parser.add_argument("--verbose", action="store_true", help="also show the broker library's info logs (stderr)")
+    # --json and --verbose are accepted after the command too; SUPPRESS keeps a flag given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead of text")
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listing = commands.add_parser("list", parents=[common], help="list connections (all, or of one status)")
+    listing.add_argument("--status", choices=actions.STATUSES, help="only connections of this status")
+    listing.add_argument("--ids", action="store_true", help="print only the ids, one a line (for scripts)")
+
+    show = commands.add_parser(
+        "show", parents=[common], help="show one connection (record and token metadata, never the tokens)"
+    )
+    show.add_argument("connection_id")
+
+    refresh = commands.add_parser(
+        "refresh",
+        parents=[common],
+        help="refresh one connection now (a needs_reauth one gets one more try with its stored token)",
+    )
+    refresh.add_argument("connection_id")
+
+    drop = commands.add_parser(
+        "disconnect",
+        parents=[common],
+        help="revoke one connection at Smartsheet, mark it revoked, schedule its secret's deletion",
+    )
+    drop.add_argument("connection_id")
+    drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    drop.add_argument(
+        "--recovery-days",
+        type=int,
+        default=actions.MIN_RECOVERY_DAYS,
+        help="days before Secrets Manager deletes the token secret for good (7-30, default 7)",
+    )
+
+    commands.add_parser("sweep", parents=[common], help="run the refresh sweep now and print its report")
+    commands.add_parser(
+        "health", parents=[common], help="connections by status, due, failing, dead letters, alarms firing"
+    )
+    return parser
+
+
+# ------------------------------------------------------------------------------------------------- formatting
+def when(epoch: int | None, now: int) -> str:
+    if not epoch:
+        return "-"
+    stamp = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    delta = epoch - now
+    span = abs(delta)
+    if span < 120:
+        relative = f"{span}s"
+    elif span < 7200:
+        relative = f"{span // 60}m"
+    elif span < 172800:
+        relative = f"{span // 3600}h"
+    else:
+        relative = f"{span // 86400}d"
+    return f"{stamp} ({'in ' + relative if delta >= 0 else relative + ' ago'})"
+
+
+def _record(connection: Connection) -> dict[str, Any]:
+    return asdict(connection)
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+class Output:
+    def __init__(self, out: TextIO, as_json: bool) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.now = int(time.time())
+
+    def json(self, value: Any) -> None:
+        print(json.dumps(value, indent=2, sort_keys=True), file=self.out)
+
+    def line(self, text: str = "") -> None:
+        print(text, file=self.out)
+
+
+# --------------------------------------------------------------------------------------------------- commands
+def cmd_list(target: Target, args: argparse.Namespace, out: Output) -> int:
+    rows = sorted(target.connections.scan(status=args.status), key=lambda c: (c.status, c.access_expires_at))
+    if out.as_json:
+        out.json([_record(c) for c in rows])
+    elif args.ids:
+        for connection in rows:
+            out.line(connection.connection_id)
+    elif not rows:
+        out.line(f"no {args.status + ' ' if args.status else ''}connections in {target.description}")
+    else:
+        table = [["CONNECTION", "STATUS", "EMAIL", "ACCESS TOKEN EXPIRES", "NEXT REFRESH", "FAILURES", "LAST ERROR"]]
+        table += [
+            [
+                c.connection_id,
+                c.status,
+                c.email,
+                when(c.access_expires_at, out.now),
+                when(c.refresh_due_at, out.now),
+                str(c.failures),
+                c.last_error or "-",
+            ]
+            for c in rows
+        ]
+        _table(table, out.out)
+        out.line(f"{len(rows)} connection(s) in {target.description}")
+    return OK
+
+
+def cmd_show(target: Target, args: argparse.Namespace, out: Output) -> int:
+    connection = target.connections.get(args.connection_id)
+    if connection is None:
+        raise ActionError(f"no connection {args.connection_id} in {target.description}")
+    tokens: dict[str, Any]
+    try:
+        stored = target.vault.load(connection.secret_arn)
+        tokens = {
+            "token_type": stored.token_type,
+            "expires_at": stored.expires_at,
+            "obtained_at": stored.obtained_at,
+            "scope": stored.scope,
+            "region": stored.region,
+        }
+    except StorageError as exc:
+        tokens = {"unavailable": exc.code}
+    if out.as_json:
+        out.json({"connection": _record(connection), "stored_tokens": tokens})
+        return OK
+    fields = [
+        ("connection", connection.connection_id),
+        ("status", connection.status),
+        ("email", connection.email),
+        ("scopes", connection.scopes),
+        ("region", connection.region),
+        ("access token expires", when(connection.access_expires_at, out.now)),
+        ("next refresh", when(connection.refresh_due_at, out.now)),
+        ("generation", str(connection.generation)),
+        ("failures", str(connection.failures)),
+        ("last error", connection.last_error or "-"),
+        ("lease held until", when(connection.lease_until, out.now)),
+        ("created", when(connection.created_at, out.now)),
+        ("updated", when(connection.updated_at, out.now)),
+        ("secret", connection.secret_arn),
+    ]
+    if "unavailable" in tokens:
+        fields.append(("stored tokens", f"unavailable ({tokens['unavailable']})"))
+    else:
+        fields += [
+            ("stored pair obtained", when(tokens["obtained_at"], out.now)),
+            ("stored pair expires", when(tokens["expires_at"], out.now)),
+        ]
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        out.line(f"{name.ljust(width)}  {value}")
+    return OK
+
+
+_REFRESH_VERDICT = {
+    "ok": "refreshed: a new token pair is stored",
+    "transient": "not refreshed this time (Smartsheet or AWS unavailable); the sweep retries it with backoff",
+    "needs_reauth": "Smartsheet refused the refresh token (invalid_grant): the user must sign in again",
+    "lease_busy": "another worker took it first; it is being refreshed",
+    "raced": "another worker refreshed it meanwhile; the grant is alive",
+}
+
+
+def cmd_refresh(target: Target, args: argparse.Namespace, out: Output) -> int:
+    result = actions.refresh_now(target, args.connection_id)
+    after = result.after
+    if out.as_json:
+        out.json({"outcome": result.outcome, "before": _record(result.before), "after": after and _record(after)})
+    else:
+        out.line(f"{args.connection_id}: {result.outcome}: {_REFRESH_VERDICT.get(result.outcome, result.outcome)}")
+        if after is not None:
+            out.line(f"  status {result.before.status} -> {after.status}")
+            out.line(f"  access token expires {when(after.access_expires_at, out.now)}")
+            if after.last_error:
+                out.line(f"  last error: {after.last_error}")
+    return OK if result.outcome in ("ok", "raced", "lease_busy") else FAILED
+
+
+def cmd_disconnect(target: Target, args: argparse.Namespace, out: Output, ask: Callable[[str], str]) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ActionError("disconnect needs --yes when not run from a terminal")
+        typed = ask(f"Disconnect {args.connection_id} in {target.description}? Type its id to confirm: ")
+        if typed.strip() != args.connection_id:
+            out.line("not confirmed; nothing changed")
+            return FAILED
+    result = actions.disconnect(target, args.connection_id, recovery_days=args.recovery_days)
+    if out.as_json:
+        out.json(asdict(result))
+        return OK
+    at_smartsheet = {
+        "revoked": "grant revoked at Smartsheet",
+        "already_invalid": "the grant was already dead at Smartsheet",
+        "no_tokens": "no stored tokens to revoke",
+    }[result.smartsheet]
+    stored = (
+        f"token secret deleted in {result.recovery_days} days (undo: aws secretsmanager restore-secret)"
+        if result.stored_tokens == "deletion_scheduled"
+        else "token secret already deleted"
+    )
+    out.line(f"{args.connection_id}: disconnected; {at_smartsheet}; marked revoked; {stored}")
+    return OK
+
+
+def cmd_sweep(target: Target, _args: argparse.Namespace, out: Output) -> int:
+    started = time.monotonic()
+    report = target.run_sweep()
+    if out.as_json:
+        out.json(report)
+        return OK
+    happened = sorted((name, count) for name, count in report.get("outcomes", {}).items() if count)
+    outcomes = ", ".join(f"{name} {count}" for name, count in happened) or "none"
+    out.line(f"sweep done in {time.monotonic() - started:.1f}s on {target.description}")
+    out.line(f"  dispatched {report.get('dispatched', 0)}; outcomes: {outcomes}")
+    if "backlog" in report:
+        out.line(f"  backlog (due, not reached): {report['backlog']}")
+    if report.get("stopped_early"):
+        out.line("  stopped early: the time budget ran out; the next sweep continues")
+    if isinstance(report.get("connections"), dict):
+        out.line("  connections: " + ", ".join(f"{k} {v}" for k, v in report["connections"].items()))
+    return OK
+
+
+def cmd_health(target: Target, _args: argparse.Namespace, out: Output) -> int:
+    report = actions.health(target)
+    if out.as_json:
+        out.json(report.as_dict())
+        return FAILED if report.attention else OK
+    counts = report.connections
+    out.line(f"health of {report.target}")
+    out.line(
+        f"  connections: {counts['active']} active, {counts['needs_reauth']} needs_reauth, {counts['revoked']} revoked"
+    )
+    out.line(f"  due now: {report.due_now} (the next sweep takes them)")
+    out.line(f"  refresh dead-letter queue: {report.dead_letters}")
+    alarms = "n/a locally" if report.alarms_firing is None else (", ".join(report.alarms_firing) or "none")
+    out.line(f"  alarms firing: {alarms}")
+    if counts["needs_reauth"]:
+        out.line(f"  {counts['needs_reauth']} user(s) must sign in again: list --status needs_reauth")
+    for item in report.failing:
+        out.line(
+            f"  failing {item['connection_id']}: {item['failures']} failure(s), last error {item['last_error'] or '-'},"
+            f" access token expires {when(item['access_expires_at'], out.now)}"
+        )
+    if report.attention:
+        out.line("ATTENTION")
+        for problem in report.attention:
+            out.line(f"  - {problem}")
+        return FAILED
+    out.line("OK")
+    return OK
+
+
+COMMANDS: dict[str, Callable[[Target, argparse.Namespace, Output], int]] = {
+    "list": cmd_list,
+    "show": cmd_show,
+    "refresh": cmd_refresh,
+    "sweep": cmd_sweep,
+    "health": cmd_health,
+}
+
+
+@contextmanager
+def _library_logs(stream: TextIO, *, verbose: bool) -> Iterator[None]:
+    """The broker library logs JSON to stdout (Lambda's log): here it goes to stderr, warnings only unless
+    --verbose, so stdout stays the command's output (and valid JSON with --json)."""
+    handler = logger.registered_handler
+    level = logger.log_level
+    previous = handler.setStream(stream) if isinstance(handler, logging.StreamHandler) else None
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if previous is not None and isinstance(handler, logging.StreamHandler):
+            handler.setStream(previous)
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    ask: Callable[[str], str] = input,
+) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.stack:
+            target = deployed(args.stack, region=args.region, profile=args.profile)
+        else:
+            if args.region or args.profile:
+                parser.error("--region and --profile need --stack (the local stack needs neither)")
+            target = local(args.state_file)
+    except TargetError as exc:
+        print(f"error: {exc}", file=err)
+        return UNUSABLE
+    output = Output(out, args.json)
+    try:
+        with _library_logs(err, verbose=args.verbose):
+            if args.command == "disconnect":
+                return cmd_disconnect(target, args, output, ask)
+            return COMMANDS[args.command](target, args, output)
+    except ActionError as exc:
+        print(f"error: {exc}", file=err)
+        return FAILED
+    except TargetError as exc:
+        print(f"error: {exc}", file=err)
+        return UNUSABLE
+    except StorageError as exc:
+        print(f"error: AWS storage failed ({exc.operation}: {exc.code}); try again", file=err)
+        return FAILED

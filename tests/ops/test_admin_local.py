@@ -1,0 +1,288 @@
+"""The admin CLI against a running local stack (moto server, emulator, gateway, functions in their own processes),
+found the way `make admin` finds `make dev`'s: through the state file infra/local/dev.py writes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.admin.cli import main
+from infra.local import dev
+from infra.local.demo import BrokerClient
+from infra.local.stack import LocalStack
+from tests.ops.support import ADA, ALAN, GRACE
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class Ops:
+    stack: LocalStack
+    state_file: Path
+    client: BrokerClient
+
+    def admin(self, *args: str, ask: str = "") -> Run:
+        out, err = io.StringIO(), io.StringIO()
+        code = main(["--state-file", str(self.state_file), *args], out=out, err=err, ask=lambda _prompt: ask)
+        return Run(code, out.getvalue(), err.getvalue())
+
+    def sign_in(self, user: int) -> None:
+        attempt = self.client.login()
+        self.client.consent(attempt, allow=True, user_id=str(user))
+        assert self.client.callback(attempt).status_code == 200
+
+    @property
+    def table(self) -> str:
+        return self.stack.table_name("CONNECTIONS_TABLE_NAME")
+
+    def record(self, user: int) -> dict[str, Any]:
+        item = self.stack.aws.dynamodb.get_item(
+            TableName=self.table, Key={"connection_id": {"S": str(user)}}, ConsistentRead=True
+        )["Item"]
+        return {k: int(v["N"]) if "N" in v else v.get("S") for k, v in item.items()}
+
+    def update(self, user: int, expression: str, values: dict[str, Any] | None = None) -> None:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "Key": {"connection_id": {"S": str(user)}},
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": {"#status": "status"} if "#status" in expression else None,
+            "ExpressionAttributeValues": values,
+        }
+        self.stack.aws.dynamodb.update_item(**{k: v for k, v in kwargs.items() if v is not None})
+
+    def tokens(self, user: int) -> dict[str, Any]:
+        secret = self.stack.aws.secretsmanager.get_secret_value(SecretId=self.record(user)["secret_arn"])
+        value: dict[str, Any] = json.loads(secret["SecretString"])
+        return value
+
+
+@pytest.fixture(scope="module")
+def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
+    state_file = tmp_path_factory.mktemp("dev") / "dev.json"
+    with LocalStack(stack_name=f"ops-{os.getpid()}") as stack, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dev, "STATE_FILE", state_file)
+        dev._write_state(stack)  # exactly what `make dev` writes
+        client = BrokerClient(stack.url, stack.emulator.base_url)
+        yield Ops(stack, state_file, client)
+        client.http.close()
+
+
+@pytest.fixture
+def ada(ops: Ops) -> Iterator[Ops]:
+    ops.stack.emulator.reset_faults()
+    ops.sign_in(ADA)  # a fresh, active connection whatever the test before did
+    yield ops
+    ops.stack.emulator.reset_faults()
+
+
+def test_list_shows_connections_and_filters_by_status(ada: Ops) -> None:
+    ada.sign_in(GRACE)
+
+    listing = ada.admin("list")
+    ids = ada.admin("list", "--ids", "--status", "active")
+    none = ada.admin("list", "--status", "revoked", "--json")
+
+    assert listing.code == 0
+    assert str(ADA) in listing.out
+    assert "ada@example.com" in listing.out
+    assert "active" in listing.out
+    assert {str(ADA), str(GRACE)} <= set(ids.out.split())
+    assert none.code == 0
+    assert all(row["status"] == "revoked" for row in none.json())
+
+
+def test_show_tells_the_state_of_a_connection_but_never_its_tokens(ada: Ops) -> None:
+    tokens = ada.tokens(ADA)
+
+    shown = ada.admin("show", str(ADA))
+    as_json = ada.admin("show", str(ADA), "--json")
+
+    assert shown.code == 0
+    assert "active" in shown.out
+    assert "next refresh" in shown.out
+    assert as_json.json()["connection"]["generation"] == ada.record(ADA)["generation"]
+    for output in (shown.out, as_json.out):
+        assert tokens["access_token"] not in output
+        assert tokens["refresh_token"] not in output
+    assert ada.admin("show", "123").code == 1
+
+
+def test_refresh_rotates_the_pair_now(ada: Ops) -> None:
+    before, generation = ada.tokens(ADA), ada.record(ADA)["generation"]
+
+    run = ada.admin("refresh", str(ADA), "--json", "--verbose")
+
+    assert run.code == 0, run.err
+    assert run.json()["outcome"] == "ok"  # stdout stays JSON: the library's logs went to stderr
+    assert "connection refreshed" in run.err
+    after = ada.tokens(ADA)
+    assert ada.record(ADA)["generation"] == generation + 1
+    assert ada.stack.emulator.refresh_token_is_live(after["refresh_token"])
+    assert not ada.stack.emulator.refresh_token_is_live(before["refresh_token"])
+
+
+def test_refresh_brings_back_a_connection_marked_needs_reauth_while_its_grant_lives(ada: Ops) -> None:
+    # What a sweep with a wrong client secret leaves behind: the grant is alive, the record says needs_reauth.
+    ada.update(
+        ADA,
+        "SET #status = :s REMOVE refresh_due_at, due_shard",
+        {":s": {"S": "needs_reauth"}},
+    )
+
+    run = ada.admin("refresh", str(ADA))
+
+    assert run.code == 0, run.err
+    assert "needs_reauth -> active" in run.out
+    record = ada.record(ADA)
+    assert record["status"] == "active"
+    assert record["due_shard"] == "due"  # back in the sweep's index
+
+
+def test_refresh_of_a_dead_grant_says_the_user_must_sign_in(ada: Ops) -> None:
+    ada.sign_in(ALAN)
+    ada.stack.emulator.revoke_user(ALAN)
+
+    run = ada.admin("refresh", str(ALAN))
+
+    assert run.code == 1
+    assert "must sign in again" in run.out
+    assert ada.record(ALAN)["status"] == "needs_reauth"
+
+
+def test_refresh_while_smartsheet_is_down_changes_nothing_but_the_retry_time(ada: Ops) -> None:
+    tokens = ada.tokens(ADA)
+    ada.stack.emulator.set_faults(error_rate=1.0, token_only=True)
+
+    run = ada.admin("refresh", str(ADA))
+
+    assert run.code == 1
+    assert "transient" in run.out
+    assert ada.tokens(ADA) == tokens
+    record = ada.record(ADA)
+    assert record["status"] == "active"
+    assert record["failures"] == 1
+
+
+def test_disconnect_revokes_at_smartsheet_and_the_user_can_come_back(ada: Ops) -> None:
+    ada.sign_in(GRACE)
+    tokens = ada.tokens(GRACE)
+    secret_arn = ada.record(GRACE)["secret_arn"]
+
+    run = ada.admin("disconnect", str(GRACE), "--yes")
+
+    assert run.code == 0, run.err
+    assert "grant revoked at Smartsheet" in run.out
+    assert not ada.stack.emulator.refresh_token_is_live(tokens["refresh_token"])
+    record = ada.record(GRACE)
+    assert record["status"] == "revoked"
+    assert "refresh_due_at" not in record
+    assert "lease_until" not in record
+    assert "DeletedDate" in ada.stack.aws.secretsmanager.describe_secret(SecretId=secret_arn)
+
+    again = ada.admin("disconnect", str(GRACE), "--yes")  # a second run (or one after a partial run) is harmless
+    assert again.code == 0, again.err
+
+    ada.sign_in(GRACE)  # the user signs in again: the secret comes back from its deletion
+    assert ada.record(GRACE)["status"] == "active"
+    assert "DeletedDate" not in ada.stack.aws.secretsmanager.describe_secret(SecretId=secret_arn)
+    assert ada.stack.emulator.refresh_token_is_live(ada.tokens(GRACE)["refresh_token"])
+
+
+def test_disconnect_with_an_expired_access_token_still_kills_the_grant(ada: Ops) -> None:
+    ada.sign_in(ALAN)
+    ada.stack.emulator.expire_tokens(ALAN)  # revoke needs a live access token: the CLI refreshes first
+    before = ada.tokens(ALAN)
+
+    run = ada.admin("disconnect", str(ALAN), "--yes", "--json")
+
+    assert run.code == 0, run.err
+    assert run.json()["smartsheet"] == "revoked"
+    assert not ada.stack.emulator.refresh_token_is_live(before["refresh_token"])
+    assert ada.record(ALAN)["status"] == "revoked"
+
+
+def test_disconnect_asks_first_and_does_nothing_unconfirmed(ada: Ops, monkeypatch: pytest.MonkeyPatch) -> None:
+    from_a_script = ada.admin("disconnect", str(ADA))
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    declined = ada.admin("disconnect", str(ADA), ask="no")
+
+    assert from_a_script.code == 1
+    assert "--yes" in from_a_script.err
+    assert declined.code == 1
+    assert "not confirmed" in declined.out
+    assert ada.record(ADA)["status"] == "active"
+
+
+def test_sweep_runs_the_scheduled_function_and_reports(ada: Ops) -> None:
+    ada.update(ADA, "SET refresh_due_at = :past", {":past": {"N": "0"}})
+
+    run = ada.admin("sweep", "--json")
+
+    assert run.code == 0, run.err
+    report = run.json()  # the refresh function's own report, as the schedule would have produced it
+    assert report["dispatched"] >= 1
+    assert sum(report["outcomes"].values()) == report["dispatched"]
+    assert report["backlog"] == 0
+    assert report["connections"]["active"] >= 1
+    text = ada.admin("sweep")
+    assert "backlog (due, not reached): 0" in text.out
+
+
+def test_health_is_ok_until_something_needs_attention(ada: Ops) -> None:
+    healthy = ada.admin("health")
+    ada.update(
+        ADA,
+        "SET failures = :f, last_error = :e, access_expires_at = :past",
+        {":f": {"N": "3"}, ":e": {"S": "http:503"}, ":past": {"N": "1"}},
+    )
+    sick = ada.admin("health")
+    as_json = ada.admin("health", "--json")
+
+    assert healthy.code == 0, healthy.out
+    assert healthy.out.rstrip().endswith("OK")
+    assert sick.code == 1
+    assert "ATTENTION" in sick.out
+    assert "expired access token" in sick.out
+    assert f"failing {ADA}: 3 failure(s), last error http:503" in sick.out
+    assert as_json.json()["connections"]["expired"] == 1
+
+
+def test_without_a_running_dev_stack_the_cli_says_what_to_do(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    missing = main(["--state-file", str(tmp_path / "dev.json"), "health"], out=out, err=err)
+    assert missing == 2
+    assert "make dev" in err.getvalue()
+    assert "--stack" in err.getvalue()
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that is surely gone once waited for
+    gone.wait()
+    state = tmp_path / "stale.json"
+    loopback = "http://127.0.0.1:9"
+    state.write_text(json.dumps({"pid": gone.pid, "gateway_url": loopback, "moto_url": loopback}))
+    err = io.StringIO()
+    assert main(["--state-file", str(state), "list"], out=out, err=err) == 2
+    assert "is gone" in err.getvalue()
+
+    with pytest.raises(SystemExit) as usage:
+        main(["--region", "eu-west-1", "list"], out=out, err=io.StringIO())
+    assert usage.value.code == 2

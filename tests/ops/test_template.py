@@ -1,0 +1,248 @@
+"""template.yaml's alarms, topic and dashboard: present, actionable, and watching metrics the code really emits."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+
+from infra.admin.target import REQUIRED_OUTPUTS
+from infra.local.template_model import (
+    LOCAL_ACCOUNT_ID,
+    PhysicalResource,
+    Resolver,
+    Template,
+    TemplateError,
+    synthesize_physical,
+)
+from tests.ops.conftest import Recorded
+from tests.ops.support import metric_names
+
+TEMPLATE = Template.load()
+STACK = "broker-prod"
+ALARM = "AWS::CloudWatch::Alarm"
+# Metric math's own words; every other identifier in an expression must be an Id of the same alarm or widget.
+MATH_WORDS = frozenset({"IF", "FILL", "AND", "OR", "NOT", "SUM", "MAX", "MIN", "AVG", "METRICS", "REPEAT", "LINEAR"})
+
+
+def resolver(stack: str = STACK, **parameters: str) -> Resolver:
+    def physical(logical_id: str) -> PhysicalResource:
+        found = synthesize_physical(TEMPLATE, logical_id, stack, "eu-west-1", LOCAL_ACCOUNT_ID)
+        if TEMPLATE.resources[logical_id]["Type"] == "AWS::SQS::Queue":
+            queue = {**found.attributes, "QueueName": found.ref}
+            return PhysicalResource(ref=f"https://sqs/{found.ref}", attributes=queue)
+        return found
+
+    return Resolver(
+        TEMPLATE,
+        stack_name=stack,
+        region="eu-west-1",
+        parameters={"SmartsheetClientId": "abc", **parameters},
+        physical=physical,
+    )
+
+
+def alarms(r: Resolver) -> dict[str, dict[str, Any]]:
+    return {lid: r.resolve(res["Properties"]) for lid, res in TEMPLATE.resources_of_type(ALARM).items()}
+
+
+def dashboard(r: Resolver) -> dict[str, Any]:
+    (body,) = [
+        r.resolve(res["Properties"])["DashboardBody"]
+        for res in TEMPLATE.resources_of_type("AWS::CloudWatch::Dashboard").values()
+    ]
+    parsed: dict[str, Any] = json.loads(body)
+    return parsed
+
+
+def alarm_metrics(props: Mapping[str, Any]) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """(namespace, metric name, dimensions) of every metric an alarm reads."""
+    if "MetricName" in props:
+        yield props["Namespace"], props["MetricName"], {d["Name"]: d["Value"] for d in props.get("Dimensions", [])}
+    for query in props.get("Metrics", []):
+        if "MetricStat" in query:
+            metric = query["MetricStat"]["Metric"]
+            yield metric["Namespace"], metric["MetricName"], {d["Name"]: d["Value"] for d in metric["Dimensions"]}
+
+
+def widget_metrics(body: Mapping[str, Any]) -> Iterator[tuple[str, str, dict[str, str]]]:
+    for widget in body["widgets"]:
+        for row in widget["properties"].get("metrics", []):
+            if isinstance(row[0], dict):  # an expression
+                continue
+            plain = [item for item in row if not isinstance(item, dict)]
+            yield plain[0], plain[1], dict(zip(plain[2::2], plain[3::2], strict=True))
+
+
+def every_metric(r: Resolver) -> list[tuple[str, str, dict[str, str]]]:
+    found = [ref for props in alarms(r).values() for ref in alarm_metrics(props)]
+    return found + list(widget_metrics(dashboard(r)))
+
+
+def function_environment(r: Resolver) -> dict[str, str]:
+    environments = {tuple(sorted(spec.environment.items())) for spec in r.functions()}
+    assert len(environments) == 1, "the functions no longer share one environment"
+    return dict(environments.pop())
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+def test_alarms_and_dashboard_watch_only_metrics_the_code_emits_with_its_namespace_and_dimension(
+    recorded: Recorded,
+) -> None:
+    emitted = metric_names([blob for blobs in recorded.values() for blob in blobs])
+    r = resolver()
+    env = function_environment(r)
+    namespace = env["POWERTOOLS_METRICS_NAMESPACE"]
+
+    ours = [(name, dims) for ns, name, dims in every_metric(r) if ns == namespace]
+    assert len(ours) > 30
+    assert {name for name, _ in ours} <= emitted
+    for name, dims in ours:
+        # Powertools' only dimension is `service` (POWERTOOLS_SERVICE_NAME): an alarm with others never fires.
+        assert dims == {"service": env["POWERTOOLS_SERVICE_NAME"]}, name
+    assert {ns for ns, _, _ in every_metric(r)} == {namespace, "AWS/Lambda", "AWS/SQS"}
+
+
+def test_the_dashboard_shows_every_figure_an_operator_needs() -> None:
+    shown = {name for _, name, _ in widget_metrics(dashboard(resolver()))}
+
+    assert {
+        "login_started",
+        *(f"callback_{o}" for o in ("success", "denied", "bad_state", "smartsheet_error")),
+        *(f"refresh_{o}" for o in ("ok", "transient", "needs_reauth", "lease_busy")),
+        *(f"connections_{s}" for s in ("active", "needs_reauth", "revoked")),
+        "sweep_duration",
+        "sweep_backlog",
+        "ApproximateNumberOfMessagesVisible",
+        "Errors",
+        "Throttles",
+    } <= shown
+    body = dashboard(resolver())
+    kinds = {widget["type"] for widget in body["widgets"]}
+    assert {"metric", "alarm", "log", "text"} <= kinds
+
+
+@pytest.mark.parametrize(
+    ("watched", "what"),
+    [
+        ({"refresh_transient", "refresh_ok"}, "refresh failures rising"),
+        ({"refresh_needs_reauth"}, "needs_reauth spike"),
+        ({"sweep_backlog"}, "sweep backlog"),
+        ({"ApproximateNumberOfMessagesVisible"}, "schedule DLQ not empty"),
+        ({"Errors"}, "function errors"),
+        ({"Throttles"}, "function throttles"),
+        ({"callback_success", "callback_smartsheet_error", "callback_denied"}, "callback error ratio"),
+    ],
+)
+def test_each_alarm_the_issue_asks_for_exists_and_says_what_to_do(watched: set[str], what: str) -> None:
+    r = resolver()
+    matching = [props for props in alarms(r).values() if watched <= {name for _, name, _ in alarm_metrics(props)}]
+
+    assert len(matching) == 1, what
+    (props,) = matching
+    assert "Do:" in props["AlarmDescription"], what
+    assert len(props["AlarmDescription"]) <= 1024
+    assert props["AlarmActions"] == props["OKActions"] == [r.ref("AlarmTopic")]
+    assert props["AlarmName"].startswith(f"{STACK}-")  # the CLI's health finds firing alarms by this prefix
+
+
+def test_every_alarm_notifies_the_topic_both_ways_and_says_what_to_do() -> None:
+    r = resolver()
+    for lid, props in alarms(r).items():
+        assert props["AlarmActions"] == props["OKActions"] == [r.ref("AlarmTopic")], lid
+        assert "Do:" in props["AlarmDescription"], lid
+        assert props["TreatMissingData"] in {"notBreaching", "ignore", "breaching"}, lid
+
+
+def test_lambda_alarms_cover_every_function_of_the_template() -> None:
+    r = resolver()
+    functions = {r.ref(lid) for lid in TEMPLATE.resources_of_type("AWS::Serverless::Function")}
+    for metric in ("Errors", "Throttles"):
+        watched = {
+            dims["FunctionName"]
+            for props in alarms(r).values()
+            for _, name, dims in alarm_metrics(props)
+            if name == metric
+        }
+        assert watched == functions, metric
+
+
+def test_metric_math_only_uses_ids_it_defines() -> None:
+    r = resolver()
+    for lid, props in alarms(r).items():
+        queries = props.get("Metrics", [])
+        if not queries:
+            continue
+        ids = {query["Id"] for query in queries}
+        assert sum(query.get("ReturnData", True) for query in queries) == 1, lid
+        assert sum("MetricStat" in query for query in queries) <= 10, lid  # CloudWatch's limit per alarm
+        for query in queries:
+            if "Expression" in query:
+                used = set(re.findall(r"[A-Za-z_]\w*", query["Expression"])) - MATH_WORDS
+                assert used <= ids, (lid, used - ids)
+    for widget in dashboard(r)["widgets"]:
+        rows = widget["properties"].get("metrics", [])
+        ids = {item["id"] for row in rows for item in row if isinstance(item, dict) and "id" in item}
+        for row in rows:
+            if isinstance(row[0], dict) and "expression" in row[0]:
+                used = set(re.findall(r"[A-Za-z_]\w*", row[0]["expression"])) - MATH_WORDS
+                assert used <= ids, widget["properties"]["title"]
+
+
+def test_the_email_subscription_is_optional_and_checked() -> None:
+    (subscription,) = TEMPLATE.resources_of_type("AWS::SNS::Subscription").values()
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert resolver().condition("HasAlarmEmail") is False
+    assert resolver(AlarmEmail="ops@example.com").condition("HasAlarmEmail") is True
+    assert resolver(AlarmEmail="ops@example.com").resolve(subscription["Properties"])["Endpoint"] == "ops@example.com"
+    with pytest.raises(TemplateError, match="AlarmEmail"):
+        resolver(AlarmEmail="not an address").parameter("AlarmEmail")
+
+
+def test_debug_log_sampling_is_a_checked_parameter() -> None:
+    assert function_environment(resolver())["POWERTOOLS_LOGGER_SAMPLE_RATE"] == "0"
+    assert function_environment(resolver(DebugLogSampleRate="0.05"))["POWERTOOLS_LOGGER_SAMPLE_RATE"] == "0.05"
+    with pytest.raises(TemplateError, match="DebugLogSampleRate"):
+        function_environment(resolver(DebugLogSampleRate="2"))
+
+
+def test_two_stacks_in_one_account_never_share_a_metric() -> None:
+    staging = {tuple(sorted(d.items())) for ns, _, d in every_metric(resolver("staging")) if ns != "AWS/Lambda"}
+    production = {tuple(sorted(d.items())) for ns, _, d in every_metric(resolver("production")) if ns != "AWS/Lambda"}
+    assert not staging & production
+
+
+def test_the_refresh_function_may_scan_the_table_it_counts() -> None:
+    r = resolver()
+    (policy,) = r.resolve(TEMPLATE.resources["RefreshFunction"]["Properties"]["Policies"])
+    table = r.get_att("ConnectionsTable", "Arn")
+    scans = [s for s in policy["Statement"] if "dynamodb:Scan" in s["Action"] and s["Resource"] == table]
+    assert len(scans) == 1
+
+
+def test_the_outputs_hold_what_the_admin_cli_looks_for() -> None:
+    outputs = TEMPLATE.section("Outputs")
+    assert set(REQUIRED_OUTPUTS) <= set(outputs)
+    r = resolver()
+    assert r.resolve(outputs["RefreshFunctionName"]["Value"]) == r.ref("RefreshFunction")
+    assert r.resolve(outputs["ConnectionsTableName"]["Value"]) == r.ref("ConnectionsTable")
+    assert "AlarmTopicArn" in outputs
+    assert "DashboardUrl" in outputs
+
+
+def test_the_dashboards_log_widget_reads_every_functions_log_group() -> None:
+    r = resolver()
+    (query,) = [w["properties"]["query"] for w in dashboard(r)["widgets"] if w["type"] == "log"]
+    sources = set(re.findall(r"SOURCE '([^']+)'", query))
+    groups = {spec_group(r, lid) for lid in TEMPLATE.resources_of_type("AWS::Serverless::Function")}
+    assert sources == groups
+
+
+def spec_group(r: Resolver, function: str) -> str:
+    """The log group a function writes to: its LoggingConfig's, else Lambda's default name."""
+    props = TEMPLATE.resources[function]["Properties"]
+    configured = (props.get("LoggingConfig") or {}).get("LogGroup")
+    return str(r.resolve(configured)) if configured else f"/aws/lambda/{r.ref(function)}"
