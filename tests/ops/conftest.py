@@ -27,6 +27,7 @@ GROUPS = (
         "callback_smartsheet_error",
         "callback_smartsheet_unavailable",
         "callback_internal_error",
+        "events_publish_failed",
         "sweep_backlog",
         "connections_by_status",
         "callback_storage_error",

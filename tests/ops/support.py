@@ -135,6 +135,17 @@ def outcomes(report: dict[str, Any]) -> dict[str, int]:
     return {name: count for name, count in report["outcomes"].items() if count}
 
 
+def events_publish_failed(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event bus is gone: the sign-in still succeeds, the lost event is counted."""
+    monkeypatch.setenv("EVENT_BUS_NAME", "no-such-bus")
+    services.reset()
+    try:
+        assert broker.sign_in(user_id=ADA).status == 200
+    finally:
+        monkeypatch.undo()
+        services.reset()
+
+
 def _due_connection(broker: Broker, user: int = ADA) -> None:
     assert broker.sign_in(user_id=user).status == 200
     broker.make_due(user)
@@ -246,6 +257,7 @@ SCENARIOS: dict[str, Scenario] = {
     "callback_smartsheet_unavailable": callback_smartsheet_unavailable,
     "callback_storage_error": callback_storage_error,
     "callback_internal_error": callback_internal_error,
+    "events_publish_failed": events_publish_failed,
     "refresh_ok": refresh_ok,
     "refresh_transient": refresh_transient,
     "refresh_needs_reauth": refresh_needs_reauth,

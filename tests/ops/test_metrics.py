@@ -19,6 +19,7 @@ CASES = [
     ("callback_smartsheet_unavailable", {"callback_smartsheet_unavailable": 1}),
     ("callback_storage_error", {"callback_storage_error": 1}),
     ("callback_internal_error", {"callback_internal_error": 1}),
+    ("events_publish_failed", {"events_publish_failed": 1}),
     ("refresh_ok", QUIET | {"refresh_ok": 1}),
     ("refresh_transient", QUIET | {"refresh_transient": 1}),
     ("refresh_needs_reauth", QUIET | {"refresh_needs_reauth": 1}),
@@ -34,7 +35,7 @@ def test_each_outcome_is_counted_under_its_own_name(
 ) -> None:
     totals = metric_totals(recorded[scenario])
 
-    family = scenario.split("_", maxsplit=1)[0] + "_"  # login_, callback_ or refresh_
+    family = scenario.split("_", maxsplit=1)[0] + "_"  # login_, callback_, events_ or refresh_
     counted = {name: value for name, value in totals.items() if name.startswith(family) and value}
     assert counted == {name: value for name, value in expected.items() if value}
     for name, value in expected.items():
