@@ -7,6 +7,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from smartsheet_oauth import events
 from smartsheet_oauth.connection_store import ACTIVE, NEEDS_REAUTH, REVOKED, Connection, DueConnection
 from smartsheet_oauth.errors import (
     ConditionFailed,
@@ -60,7 +61,11 @@ def refresh_now(target: Target, connection_id: str) -> RefreshResult:
         except ConditionFailed:
             raise ActionError(_lease_message(target.connections.get(connection_id), now)) from None
         deps = RefreshDeps(
-            config=target.config, connections=target.connections, vault=target.vault, smartsheet=target.smartsheet()
+            config=target.config,
+            connections=target.connections,
+            vault=target.vault,
+            smartsheet=target.smartsheet(),
+            events=target.events(),
         )
         due = DueConnection(
             connection_id=connection_id,
@@ -124,6 +129,11 @@ def disconnect(target: Target, connection_id: str, *, recovery_days: int = MIN_R
             stored_tokens = "already_deleted"
     except StorageError as exc:
         raise ActionError(f"AWS storage failed ({exc.operation}: {exc.code}); run disconnect again") from None
+    if held.status != REVOKED:  # the integrator hears of it once, not on a repeated run
+        events.emit(
+            target.events(),
+            events.about(events.REVOKED, held, status=REVOKED, reason=DISCONNECT_REASON, smartsheet=at_smartsheet),
+        )
     return DisconnectResult(connection_id, at_smartsheet, stored_tokens, recovery_days)
 
 

@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from smartsheet_oauth.config import Config, is_loopback, load_config
 from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.errors import ConfigError
+from smartsheet_oauth.events import EventPublisher
 from smartsheet_oauth.smartsheet import SmartsheetClient
 from smartsheet_oauth.token_vault import TokenVault
 
@@ -61,6 +62,7 @@ class Target:
     connections: ConnectionStore
     vault: TokenVault
     smartsheet: Callable[[], SmartsheetClient]  # reads the app credentials on first use
+    events: Callable[[], EventPublisher]  # the stack's connection events (e.g. Connection Revoked)
     run_sweep: Callable[[], dict[str, Any]]  # the sweep's report
     dead_letters: Callable[[], int]  # messages waiting in the refresh dead-letter queue
     alarms_firing: Callable[[], list[str] | None]  # names of alarms in ALARM; None where there are none (local)
@@ -111,6 +113,14 @@ def _smartsheet_factory(secrets: Any, config: Config) -> Callable[[], Smartsheet
     def build() -> SmartsheetClient:
         client_id, client_secret = _app_credentials(secrets, config.app_credentials_secret_arn)
         return SmartsheetClient(api_base_url=config.api_base_url, client_id=client_id, client_secret=client_secret)
+
+    return build
+
+
+def _events_factory(client: Callable[[], Any], config: Config) -> Callable[[], EventPublisher]:
+    @cache
+    def build() -> EventPublisher:
+        return EventPublisher(client(), config.event_bus_name)
 
     return build
 
@@ -211,6 +221,7 @@ def deployed(
         connections=ConnectionStore(dynamodb, config.connections_table_name),
         vault=TokenVault(secrets, config.token_secret_prefix, kms_key_id=config.token_kms_key_id),
         smartsheet=_smartsheet_factory(secrets, config),
+        events=_events_factory(lambda: session.client("events", config=_QUICK), config),
         run_sweep=run_sweep,
         dead_letters=dead_letters,
         alarms_firing=alarms_firing,
@@ -314,6 +325,7 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
         connections=ConnectionStore(dynamodb, config.connections_table_name),
         vault=TokenVault(secrets, config.token_secret_prefix),
         smartsheet=_smartsheet_factory(secrets, config),
+        events=_events_factory(lambda: client("events"), config),
         run_sweep=run_sweep,
         dead_letters=dead_letters,
         alarms_firing=lambda: None,

@@ -70,6 +70,19 @@ class Ops:
         }
         self.stack.aws.dynamodb.update_item(**{k: v for k, v in kwargs.items() if v is not None})
 
+    def revoked_events(self) -> list[dict[str, Any]]:
+        """ "Connection Revoked" events the broker put on the stack's bus, as an integrator's queue receives them."""
+        sqs, bus = self.stack.aws.client("sqs"), self.stack.aws.client("events")
+        if not hasattr(self, "_queue"):
+            self._queue = sqs.create_queue(QueueName=f"revoked-{os.getpid()}")["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=self._queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            pattern = {"source": ["smartsheet-oauth-broker"], "detail-type": ["Connection Revoked"]}
+            bus.put_rule(Name="revoked", EventPattern=json.dumps(pattern))
+            bus.put_targets(Rule="revoked", Targets=[{"Id": "queue", "Arn": arn}])
+            return []
+        messages = sqs.receive_message(QueueUrl=self._queue, MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(message["Body"]) for message in messages]
+
     def tokens(self, user: int) -> dict[str, Any]:
         secret = self.stack.aws.secretsmanager.get_secret_value(SecretId=self.record(user)["secret_arn"])
         value: dict[str, Any] = json.loads(secret["SecretString"])
@@ -187,6 +200,7 @@ def test_disconnect_revokes_at_smartsheet_and_the_user_can_come_back(ada: Ops) -
     ada.sign_in(GRACE)
     tokens = ada.tokens(GRACE)
     secret_arn = ada.record(GRACE)["secret_arn"]
+    ada.revoked_events()  # the integrator's queue starts listening
 
     run = ada.admin("disconnect", str(GRACE), "--yes")
 
@@ -201,6 +215,9 @@ def test_disconnect_revokes_at_smartsheet_and_the_user_can_come_back(ada: Ops) -
 
     again = ada.admin("disconnect", str(GRACE), "--yes")  # a second run (or one after a partial run) is harmless
     assert again.code == 0, again.err
+    (event,) = ada.revoked_events()  # one event, not one per run
+    assert event["detail"]["connection_id"] == str(GRACE)
+    assert event["detail"]["status"] == "revoked"
 
     ada.sign_in(GRACE)  # the user signs in again: the secret comes back from its deletion
     assert ada.record(GRACE)["status"] == "active"
