@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 DUE_INDEX = "by-refresh-due"
+# Sparse too: only connections bound to an integrator's end user (through a connect session) carry end_user_id.
+END_USER_INDEX = "by-end-user"
 # The sparse index's one partition value: only active connections carry it. A single partition keeps the
 # earliest-first order global; DynamoDB serves a few thousand reads a second from it, far above what one
 # sweep asks.
@@ -416,5 +418,62 @@ class ConnectionStore:
                     ":reason": {"S": reason},
                     ":now": {"N": str(now)},
                     ":owner": {"S": owner},
+                },
+            )
+
+    # -- the management API: pages of connections, on-demand refresh --------------------------------------------
+
+    def page(
+        self,
+        *,
+        limit: int,
+        status: str | None = None,
+        end_user_id: str | None = None,
+        start_key: dict[str, Any] | None = None,
+    ) -> tuple[list[Connection], dict[str, Any] | None]:
+        """One page of connections and the key to continue from. An end user's connections come from the sparse
+        index (a Query); otherwise a Scan. The status filter applies after DynamoDB's Limit, so a page can hold
+        fewer than `limit` connections (even none) and still have a next one."""
+        kwargs: dict[str, Any] = {"TableName": self._table, "Limit": limit}
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        if end_user_id is not None:
+            kwargs["IndexName"] = END_USER_INDEX
+            kwargs["KeyConditionExpression"] = "end_user_id = :end_user"
+            values[":end_user"] = {"S": end_user_id}
+        if status is not None:
+            kwargs["FilterExpression"] = "#status = :status"
+            names["#status"] = "status"
+            values[":status"] = {"S": status}
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        if start_key:
+            kwargs["ExclusiveStartKey"] = start_key
+        with storage("connections.page"):
+            answer = self._client.query(**kwargs) if end_user_id is not None else self._client.scan(**kwargs)
+        items = [connection_from_item(item) for item in answer.get("Items", [])]
+        return items, answer.get("LastEvaluatedKey")
+
+    def expedite(self, connection_id: str, *, generation: int, now: int) -> None:
+        """Make an active connection due now, for an on-demand refresh through the sweep's own lease. Raises
+        ConditionFailed when it is not active, was refreshed since it was read (generation moved), or a worker
+        holds its lease: then there is nothing to expedite, only to wait for."""
+        with storage("connections.expedite"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression="SET refresh_due_at = :now, due_shard = :shard",
+                ConditionExpression=(
+                    "#status = :active AND generation = :gen"
+                    " AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
+                ),
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":now": {"N": str(now)},
+                    ":shard": {"S": DUE_SHARD},
+                    ":active": {"S": ACTIVE},
+                    ":gen": {"N": str(generation)},
                 },
             )

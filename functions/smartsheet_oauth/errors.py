@@ -108,3 +108,43 @@ class TransientSmartsheetError(SmartsheetError):
 
 class MalformedResponse(SmartsheetError):
     """Smartsheet answered 2xx with a body that is not what the API documents."""
+
+
+# -- connections as a product: connect sessions, end-user binding, the management API --------------------------
+
+
+class ConnectLinkRejected(BrokerError):
+    """A connect-session link that is unknown, already used or expired."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AnonymousLoginDisabled(BrokerError):
+    """/login without a connect session while the deployment only admits sign-ins started by the integrator."""
+
+
+class BindingConflict(BrokerError):
+    """The Smartsheet account that signed in cannot be bound to the session's end user: the end user already has
+    another connected account, or the account belongs to another end user. Reported, never merged."""
+
+    def __init__(self, reason: str, *, end_user_id: str, smartsheet_user_id: str, existing_connection_id: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.end_user_id = end_user_id
+        self.smartsheet_user_id = smartsheet_user_id
+        self.existing_connection_id = existing_connection_id
+
+
+class NotFound(BrokerError):
+    """The management API was asked about a connection that does not exist."""
+
+
+class Conflict(BrokerError):
+    """The connection is not in a state that allows the request (revoked, needs_reauth, leased by a worker)."""
+
+    def __init__(self, code: str, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after

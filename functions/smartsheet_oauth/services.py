@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from smartsheet_oauth import aws
 from smartsheet_oauth.config import Config, get_config
+from smartsheet_oauth.connect_sessions import ConnectSessionStore
 from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.errors import ConfigError
 from smartsheet_oauth.events import EventPublisher
@@ -71,6 +72,12 @@ def token_vault() -> TokenVault:
 
 
 @cache
+def connect_sessions() -> ConnectSessionStore:
+    config = get_config()
+    return ConnectSessionStore(aws.dynamodb(), config.state_table_name, config.connect_session_ttl_seconds)
+
+
+@cache
 def event_publisher() -> EventPublisher:
     return EventPublisher(aws.events(), get_config().event_bus_name)
 
@@ -99,7 +106,7 @@ def reset() -> None:
     global _client  # noqa: PLW0603
     get_config.cache_clear()
     aws.reset()
-    for factory in (_secrets_provider, state_store, connection_store, token_vault, event_publisher):
+    for factory in (_secrets_provider, state_store, connection_store, token_vault, event_publisher, connect_sessions):
         factory.cache_clear()
     with _client_lock:
         _client = None

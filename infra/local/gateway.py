@@ -19,8 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from infra.local import sigv4
 from infra.local.lambda_runtime import Invocation
-from infra.local.template_model import FunctionSpec, HttpRoute, ScheduleSpec
+from infra.local.template_model import IAM_AUTHORIZER, FunctionSpec, HttpRoute, ScheduleSpec
 
 log = logging.getLogger("infra.local.gateway")
 
@@ -135,6 +136,7 @@ def http_api_event(
     port: int = 80,
     request_id: str | None = None,
     now: float | None = None,
+    authorizer: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The event API Gateway HTTP API (payload format 2.0) gives a Lambda integration for one request."""
     split = urlsplit(target)
@@ -175,6 +177,7 @@ def http_api_event(
     event["requestContext"] = {
         "accountId": account_id,
         "apiId": api_id,
+        **({"authorizer": dict(authorizer)} if authorizer else {}),
         "domainName": host,
         "domainPrefix": host.split(".", 1)[0],
         "http": {
@@ -312,8 +315,11 @@ class Gateway:
         api_id: str = "local",
         account_id: str = "123456789012",
         region: str = "us-east-1",
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
         self.routes = RouteTable(routes)
+        # access key id -> secret access key: who may call routes with AWS_IAM authorization (SigV4).
+        self.credentials = dict(credentials or {})
         self.schedules = list(schedules)
         self.functions: dict[str, Invoker] = {}
         self.api_id = api_id
@@ -500,6 +506,25 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self._error(404, "Not Found", request_id)
             return 404
         route, params = found
+        caller: sigv4.Caller | None = None
+        if route.authorizer == IAM_AUTHORIZER:
+            split = urlsplit(self.path)
+            try:
+                caller = sigv4.verify(
+                    method=self.command,
+                    raw_path=split.path or "/",
+                    raw_query=split.query,
+                    headers=list(self.headers.items()),
+                    body=body,
+                    credentials=gateway.credentials,
+                    region=gateway.region,
+                    account_id=gateway.account_id,
+                    now=time.time(),
+                )
+            except sigv4.SignatureRejected as exc:
+                # API Gateway refuses before the integration runs: the function never sees the request.
+                self._error(403, exc.message, request_id)
+                return 403
         event = http_api_event(
             method=self.command,
             target=self.path,
@@ -513,6 +538,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             protocol=self.request_version,
             port=gateway.port,
             request_id=request_id,
+            authorizer=caller.as_authorizer() if caller else None,
         )
         function = gateway.functions[route.function]
         invocation = function.invoke(event, timeout=route.timeout_ms / 1000)

@@ -139,6 +139,8 @@ class LocalStack:
             api_id=api_id,
             account_id=self._aws.account_id,
             region=self._aws.region,
+            # Routes with AWS_IAM authorization take requests signed with the local credentials (moto's).
+            credentials={LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"]: LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]},
         )
         if self._own_emulator:
             app = dataclasses.replace(DEFAULT_APP, redirect_uri=self.callback_url)

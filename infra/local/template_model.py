@@ -20,6 +20,8 @@ LOCAL_REGION: Final = "us-east-1"
 SERVERLESS_FUNCTION: Final = "AWS::Serverless::Function"
 IMPLICIT_HTTP_API: Final = "ServerlessHttpApi"  # the API SAM creates for HttpApi events without ApiId
 NO_VALUE: Final = "AWS::NoValue"
+NO_AUTHORIZER: Final = "NONE"
+IAM_AUTHORIZER: Final = "AWS_IAM"
 
 
 class TemplateError(ValueError):
@@ -90,6 +92,7 @@ class HttpRoute:
     api: str  # logical id of the HttpApi
     payload_format_version: str = "2.0"
     timeout_ms: int = 30_000  # HTTP API's integration timeout (its maximum, too)
+    authorizer: str = NO_AUTHORIZER  # "NONE" or "AWS_IAM" (SigV4): the local gateway enforces both
 
     @property
     def route_key(self) -> str:
@@ -465,6 +468,7 @@ class Resolver:
             version = str(props.get("PayloadFormatVersion", "2.0"))
             if version != "2.0":
                 raise TemplateError(f"{logical_id}.{event_name}: only PayloadFormatVersion 2.0 is supported")
+            authorizer = self._route_authorizer(f"{logical_id}.{event_name}", api_id, props.get("Auth") or {})
             yield HttpRoute(
                 method=method,
                 path=str(path),
@@ -473,7 +477,23 @@ class Resolver:
                 api=api_id,
                 payload_format_version=version,
                 timeout_ms=int(props.get("TimeoutInMillis", 30_000)),
+                authorizer=authorizer,
             )
+
+    def _route_authorizer(self, where: str, api_id: str, auth: Mapping[str, Any]) -> str:
+        """SAM's rule: the event's Auth.Authorizer, else the API's Auth.DefaultAuthorizer, else none. AWS_IAM needs
+        the API's EnableIamAuthorizer; other authorizers (JWT, Lambda) cannot be emulated locally."""
+        api = self.template.resources.get(api_id)
+        if api is not None:
+            api_auth = self.resolve((api.get("Properties") or {}).get("Auth") or {})
+        else:  # the implicit API takes its settings from Globals.HttpApi
+            api_auth = self.resolve((self.template.section("Globals").get("HttpApi") or {}).get("Auth") or {})
+        name = str(auth.get("Authorizer") or api_auth.get("DefaultAuthorizer") or NO_AUTHORIZER)
+        if name == IAM_AUTHORIZER and api_auth.get("EnableIamAuthorizer") not in (True, "true", "True"):
+            raise TemplateError(f"{where}: Authorizer AWS_IAM needs Auth.EnableIamAuthorizer: true on {api_id}")
+        if name not in (NO_AUTHORIZER, IAM_AUTHORIZER):
+            raise TemplateError(f"{where}: authorizer {name!r} is not supported locally (only NONE and AWS_IAM)")
+        return name
 
     def _schedules(self, logical_id: str, events: Mapping[str, Any]) -> Iterator[ScheduleSpec]:
         for event_name, event in events.items():

@@ -50,3 +50,52 @@ def make_sink(
 def event_sink(broker: Broker) -> EventSink:
     # The broker fixture holds moto's mock_aws open: these clients land in the same in-memory AWS.
     return make_sink(boto3.session.Session(region_name="us-east-1"))
+
+
+SIGNED_CALLER = {
+    "iam": {
+        "accessKey": "AKIAEXAMPLE",
+        "accountId": "123456789012",
+        "callerId": "AIDAEXAMPLE",
+        "cognitoIdentity": None,
+        "principalOrgId": None,
+        "userArn": "arn:aws:iam::123456789012:user/integrator",
+        "userId": "AIDAEXAMPLE",
+    }
+}
+
+
+@dataclass
+class ApiAnswer:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+    @property
+    def error(self) -> str | None:
+        return self.body.get("error") if isinstance(self.body, dict) else None
+
+
+def call_management(
+    method: str,
+    path: str,
+    *,
+    query: dict[str, str] | str | None = None,
+    body: Any = None,
+    raw_body: str | None = None,
+    signed: bool = True,
+) -> ApiAnswer:
+    """The management function as API Gateway invokes it after AWS_IAM authorization (or, signed=False, as it
+    would be invoked if a route lost its authorization)."""
+    from management.app import lambda_handler
+
+    from tests.support.events import LambdaContext, http_event
+
+    event = http_event(path, query, method=method, headers={"content-type": "application/json"})
+    if signed:
+        event["requestContext"]["authorizer"] = SIGNED_CALLER
+    if raw_body is not None or body is not None:
+        event["body"] = raw_body if raw_body is not None else json.dumps(body)
+    result = lambda_handler(event, LambdaContext(timeout_seconds=29))
+    text = result.get("body") or ""
+    return ApiAnswer(result["statusCode"], dict(result.get("headers") or {}), json.loads(text) if text else None)

@@ -148,7 +148,16 @@ def test_the_projects_template_has_the_broker_functions() -> None:
     resolver = Resolver(Template.load(), stack_name="s", parameters={"SmartsheetClientId": "id"})
     functions = {function.logical_id: function for function in resolver.functions()}
 
-    assert {route.route_key for f in functions.values() for route in f.routes} == {"GET /login", "GET /callback"}
+    routes = {route.route_key: route.authorizer for f in functions.values() for route in f.routes}
+    assert routes == {
+        "GET /login": "NONE",
+        "GET /callback": "NONE",
+        "GET /connections": "AWS_IAM",
+        "GET /connections/{connection_id}": "AWS_IAM",
+        "POST /connections/{connection_id}/refresh": "AWS_IAM",
+        "DELETE /connections/{connection_id}": "AWS_IAM",
+        "POST /connect-sessions": "AWS_IAM",
+    }
     assert functions["RefreshFunction"].schedules[0].kind == "ScheduleV2"
     assert "REDIRECT_URI" not in functions["CallbackFunction"].environment  # !If ... AWS::NoValue
     assert functions["CallbackFunction"].environment["TOKEN_SECRET_PREFIX"] == "s/connections/"

@@ -1,0 +1,1 @@
+"""ManagementFunction: the IAM-authorized management API (connections, refresh, disconnect, connect sessions)."""

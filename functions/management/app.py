@@ -1,0 +1,85 @@
+"""The management API (IAM-authorized routes on the broker's HTTP API): connections, refresh, disconnect, sessions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from smartsheet_oauth import api, management, services
+from smartsheet_oauth.config import get_config
+from smartsheet_oauth.management import ManagementDeps
+from smartsheet_oauth.observability import logger, metrics
+
+get_config()  # a bad configuration fails the cold start, naming the variable
+app = api.resolver()
+
+
+def deps() -> ManagementDeps:
+    return ManagementDeps(
+        config=get_config(),
+        connections=services.connection_store(),
+        vault=services.token_vault(),
+        sessions=services.connect_sessions(),
+        smartsheet=services.smartsheet_client,
+        events=services.event_publisher(),
+    )
+
+
+@app.get("/connections")
+def list_connections() -> Any:
+    params = dict(app.current_event.query_string_parameters or {})
+    result = management.list_connections(deps(), params)
+    api.count("listed")
+    return api.answer(200, result)
+
+
+@app.get("/connections/<connection_id>")
+def get_connection(connection_id: str) -> Any:
+    result = management.get_connection(deps(), connection_id)
+    api.count("read")
+    return api.answer(200, result)
+
+
+@app.post("/connections/<connection_id>/refresh")
+def refresh_connection(connection_id: str) -> Any:
+    min_valid = management.min_valid_seconds(api.json_body(app, required=False))
+    result = management.refresh_on_demand(deps(), connection_id, min_valid=min_valid)
+    logger.info("on-demand refresh", extra={"connection_id": connection_id, "outcome": result["outcome"]})
+    api.count(f"refresh_{result['outcome']}")
+    return api.answer(200, result)
+
+
+@app.delete("/connections/<connection_id>")
+def disconnect(connection_id: str) -> Any:
+    result = management.disconnect(deps(), connection_id)
+    logger.info("connection disconnected", extra={"connection_id": connection_id, "smartsheet": result["smartsheet"]})
+    api.count("disconnected")
+    return api.answer(200, result)
+
+
+@app.post("/connect-sessions")
+def create_connect_session() -> Any:
+    body = api.json_body(app, required=True)
+    result = management.create_connect_session(deps(), body, broker_url=api.broker_url(app))
+    logger.info("connect session created", extra={"end_user_id": result["end_user_id"]})
+    api.count("connect_session_created")
+    return api.answer(201, result)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    caller = api.caller_arn(event)
+    if caller is None:
+        # Every route is AWS_IAM-authorized in template.yaml; a request without a caller means a route lost its
+        # authorization: refuse rather than serve tokens' metadata to anyone.
+        logger.error("management request without an IAM caller", extra={"outcome": "no_iam_caller"})
+        api.count("no_iam_caller")
+        return {
+            "statusCode": 403,
+            "headers": {"Content-Type": api.JSON, **api.HEADERS},
+            "body": '{"error":"forbidden","message":"This route needs AWS_IAM authorization."}',
+        }
+    logger.append_keys(caller=caller, route=event.get("routeKey"))
+    return app.resolve(event, context)

@@ -1,0 +1,168 @@
+"""HTTP plumbing of the management API: a JSON resolver, the IAM caller, request bodies, domain errors as JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import traceback
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+
+from smartsheet_oauth.config import is_loopback
+from smartsheet_oauth.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    SmartsheetError,
+    StorageError,
+    TransientSmartsheetError,
+)
+from smartsheet_oauth.management import RefreshFailed
+from smartsheet_oauth.observability import logger, metrics
+
+JSON = "application/json"
+HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+MAX_BODY_BYTES = 16 * 1024
+
+
+def answer(status: int, payload: Any, *, headers: dict[str, str] | None = None) -> Response[str]:
+    return Response(
+        status_code=status,
+        content_type=JSON,
+        body=json.dumps(payload, separators=(",", ":")),
+        headers={**HEADERS, **(headers or {})},
+    )
+
+
+def request_id(app: APIGatewayHttpResolver) -> str:
+    try:
+        return str(app.current_event.request_context.request_id or "unknown")
+    except (AttributeError, KeyError, TypeError):
+        return "unknown"
+
+
+def caller_arn(event: dict[str, Any]) -> str | None:
+    """The IAM principal API Gateway authenticated (AWS_IAM authorization), or None when there is none."""
+    context = event.get("requestContext")
+    authorizer = context.get("authorizer") if isinstance(context, dict) else None
+    iam = authorizer.get("iam") if isinstance(authorizer, dict) else None
+    arn = iam.get("userArn") if isinstance(iam, dict) else None
+    return arn if isinstance(arn, str) and arn else None
+
+
+def json_body(app: APIGatewayHttpResolver, *, required: bool) -> dict[str, Any]:
+    """The request's JSON object; an empty body is {} unless one is required."""
+    event = app.current_event
+    raw = event.body or ""
+    if event.is_base64_encoded and raw:
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except binascii.Error:
+            raise BadRequest("the body is not valid base64") from None
+    else:
+        data = raw.encode()
+    if len(data) > MAX_BODY_BYTES:
+        raise BadRequest(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if not data.strip():
+        if required:
+            raise BadRequest("a JSON object body is required")
+        return {}
+    try:
+        body = json.loads(data)
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def broker_url(app: APIGatewayHttpResolver) -> str:
+    """The broker's public base URL as the caller reached it (the HTTP API's $default stage has no path prefix).
+    http only for a loopback host: the local gateway."""
+    event = app.current_event
+    host = event.request_context.domain_name or event.headers.get("host", "")
+    proto = event.headers.get("x-forwarded-proto", "https")
+    hostname = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    scheme = "http" if proto == "http" and is_loopback(hostname) else "https"
+    return f"{scheme}://{host}"
+
+
+def count(outcome: str) -> None:
+    metrics.add_metric(name=f"management_{outcome}", unit="Count", value=1)
+
+
+def resolver() -> APIGatewayHttpResolver:
+    """A resolver whose failures are JSON {error, message, reference}: each domain error gets its status."""
+    # debug=False whatever POWERTOOLS_DEV says: debug mode would print every event.
+    app = APIGatewayHttpResolver(debug=False)
+
+    def error(status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> Response[str]:
+        count(code)
+        payload: dict[str, Any] = {"error": code, "message": message, "reference": request_id(app)}
+        if headers and "Retry-After" in headers:
+            payload["retry_after"] = int(headers["Retry-After"])
+        return answer(status, payload, headers=headers)
+
+    @app.not_found
+    def _not_found(_: NotFoundError) -> Response[str]:
+        return error(404, "no_such_route", "There is no such route; see the README's management API section.")
+
+    @app.exception_handler(BadRequest)
+    def _bad_request(exc: BadRequest) -> Response[str]:
+        logger.info("bad request", extra={"outcome": "invalid_request", "detail": str(exc)})
+        return error(400, "invalid_request", str(exc))
+
+    @app.exception_handler(NotFound)
+    def _missing(exc: NotFound) -> Response[str]:
+        return error(404, "not_found", str(exc))
+
+    @app.exception_handler(RefreshFailed)
+    def _refresh_failed(exc: RefreshFailed) -> Response[str]:
+        return error(503, exc.code, str(exc), headers={"Retry-After": str(exc.retry_after or 60)})
+
+    @app.exception_handler(Conflict)
+    def _conflict(exc: Conflict) -> Response[str]:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return error(409, exc.code, str(exc), headers=headers)
+
+    @app.exception_handler(TransientSmartsheetError)
+    def _smartsheet_busy(exc: TransientSmartsheetError) -> Response[str]:
+        logger.warning("Smartsheet unavailable", extra={"outcome": "smartsheet_unavailable", "reason": exc.reason})
+        return error(
+            503,
+            "smartsheet_unavailable",
+            f"Smartsheet did not answer ({exc.reason}); nothing was changed. Ask again later.",
+            headers={"Retry-After": "30"},
+        )
+
+    @app.exception_handler(SmartsheetError)
+    def _smartsheet_refused(exc: SmartsheetError) -> Response[str]:
+        logger.warning(
+            "Smartsheet refused", extra={"outcome": "smartsheet_refused", "reason": exc.reason, "ref": exc.ref_id}
+        )
+        return error(502, "smartsheet_refused", str(exc))
+
+    @app.exception_handler(StorageError)
+    def _storage(exc: StorageError) -> Response[str]:
+        logger.error(
+            "AWS storage failed", extra={"outcome": "storage_error", "operation": exc.operation, "code": exc.code}
+        )
+        return error(503, "storage_unavailable", "AWS storage is unavailable; ask again.", headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    def _unexpected(exc: Exception) -> Response[str]:
+        # The type and the frames only: an exception's text can carry request values.
+        logger.error(
+            "unexpected failure",
+            extra={
+                "outcome": "internal_error",
+                "error_type": type(exc).__name__,
+                "stack": traceback.format_tb(exc.__traceback__),
+            },
+        )
+        return error(500, "internal_error", "The request failed; quote the reference to support.")
+
+    return app

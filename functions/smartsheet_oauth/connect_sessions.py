@@ -1,0 +1,108 @@
+"""Connect sessions: one-time login links that bind the connection made through them to an integrator's end user."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from smartsheet_oauth.errors import BadRequest, ConditionFailed, ConnectLinkRejected
+from smartsheet_oauth.storage_errors import storage
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+SESSION_TOKEN_BYTES = 32  # 256 bits, URL-safe base64: 43 characters
+# Sessions share the state table with pending sign-ins. Their keys carry a ':' that a state never has, so the
+# callback cannot consume a session as a state, nor /login a state as a session.
+KEY_PREFIX = "connect-session:"
+END_USER_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def checked_end_user_id(raw: object) -> str:
+    """The integrator's id of its own user: 1-128 characters of letters, digits and . _ : @ + = -"""
+    if not isinstance(raw, str) or not END_USER_ID.fullmatch(raw):
+        raise BadRequest("end_user_id must be 1 to 128 characters of letters, digits and . _ : @ + = -")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    """A new session: the token goes into the login link and nowhere else (only its hash is stored)."""
+
+    token: str
+    end_user_id: str
+    expires_at: int
+
+    def __repr__(self) -> str:
+        return f"IssuedSession(end_user_id={self.end_user_id!r}, expires_at={self.expires_at}, token=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSession:
+    end_user_id: str
+    return_to: str | None
+    expires_at: int
+
+
+def _key(token: str) -> str:
+    return KEY_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+
+
+class ConnectSessionStore:
+    def __init__(self, client: DynamoDBClient, table_name: str, ttl_seconds: int) -> None:
+        self._client = client
+        self._table = table_name
+        self._ttl = ttl_seconds
+
+    def create(self, *, end_user_id: str, return_to: str | None, now: int) -> IssuedSession:
+        token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
+        expires_at = now + self._ttl
+        item = {
+            "state": {"S": _key(token)},
+            "kind": {"S": "connect_session"},
+            "end_user_id": {"S": end_user_id},
+            "created_at": {"N": str(now)},
+            "expires_at": {"N": str(expires_at)},
+        }
+        if return_to:
+            item["return_to"] = {"S": return_to}
+        with storage("sessions.create"):
+            self._client.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(#s)",
+                ExpressionAttributeNames={"#s": "state"},
+            )
+        return IssuedSession(token=token, end_user_id=end_user_id, expires_at=expires_at)
+
+    def consume(self, token: str, *, now: int) -> ConnectSession:
+        """Delete the session and return what it held, in one atomic call: a link works once, even when it is
+        opened twice at the same moment. Raises ConnectLinkRejected when it is unknown, used or expired."""
+        if not _TOKEN.fullmatch(token):
+            raise ConnectLinkRejected("malformed_session")
+        try:
+            with storage("sessions.consume"):
+                answer = self._client.delete_item(
+                    TableName=self._table,
+                    Key={"state": {"S": _key(token)}},
+                    ConditionExpression="attribute_exists(#s) AND kind = :kind",
+                    ExpressionAttributeNames={"#s": "state"},
+                    ExpressionAttributeValues={":kind": {"S": "connect_session"}},
+                    ReturnValues="ALL_OLD",
+                )
+        except ConditionFailed:
+            raise ConnectLinkRejected("unknown_or_used_session") from None
+        item = answer.get("Attributes", {})
+        session = ConnectSession(
+            end_user_id=item["end_user_id"]["S"],
+            return_to=item["return_to"]["S"] if "return_to" in item else None,
+            expires_at=int(item["expires_at"]["N"]),
+        )
+        # TTL deletion is lazy: an expired item can still be there.
+        if session.expires_at <= now:
+            raise ConnectLinkRejected("expired_session")
+        return session

@@ -1,0 +1,392 @@
+"""The management API's steps: connection views and pages, on-demand refresh, disconnect, connect sessions."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from smartsheet_oauth import events
+from smartsheet_oauth.config import Config
+from smartsheet_oauth.connect_sessions import ConnectSessionStore, checked_end_user_id
+from smartsheet_oauth.connection_store import (
+    ACTIVE,
+    NEEDS_REAUTH,
+    REVOKED,
+    Connection,
+    ConnectionStore,
+    DueConnection,
+)
+from smartsheet_oauth.errors import (
+    BadRequest,
+    ConditionFailed,
+    Conflict,
+    InvalidClient,
+    InvalidGrant,
+    NotFound,
+    SmartsheetError,
+    StorageError,
+    TransientSmartsheetError,
+)
+from smartsheet_oauth.refresh import LEASE_BUSY, RACED, REFRESHED, TRANSIENT, RefreshDeps, refresh_connection
+from smartsheet_oauth.sign_in import checked_return_to
+from smartsheet_oauth.smartsheet import SmartsheetClient
+from smartsheet_oauth.token_vault import TokenSet, TokenVault
+
+STATUSES = (ACTIVE, NEEDS_REAUTH, REVOKED)
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
+DEFAULT_MIN_VALID_SECONDS = 300
+MAX_MIN_VALID_SECONDS = 7 * 24 * 3600
+# How long an on-demand refresh waits for another worker's refresh of the same connection to land: well inside
+# API Gateway's 30 s integration timeout.
+WAIT_FOR_OTHER_WORKER_SECONDS = 10.0
+POLL_SECONDS = 0.2
+SECRET_RECOVERY_DAYS = 7
+DISCONNECTED = "disconnected"
+# Secrets Manager's codes for a secret that is gone or scheduled for deletion.
+_SECRET_GONE = frozenset({"ResourceNotFoundException", "InvalidRequestException"})
+
+
+@dataclass(frozen=True, slots=True)
+class ManagementDeps:
+    config: Config
+    connections: ConnectionStore
+    vault: TokenVault
+    sessions: ConnectSessionStore
+    smartsheet: Callable[[], SmartsheetClient]  # built on first use: reads the app credentials
+    events: events.EventPublisher | None = None
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+    def refresh_deps(self) -> RefreshDeps:
+        return RefreshDeps(
+            config=self.config,
+            connections=self.connections,
+            vault=self.vault,
+            smartsheet=self.smartsheet(),
+            clock=self.clock,
+            sleep=self.sleep,
+            events=self.events,
+        )
+
+
+class SmartsheetRefused(SmartsheetError):
+    """Smartsheet refused a management action for good (not a transient failure): answered 502."""
+
+
+class RefreshFailed(Conflict):
+    """Smartsheet did not refresh the token this time (busy, rate limited, unreachable): answered 503."""
+
+
+def view(connection: Connection) -> dict[str, Any]:
+    """A connection as the API shows it: status and metadata, never a token."""
+    return {
+        "connection_id": connection.connection_id,
+        "smartsheet_user_id": connection.connection_id,
+        "end_user_id": connection.end_user_id,
+        "status": connection.status,
+        "email": connection.email,
+        "region": connection.region,
+        "scopes": connection.scopes.split(),
+        "access_expires_at": connection.access_expires_at,
+        "next_refresh_at": connection.refresh_due_at,
+        "generation": connection.generation,
+        "failures": connection.failures,
+        "last_error": connection.last_error,
+        "created_at": connection.created_at,
+        "updated_at": connection.updated_at,
+        "secret_arn": connection.secret_arn,
+    }
+
+
+def checked_connection_id(raw: str) -> str:
+    # Connection ids are Smartsheet user ids: digits, beyond 2^53 but below 2^64.
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 20:
+        raise BadRequest("connection_id must be a Smartsheet user id (digits only)")
+    return raw
+
+
+def _existing(deps: ManagementDeps, connection_id: str) -> Connection:
+    connection = deps.connections.get(checked_connection_id(connection_id))
+    if connection is None:
+        raise NotFound(f"No connection {connection_id}.")
+    return connection
+
+
+def get_connection(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
+    return view(_existing(deps, connection_id))
+
+
+# ------------------------------------------------------------------------------------------------------ listing
+def _encode_next(key: dict[str, Any] | None) -> str | None:
+    if not key:
+        return None
+    flat = {name: value["S"] for name, value in key.items()}
+    return base64.urlsafe_b64encode(json.dumps(flat, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_next(token: str, *, end_user_id: str | None) -> dict[str, Any]:
+    invalid = BadRequest("next is not a token this API handed out")
+    if len(token) > 1024:
+        raise invalid
+    try:
+        flat = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError):
+        raise invalid from None
+    expected = {"connection_id", "end_user_id"} if end_user_id is not None else {"connection_id"}
+    if not isinstance(flat, dict) or set(flat) != expected or not all(isinstance(v, str) for v in flat.values()):
+        raise invalid
+    checked_connection_id(flat["connection_id"])
+    if end_user_id is not None and flat["end_user_id"] != end_user_id:
+        raise invalid
+    return {name: {"S": value} for name, value in flat.items()}
+
+
+def list_connections(deps: ManagementDeps, query: dict[str, str]) -> dict[str, Any]:
+    unknown = sorted(set(query) - {"status", "end_user_id", "limit", "next"})
+    if unknown:
+        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}; use status, end_user_id, limit, next")
+    status = query.get("status")
+    if status is not None and status not in STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+    end_user_id = checked_end_user_id(query["end_user_id"]) if "end_user_id" in query else None
+    raw_limit = query.get("limit", str(DEFAULT_PAGE_SIZE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
+    start_key = _decode_next(query["next"], end_user_id=end_user_id) if "next" in query else None
+    page, last_key = deps.connections.page(
+        limit=int(raw_limit), status=status, end_user_id=end_user_id, start_key=start_key
+    )
+    return {"connections": [view(c) for c in page], "next": _encode_next(last_key)}
+
+
+# ------------------------------------------------------------------------------------------- on-demand refresh
+def min_valid_seconds(body: dict[str, Any]) -> int:
+    unknown = sorted(set(body) - {"min_valid_seconds"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; the body may hold min_valid_seconds")
+    value = body.get("min_valid_seconds", DEFAULT_MIN_VALID_SECONDS)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MIN_VALID_SECONDS:
+        raise BadRequest(f"min_valid_seconds must be a whole number from 0 to {MAX_MIN_VALID_SECONDS}")
+    return value
+
+
+def _unusable(connection: Connection) -> Conflict:
+    if connection.status == REVOKED:
+        return Conflict("revoked", "The connection was disconnected; its user must connect again.")
+    return Conflict(
+        "needs_reauth", "Smartsheet no longer honours this connection's grant; its user must sign in again."
+    )
+
+
+def refresh_on_demand(deps: ManagementDeps, connection_id: str, *, min_valid: int) -> dict[str, Any]:
+    """Refresh now through the sweep's own lease and steps, so a refresh racing the sweep (or another caller)
+    reaches Smartsheet once: the loser waits for the winner's result instead of refreshing again. Nothing is
+    refreshed while the access token stays valid for at least `min_valid` seconds."""
+    before = _existing(deps, connection_id)
+    if before.status != ACTIVE:
+        raise _unusable(before)
+    now = int(deps.clock())
+    if before.access_expires_at - now >= min_valid:
+        return {"outcome": "fresh", "connection": view(before)}
+    try:
+        deps.connections.expedite(before.connection_id, generation=before.generation, now=now)
+    except ConditionFailed:
+        return _outcome_of_other_worker(deps, before)
+    due = DueConnection(
+        connection_id=before.connection_id,
+        refresh_due_at=now,
+        access_expires_at=before.access_expires_at,
+        generation=before.generation,
+    )
+    outcome = refresh_connection(due, deps.refresh_deps())
+    if outcome == REFRESHED:
+        return {"outcome": "refreshed", "connection": view(_existing(deps, connection_id))}
+    if outcome in (LEASE_BUSY, RACED):
+        return _outcome_of_other_worker(deps, before)
+    after = _existing(deps, connection_id)
+    if outcome == TRANSIENT:
+        raise _transient(after, now)
+    raise _unusable(after)
+
+
+def _leased(connection: Connection, now: int) -> bool:
+    return (connection.lease_until or 0) > now
+
+
+def _transient(connection: Connection, now: int) -> RefreshFailed:
+    retry_after = max(1, min(3600, (connection.refresh_due_at or now) - now))
+    return RefreshFailed(
+        "refresh_failed",
+        f"Smartsheet did not refresh the token ({connection.last_error or 'unavailable'}); the sweep retries it."
+        " The stored token stays valid until access_expires_at.",
+        retry_after=retry_after,
+    )
+
+
+def _outcome_of_other_worker(deps: ManagementDeps, before: Connection) -> dict[str, Any]:
+    """Someone else (the sweep, another caller) holds or just used the lease: wait for what they achieved."""
+    deadline = time.monotonic() + WAIT_FOR_OTHER_WORKER_SECONDS
+    while True:
+        now = int(deps.clock())
+        current = _existing(deps, before.connection_id)
+        if current.generation != before.generation:
+            if current.status == ACTIVE:
+                return {"outcome": "refreshed", "connection": view(current)}
+            raise _unusable(current)
+        if current.status != ACTIVE:
+            raise _unusable(current)
+        if not _leased(current, now):
+            if current.updated_at > before.updated_at and current.failures > before.failures:
+                raise _transient(current, now)
+            # The lease was let go without a refresh (a sweep that stopped, a commit that failed): nothing to wait
+            # for; the caller may simply ask again.
+            raise Conflict(
+                "refresh_in_progress", "Another refresh of this connection just ended; ask again.", retry_after=1
+            )
+        if time.monotonic() >= deadline:
+            wait = max(1, (current.lease_until or now) - now)
+            raise Conflict("refresh_in_progress", "Another refresh of this connection is under way.", retry_after=wait)
+        deps.sleep(POLL_SECONDS)
+
+
+# -------------------------------------------------------------------------------------------------- disconnect
+def disconnect(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
+    """Revoke the grant at Smartsheet (every token of this user for this app), mark the connection revoked and
+    schedule its secret's deletion. The lease is held throughout, so no refresh rotates the tokens meanwhile.
+    When Smartsheet cannot confirm the revoke, nothing changes and the failure is reported: ask again later.
+    Asking again after a disconnect answers the same way without error."""
+    connection_id = checked_connection_id(connection_id)
+    owner = f"api-{uuid.uuid4().hex}"
+    now = int(deps.clock())
+    try:
+        held = deps.connections.hold(connection_id, owner=owner, now=now, lease_seconds=deps.config.lease_seconds)
+    except ConditionFailed:
+        current = _existing(deps, connection_id)
+        wait = max(1, (current.lease_until or now) - now)
+        raise Conflict(
+            "refresh_in_progress", "A refresh of this connection is under way; ask again shortly.", retry_after=wait
+        ) from None
+    try:
+        at_smartsheet = _revoke_at_smartsheet(deps, held)
+    except BaseException:
+        deps.connections.release(connection_id, owner=owner)
+        raise
+    try:
+        deps.connections.mark_revoked(connection_id, owner=owner, reason=DISCONNECTED, now=int(deps.clock()))
+    except ConditionFailed:
+        raise Conflict(
+            "changed_meanwhile",
+            "The connection changed while it was being disconnected (its user signed in again?). Its grant at"
+            " Smartsheet was revoked; ask again to finish.",
+        ) from None
+    try:
+        deps.vault.schedule_deletion(held.secret_arn, recovery_days=SECRET_RECOVERY_DAYS)
+        stored_tokens = "deletion_scheduled"
+    except StorageError as exc:
+        if exc.code not in _SECRET_GONE:
+            raise
+        stored_tokens = "already_deleted"
+    after = _existing(deps, connection_id)
+    if held.status != REVOKED:
+        events.emit(
+            deps.events,
+            events.about(events.REVOKED, held, status=REVOKED, reason=DISCONNECTED, smartsheet=at_smartsheet),
+        )
+    return {
+        "outcome": "revoked",
+        "smartsheet": at_smartsheet,
+        "stored_tokens": stored_tokens,
+        "recovery_window_days": SECRET_RECOVERY_DAYS,
+        "connection": view(after),
+    }
+
+
+def _revoke_at_smartsheet(deps: ManagementDeps, held: Connection) -> str:
+    """'revoked', 'already_invalid' (the grant was dead already) or 'no_tokens' (nothing stored any more)."""
+    try:
+        tokens = deps.vault.load(held.secret_arn)
+    except StorageError as exc:
+        if exc.code in _SECRET_GONE:
+            return "no_tokens"
+        raise
+    client = deps.smartsheet()
+    try:
+        client.revoke(tokens.access_token, all_for_client=True)
+        return "revoked"
+    except SmartsheetError as exc:
+        if not _access_token_unusable(exc):
+            raise _refused(exc) from None
+    # The access token is expired or dead; the grant may still live behind the refresh token.
+    try:
+        grant = client.refresh(tokens.refresh_token)
+    except InvalidGrant:
+        return "already_invalid"
+    except SmartsheetError as exc:
+        raise _refused(exc) from None
+    refreshed_at = int(deps.clock())
+    # Rotation killed the stored pair: keep the new one until it is revoked, so a failed revoke loses nothing.
+    deps.vault.save(
+        held.connection_id,
+        TokenSet(
+            access_token=grant.access_token,
+            refresh_token=grant.refresh_token,
+            token_type=grant.token_type,
+            expires_at=refreshed_at + grant.expires_in,
+            scope=tokens.scope,
+            region=tokens.region,
+            user_id=tokens.user_id,
+            email=tokens.email,
+            obtained_at=refreshed_at,
+        ),
+        known_arn=held.secret_arn,
+    )
+    try:
+        client.revoke(grant.access_token, all_for_client=True)
+    except SmartsheetError as exc:
+        raise _refused(exc) from None
+    return "revoked"
+
+
+def _access_token_unusable(exc: SmartsheetError) -> bool:
+    # 401 (1002/1003): an invalid or expired access token; invalid_grant codes: a revoked one.
+    return isinstance(exc, InvalidGrant) or (exc.status == 401 and not isinstance(exc, InvalidClient))
+
+
+def _refused(exc: SmartsheetError) -> SmartsheetError:
+    """Transient failures pass through as they are (503); anything else becomes a 502 naming Smartsheet's code."""
+    if isinstance(exc, TransientSmartsheetError):
+        return exc
+    return SmartsheetRefused(
+        f"Smartsheet refused the revoke ({exc.reason}); nothing was changed",
+        status=exc.status,
+        error_code=exc.error_code,
+        oauth_error=exc.oauth_error,
+        ref_id=exc.ref_id,
+    )
+
+
+# --------------------------------------------------------------------------------------------- connect sessions
+def create_connect_session(deps: ManagementDeps, body: dict[str, Any], *, broker_url: str) -> dict[str, Any]:
+    unknown = sorted(set(body) - {"end_user_id", "return_to"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; the body holds end_user_id and return_to")
+    if "end_user_id" not in body:
+        raise BadRequest("end_user_id is required")
+    end_user_id = checked_end_user_id(body["end_user_id"])
+    return_to = body.get("return_to")
+    if return_to is not None and not isinstance(return_to, str):
+        raise BadRequest("return_to must be a string")
+    return_to = checked_return_to(return_to, deps.config.allowed_return_to)
+    issued = deps.sessions.create(end_user_id=end_user_id, return_to=return_to, now=int(deps.clock()))
+    return {
+        "end_user_id": issued.end_user_id,
+        "login_url": f"{broker_url}/login?session={issued.token}",
+        "expires_at": issued.expires_at,
+        "return_to": return_to,
+    }

@@ -1,0 +1,276 @@
+"""The management API in-process (moto + emulator): views without tokens, pages, validation, on-demand refresh
+through the sweep's lease, disconnect that really revokes, connect sessions."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+from tests.management.conftest import EventSink, call_management
+from tests.support.broker import Broker
+
+ADA, GRACE, ALAN = "4583173393803140", "6812335718217604", "9007199254740993"
+
+
+def refresh_calls(broker: Broker) -> int:
+    return sum(1 for r in broker.emulator.token_requests if r["grant_type"] == "refresh_token")
+
+
+def signed_in(broker: Broker, *users: str) -> None:
+    for user in users:
+        assert broker.sign_in(user_id=int(user)).status == 200
+
+
+# ------------------------------------------------------------------------------------------------- reading
+def test_a_connection_shows_status_and_metadata_never_a_token_and_pages_cover_them_all(broker: Broker) -> None:
+    signed_in(broker, ADA, GRACE, ALAN)
+    broker.emulator.revoke_user(GRACE)
+    broker.make_due(GRACE)
+    broker.sweep()  # GRACE -> needs_reauth; ADA and ALAN are not due
+
+    seen: list[str] = []
+    query: dict[str, str] = {"limit": "2"}
+    pages = 0
+    while True:
+        answer = call_management("GET", "/connections", query=query)
+        assert answer.status == 200
+        assert len(answer.body["connections"]) <= 2
+        seen += [c["connection_id"] for c in answer.body["connections"]]
+        pages += 1
+        if answer.body["next"] is None:
+            break
+        query = {"limit": "2", "next": answer.body["next"]}
+    reauth = call_management("GET", "/connections", query={"status": "needs_reauth"})
+
+    assert sorted(seen) == sorted([ADA, GRACE, ALAN])
+    assert pages >= 2
+    assert [c["connection_id"] for c in reauth.body["connections"]] == [GRACE]
+
+    answer = call_management("GET", f"/connections/{ALAN}")
+
+    assert answer.status == 200
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["Cache-Control"] == "no-store"
+    view = answer.body
+    assert view["connection_id"] == view["smartsheet_user_id"] == ALAN  # every digit, past 2^53
+    assert view["status"] == "active"
+    assert view["email"] == "alan@example.com"
+    assert view["scopes"] == ["READ_SHEETS", "WRITE_SHEETS"]
+    assert view["end_user_id"] is None
+    assert view["generation"] == 1
+    assert view["secret_arn"].split(":secret:")[1].startswith(f"test-stack/connections/{ALAN}")
+    tokens = broker.tokens(ALAN)
+    raw = json.dumps(view)
+    assert tokens["access_token"] not in raw
+    assert tokens["refresh_token"] not in raw
+
+
+BAD_READS: list[tuple[str, dict[str, str] | None, int, str]] = [
+    ("/connections/not-a-number", None, 400, "digits"),
+    ("/connections/123456789012345678901", None, 400, "digits"),
+    ("/connections/42", None, 404, "No connection 42"),
+    ("/connections", {"limit": "0"}, 400, "limit"),
+    ("/connections", {"limit": "many"}, 400, "limit"),
+    ("/connections", {"status": "gone"}, 400, "status"),
+    ("/connections", {"next": "bm90LWpzb24"}, 400, "next"),
+    ("/connections", {"next": "eyJjb25uZWN0aW9uX2lkIjoieCJ9"}, 400, "digits"),
+    ("/connections", {"end_user_id": "a b"}, 400, "end_user_id"),
+    ("/connections", {"colour": "red"}, 400, "unknown query parameter"),
+    ("/nowhere", None, 404, "no such route"),
+]
+
+
+def test_bad_reads_get_a_json_error_with_a_clear_message_and_no_caller_gets_nothing(broker: Broker) -> None:
+    signed_in(broker, ADA)
+    unsigned = call_management("GET", f"/connections/{ADA}", signed=False)
+    assert unsigned.status == 403
+    assert unsigned.body["error"] == "forbidden"
+    assert ADA not in json.dumps(unsigned.body)
+
+    # One broker for every case: the cases only read.
+    for path, query, status, message_part in BAD_READS:
+        answer = call_management("GET", path, query=query)
+
+        assert answer.status == status, (path, query)
+        assert answer.headers["Content-Type"] == "application/json"
+        assert message_part.lower() in answer.body["message"].lower(), (path, query)
+        assert answer.body["error"]
+        assert answer.body["reference"]
+
+
+BAD_REFRESH_BODIES = [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"min_valid_seconds": -1}', "min_valid_seconds"),
+    ('{"min_valid_seconds": "soon"}', "min_valid_seconds"),
+    ('{"force": true}', "unknown field"),
+    ("x" * 20000, "larger than"),
+]
+
+
+def test_on_demand_refresh_refreshes_only_when_asked_right_and_rotates_through_the_sweeps_steps(
+    broker: Broker,
+) -> None:
+    signed_in(broker, ADA)
+    before = broker.tokens(ADA)
+    for raw_body, message_part in BAD_REFRESH_BODIES:
+        bad = call_management("POST", f"/connections/{ADA}/refresh", raw_body=raw_body)
+        assert bad.status == 400, raw_body[:40]
+        assert message_part in bad.body["message"], raw_body[:40]
+    fresh = call_management("POST", f"/connections/{ADA}/refresh")  # the token is valid for days
+    assert fresh.status == 200
+    assert fresh.body["outcome"] == "fresh"
+    assert refresh_calls(broker) == 0
+
+    answer = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+
+    assert answer.status == 200
+    assert answer.body["outcome"] == "refreshed"
+    assert answer.body["connection"]["generation"] == 2
+    after = broker.tokens(ADA)
+    assert after["refresh_token"] != before["refresh_token"]
+    assert broker.tokens(ADA, "AWSPREVIOUS")["refresh_token"] == before["refresh_token"]
+    assert broker.emulator.refresh_token_is_live(after["refresh_token"])
+    assert refresh_calls(broker) == 1
+    record = broker.connection(ADA)
+    assert record is not None
+    assert "lease_until" not in record
+    assert record["refresh_due_at"] > record["updated_at"]  # back in the future: the sweep will not redo it
+
+
+def test_on_demand_refresh_racing_the_sweep_calls_smartsheet_once(broker: Broker) -> None:
+    signed_in(broker, ADA)
+    broker.make_due(ADA)
+    broker.emulator.set_faults(latency_ms=400, latency_token_only=True)
+    results: dict[str, Any] = {}
+
+    def sweep() -> None:
+        results["sweep"] = broker.sweep()
+
+    def on_demand() -> None:
+        results["api"] = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+
+    threads = [threading.Thread(target=sweep), threading.Thread(target=on_demand)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert refresh_calls(broker) == 1
+    assert results["api"].status == 200
+    assert results["api"].body["outcome"] == "refreshed"
+    assert results["api"].body["connection"]["generation"] == 2
+    record = broker.connection(ADA)
+    assert record is not None
+    assert record["generation"] == 2
+    assert broker.emulator.refresh_token_is_live(broker.tokens(ADA)["refresh_token"])
+
+
+def test_a_dead_grant_cannot_be_refreshed_on_demand_but_can_be_disconnected(broker: Broker) -> None:
+    signed_in(broker, ADA)
+    broker.emulator.revoke_user(ADA)
+    broker.make_due(ADA)
+    broker.sweep()
+
+    refresh = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+    disconnect = call_management("DELETE", f"/connections/{ADA}")
+
+    assert refresh.status == 409
+    assert refresh.body["error"] == "needs_reauth"
+    assert disconnect.status == 200
+    assert disconnect.body["smartsheet"] == "already_invalid"
+    assert broker.connection(ADA)["status"] == "revoked"  # type: ignore[index]
+
+
+# -------------------------------------------------------------------------------------------------- disconnect
+def test_disconnect_revokes_at_smartsheet_marks_revoked_and_schedules_the_secrets_deletion(
+    broker: Broker, event_sink: EventSink
+) -> None:
+    signed_in(broker, ADA)
+    event_sink.drain()
+    tokens = broker.tokens(ADA)
+
+    answer = call_management("DELETE", f"/connections/{ADA}")
+
+    assert answer.status == 200, answer.body
+    assert answer.body["outcome"] == "revoked"
+    assert answer.body["smartsheet"] == "revoked"
+    assert answer.body["stored_tokens"] == "deletion_scheduled"
+    assert answer.body["connection"]["status"] == "revoked"
+    assert not broker.emulator.access_token_is_live(tokens["access_token"])
+    assert not broker.emulator.refresh_token_is_live(tokens["refresh_token"])
+    secret = broker.secrets.describe_secret(SecretId=broker.connection(ADA)["secret_arn"])  # type: ignore[index]
+    assert "DeletedDate" in secret
+    [event] = event_sink.drain()
+    assert event["detail-type"] == "Connection Revoked"
+    assert event["detail"]["status"] == "revoked"
+    assert event["detail"]["smartsheet"] == "revoked"
+    assert tokens["access_token"] not in json.dumps(event)
+
+    again = call_management("DELETE", f"/connections/{ADA}")
+    assert again.status == 200
+    assert again.body["smartsheet"] == "no_tokens"
+    assert event_sink.drain() == []  # already revoked: no second event
+    unknown = call_management("DELETE", "/connections/42")
+    assert unknown.status == 404
+    assert unknown.body["error"] == "not_found"
+
+
+def test_when_smartsheet_fails_refresh_and_revoke_are_reported_and_change_nothing(broker: Broker) -> None:
+    signed_in(broker, ADA)
+    tokens = broker.tokens(ADA)
+    broker.emulator.set_faults(next_outcomes=[4004, 4004])
+
+    refresh = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+    answer = call_management("DELETE", f"/connections/{ADA}")
+
+    assert refresh.status == 503
+    assert refresh.body["error"] == "refresh_failed"
+    assert int(refresh.headers["Retry-After"]) >= 1
+    assert broker.tokens(ADA) == tokens
+
+    assert answer.status == 503
+    assert answer.body["error"] == "smartsheet_unavailable"
+    assert "nothing was changed" in answer.body["message"]
+    record = broker.connection(ADA)
+    assert record is not None
+    assert record["status"] == "active"
+    assert "lease_until" not in record
+    assert broker.emulator.access_token_is_live(tokens["access_token"])
+    assert "DeletedDate" not in broker.secrets.describe_secret(SecretId=record["secret_arn"])
+
+
+# -------------------------------------------------------------------------------------------- connect sessions
+BAD_SESSIONS: list[tuple[dict[str, Any], str]] = [
+    ({}, "end_user_id is required"),
+    ({"end_user_id": ""}, "end_user_id must be"),
+    ({"end_user_id": "x" * 129}, "end_user_id must be"),
+    ({"end_user_id": "has space"}, "end_user_id must be"),
+    ({"end_user_id": 42}, "end_user_id must be"),
+    ({"end_user_id": "u", "return_to": "https://evil.example.net/"}, "return_to"),
+    ({"end_user_id": "u", "extra": 1}, "unknown field"),
+]
+
+
+def test_a_connect_session_answers_a_one_time_login_link_and_bad_requests_store_nothing(broker: Broker) -> None:
+    for body, message_part in BAD_SESSIONS:
+        answer = call_management("POST", "/connect-sessions", body=body)
+
+        assert answer.status == 400, body
+        assert message_part in answer.body["message"], body
+    assert broker.dynamodb.scan(TableName=broker.state_table)["Items"] == []
+
+    answer = call_management(
+        "POST", "/connect-sessions", body={"end_user_id": "user-42", "return_to": "https://app.example.com/done"}
+    )
+
+    assert answer.status == 201
+    assert answer.body["end_user_id"] == "user-42"
+    assert answer.body["login_url"].startswith("https://broker.example.com/login?session=")
+    assert answer.body["return_to"] == "https://app.example.com/done"
+    token = answer.body["login_url"].split("session=")[1]
+    assert len(token) == 43
+    items = broker.dynamodb.scan(TableName=broker.state_table)["Items"]
+    assert len(items) == 1
+    assert token not in json.dumps(items)  # only its hash is stored
