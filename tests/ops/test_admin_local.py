@@ -92,7 +92,8 @@ class Ops:
 @pytest.fixture(scope="module")
 def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     state_file = tmp_path_factory.mktemp("dev") / "dev.json"
-    with LocalStack(stack_name=f"ops-{os.getpid()}") as stack, pytest.MonkeyPatch.context() as patch:
+    # No prewarm: only the functions these tests call start a worker (CPU is shared with the whole suite).
+    with LocalStack(stack_name=f"ops-{os.getpid()}", prewarm=False) as stack, pytest.MonkeyPatch.context() as patch:
         patch.setattr(dev, "STATE_FILE", state_file)
         dev._write_state(stack)  # exactly what `make dev` writes
         client = BrokerClient(stack.url, stack.emulator.base_url)

@@ -8,42 +8,33 @@ from tests.support.broker import Broker
 from tests.support.events import LambdaContext, http_event, scheduled_event
 
 
-def test_a_sweeps_lines_carry_the_schedule_event_id_and_each_connections_outcome(broker: Broker) -> None:
-    from refresh.app import lambda_handler
+def test_lines_carry_the_invocations_correlation_id_and_each_connections_outcome(broker: Broker) -> None:
+    from callback.app import lambda_handler as callback
+    from refresh.app import lambda_handler as refresh
 
     for user in (ADA, GRACE):
         assert broker.sign_in(user_id=user).status == 200
         broker.make_due(user)
     broker.emulator.revoke_user(GRACE)
-    event = scheduled_event()
+    schedule = scheduled_event()
+    nonce = "a-nonce-that-must-not-be-logged"
+    stale = http_event("/callback", {"state": "unknown", "code": "x"}, cookies={"__Host-smartsheet-oauth-nonce": nonce})
 
     with captured_logs() as sink:
-        lambda_handler(event, LambdaContext(timeout_seconds=60))
-    lines = log_lines(sink)
+        refresh(schedule, LambdaContext(timeout_seconds=60))
+    sweep_lines = log_lines(sink)
+    with captured_logs() as sink:
+        callback(stale, LambdaContext())
+    callback_lines = log_lines(sink)
 
-    assert lines
-    assert {line["correlation_id"] for line in lines} == {event["id"]}
-    about_one = [line for line in lines if "outcome" in line]
-    assert {(line["connection_id"], line["outcome"]) for line in about_one} >= {
-        (str(ADA), "ok"),
-        (str(GRACE), "needs_reauth"),
-    }
-    (finished,) = [line for line in lines if line["message"] == "sweep finished"]
+    # A sweep: the schedule event's id on every line; each connection's line names it and its outcome.
+    assert {line["correlation_id"] for line in sweep_lines} == {schedule["id"]}
+    about_one = {(line["connection_id"], line["outcome"]) for line in sweep_lines if "outcome" in line}
+    assert about_one >= {(str(ADA), "ok"), (str(GRACE), "needs_reauth")}
+    (finished,) = [line for line in sweep_lines if line["message"] == "sweep finished"]
     assert finished["backlog"] == 0
     assert finished["connections"]["needs_reauth"] == 1
-
-
-def test_a_refused_callback_logs_its_outcome_under_the_request_id(broker: Broker) -> None:
-    from callback.app import lambda_handler
-
-    nonce = "a-nonce-that-must-not-be-logged"
-    event = http_event("/callback", {"state": "unknown", "code": "x"}, cookies={"__Host-smartsheet-oauth-nonce": nonce})
-
-    with captured_logs() as sink:
-        lambda_handler(event, LambdaContext())
-    lines = log_lines(sink)
-
-    assert lines
-    assert {line["correlation_id"] for line in lines} == {event["requestContext"]["requestId"]}
-    assert any(line.get("outcome") == "bad_state" for line in lines)
-    assert nonce not in "\n".join(map(str, lines))
+    # A refused callback: API Gateway's request id (the page's reference) and the outcome; never the nonce.
+    assert {line["correlation_id"] for line in callback_lines} == {stale["requestContext"]["requestId"]}
+    assert any(line.get("outcome") == "bad_state" for line in callback_lines)
+    assert nonce not in "\n".join(map(str, callback_lines))
