@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from smartsheet_oauth import events
+from smartsheet_oauth import management
+from smartsheet_oauth.connect_sessions import ConnectSessionStore
 from smartsheet_oauth.connection_store import ACTIVE, NEEDS_REAUTH, REVOKED, Connection, DueConnection
 from smartsheet_oauth.errors import (
+    BadRequest,
     ConditionFailed,
-    InvalidClient,
-    InvalidGrant,
+    Conflict,
+    NotFound,
     SmartsheetError,
     StorageError,
     TransientSmartsheetError,
 )
 from smartsheet_oauth.refresh import RefreshDeps, refresh_connection
-from smartsheet_oauth.token_vault import TokenSet
 
 from infra.admin.target import Target
-
-DISCONNECT_REASON = "disconnected by an operator"
-# Secrets Manager's bounds for a scheduled deletion's recovery window.
-MIN_RECOVERY_DAYS, MAX_RECOVERY_DAYS = 7, 30
-# Codes Secrets Manager answers for a secret that is gone or scheduled for deletion.
-_SECRET_GONE = frozenset({"ResourceNotFoundException", "InvalidRequestException"})
 
 
 class ActionError(RuntimeError):
@@ -88,114 +82,37 @@ class DisconnectResult:
     recovery_days: int
 
 
-def disconnect(target: Target, connection_id: str, *, recovery_days: int = MIN_RECOVERY_DAYS) -> DisconnectResult:
-    """Revoke the grant at Smartsheet, mark the connection revoked, schedule its secret's deletion.
-
-    The connection's lease is held throughout, so no sweep rotates the tokens between the revoke and the mark.
-    Nothing changes when Smartsheet cannot be reached: the command can simply be run again, also after a partial
-    run (a revoked connection is disconnected again without error)."""
-    if not MIN_RECOVERY_DAYS <= recovery_days <= MAX_RECOVERY_DAYS:
-        raise ActionError(f"the recovery window must be {MIN_RECOVERY_DAYS} to {MAX_RECOVERY_DAYS} days")
-    now = int(time.time())
-    owner = f"admin-{uuid.uuid4().hex}"
-    try:
-        try:
-            held = target.connections.hold(
-                connection_id, owner=owner, now=now, lease_seconds=target.config.lease_seconds
-            )
-        except ConditionFailed:
-            current = target.connections.get(connection_id)
-            if current is None:
-                raise ActionError(f"no connection {connection_id}") from None
-            raise ActionError(_lease_message(current, now)) from None
-        try:
-            at_smartsheet = _revoke_at_smartsheet(target, held)
-        except BaseException:
-            target.connections.release(connection_id, owner=owner)
-            raise
-        try:
-            target.connections.mark_revoked(connection_id, owner=owner, reason=DISCONNECT_REASON, now=int(time.time()))
-        except ConditionFailed:
-            raise ActionError(
-                f"connection {connection_id} changed while disconnecting (its user signed in again?): its grant at "
-                "Smartsheet was revoked but the record was left as it is now; run disconnect again"
-            ) from None
-        try:
-            target.vault.schedule_deletion(held.secret_arn, recovery_days=recovery_days)
-            stored_tokens = "deletion_scheduled"
-        except StorageError as exc:
-            if exc.code not in _SECRET_GONE:
-                raise
-            stored_tokens = "already_deleted"
-    except StorageError as exc:
-        raise ActionError(f"AWS storage failed ({exc.operation}: {exc.code}); run disconnect again") from None
-    if held.status != REVOKED:  # the integrator hears of it once, not on a repeated run
-        events.emit(
-            target.events(),
-            events.about(events.REVOKED, held, status=REVOKED, reason=DISCONNECT_REASON, smartsheet=at_smartsheet),
-        )
-    return DisconnectResult(connection_id, at_smartsheet, stored_tokens, recovery_days)
-
-
-def _revoke_at_smartsheet(target: Target, held: Connection) -> str:
-    try:
-        tokens = target.vault.load(held.secret_arn)
-    except StorageError as exc:
-        if exc.code in _SECRET_GONE:
-            return "no_tokens"
-        raise
-    client = target.smartsheet()
-    try:
-        client.revoke(tokens.access_token, all_for_client=True)
-        return "revoked"
-    except SmartsheetError as exc:
-        if not _access_token_unusable(exc):
-            raise _smartsheet_failure(exc) from None
-    # The access token is expired or already revoked; the grant may still live behind the refresh token.
-    try:
-        grant = client.refresh(tokens.refresh_token)
-    except InvalidGrant:
-        return "already_invalid"
-    except SmartsheetError as exc:
-        raise _smartsheet_failure(exc) from None
-    refreshed_at = int(time.time())
-    # Rotation killed the stored pair: keep the new one until it is revoked, so a failed revoke loses nothing.
-    target.vault.save(
-        held.connection_id,
-        TokenSet(
-            access_token=grant.access_token,
-            refresh_token=grant.refresh_token,
-            token_type=grant.token_type,
-            expires_at=refreshed_at + grant.expires_in,
-            scope=tokens.scope,
-            region=tokens.region,
-            user_id=tokens.user_id,
-            email=tokens.email,
-            obtained_at=refreshed_at,
-        ),
-        known_arn=held.secret_arn,
+def disconnect(target: Target, connection_id: str) -> DisconnectResult:
+    """The management API's disconnect (the library's one implementation): revoke the grant at Smartsheet, mark the
+    connection revoked, schedule its secret's deletion, tell the integrator (Connection Revoked). Nothing changes
+    when Smartsheet cannot confirm the revoke; running it again is harmless."""
+    deps = management.ManagementDeps(
+        config=target.config,
+        connections=target.connections,
+        vault=target.vault,
+        sessions=ConnectSessionStore(target.dynamodb, target.config.state_table_name, target.config.state_ttl_seconds),
+        smartsheet=target.smartsheet,
+        events=target.events(),
     )
     try:
-        client.revoke(grant.access_token, all_for_client=True)
+        answer = management.disconnect(deps, connection_id)
+    except NotFound:
+        raise ActionError(f"no connection {connection_id}") from None
+    except (BadRequest, Conflict) as exc:
+        raise ActionError(str(exc)) from None
+    except TransientSmartsheetError as exc:
+        raise ActionError(f"Smartsheet is unavailable ({exc.reason}): nothing was changed; try again later") from None
     except SmartsheetError as exc:
-        raise _smartsheet_failure(exc) from None
-    return "revoked"
-
-
-def _access_token_unusable(exc: SmartsheetError) -> bool:
-    # 1002/1003 (401): invalid or expired access token; invalid_grant codes: a revoked token.
-    return isinstance(exc, InvalidGrant) or (exc.status == 401 and not isinstance(exc, InvalidClient))
-
-
-def _smartsheet_failure(exc: SmartsheetError) -> ActionError:
-    if isinstance(exc, TransientSmartsheetError):
-        return ActionError(f"Smartsheet is unavailable ({exc.reason}): nothing was changed; try again later")
-    if isinstance(exc, InvalidClient):
-        return ActionError(
-            f"Smartsheet refused the app's credentials ({exc.reason}): fix the client id/secret first "
-            "(docs/operations.md); nothing was changed"
-        )
-    return ActionError(f"Smartsheet refused the revoke ({exc.reason}): nothing was changed")
+        hint = "; fix the app's client id/secret first (docs/operations.md)" if "invalid_client" in exc.reason else ""
+        raise ActionError(f"{exc}{hint}") from None
+    except StorageError as exc:
+        raise ActionError(f"AWS storage failed ({exc.operation}: {exc.code}); run disconnect again") from None
+    return DisconnectResult(
+        connection_id=connection_id,
+        smartsheet=str(answer["smartsheet"]),
+        stored_tokens=str(answer["stored_tokens"]),
+        recovery_days=int(answer["recovery_window_days"]),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- health

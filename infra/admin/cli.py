@@ -84,16 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     drop = commands.add_parser(
         "disconnect",
         parents=[common],
-        help="revoke one connection at Smartsheet, mark it revoked, schedule its secret's deletion",
+        help="revoke one connection at Smartsheet, mark it revoked, schedule its secret's deletion (7 days)",
     )
     drop.add_argument("connection_id")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    drop.add_argument(
-        "--recovery-days",
-        type=int,
-        default=actions.MIN_RECOVERY_DAYS,
-        help="days before Secrets Manager deletes the token secret for good (7-30, default 7)",
-    )
 
     commands.add_parser("sweep", parents=[common], help="run the refresh sweep now and print its report")
     commands.add_parser(
@@ -252,7 +246,7 @@ def cmd_disconnect(target: Target, args: argparse.Namespace, out: Output, ask: C
         if typed.strip() != args.connection_id:
             out.line("not confirmed; nothing changed")
             return FAILED
-    result = actions.disconnect(target, args.connection_id, recovery_days=args.recovery_days)
+    result = actions.disconnect(target, args.connection_id)
     if out.as_json:
         out.json(asdict(result))
         return OK

@@ -63,6 +63,7 @@ class Target:
     vault: TokenVault
     smartsheet: Callable[[], SmartsheetClient]  # reads the app credentials on first use
     events: Callable[[], EventPublisher]  # the stack's connection events (e.g. Connection Revoked)
+    dynamodb: Any  # the client the stores use
     run_sweep: Callable[[], dict[str, Any]]  # the sweep's report
     dead_letters: Callable[[], int]  # messages waiting in the refresh dead-letter queue
     alarms_firing: Callable[[], list[str] | None]  # names of alarms in ALARM; None where there are none (local)
@@ -219,6 +220,7 @@ def deployed(
         description=where,
         config=config,
         connections=ConnectionStore(dynamodb, config.connections_table_name),
+        dynamodb=dynamodb,
         vault=TokenVault(secrets, config.token_secret_prefix, kms_key_id=config.token_kms_key_id),
         smartsheet=_smartsheet_factory(secrets, config),
         events=_events_factory(lambda: session.client("events", config=_QUICK), config),
@@ -323,6 +325,7 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
         description=f"local dev stack {stack_name} ({gateway_url})",
         config=config,
         connections=ConnectionStore(dynamodb, config.connections_table_name),
+        dynamodb=dynamodb,
         vault=TokenVault(secrets, config.token_secret_prefix),
         smartsheet=_smartsheet_factory(secrets, config),
         events=_events_factory(lambda: client("events"), config),

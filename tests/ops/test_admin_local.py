@@ -239,6 +239,20 @@ def test_disconnect_with_an_expired_access_token_still_kills_the_grant(ada: Ops)
     assert ada.record(ALAN)["status"] == "revoked"
 
 
+def test_disconnect_while_smartsheet_is_down_changes_nothing(ada: Ops) -> None:
+    tokens = ada.tokens(ADA)
+    ada.stack.emulator.set_faults(error_rate=1.0)  # revoke included
+
+    run = ada.admin("disconnect", str(ADA), "--yes")
+
+    assert run.code == 1
+    assert "nothing was changed" in run.err
+    record = ada.record(ADA)
+    assert record["status"] == "active"
+    assert "lease_until" not in record  # the lease was given back
+    assert ada.stack.emulator.refresh_token_is_live(tokens["refresh_token"])
+
+
 def test_disconnect_asks_first_and_does_nothing_unconfirmed(ada: Ops, monkeypatch: pytest.MonkeyPatch) -> None:
     from_a_script = ada.admin("disconnect", str(ADA))
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
