@@ -10,6 +10,7 @@ from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import events, pages, services
 from smartsheet_oauth.config import get_config
+from smartsheet_oauth.errors import BindingConflict
 from smartsheet_oauth.observability import logger, metrics
 from smartsheet_oauth.sign_in import NONCE_COOKIE, finish_sign_in
 from smartsheet_oauth.web import count, html, query_params, redirect, resolver
@@ -47,11 +48,34 @@ def callback() -> Any:
             status="active",
             region=config.region,
             email=signed_in.email,
+            end_user_id=signed_in.end_user_id,
         )
     )
     if signed_in.return_to:
         return redirect(303, signed_in.return_to, cookies=[_CLEAR_NONCE])
     return html(200, pages.signed_in(signed_in.email), cookies=[_CLEAR_NONCE])
+
+
+@app.exception_handler(BindingConflict)  # type: ignore[untyped-decorator]  # Powertools: untyped
+def _binding_conflict(exc: BindingConflict) -> Any:
+    # Reported, never merged: the user sees why, the integrator gets an event, nothing was stored.
+    logger.warning(
+        "connection binding refused",
+        extra={"outcome": "binding_conflict", "reason": exc.reason, "end_user_id": exc.end_user_id},
+    )
+    count("callback", "binding_conflict")
+    services.event_publisher().publish(
+        events.ConnectionEvent(
+            detail_type=events.BINDING_CONFLICT,
+            connection_id=exc.existing_connection_id,
+            status="refused",
+            region=get_config().region,
+            end_user_id=exc.end_user_id,
+            reason=exc.reason,
+            extra={"attempted_smartsheet_user_id": exc.smartsheet_user_id},
+        )
+    )
+    return html(409, pages.binding_conflict(), cookies=[_CLEAR_NONCE])
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True)

@@ -8,11 +8,15 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smartsheet_oauth.errors import BadRequest, ConditionFailed, ConnectLinkRejected
+from smartsheet_oauth.connection_store import REVOKED, ConnectionStore
+from smartsheet_oauth.errors import BadRequest, BindingConflict, ConditionFailed, ConnectLinkRejected, SmartsheetError
+from smartsheet_oauth.observability import logger
 from smartsheet_oauth.storage_errors import storage
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+    from smartsheet_oauth.smartsheet import SmartsheetClient
 
 SESSION_TOKEN_BYTES = 32  # 256 bits, URL-safe base64: 43 characters
 # Sessions share the state table with pending sign-ins. Their keys carry a ':' that a state never has, so the
@@ -106,3 +110,51 @@ class ConnectSessionStore:
         if session.expires_at <= now:
             raise ConnectLinkRejected("expired_session")
         return session
+
+
+def check_binding(connections: ConnectionStore, *, end_user_id: str, smartsheet_user_id: str) -> None:
+    """Refuse to bind when it would merge two identities: the Smartsheet account is bound to another end user,
+    or the end user already has a different Smartsheet account connected. Revoked connections do not count:
+    their binding ended with them. The same end user with the same account simply reconnects."""
+    existing = connections.get(smartsheet_user_id)
+    if existing is not None and existing.status != REVOKED and existing.end_user_id not in (None, end_user_id):
+        raise BindingConflict(
+            "smartsheet_account_bound_to_another_end_user",
+            end_user_id=end_user_id,
+            smartsheet_user_id=smartsheet_user_id,
+            existing_connection_id=existing.connection_id,
+        )
+    start_key = None
+    while True:
+        page, start_key = connections.page(limit=25, end_user_id=end_user_id, start_key=start_key)
+        for other in page:
+            if other.connection_id != smartsheet_user_id and other.status != REVOKED:
+                raise BindingConflict(
+                    "end_user_has_another_smartsheet_account",
+                    end_user_id=end_user_id,
+                    smartsheet_user_id=smartsheet_user_id,
+                    existing_connection_id=other.connection_id,
+                )
+        if not start_key:
+            return
+
+
+def bind_or_refuse(
+    connections: ConnectionStore,
+    smartsheet: SmartsheetClient,
+    access_token: str,
+    *,
+    end_user_id: str,
+    smartsheet_user_id: str,
+) -> None:
+    """Before anything is stored: refuse a binding that would merge two identities, and revoke the grant this
+    sign-in just got, so no token outlives the refusal. Only that grant: the account's other connection (if
+    any) keeps its own."""
+    try:
+        check_binding(connections, end_user_id=end_user_id, smartsheet_user_id=smartsheet_user_id)
+    except BindingConflict:
+        try:
+            smartsheet.revoke(access_token)
+        except SmartsheetError as exc:
+            logger.warning("could not revoke the refused grant", extra={"reason": exc.reason})
+        raise

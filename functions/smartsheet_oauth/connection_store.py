@@ -105,9 +105,21 @@ class ConnectionStore:
         access_expires_at: int,
         refresh_due_at: int,
         now: int,
+        end_user_id: str | None = None,
     ) -> bool:
         """Create or update the connection after a successful sign-in; it is active again, whatever it was.
-        Returns True when the connection is new."""
+        Returns True when the connection is new. With an end_user_id the connection is bound to that end user;
+        ConditionFailed when it is bound to another one and not revoked (connect_sessions.check_binding looks
+        first; this closes the race of two sign-ins at once)."""
+        set_end_user = ""
+        binding: dict[str, Any] = {}
+        binding_values: dict[str, Any] = {}
+        if end_user_id is not None:
+            set_end_user = ", end_user_id = :end_user"
+            binding["ConditionExpression"] = (
+                "attribute_not_exists(end_user_id) OR end_user_id = :end_user OR #status = :revoked"
+            )
+            binding_values = {":end_user": {"S": end_user_id}, ":revoked": {"S": REVOKED}}
         with storage("connections.sign_in"):
             answer = self._client.update_item(
                 TableName=self._table,
@@ -117,7 +129,8 @@ class ConnectionStore:
                     " access_expires_at = :exp, refresh_due_at = :due, due_shard = :shard,"
                     " generation = if_not_exists(generation, :zero) + :one, failures = :zero,"
                     " created_at = if_not_exists(created_at, :now), updated_at = :now"
-                    " REMOVE lease_until, lease_owner, last_error"
+                    + set_end_user
+                    + " REMOVE lease_until, lease_owner, last_error"
                 ),
                 ExpressionAttributeNames={"#status": "status", "#region": "region"},
                 ExpressionAttributeValues={
@@ -132,7 +145,9 @@ class ConnectionStore:
                     ":zero": {"N": "0"},
                     ":one": {"N": "1"},
                     ":now": {"N": str(now)},
+                    **binding_values,
                 },
+                **binding,
                 # ALL_OLD: no attributes back means there was no item. (UPDATED_OLD leaves out attributes whose
                 # value did not change, such as an if_not_exists created_at, in moto at least.)
                 ReturnValues="ALL_OLD",

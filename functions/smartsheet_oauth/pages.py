@@ -112,3 +112,28 @@ def internal_error(reference: str) -> str:
         link=("/login", "Start again"),
         reference=reference,
     )
+
+
+def connect_link_expired() -> str:
+    return page(
+        "This connect link has expired",
+        "This link to connect your Smartsheet account has expired or was already used. Go back to the app and"
+        " start connecting again to get a new one.",
+    )
+
+
+def anonymous_login_disabled() -> str:
+    return page(
+        "Connect from the app",
+        "Connecting a Smartsheet account starts in the app you want to connect it to. Go back to the app and use"
+        " its connect button.",
+    )
+
+
+def binding_conflict() -> str:
+    return page(
+        "This Smartsheet account can't be connected here",
+        "Your account in the app is already connected to a different Smartsheet account, or this Smartsheet"
+        " account is already connected to someone else. Nothing was changed. Disconnect the other connection in"
+        " the app first, or sign in to Smartsheet with the account you connected before.",
+    )

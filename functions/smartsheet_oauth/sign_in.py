@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from smartsheet_oauth.config import Config, is_loopback
+from smartsheet_oauth.connect_sessions import bind_or_refuse
 from smartsheet_oauth.connection_store import ConnectionStore
-from smartsheet_oauth.errors import AccessDenied, BadRequest, SignInRejected
+from smartsheet_oauth.errors import AccessDenied, BadRequest, BindingConflict, ConditionFailed, SignInRejected
 from smartsheet_oauth.smartsheet import SmartsheetClient, authorize_url
 from smartsheet_oauth.state_store import StateStore
 from smartsheet_oauth.token_vault import TokenSet, TokenVault
@@ -34,6 +35,7 @@ class SignedIn:
     email: str
     return_to: str | None
     is_new: bool
+    end_user_id: str | None = None  # the integrator's user, when the sign-in came through a connect session
 
 
 def checked_return_to(raw: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -61,10 +63,16 @@ def checked_return_to(raw: str | None, allowed: tuple[str, ...]) -> str | None:
 
 
 def begin_sign_in(
-    *, config: Config, client_id: str, states: StateStore, now: int, return_to: str | None = None
+    *,
+    config: Config,
+    client_id: str,
+    states: StateStore,
+    now: int,
+    return_to: str | None = None,
+    end_user_id: str | None = None,
 ) -> LoginRedirect:
     checked = checked_return_to(return_to, config.allowed_return_to)
-    pending = states.create(now=now, return_to=checked)
+    pending = states.create(now=now, return_to=checked, end_user_id=end_user_id)
     location = authorize_url(
         config.authorize_url,
         client_id=client_id,
@@ -109,6 +117,10 @@ def finish_sign_in(
 
     grant = smartsheet.exchange_code(code, redirect_uri=config.redirect_uri)
     user = smartsheet.current_user(grant.access_token)
+    if record.end_user_id is not None:
+        bind_or_refuse(
+            connections, smartsheet, grant.access_token, end_user_id=record.end_user_id, smartsheet_user_id=user.id
+        )
     obtained_at = now
     expires_at = obtained_at + grant.expires_in
     scopes = " ".join(config.scopes)
@@ -124,14 +136,31 @@ def finish_sign_in(
         obtained_at=obtained_at,
     )
     secret_arn = vault.save(user.id, tokens)
-    is_new = connections.record_sign_in(
+    try:
+        is_new = connections.record_sign_in(
+            connection_id=user.id,
+            secret_arn=secret_arn,
+            email=user.email,
+            scopes=scopes,
+            region=config.region,
+            access_expires_at=expires_at,
+            refresh_due_at=max(now, expires_at - config.refresh_window_seconds),
+            now=now,
+            end_user_id=record.end_user_id,
+        )
+    except ConditionFailed:
+        # Bound to another end user in the instant since bind_or_refuse looked. The stored pair is this same
+        # Smartsheet user's, so that connection keeps working; it is not rebound.
+        raise BindingConflict(
+            "smartsheet_account_bound_to_another_end_user",
+            end_user_id=record.end_user_id or "",
+            smartsheet_user_id=user.id,
+            existing_connection_id=user.id,
+        ) from None
+    return SignedIn(
         connection_id=user.id,
-        secret_arn=secret_arn,
         email=user.email,
-        scopes=scopes,
-        region=config.region,
-        access_expires_at=expires_at,
-        refresh_due_at=max(now, expires_at - config.refresh_window_seconds),
-        now=now,
+        return_to=record.return_to,
+        is_new=is_new,
+        end_user_id=record.end_user_id,
     )
-    return SignedIn(connection_id=user.id, email=user.email, return_to=record.return_to, is_new=is_new)

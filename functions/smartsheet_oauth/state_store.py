@@ -35,6 +35,8 @@ class StateRecord:
     return_to: str | None
     created_at: int
     expires_at: int
+    # Set when the sign-in started from a connect session: the integrator's user the connection is bound to.
+    end_user_id: str | None = None
 
     def matches(self, nonce: str | None) -> bool:
         """Constant-time comparison of the cookie's nonce with the stored hash."""
@@ -57,7 +59,7 @@ class StateStore:
         self._table = table_name
         self._ttl = ttl_seconds
 
-    def create(self, *, now: int, return_to: str | None = None) -> PendingSignIn:
+    def create(self, *, now: int, return_to: str | None = None, end_user_id: str | None = None) -> PendingSignIn:
         pending = PendingSignIn(state=secrets.token_urlsafe(STATE_BYTES), nonce=secrets.token_urlsafe(32))
         item = {
             "state": {"S": pending.state},
@@ -67,6 +69,8 @@ class StateStore:
         }
         if return_to:
             item["return_to"] = {"S": return_to}
+        if end_user_id:
+            item["end_user_id"] = {"S": end_user_id}
         with storage("state.create"):
             # 256 random bits cannot collide in practice; the condition makes a collision an error, not a takeover.
             self._client.put_item(
@@ -99,6 +103,7 @@ class StateStore:
             return_to=item["return_to"]["S"] if "return_to" in item else None,
             created_at=int(item["created_at"]["N"]),
             expires_at=int(item["expires_at"]["N"]),
+            end_user_id=item["end_user_id"]["S"] if "end_user_id" in item else None,
         )
         # TTL deletion is lazy (up to days late) and DynamoDB still returns expired items: check it here.
         if record.expires_at <= now:

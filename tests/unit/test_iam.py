@@ -36,6 +36,8 @@ TOKEN_SECRETS = {
 }
 EVENT_BUS = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"}
 PENDING_TOKENS_KEY = {"Fn::GetAtt": ["PendingTokensKey", "Arn"]}
+# Connect sessions share the state table with pending sign-ins; their keys start with "connect-session:".
+SESSION_KEYS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["connect-session:*"]}}
 ONLY_PENDING_PAIRS = {"StringEquals": {"kms:EncryptionContext:purpose": "pending-token-pair"}}
 TOKEN_KEY = {"Ref": "TokenKmsKeyArn"}
 VIA_SECRETS_MANAGER = {
@@ -69,9 +71,12 @@ SEAL_PENDING_PAIRS = grants(["kms:GenerateDataKey", "kms:Decrypt"], PENDING_TOKE
 CUSTOMER_TOKEN_KEY = grants(["kms:Decrypt", "kms:GenerateDataKey"], TOKEN_KEY, VIA_SECRETS_MANAGER)
 
 EXPECTED: dict[str, set[Grant]] = {
-    "AuthorizeFunction": grants(["dynamodb:PutItem"], STATE_TABLE) | READ_APP_CREDENTIALS,
+    "AuthorizeFunction": grants(["dynamodb:PutItem"], STATE_TABLE)
+    | grants(["dynamodb:DeleteItem"], STATE_TABLE, SESSION_KEYS_ONLY)
+    | READ_APP_CREDENTIALS,
     "CallbackFunction": grants(["dynamodb:DeleteItem"], STATE_TABLE)
-    | grants(["dynamodb:UpdateItem"], CONNECTIONS_TABLE)
+    | grants(["dynamodb:UpdateItem", "dynamodb:GetItem"], CONNECTIONS_TABLE)
+    | grants(["dynamodb:Query"], END_USER_INDEX)
     | READ_APP_CREDENTIALS
     | grants(
         [
@@ -91,7 +96,7 @@ EXPECTED: dict[str, set[Grant]] = {
     | PUBLISH_EVENTS,
     "ManagementFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"], CONNECTIONS_TABLE)
     | grants(["dynamodb:Query"], END_USER_INDEX)
-    | grants(["dynamodb:PutItem"], STATE_TABLE)
+    | grants(["dynamodb:PutItem"], STATE_TABLE, SESSION_KEYS_ONLY)
     | READ_APP_CREDENTIALS
     | grants(
         ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue", "secretsmanager:DeleteSecret"],
