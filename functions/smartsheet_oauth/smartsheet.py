@@ -168,7 +168,13 @@ class SmartsheetClient:
         )
         body = _json_object(response)
         user_id = body.get("id")
-        if isinstance(user_id, bool) or not isinstance(user_id, int | str) or not str(user_id).isdigit():
+        # ASCII digits only: str.isdigit() also admits "²" and "٤", which would name a connection and a secret.
+        if (
+            isinstance(user_id, bool)
+            or not isinstance(user_id, int | str)
+            or not str(user_id).isascii()
+            or not str(user_id).isdigit()
+        ):
             raise MalformedResponse("/users/me answered without a numeric id", status=response.status_code)
         email = body.get("email")
         if not isinstance(email, str):
@@ -198,8 +204,14 @@ class SmartsheetClient:
 
     def _send(self, session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
+            # Never follow a redirect: a 307 would re-send the code and its hash, a 302 the bearer token.
             response = session.request(
-                method, url, timeout=(self._timeouts.connect, self._timeouts.read), stream=True, **kwargs
+                method,
+                url,
+                timeout=(self._timeouts.connect, self._timeouts.read),
+                stream=True,
+                allow_redirects=False,
+                **kwargs,
             )
         except requests.exceptions.RetryError as exc:  # retries spent on 429/5xx
             raise TransientSmartsheetError("Smartsheet kept answering with errors") from exc
@@ -207,9 +219,13 @@ class SmartsheetClient:
             raise TransientSmartsheetError(f"Smartsheet unreachable: {type(exc).__name__}") from exc
         except requests.exceptions.RequestException as exc:
             raise TransientSmartsheetError(f"request to Smartsheet failed: {type(exc).__name__}") from exc
+        from urllib3.exceptions import DecodeError, HTTPError  # noqa: PLC0415 (loaded with requests)
+
         try:
             content = response.raw.read(_MAX_BODY_BYTES + 1, decode_content=True)
-        except (requests.exceptions.RequestException, OSError) as exc:
+        except DecodeError as exc:  # a Content-Encoding the body does not match
+            raise MalformedResponse("Smartsheet's answer could not be decoded", status=response.status_code) from exc
+        except (requests.exceptions.RequestException, OSError, HTTPError) as exc:  # short body, broken chunks
             raise TransientSmartsheetError("Smartsheet's answer was cut off") from exc
         finally:
             response.close()
@@ -218,6 +234,8 @@ class SmartsheetClient:
         response._content = content
         if response.status_code >= 400:
             raise _error_from(response)
+        if response.status_code >= 300:
+            raise SmartsheetRejected(f"Smartsheet answered {response.status_code}", status=response.status_code)
         return response
 
 
