@@ -45,8 +45,12 @@ def checked_return_to(raw: str | None, allowed: tuple[str, ...]) -> str | None:
         return None
     if len(raw) > MAX_RETURN_TO_LENGTH or any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in raw):
         raise BadRequest("return_to is not an allowed address")
-    parts = urlsplit(raw)
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username or parts.password:
+    try:
+        parts = urlsplit(raw)
+        hostname = parts.hostname
+    except ValueError:  # "https://[::1", NFKC look-alikes of '/', '#', '@' in the host: not a URL we'd send anyone to
+        raise BadRequest("return_to is not an allowed address") from None
+    if parts.scheme not in ("https", "http") or not hostname or parts.username or parts.password:
         raise BadRequest("return_to is not an allowed address")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise BadRequest("return_to is not an allowed address")
