@@ -40,7 +40,7 @@ class StateRecord:
 
     def matches(self, nonce: str | None) -> bool:
         """Constant-time comparison of the cookie's nonce with the stored hash."""
-        if not nonce:
+        if not nonce or not nonce.isascii():  # ours are URL-safe base64; anything else (a lone surrogate) can't match
             return False
         return hmac.compare_digest(nonce_hash(nonce), self.nonce_hash)
 
