@@ -75,7 +75,8 @@ def count(operation: str, outcome: str) -> None:
 
 def resolver(*, operation: str) -> APIGatewayHttpResolver:
     """A resolver whose failures are pages: each domain error gets its status and a page without internals."""
-    app = APIGatewayHttpResolver()
+    # debug=False whatever POWERTOOLS_DEV says: debug mode prints every event (code, state, nonce cookie).
+    app = APIGatewayHttpResolver(debug=False)
 
     def outcome(name: str) -> None:
         count(operation, name)
