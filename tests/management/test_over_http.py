@@ -4,14 +4,16 @@ a disconnect that really revokes in the emulator, events from the functions' own
 from __future__ import annotations
 
 import json
+from http.cookies import SimpleCookie
 from typing import Any
 
 import boto3
 import pytest
 import requests
+from smartsheet_oauth_client import TokenProvider
 
 from infra.local.aws import LOCAL_CREDENTIALS
-from infra.local.demo import BrokerClient
+from infra.local.demo import BrokerClient, SignIn
 from infra.local.stack import LocalStack
 from infra.local.template_model import IAM_AUTHORIZER
 from tests.management.conftest import make_sink
@@ -19,7 +21,7 @@ from tests.management.test_gateway_iam import signed_headers
 
 pytestmark = pytest.mark.e2e
 
-ADA = "4583173393803140"
+ADA, GRACE = "4583173393803140", "6812335718217604"
 
 
 def signed(method: str, url: str, body: Any = None) -> requests.Response:
@@ -112,3 +114,42 @@ def test_the_functions_publish_connection_events_without_tokens(local_stack: Loc
     tokens = json.loads(secret["SecretString"])
     assert tokens["access_token"] not in json.dumps(events)
     assert tokens["refresh_token"] not in json.dumps(events)
+
+
+def sign_in_through_link(client: BrokerClient, login_url: str, user_id: str) -> requests.Response:
+    answer = client.http.get(login_url, allow_redirects=False, timeout=30)
+    assert answer.status_code == 302, answer.text
+    jar: SimpleCookie = SimpleCookie()
+    jar.load(answer.headers["Set-Cookie"])
+    (morsel,) = jar.values()
+    sign_in = SignIn(answer.headers["Location"], "", f"{morsel.key}={morsel.value}", answer.headers["Set-Cookie"])
+    client.consent(sign_in, allow=True, user_id=user_id)
+    return client.callback(sign_in)
+
+
+def test_the_token_helper_reads_the_secret_and_has_the_broker_rotate_it_through_the_gateway(
+    local_stack: LocalStack, client: BrokerClient
+) -> None:
+    link = signed("POST", f"{local_stack.url}/connect-sessions", {"end_user_id": "helper-user"}).json()["login_url"]
+    assert sign_in_through_link(client, link, GRACE).status_code == 200
+    session = boto3.session.Session(
+        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=local_stack.region,
+    )
+    options: dict[str, Any] = {
+        "api_url": local_stack.url,
+        "secret_prefix": local_stack.token_secret_prefix,
+        "session": session,
+        "secrets_client": session.client("secretsmanager", endpoint_url=local_stack.aws.endpoint_url),
+    }
+    generation = signed("GET", f"{local_stack.url}/connections/{GRACE}").json()["generation"]
+
+    first = TokenProvider(**options).token(end_user_id="helper-user")
+    # A caller that wants a full week left, more than the token has: the broker refreshes, the helper re-reads.
+    rotated = TokenProvider(**options, min_valid_seconds=7 * 86400).token(GRACE)
+
+    assert first.connection_id == GRACE
+    assert local_stack.emulator.access_token_is_live(rotated.access_token)
+    assert rotated.access_token != first.access_token
+    assert signed("GET", f"{local_stack.url}/connections/{GRACE}").json()["generation"] == generation + 1

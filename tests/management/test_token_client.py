@@ -1,0 +1,186 @@
+"""The integrators' token helper (smartsheet_oauth_client): cached secret reads, the broker asked (signed) only
+when the token is expired or close to it, clear errors when the connection is gone."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from smartsheet_oauth_client import BrokerUnavailable, ConnectionUnavailable, TokenProvider
+
+API = "https://abc123.execute-api.eu-west-1.amazonaws.com"
+PREFIX = "stack/connections/"
+ADA = "4583173393803140"
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSecrets:
+    """get_secret_value over a dict of secret documents; counts the reads."""
+
+    def __init__(self) -> None:
+        self.documents: dict[str, dict[str, Any]] = {}
+        self.reads = 0
+
+    def put(self, connection_id: str, access_token: str, expires_at: float) -> None:
+        self.documents[f"{PREFIX}{connection_id}"] = {
+            "access_token": access_token,
+            "refresh_token": f"refresh-{access_token}",
+            "expires_at": int(expires_at),
+            "email": "ada@example.com",
+            "region": "eu",
+        }
+
+    def get_secret_value(self, *, SecretId: str, VersionStage: str) -> dict[str, Any]:
+        self.reads += 1
+        if SecretId not in self.documents:
+            raise ClientError({"Error": {"Code": "ResourceNotFoundException"}}, "GetSecretValue")
+        return {"SecretString": json.dumps(self.documents[SecretId])}
+
+
+class FakeBroker:
+    """The management API as the helper sees it: records signed requests, answers as told."""
+
+    def __init__(self, secrets: FakeSecrets, clock: Clock) -> None:
+        self.secrets = secrets
+        self.clock = clock
+        self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.refresh_answer: tuple[int, dict[str, Any]] | None = None
+        self.lock = threading.Lock()
+
+    def send(self, method: str, url: str, headers: dict[str, str], body: bytes, timeout: float) -> tuple[int, bytes]:
+        with self.lock:
+            self.calls.append((method, url, headers, body))
+        path = urlsplit(url).path
+        if method == "POST" and path.endswith("/refresh"):
+            if self.refresh_answer is not None:
+                status, payload = self.refresh_answer
+                return status, json.dumps(payload).encode()
+            time.sleep(0.05)  # long enough for concurrent askers to pile up behind the lock
+            connection_id = path.split("/")[2]
+            self.secrets.put(connection_id, f"rotated-{len(self.calls)}", self.clock() + 604799)
+            return 200, json.dumps({"outcome": "refreshed"}).encode()
+        if method == "GET" and path == "/connections":
+            query = parse_qs(urlsplit(url).query)
+            found = [{"connection_id": ADA}] if query.get("end_user_id") == ["user-42"] else []
+            return 200, json.dumps({"connections": found, "next": None}).encode()
+        return 404, b'{"error": "no_such_route"}'
+
+    def refreshes(self) -> int:
+        return sum(1 for method, url, _, _ in self.calls if method == "POST")
+
+
+@pytest.fixture
+def world() -> tuple[TokenProvider, FakeSecrets, FakeBroker, Clock]:
+    clock, secrets = Clock(), FakeSecrets()
+    broker = FakeBroker(secrets, clock)
+    session = boto3.session.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret")
+    provider = TokenProvider(
+        api_url=API, secret_prefix=PREFIX, session=session, secrets_client=secrets, send=broker.send, clock=clock
+    )
+    return provider, secrets, broker, clock
+
+
+def test_a_fresh_token_comes_from_the_cached_secret_without_asking_the_broker(world: Any) -> None:
+    provider, secrets, broker, clock = world
+    secrets.put(ADA, "first", NOW + 3 * 86400)
+
+    first = provider.token(ADA)
+    again = provider.access_token(ADA)
+    clock.now += 301  # past the cache's 300 s: read again
+    third = provider.token(ADA)
+
+    assert first.access_token == again == third.access_token == "first"
+    assert first.api_base_url == "https://api.smartsheet.eu/2.0"
+    assert "first" not in repr(first)
+    assert secrets.reads == 2
+    assert broker.calls == []
+
+
+def test_a_token_close_to_expiry_makes_the_helper_ask_the_broker_once_signed(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "old", NOW + 60)  # valid for one more minute: under the 300 s minimum
+
+    token = provider.token(ADA)
+
+    assert token.access_token.startswith("rotated-")
+    [(method, url, headers, body)] = broker.calls
+    assert (method, url) == ("POST", f"{API}/connections/{ADA}/refresh")
+    assert json.loads(body) == {"min_valid_seconds": 300}
+    assert "/eu-west-1/execute-api/aws4_request" in headers["Authorization"]  # region read off the URL
+    assert "X-Amz-Date" in headers
+
+
+def test_many_threads_asking_at_once_cause_one_refresh(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "old", NOW + 60)
+    seen: list[str] = []
+
+    threads = [threading.Thread(target=lambda: seen.append(provider.access_token(ADA))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert broker.refreshes() == 1
+    assert len(set(seen)) == 1
+    assert len(seen) == 8
+
+
+def test_a_connection_that_needs_reauth_is_reported_as_unavailable(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "old", NOW - 10)
+    broker.refresh_answer = (409, {"error": "needs_reauth", "message": "its user must sign in again"})
+
+    with pytest.raises(ConnectionUnavailable) as failure:
+        provider.token(ADA)
+
+    assert failure.value.status == "needs_reauth"
+    with pytest.raises(ConnectionUnavailable, match="no such connection"):
+        provider.token("42")
+
+
+def test_a_busy_broker_still_leaves_a_valid_token_usable_but_never_an_expired_one(world: Any) -> None:
+    provider, secrets, broker, clock = world
+    broker.refresh_answer = (503, {"error": "refresh_failed", "message": "Smartsheet is busy", "retry_after": 120})
+    secrets.put(ADA, "still-good", NOW + 60)
+
+    assert provider.access_token(ADA) == "still-good"
+
+    clock.now += 61
+    with pytest.raises(BrokerUnavailable) as failure:
+        provider.token(ADA)
+    assert failure.value.retry_after == 120
+
+
+def test_an_end_user_is_resolved_to_their_active_connection_once(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "tok", NOW + 3 * 86400)
+
+    assert provider.access_token(end_user_id="user-42") == "tok"
+    assert provider.access_token(end_user_id="user-42") == "tok"
+    with pytest.raises(ConnectionUnavailable):
+        provider.token(end_user_id="nobody")
+
+    lookups = [url for method, url, _, _ in broker.calls if method == "GET"]
+    assert len(lookups) == 2  # user-42 once (then cached), nobody once
+    assert "end_user_id=user-42" in lookups[0]
+    assert "status=active" in lookups[0]
+
+
+def test_plain_http_is_refused_except_on_loopback() -> None:
+    with pytest.raises(ValueError, match="https"):
+        TokenProvider(api_url="http://broker.example.com", secret_prefix=PREFIX, region="us-east-1")
