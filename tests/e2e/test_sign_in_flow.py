@@ -90,7 +90,15 @@ def test_unknown_routes_answer_like_api_gateway(local_stack: LocalStack) -> None
 
 def test_every_template_route_is_served(local_stack: LocalStack) -> None:
     health = requests.get(f"{local_stack.url}/_local/health", timeout=10).json()
-    assert set(health["routes"]) == {"GET /login", "GET /callback"}
+    assert set(health["routes"]) == {
+        "GET /login",
+        "GET /callback",
+        "GET /connections",
+        "GET /connections/{connection_id}",
+        "POST /connections/{connection_id}/refresh",
+        "DELETE /connections/{connection_id}",
+        "POST /connect-sessions",
+    }
     assert health["schedules"] == ["RefreshFunctionSweep"]
 
 
