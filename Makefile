@@ -17,7 +17,7 @@ export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
 export BC_SKIP_MAPPING := TRUE
 
 .PHONY: help venv deploy-venv iac-venv dev demo refresh test unit lint typecheck validate build deploy \
-        set-client-secret admin bench reliability clean
+        set-client-secret admin bench reliability fuzz clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ test: venv lint ## every check and every test (unit, integration, e2e, browser, 
 
 unit: venv ## the fast tests only (no servers, no browser)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+fuzz: venv ## the security property tests with thousands of examples each (make test runs 120 per property)
+	SECURITY_FUZZ_EXAMPLES=$${SECURITY_FUZZ_EXAMPLES:-3000} $(PY) -m pytest tests/security/test_fuzz.py --timeout=3600 $(PYTEST_ARGS)
 
 validate: deploy-venv ## sam validate --lint
 	$(SAM) validate --lint --template template.yaml

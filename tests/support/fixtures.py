@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -19,11 +20,20 @@ if TYPE_CHECKING:
     from infra.local.demo import BrokerClient
     from infra.local.smartsheet_emulator import SmartsheetEmulator
     from infra.local.stack import LocalStack
+    from infra.local.template_model import Template
     from tests.support.broker import Broker
 
 # Every suite loads this plugin: moto and the local stack are imported only by the tests that use them.
 
 # -- the in-process broker ---------------------------------------------------------------------
+
+
+@functools.cache
+def _template() -> Template:
+    """template.yaml, parsed once per session (the YAML parse is about a second; every broker needs it)."""
+    from infra.local.template_model import Template
+
+    return Template.load()
 
 
 @pytest.fixture(scope="session")
@@ -49,13 +59,12 @@ def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Ite
 
     from infra.local.aws import LocalAws
     from infra.local.smartsheet_emulator import DEFAULT_APP
-    from infra.local.template_model import Template
     from tests.support.broker import Broker
 
     with mock_aws():
         app_credentials = {"client_id": DEFAULT_APP.client_id, "client_secret": DEFAULT_APP.client_secret}
         aws = LocalAws(
-            Template.load(),
+            _template(),
             stack_name="test-stack",
             region="us-east-1",
             parameters={"SmartsheetClientId": DEFAULT_APP.client_id},
@@ -98,9 +107,25 @@ def stack() -> Iterator[LocalStack]:
 @pytest.fixture
 def local_stack(stack: LocalStack) -> Iterator[LocalStack]:
     """The session stack with the emulator's faults cleared before and after the test."""
+    if not _provisioned(stack):
+        # The stack's moto server shares moto's in-process backends with the `broker` fixture, whose mock_aws
+        # resets them on exit: a suite that runs after in-process tests gets a stack whose AWS is empty.
+        stack.stop()
+        stack.start()
     stack.emulator.reset_faults()
     yield stack
     stack.emulator.reset_faults()
+
+
+def _provisioned(stack: LocalStack) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        stack.aws.dynamodb.describe_table(TableName=stack.table_name("STATE_TABLE_NAME"))
+        stack.aws.secretsmanager.describe_secret(SecretId=stack.secret_arn("APP_CREDENTIALS_SECRET_ARN"))
+    except ClientError:
+        return False
+    return True
 
 
 @pytest.fixture
