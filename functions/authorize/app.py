@@ -8,7 +8,7 @@ from typing import Any
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import pages, services
+from smartsheet_oauth import pages, services, snapstart
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.errors import AnonymousLoginDisabled, ConnectLinkRejected
 from smartsheet_oauth.observability import logger, metrics
@@ -16,6 +16,7 @@ from smartsheet_oauth.sign_in import NONCE_COOKIE, begin_sign_in
 from smartsheet_oauth.web import count, html, query_params, redirect, resolver
 
 get_config()  # a bad configuration fails the cold start, naming the variable
+snapstart.register()  # SnapStart hooks; nothing is registered off Lambda
 app = resolver(operation="login")
 
 

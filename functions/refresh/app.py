@@ -7,13 +7,14 @@ from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import services
+from smartsheet_oauth import services, snapstart
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.observability import logger, metrics
 from smartsheet_oauth.refresh import RefreshDeps, sweep
 from smartsheet_oauth.sweep_metrics import record_sweep
 
 get_config()  # a bad configuration fails the cold start, naming the variable
+snapstart.register()  # SnapStart hooks; nothing is registered off Lambda
 
 # Stop dispatching this long before the Lambda timeout: one in-flight refresh (connect + read timeouts,
 # a save with retries, a commit) must still fit.

@@ -5,12 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
-
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from smartsheet_oauth.errors import (
     InvalidClient,
@@ -20,6 +16,12 @@ from smartsheet_oauth.errors import (
     SmartsheetRejected,
     TransientSmartsheetError,
 )
+
+# requests is imported where a call needs it: /login only builds the authorize URL, and its cold start
+# should not pay for an HTTP client it never uses.
+if TYPE_CHECKING:
+    import requests
+    from urllib3.util.retry import Retry
 
 # Smartsheet's errorCodes that mean "this grant is gone": expired/invalid/used code or refresh token,
 # hash mismatch, revoked token.
@@ -74,6 +76,9 @@ def authorize_url(base: str, *, client_id: str, scopes: tuple[str, ...], state: 
 
 
 def _session(retry: Retry) -> requests.Session:
+    import requests  # noqa: PLC0415 (cold-start cost)
+    from requests.adapters import HTTPAdapter  # noqa: PLC0415
+
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=64)
     session.mount("https://", adapter)
@@ -83,6 +88,8 @@ def _session(retry: Retry) -> requests.Session:
 
 def _safe_retry() -> Retry:
     """Retries for calls whose repetition is harmless: the code exchange (a used code just fails) and GETs."""
+    from urllib3.util.retry import Retry  # noqa: PLC0415 (cold-start cost)
+
     return Retry(
         total=2,
         connect=2,
@@ -103,6 +110,8 @@ def _refresh_retry() -> Retry:
     """A refresh must not be repeated once Smartsheet may have processed it: it rotates the refresh token, so
     a blind retry after a 5xx or a read timeout could spend the new pair and kill the grant. Retry only
     what Smartsheet cannot have processed: a refused connection and a 429."""
+    from urllib3.util.retry import Retry  # noqa: PLC0415 (cold-start cost)
+
     return Retry(
         total=2,
         connect=2,
@@ -203,6 +212,8 @@ class SmartsheetClient:
         return _json_object(response)
 
     def _send(self, session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
+        import requests  # noqa: PLC0415 (loaded by the session already; a dict lookup here)
+
         try:
             # Never follow a redirect: a 307 would re-send the code and its hash, a 302 the bearer token.
             response = session.request(

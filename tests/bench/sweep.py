@@ -1,0 +1,284 @@
+"""Refresh sweep throughput: N due connections on moto server (seeded by direct moto calls), the emulator's token
+endpoint answering after 100 ms, one scheduled invocation of the real handler in its own process.
+
+The invocation gets a short Lambda timeout (a measurement window): the sweep stops dispatching at its safety
+margin, as it would at the real timeout, and what it did not reach stays due. The rate it kept is compared with
+the ideal, concurrency / 100 ms. Where each worker's time went (Smartsheet, AWS, the rest) is measured too, since
+moto answers far slower than DynamoDB (~30 ms of CPU per UpdateItem here), and the capacity of one scheduled
+function is projected from it, its CPU time and the sweep's pace limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.bench import world
+from tests.bench.counting import describe
+from tests.bench.report import Row, check
+
+SECTION = "4. refresh sweep throughput (moto server + emulator, 100 ms token latency)"
+TARGET_EFFICIENCY = 0.70
+PER_SWEEP_OPS = ("dynamodb.Query", "dynamodb.Scan")
+DAY = 86_400
+TOKEN_LIFETIME = 604_799
+ONE_VCPU_MB = 1769  # Lambda gives a function one vCPU at 1,769 MB, in proportion below
+ASSUMED_AWS_CALL_SECONDS = 0.010  # a DynamoDB / Secrets Manager call from Lambda, for the projection only
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    connections: int
+    latency_ms: float
+    info: dict[str, Any] | None = None
+
+    def ready(self) -> dict[str, Any]:
+        if self.info is None:
+            assert self.process.stdout is not None
+            line = self.process.stdout.readline()
+            if not line:
+                self.process.kill()
+                raise RuntimeError("the sweep's moto/emulator process did not start")
+            self.info = json.loads(line)
+        return self.info
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start(connections: int = 10_000, latency_ms: float = 100.0) -> Server:
+    """Start moto + the emulator and seed them in the background; `measure` waits for them."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.sweep_server",
+            "--connections",
+            str(connections),
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        cwd=world.ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{world.FUNCTIONS_DIR}{os.pathsep}{world.ROOT}"},
+    )
+    return Server(process, connections, latency_ms)
+
+
+def _emulator_counts(base_url: str) -> Counter[str]:
+    with urllib.request.urlopen(f"{base_url}/_emulator/stats", timeout=30) as answer:  # noqa: S310 (loopback)
+        stats = json.load(answer)
+    return Counter({k: v for k, v in stats["counts"].items() if k in ("token.refresh", "token.code", "users_me")})
+
+
+def _default_pace(env: dict[str, str]) -> float | None:
+    """Refreshes per minute the function allows itself by default (None: no pace limit in this version)."""
+    from smartsheet_oauth.config import load_config
+
+    config = load_config({k: v for k, v in env.items() if k != "REFRESH_RATE_PER_MINUTE"})
+    pace = getattr(config, "refresh_rate_per_minute", None)
+    return float(pace) if pace else None
+
+
+def measure(server: Server, window_seconds: float = 45.0) -> tuple[list[Row], dict[str, Any]]:
+    try:
+        info = server.ready()
+        function_env = info["env"]
+        # The window is the Lambda timeout less the safety margin (5 s here). The pace limit towards
+        # Smartsheet (REFRESH_RATE_PER_MINUTE) is lifted to see the sweep's own rate; its cap is projected below.
+        env = {
+            **function_env,
+            "BENCH_TIMEOUT": str(window_seconds + 5.0),
+            "REFRESH_RATE_PER_MINUTE": "100000",
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": f"{world.FUNCTIONS_DIR}{os.pathsep}{world.ROOT}",
+        }
+        with tempfile.TemporaryDirectory(prefix="bench-sweep-") as workdir:
+            result_path = Path(workdir) / "result.json"
+            subprocess.run(
+                [sys.executable, "-m", "tests.bench.sweep_run", str(result_path)],
+                cwd=world.ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                check=True,
+                timeout=window_seconds + 300,
+            )
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+        smartsheet = _emulator_counts(info["emulator"])
+    finally:
+        server.stop()
+    return _rows(server, info, function_env, result, smartsheet)
+
+
+def _rows(
+    server: Server, info: dict[str, Any], env: dict[str, str], result: dict[str, Any], smartsheet: Counter[str]
+) -> tuple[list[Row], dict[str, Any]]:
+    answer, sweep = result["answer"], result["sweep"]
+    outcomes = answer["outcomes"]
+    refreshed = max(int(outcomes.get("ok", 0)), 1)
+    concurrency = int(env.get("REFRESH_CONCURRENCY") or 8)
+    latency = server.latency_ms / 1000
+    seconds = float(sweep["seconds"])
+    rate = refreshed / seconds
+    ideal_rate = concurrency / latency
+    efficiency = rate / ideal_rate
+
+    # Inside each connection's refresh (worker threads): its time, and how much of it waited on a socket.
+    busy = sweep["busy"]
+    handled = max(int(busy["count"]), 1)
+    worker = float(busy["seconds"]) / handled
+    aws_wait = float(busy["aws"]) / handled
+    smartsheet_wait = float(busy["smartsheet"]) / handled
+    other = max(worker - aws_wait - smartsheet_wait, 0.0)
+    utilization = float(busy["seconds"]) / (seconds * concurrency)
+    net_efficiency = latency / (latency + other)
+    cpu = float(sweep["cpu"]) / refreshed
+
+    calls = Counter(sweep["calls"])
+    per_sweep = Counter({k: v for k, v in calls.items() if k in PER_SWEEP_OPS})
+    per_connection = Counter({k: v for k, v in calls.items() if k not in PER_SWEEP_OPS})
+    per_connection_calls = sum(per_connection.values()) / refreshed
+    page_size = int(result.get("page_size") or 100)
+    pages = -(-int(answer.get("dispatched") or refreshed) // page_size) + 1
+    token_calls = sum(smartsheet.values()) / refreshed
+
+    # Projection for one scheduled function on Lambda, from what was measured here.
+    memory = int(info.get("memory") or 256)
+    timeout = int(info["timeout"])
+    margin = float(result.get("safety_margin") or 30.0)
+    rates = {
+        "concurrency": concurrency / (latency + round(per_connection_calls) * ASSUMED_AWS_CALL_SECONDS + other),
+        "CPU": (memory / ONE_VCPU_MB) / cpu,
+    }
+    pace = _default_pace(env)
+    if pace:
+        rates["pace"] = pace / 60
+    binding = min(rates, key=lambda k: rates[k])
+    window = int(env.get("REFRESH_WINDOW_SECONDS") or 172_800)
+    per_invocation = rates[binding] * (timeout - margin)
+    steady = per_invocation * 48 * (TOKEN_LIFETIME - window) / DAY  # 48 sweeps a day; due once per 5 days
+    burst = per_invocation * 48 * window / DAY  # all due at once: done within the refresh window
+
+    figures = {
+        "connections": server.connections,
+        "refreshed": refreshed,
+        "concurrency": concurrency,
+        "sweep_seconds": seconds,
+        "rate": rate,
+        "ideal_rate": ideal_rate,
+        "efficiency": efficiency,
+        "net_efficiency": net_efficiency,
+        "worker_ms": worker * 1000,
+        "aws_wait_ms": aws_wait * 1000,
+        "smartsheet_wait_ms": smartsheet_wait * 1000,
+        "other_ms": other * 1000,
+        "utilization": utilization,
+        "cpu_ms": cpu * 1000,
+        "rates": rates,
+        "binding": binding,
+        "per_invocation": per_invocation,
+        "capacity_15min": rates[binding] * (900 - margin),
+        "steady": steady,
+        "burst": burst,
+        "seed_seconds": info["seed_seconds"],
+        "outcomes": outcomes,
+        "stopped_early": answer.get("stopped_early"),
+    }
+    rate_text = ", ".join(f"{k} {v:.1f}/s" for k, v in rates.items())
+    rows = [
+        Row(
+            SECTION,
+            "due connections (seeded by direct moto calls) / refreshed in the window",
+            f"{server.connections:,} in {info['seed_seconds']:.0f} s / {refreshed:,} in {seconds:.1f} s"
+            f" (stopped at the margin: {answer.get('stopped_early')})",
+        ),
+        Row(
+            SECTION,
+            f"sweep rate vs ideal (concurrency {concurrency} / {server.latency_ms:.0f} ms = {ideal_rate:.0f}/s)",
+            f"{rate:.1f}/s = {efficiency:.0%} of ideal",
+            f">= {TARGET_EFFICIENCY:.0%}",
+            check(efficiency >= TARGET_EFFICIENCY),
+        ),
+        Row(
+            SECTION,
+            "a worker's time per connection: Smartsheet + AWS (moto) + the rest",
+            f"{worker * 1000:.0f} ms = {smartsheet_wait * 1000:.0f} + {aws_wait * 1000:.0f} + {other * 1000:.0f} ms",
+        ),
+        Row(
+            SECTION,
+            "workers busy (idle: dispatch, due-index pages from moto)",
+            f"{utilization:.0%} of {concurrency} x {seconds:.1f} s",
+        ),
+        Row(
+            SECTION,
+            "same, if AWS answered at once: 100 ms / (100 ms + the rest)",
+            f"{net_efficiency:.0%} of ideal",
+            f">= {TARGET_EFFICIENCY:.0%}",
+            check(net_efficiency >= TARGET_EFFICIENCY),
+        ),
+        Row(
+            SECTION,
+            "AWS calls per refreshed connection (at scale)",
+            f"{per_connection_calls:.2f} ({describe(per_connection)})",
+            "<= 4 (lease, read, write, commit)",
+            check(per_connection_calls <= 4.0),
+            gating=True,
+        ),
+        Row(
+            SECTION,
+            "AWS reads per sweep (due index pages)",
+            describe(per_sweep),
+            f"<= {pages} (a page per {page_size} dispatched, + 1)",
+            check(sum(per_sweep.values()) <= pages),
+            gating=True,
+        ),
+        Row(
+            SECTION,
+            "Smartsheet token calls per refreshed connection",
+            f"{token_calls:.2f} ({describe(smartsheet, services=True)})",
+            "<= 1",
+            check(token_calls <= 1.0),
+            gating=True,
+        ),
+        Row(SECTION, "CPU time per connection in the function", f"{cpu * 1000:.1f} ms"),
+        Row(
+            SECTION,
+            f"rate limits of one invocation on Lambda ({memory} MB, AWS calls at 10 ms)",
+            f"{rate_text}: {binding} binds",
+        ),
+        Row(
+            SECTION,
+            "projected capacity per 15-minute invocation",
+            f"{rates[binding] * (900 - margin):,.0f} connections ({binding}-bound)",
+        ),
+        Row(
+            SECTION,
+            f"one scheduled function keeps up to (timeout {timeout} s, every 30 min)",
+            f"{steady:,.0f} connections steady, {burst:,.0f} if all come due at once",
+        ),
+    ]
+    return rows, figures
+
+
+if __name__ == "__main__":
+    from tests.bench.report import render
+
+    found, figs = measure(start(int(os.environ.get("BENCH_CONNECTIONS", "10000"))))
+    print(render(found))
+    print(json.dumps(figs, default=str))
