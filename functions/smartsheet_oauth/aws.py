@@ -11,6 +11,7 @@ from botocore.config import Config as BotoConfig
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_kms import KMSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 # Standard retry mode retries throttling and 5xx with backoff; short timeouts keep a request inside its budget.
@@ -45,8 +46,14 @@ def events() -> EventBridgeClient:
     return boto3.client("events", config=_EVENTS_CONFIG)
 
 
+@cache
+def kms() -> KMSClient:
+    return boto3.client("kms", config=_BOTO_CONFIG)
+
+
 def reset() -> None:
     """Forget the cached clients (tests switch endpoints between cases)."""
+    kms.cache_clear()
     dynamodb.cache_clear()
     secretsmanager.cache_clear()
     events.cache_clear()

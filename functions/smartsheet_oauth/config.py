@@ -72,6 +72,10 @@ class Config:
     event_bus_name: str = "default"
     anonymous_login: bool = True
     connect_session_ttl_seconds: int = 600
+    # Refresh: the KMS key a new pair is sealed with while it waits on the record for its secret, and the
+    # sweep's pace towards Smartsheet (a storm after an outage is spread out, not fired at once).
+    pending_tokens_key_id: str | None = None
+    refresh_rate_per_minute: int = 300
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
@@ -107,6 +111,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         event_bus_name=_event_bus(environ.get("EVENT_BUS_NAME", "")),
         anonymous_login=_switch(environ, "ANONYMOUS_LOGIN", default=True),
         connect_session_ttl_seconds=_int(environ, "CONNECT_SESSION_TTL_SECONDS", 600, low=60, high=3600),
+        pending_tokens_key_id=environ.get("PENDING_TOKENS_KEY_ID", "").strip() or None,
+        refresh_rate_per_minute=_int(environ, "REFRESH_RATE_PER_MINUTE", 300, low=1, high=100_000),
     )
 
 

@@ -40,6 +40,21 @@ class Connection:
     updated_at: int
     # The integrator's own user this connection is bound to (through a connect session), if any.
     end_user_id: str | None = None
+    # A refreshed pair that is not in the secret yet: the next refresh stores it before anything else.
+    pending: PendingPair | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPair:
+    """A new token pair kept sealed on the record (TokenVault's PairSealer) until it is in its secret, under the
+    secret version id it is written with, so a repeated write of it is a no-op."""
+
+    sealed: bytes
+    version_id: str
+    generation: int
+
+    def __repr__(self) -> str:
+        return f"PendingPair(version_id={self.version_id!r}, generation={self.generation}, sealed=<hidden>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +101,17 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         created_at=_n(item, "created_at", 0) or 0,
         updated_at=_n(item, "updated_at", 0) or 0,
         end_user_id=_s(item, "end_user_id"),
+        pending=_pending(item),
+    )
+
+
+def _pending(item: dict[str, Any]) -> PendingPair | None:
+    if "pending_pair" not in item or "pending_version" not in item:
+        return None
+    return PendingPair(
+        sealed=bytes(item["pending_pair"]["B"]),
+        version_id=str(item["pending_version"]["S"]),
+        generation=_n(item, "pending_generation", 0) or 0,
     )
 
 
@@ -130,7 +156,7 @@ class ConnectionStore:
                     " generation = if_not_exists(generation, :zero) + :one, failures = :zero,"
                     " created_at = if_not_exists(created_at, :now), updated_at = :now"
                     + set_end_user
-                    + " REMOVE lease_until, lease_owner, last_error"
+                    + " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation"
                 ),
                 ExpressionAttributeNames={"#status": "status", "#region": "region"},
                 ExpressionAttributeValues={
@@ -228,14 +254,16 @@ class ConnectionStore:
         refresh_due_at: int,
         now: int,
     ) -> None:
-        """Record a refresh whose new pair is already stored: new expiry, generation + 1, lease released."""
+        """Record a refresh whose new pair is already stored: new expiry, generation + 1, lease released, the kept
+        pair (if any) dropped."""
         with storage("connections.commit"):
             self._client.update_item(
                 TableName=self._table,
                 Key={"connection_id": {"S": connection_id}},
                 UpdateExpression=(
                     "SET access_expires_at = :exp, refresh_due_at = :due, generation = :next, failures = :zero,"
-                    " updated_at = :now REMOVE lease_until, lease_owner, last_error"
+                    " updated_at = :now"
+                    " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation"
                 ),
                 ConditionExpression="lease_owner = :owner AND generation = :gen",
                 ExpressionAttributeValues={
@@ -249,10 +277,34 @@ class ConnectionStore:
                 },
             )
 
+    def keep_pending(
+        self, connection_id: str, *, generation: int, owner: str, sealed: bytes, version_id: str, now: int
+    ) -> None:
+        """Make a new pair durable on the record, sealed, before it is written to its secret: whoever takes the
+        lease next (this worker's next sweep, or another worker after a crash) finishes that write first."""
+        with storage("connections.keep_pending"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression=(
+                    "SET pending_pair = :sealed, pending_version = :version, pending_generation = :gen,"
+                    " updated_at = :now"
+                ),
+                ConditionExpression="lease_owner = :owner AND generation = :gen",
+                ExpressionAttributeValues={
+                    ":sealed": {"B": sealed},
+                    ":version": {"S": version_id},
+                    ":gen": {"N": str(generation)},
+                    ":now": {"N": str(now)},
+                    ":owner": {"S": owner},
+                },
+            )
+
     def record_transient_failure(
         self, connection_id: str, *, generation: int, owner: str, retry_at: int, reason: str, now: int
     ) -> int:
-        """Keep the connection active, count the failure, and come back to it at retry_at. Returns the count."""
+        """Keep the connection active, count the failure, and come back to it at retry_at (a kept pair stays).
+        Returns the count."""
         with storage("connections.failure"):
             answer = self._client.update_item(
                 TableName=self._table,

@@ -9,10 +9,11 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from smartsheet_oauth import connection_store, events
 from smartsheet_oauth.config import Config
-from smartsheet_oauth.connection_store import Connection, ConnectionStore, DueConnection
+from smartsheet_oauth.connection_store import Connection, ConnectionStore, DueConnection, PendingPair
 from smartsheet_oauth.errors import (
     ConditionFailed,
     InvalidGrant,
@@ -22,17 +23,34 @@ from smartsheet_oauth.errors import (
 )
 from smartsheet_oauth.observability import logger
 from smartsheet_oauth.smartsheet import SmartsheetClient
-from smartsheet_oauth.token_vault import TokenSet, TokenVault
+from smartsheet_oauth.token_vault import TokenSet, TokenVault, pending_binding
 
 REFRESHED = "ok"
 TRANSIENT = "transient"
 NEEDS_REAUTH = "needs_reauth"
 LEASE_BUSY = "lease_busy"
 RACED = "raced"
+# Smartsheet rotated the pair but its secret could not be written in time: the pair waits, sealed, on the record.
+KEPT = "kept"
+# A kept pair was written to its secret (after a save that kept failing, or a worker that died).
+RESUMED = "resumed"
+# A rotated pair could be neither written nor kept: the grant is gone and the user must sign in again.
+LOST = "lost"
+OUTCOMES = (REFRESHED, TRANSIENT, NEEDS_REAUTH, LEASE_BUSY, RACED, KEPT, RESUMED, LOST)
+# Outcomes that mean "Smartsheet or AWS is struggling": a long run of them stops the sweep (see sweep()).
+_STRUGGLING = frozenset({TRANSIENT, KEPT, LOST})
 
 BACKOFF_BASE_SECONDS = 300
 BACKOFF_CAP_SECONDS = 3600
-SAVE_ATTEMPTS = 4
+SAVE_RETRY_BASE_SECONDS = 0.2
+SAVE_RETRY_CAP_SECONDS = 5.0
+# Writes of a new pair stop this long before the lease runs out (after it, another worker may hold the
+# connection) and this long before the invocation ends.
+LEASE_MARGIN_SECONDS = 15.0
+FINAL_MARGIN_SECONDS = 5.0
+# This many struggling outcomes in a row stop the sweep: an outage is waited out, not hammered.
+BREAKER_THRESHOLD = 25
+DUE_QUERY_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +62,17 @@ class RefreshDeps:
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     events: events.EventPublisher | None = None
+    # Measures waits and deadlines; `sleep` must advance it.
+    monotonic: Callable[[], float] = time.monotonic
 
 
 @dataclass(slots=True)
 class SweepReport:
-    outcomes: Counter[str] = field(default_factory=Counter)
+    # Every outcome is present, zeros included: each becomes a metric, and alarms need datapoints, not gaps.
+    outcomes: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
     dispatched: int = 0
     stopped_early: bool = False
+    breaker_open: bool = False
     duration_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
@@ -58,6 +80,7 @@ class SweepReport:
             "dispatched": self.dispatched,
             "outcomes": dict(self.outcomes),
             "stopped_early": self.stopped_early,
+            "breaker_open": self.breaker_open,
             "duration_seconds": round(self.duration_seconds, 3),
         }
 
@@ -70,11 +93,20 @@ def backoff_seconds(failures: int, retry_after: float | None, rng: random.Random
     return int(max(delay, retry_after or 0))
 
 
-def refresh_connection(due: DueConnection, deps: RefreshDeps, *, rng: random.Random | None = None) -> str:
-    """Refresh one connection under its lease. Returns the outcome; never raises for a per-connection problem."""
+def refresh_connection(
+    due: DueConnection,
+    deps: RefreshDeps,
+    *,
+    rng: random.Random | None = None,
+    time_left: Callable[[], float] | None = None,
+) -> str:
+    """Refresh one connection under its lease. Returns the outcome; never raises for a per-connection problem.
+
+    A pair kept on the record by an earlier attempt is written to its secret first, instead of refreshing."""
     rng = rng or random.Random()  # noqa: S311 (jitter, not security)
     owner = uuid.uuid4().hex
     now = int(deps.clock())
+    started = deps.monotonic()
     try:
         leased = deps.connections.acquire_lease(
             due.connection_id,
@@ -92,10 +124,26 @@ def refresh_connection(due: DueConnection, deps: RefreshDeps, *, rng: random.Ran
         )
         return TRANSIENT
 
+    write_deadline = started + deps.config.lease_seconds - LEASE_MARGIN_SECONDS
+    if time_left is not None:
+        write_deadline = min(write_deadline, deps.monotonic() + time_left() - FINAL_MARGIN_SECONDS)
+    if leased.pending is not None and leased.pending.generation == leased.generation:
+        return _resume_kept_pair(leased, leased.pending, owner, deps, rng=rng, deadline=write_deadline)
+    return _refresh_leased(leased, owner, deps, rng=rng, deadline=write_deadline)
+
+
+def _refresh_leased(leased: Connection, owner: str, deps: RefreshDeps, *, rng: random.Random, deadline: float) -> str:
     try:
         current = deps.vault.load(leased.secret_arn)
     except StorageError as exc:
         return _transient(leased, owner, deps, rng, reason=f"vault:{exc.code}", retry_after=None)
+
+    if deps.vault.sealer is not None:
+        try:
+            deps.vault.sealer.prepare()
+        except StorageError as exc:
+            # Without a data key the new pair could not be kept if its save failed: do not rotate it now.
+            return _transient(leased, owner, deps, rng, reason=f"kms:{exc.code}", retry_after=None)
 
     try:
         grant = deps.smartsheet.refresh(current.refresh_token)
@@ -121,40 +169,116 @@ def refresh_connection(due: DueConnection, deps: RefreshDeps, *, rng: random.Ran
         email=current.email,
         obtained_at=refreshed_at,
     )
-    # The old refresh token is dead now: the new pair must be stored before anything else.
-    _save_with_retries(leased, new_tokens, deps, rng)
-    try:
-        deps.connections.commit_refresh(
-            leased.connection_id,
-            generation=leased.generation,
-            owner=owner,
-            access_expires_at=new_tokens.expires_at,
-            refresh_due_at=new_tokens.expires_at - deps.config.refresh_window_seconds,
-            now=refreshed_at,
+    # The old refresh token is dead now: the new pair must be durable before anything else. It is kept
+    # (sealed) on the record first, then written to its secret, both retried until the deadline.
+    version_id = str(uuid.uuid4())
+    saved, kept, reason = _write_pair(
+        leased, owner, new_tokens, deps, version_id=version_id, rng=rng, deadline=deadline, keep=True
+    )
+    if not saved:
+        if kept:
+            return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, outcome=KEPT)
+        logger.critical(
+            "new token pair could be neither stored nor kept: the grant is lost",
+            extra={"connection_id": leased.connection_id, "outcome": LOST, "reason": reason},
         )
-    except StorageError as exc:
-        # The pair is stored; the record still says "due" and its lease expires, so the next sweep refreshes
-        # again from the stored (new) pair. Nothing is lost.
-        logger.warning("commit failed after save", extra={"connection_id": leased.connection_id, "reason": exc.code})
+        return _transient(leased, owner, deps, rng, reason=f"lost:{reason}", retry_after=None, outcome=LOST)
+    _commit(leased, owner, new_tokens, deps)
     if leased.failures:
         events.emit(deps.events, events.about(events.RECOVERED, leased, status=connection_store.ACTIVE))
     logger.info("connection refreshed", extra={"connection_id": leased.connection_id, "outcome": REFRESHED})
     return REFRESHED
 
 
-def _save_with_retries(leased: Connection, tokens: TokenSet, deps: RefreshDeps, rng: random.Random) -> None:
-    for attempt in range(SAVE_ATTEMPTS):
-        try:
-            deps.vault.save(leased.connection_id, tokens, known_arn=leased.secret_arn)
-            return
-        except StorageError as exc:
-            if attempt == SAVE_ATTEMPTS - 1:
-                logger.critical(
-                    "new token pair could not be stored",
-                    extra={"connection_id": leased.connection_id, "reason": exc.code},
+def _write_pair(
+    leased: Connection,
+    owner: str,
+    tokens: TokenSet,
+    deps: RefreshDeps,
+    *,
+    version_id: str,
+    rng: random.Random,
+    deadline: float,
+    keep: bool,
+) -> tuple[bool, bool, str]:
+    """Write the pair to its secret as version `version_id`, retrying with backoff until the deadline; with
+    keep=True, first keep it sealed on the record (also retried). Returns (saved, kept, last failure)."""
+    kept = not keep
+    reason = ""
+    attempt = 0
+    while True:
+        if not kept and deps.vault.sealer is not None:
+            try:
+                sealed = deps.vault.sealer.seal(
+                    tokens, binding=pending_binding(leased.connection_id, leased.generation, version_id)
                 )
-                raise
-            deps.sleep(min(2.0, 0.2 * 2**attempt) * rng.uniform(0.5, 1.0))
+                deps.connections.keep_pending(
+                    leased.connection_id,
+                    generation=leased.generation,
+                    owner=owner,
+                    sealed=sealed,
+                    version_id=version_id,
+                    now=int(deps.clock()),
+                )
+                kept = True
+            except StorageError as exc:
+                reason = f"keep:{exc.code}"
+        try:
+            deps.vault.save(leased.connection_id, tokens, known_arn=leased.secret_arn, version_id=version_id)
+            return True, kept, ""
+        except StorageError as exc:
+            reason = f"vault:{exc.code}"
+        delay = min(SAVE_RETRY_CAP_SECONDS, SAVE_RETRY_BASE_SECONDS * 2**attempt) * rng.uniform(0.5, 1.0)
+        if deps.monotonic() + delay >= deadline:
+            logger.error(
+                "new token pair not stored before the deadline",
+                extra={"connection_id": leased.connection_id, "reason": reason, "attempts": attempt + 1, "kept": kept},
+            )
+            return False, kept, reason
+        deps.sleep(delay)
+        attempt += 1
+
+
+def _commit(leased: Connection, owner: str, tokens: TokenSet, deps: RefreshDeps) -> None:
+    try:
+        deps.connections.commit_refresh(
+            leased.connection_id,
+            generation=leased.generation,
+            owner=owner,
+            access_expires_at=tokens.expires_at,
+            refresh_due_at=tokens.expires_at - deps.config.refresh_window_seconds,
+            now=int(deps.clock()),
+        )
+    except StorageError as exc:
+        # The pair is in its secret. If it is also kept on the record, whoever leases the connection next
+        # writes the same version again (a no-op) and commits; if not, the next refresh starts from the
+        # stored new pair. Nothing is lost either way.
+        logger.warning("commit failed after save", extra={"connection_id": leased.connection_id, "reason": exc.code})
+
+
+def _resume_kept_pair(
+    leased: Connection, pending: PendingPair, owner: str, deps: RefreshDeps, *, rng: random.Random, deadline: float
+) -> str:
+    """A pair kept on the record (its save failed, or its worker died) goes to its secret before anything else:
+    the secret's own refresh token is dead since Smartsheet issued the kept one."""
+    if deps.vault.sealer is None:
+        logger.error("a kept token pair waits but no key is configured", extra={"connection_id": leased.connection_id})
+        return _transient(leased, owner, deps, rng, reason="kept:no_key", retry_after=None, outcome=KEPT)
+    try:
+        tokens = deps.vault.sealer.open(
+            pending.sealed, binding=pending_binding(leased.connection_id, pending.generation, pending.version_id)
+        )
+    except StorageError as exc:
+        return _transient(leased, owner, deps, rng, reason=f"kms:{exc.code}", retry_after=None, outcome=KEPT)
+    saved, _, reason = _write_pair(
+        leased, owner, tokens, deps, version_id=pending.version_id, rng=rng, deadline=deadline, keep=False
+    )
+    if not saved:
+        return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, outcome=KEPT)
+    _commit(leased, owner, tokens, deps)
+    events.emit(deps.events, events.about(events.RECOVERED, leased, status=connection_store.ACTIVE))
+    logger.info("kept token pair stored", extra={"connection_id": leased.connection_id, "outcome": RESUMED})
+    return RESUMED
 
 
 def _transient(
@@ -165,6 +289,7 @@ def _transient(
     *,
     reason: str,
     retry_after: float | None,
+    outcome: str = TRANSIENT,
 ) -> str:
     now = int(deps.clock())
     retry_at = now + backoff_seconds(leased.failures, retry_after, rng)
@@ -185,7 +310,7 @@ def _transient(
         "refresh failed, will retry",
         extra={
             "connection_id": leased.connection_id,
-            "outcome": TRANSIENT,
+            "outcome": outcome,
             "reason": reason,
             "failures": failures,
         },
@@ -194,12 +319,13 @@ def _transient(
         deps.events,
         events.about(events.REFRESH_FAILED, leased, status=connection_store.ACTIVE, reason=reason, attempt=failures),
     )
-    return TRANSIENT
+    return outcome
 
 
 def _invalid_grant(leased: Connection, owner: str, used: TokenSet, deps: RefreshDeps, exc: InvalidGrant) -> str:
-    """invalid_grant is final only if nobody else refreshed meanwhile: a moved generation, or a stored refresh
-    token other than the one we sent, means we raced another worker and the grant is alive."""
+    """invalid_grant is final only if nobody else refreshed meanwhile: a moved generation, a pair kept on the
+    record, or a stored refresh token other than the one we sent, means we raced another worker and the grant
+    is alive. (Revoked tokens, 1132, arrive here too: revoked is as final as expired.)"""
     try:
         latest = deps.connections.get(leased.connection_id)
         stored = deps.vault.load(leased.secret_arn)
@@ -209,7 +335,12 @@ def _invalid_grant(leased: Connection, owner: str, used: TokenSet, deps: Refresh
             extra={"connection_id": leased.connection_id, "reason": storage_exc.code},
         )
         return TRANSIENT
-    if latest is None or latest.generation != leased.generation or stored.refresh_token != used.refresh_token:
+    if (
+        latest is None
+        or latest.generation != leased.generation
+        or latest.pending is not None
+        or stored.refresh_token != used.refresh_token
+    ):
         logger.info(
             "invalid_grant after a concurrent refresh; grant is alive",
             extra={"connection_id": leased.connection_id, "outcome": RACED},
@@ -246,48 +377,65 @@ def sweep(
     *,
     time_left: Callable[[], float],
     safety_margin_seconds: float = 30.0,
-    page_size: int = 100,
+    # Small pages: with overlapping sweeps (a retried schedule, an on-demand refresh), each page is read shortly
+    # before its connections are tried, so fewer of them are already leased by another worker (a wasted write).
+    page_size: int = 32,
 ) -> SweepReport:
-    """Refresh due connections, earliest first, at most `refresh_concurrency` at once, and stop dispatching
-    when less than the safety margin is left: what is not reached waits for the next sweep."""
+    """Refresh due connections, earliest first, at most `refresh_concurrency` at once and at most
+    `refresh_rate_per_minute` (after a burst of a tenth of it), and stop dispatching when less than the safety
+    margin is left or after BREAKER_THRESHOLD struggling outcomes in a row: what is not reached waits for the
+    next sweep."""
     started = time.monotonic()
     report = SweepReport()
     concurrency = deps.config.refresh_concurrency
+    pace = _Pace(deps.config.refresh_rate_per_minute, deps.monotonic, deps.sleep)
     seen: set[str] = set()
     in_flight: set[Future[str]] = set()
+    struggling = 0
+    order = random.Random()  # noqa: S311 (spreading work, not security)
 
     def collect(done: set[Future[str]]) -> None:
+        nonlocal struggling
         for future in done:
             try:
-                report.outcomes[future.result()] += 1
+                outcome = future.result()
             except Exception as exc:  # one connection's failure never stops the sweep
                 logger.error("refresh crashed", extra={"error_type": type(exc).__name__})
-                report.outcomes["error"] += 1
+                outcome = "error"
+            report.outcomes[outcome] += 1
+            struggling = struggling + 1 if outcome in _STRUGGLING else 0
+        if struggling >= BREAKER_THRESHOLD and not report.breaker_open:
+            report.breaker_open = True
+            logger.error("refreshes keep failing; the sweep stops for now", extra={"in_a_row": struggling})
+
+    def stop_now() -> bool:
+        if report.breaker_open or time_left() <= safety_margin_seconds:
+            report.stopped_early = True
+        return report.stopped_early
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="refresh") as pool:
         start_key = None
-        while True:
-            if time_left() <= safety_margin_seconds:
-                report.stopped_early = True
-                break
-            try:
-                page, start_key = deps.connections.due(now=int(deps.clock()), limit=page_size, start_key=start_key)
-            except StorageError as exc:
-                logger.error("could not read due connections", extra={"reason": exc.code})
+        while not stop_now():
+            page = _due_page(deps, page_size, start_key)
+            if page is None:
                 report.outcomes["error"] += 1
                 break
-            for due in page:
+            due_connections, start_key = page
+            # Earliest first page by page; within a page, a random order keeps overlapping sweeps from
+            # walking the same connections in lockstep, each losing the lease race on every one.
+            order.shuffle(due_connections)
+            for due in due_connections:
                 if due.connection_id in seen:
                     continue
                 while len(in_flight) >= concurrency:
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     in_flight.difference_update(done)
                     collect(done)
-                if time_left() <= safety_margin_seconds:
+                if stop_now() or not pace.take(lambda: time_left() - safety_margin_seconds):
                     report.stopped_early = True
                     break
                 seen.add(due.connection_id)
-                in_flight.add(pool.submit(refresh_connection, due, deps))
+                in_flight.add(pool.submit(refresh_connection, due, deps, time_left=time_left))
                 report.dispatched += 1
             if report.stopped_early or not start_key:
                 break
@@ -295,3 +443,45 @@ def sweep(
         collect(done)
     report.duration_seconds = time.monotonic() - started
     return report
+
+
+def _due_page(
+    deps: RefreshDeps, page_size: int, start_key: dict[str, Any] | None
+) -> tuple[list[DueConnection], dict[str, Any] | None] | None:
+    """One page of the due index; a throttled or failed read is retried briefly, then the sweep ends."""
+    for attempt in range(DUE_QUERY_ATTEMPTS):
+        try:
+            return deps.connections.due(now=int(deps.clock()), limit=page_size, start_key=start_key)
+        except StorageError as exc:
+            logger.warning("could not read due connections", extra={"reason": exc.code, "attempt": attempt + 1})
+            if attempt < DUE_QUERY_ATTEMPTS - 1:
+                deps.sleep(0.5 * 2**attempt)
+    logger.error("could not read due connections; the sweep ends")
+    return None
+
+
+class _Pace:
+    """A token bucket in front of Smartsheet: `per_minute` refreshes a minute, after a burst of a tenth of that,
+    so a backlog (after an outage, or a first sweep over many sign-ins) is spread out instead of fired at once."""
+
+    def __init__(self, per_minute: int, monotonic: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self._rate = per_minute / 60.0
+        self._capacity = max(1.0, per_minute / 10.0)
+        self._tokens = self._capacity
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._last = monotonic()
+
+    def take(self, seconds_left: Callable[[], float]) -> bool:
+        """Wait for the next slot; False when that wait would run past the time left."""
+        now = self._monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            wait_seconds = (1.0 - self._tokens) / self._rate
+            if wait_seconds >= seconds_left():
+                return False
+            self._sleep(wait_seconds)
+            self._tokens, self._last = 1.0, self._monotonic()
+        self._tokens -= 1.0
+        return True

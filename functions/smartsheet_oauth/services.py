@@ -15,7 +15,7 @@ from smartsheet_oauth.errors import ConfigError
 from smartsheet_oauth.events import EventPublisher
 from smartsheet_oauth.smartsheet import SmartsheetClient
 from smartsheet_oauth.state_store import StateStore
-from smartsheet_oauth.token_vault import TokenVault
+from smartsheet_oauth.token_vault import PairSealer, TokenVault
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
@@ -68,7 +68,11 @@ def connection_store() -> ConnectionStore:
 @cache
 def token_vault() -> TokenVault:
     config = get_config()
-    return TokenVault(aws.secretsmanager(), config.token_secret_prefix, kms_key_id=config.token_kms_key_id)
+    # The KMS client is made on the first seal (refresh only): sign-in never pays for it.
+    sealer = PairSealer(aws.kms, config.pending_tokens_key_id) if config.pending_tokens_key_id else None
+    return TokenVault(
+        aws.secretsmanager(), config.token_secret_prefix, kms_key_id=config.token_kms_key_id, sealer=sealer
+    )
 
 
 @cache

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,7 +14,17 @@ from smartsheet_oauth.errors import StorageError
 from smartsheet_oauth.storage_errors import storage
 
 if TYPE_CHECKING:
+    from mypy_boto3_kms import KMSClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
+
+# A refreshed pair that is not in its secret yet is kept on the connection record, sealed: AES-256-GCM under a
+# data key from KMS (envelope encryption). The data key is made before Smartsheet is called and reused for a few
+# minutes, so no KMS call stands between Smartsheet's answer and the pair being durable.
+SEAL_FORMAT = 1
+DATA_KEY_MAX_AGE_SECONDS = 300.0
+DATA_KEY_MAX_USES = 10_000
+_NONCE_BYTES = 12
+_DATA_KEY_CONTEXT = {"purpose": "pending-token-pair", "service": "smartsheet-oauth-broker"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +63,100 @@ class TokenSet:
         )
 
 
+class PairSealer:
+    """Seals a token pair for the connection record and opens it again (envelope encryption under a KMS key).
+    Each sealed pair is bound to its connection, generation and secret version: it cannot be replayed elsewhere."""
+
+    def __init__(
+        self, kms: Callable[[], KMSClient], key_id: str, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._kms = kms
+        self._key_id = key_id
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._data_key: tuple[bytes, bytes, float] | None = None  # plaintext, encrypted under the KMS key, made at
+        self._uses = 0
+
+    def prepare(self) -> None:
+        """Have a data key at hand (one KMS call every few minutes), so seal() needs no network call."""
+        self._key(use=False)
+
+    def seal(self, tokens: TokenSet, *, binding: str) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415 (refresh path only)
+
+        plaintext_key, encrypted_key = self._key(use=True)
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = AESGCM(plaintext_key).encrypt(nonce, tokens.to_json().encode(), binding.encode())
+        return bytes([SEAL_FORMAT]) + len(encrypted_key).to_bytes(2, "big") + encrypted_key + nonce + sealed
+
+    def open(self, sealed: bytes, *, binding: str) -> TokenSet:
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+
+        if len(sealed) < 3 or sealed[0] != SEAL_FORMAT:
+            raise StorageError("vault.unseal", "UnknownSealFormat", transient=False)
+        key_length = int.from_bytes(sealed[1:3], "big")
+        encrypted_key = sealed[3 : 3 + key_length]
+        nonce = sealed[3 + key_length : 3 + key_length + _NONCE_BYTES]
+        body = sealed[3 + key_length + _NONCE_BYTES :]
+        with storage("vault.unseal"):
+            plaintext_key = self._kms().decrypt(
+                CiphertextBlob=encrypted_key, KeyId=self._key_id, EncryptionContext=_DATA_KEY_CONTEXT
+            )["Plaintext"]
+        try:
+            plaintext = AESGCM(plaintext_key).decrypt(nonce, body, binding.encode())
+        except (InvalidTag, ValueError):
+            raise StorageError("vault.unseal", "InvalidTag", transient=False) from None
+        return TokenSet.from_json(plaintext.decode())
+
+    def _key(self, *, use: bool) -> tuple[bytes, bytes]:
+        with self._lock:
+            key = self._data_key
+            if key is None or self._uses >= DATA_KEY_MAX_USES or self._clock() - key[2] >= DATA_KEY_MAX_AGE_SECONDS:
+                with storage("vault.data_key"):
+                    answer = self._kms().generate_data_key(
+                        KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=_DATA_KEY_CONTEXT
+                    )
+                key = (answer["Plaintext"], answer["CiphertextBlob"], self._clock())
+                self._data_key, self._uses = key, 0
+            if use:
+                self._uses += 1
+            return key[0], key[1]
+
+
+def pending_binding(connection_id: str, generation: int, version_id: str) -> str:
+    """What a sealed pair is bound to (authenticated, not encrypted)."""
+    return f"pending-pair/v{SEAL_FORMAT}/{connection_id}/{generation}/{version_id}"
+
+
 class TokenVault:
-    def __init__(self, client: SecretsManagerClient, prefix: str, *, kms_key_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: SecretsManagerClient,
+        prefix: str,
+        *,
+        kms_key_id: str | None = None,
+        sealer: PairSealer | None = None,
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._kms_key_id = kms_key_id
+        # None: no key to seal with, so a pair that cannot be saved has nowhere durable to wait.
+        self.sealer = sealer
 
     def secret_name(self, connection_id: str) -> str:
         return f"{self._prefix}{connection_id}"
 
-    def save(self, connection_id: str, tokens: TokenSet, *, known_arn: str | None = None) -> str:
+    def save(
+        self, connection_id: str, tokens: TokenSet, *, known_arn: str | None = None, version_id: str | None = None
+    ) -> str:
         """Store the pair as the secret's new AWSCURRENT version (the previous one becomes AWSPREVIOUS) and
-        return the secret's ARN. A first sign-in creates the secret."""
+        return the secret's ARN. A first sign-in creates the secret.
+
+        With a version_id the write is idempotent: Secrets Manager ignores a repeat of the same version and
+        value, so a late retry of a pair that was already stored (and maybe superseded) changes nothing."""
         if known_arn is not None:
-            return self._put(known_arn, tokens)
+            return self._put(known_arn, tokens, version_id)
         name = self.secret_name(connection_id)
         try:
             with storage("vault.create"):
@@ -79,7 +173,7 @@ class TokenVault:
             if exc.code not in ("ResourceExistsException", "InvalidRequestException"):
                 raise
         self._restore_if_deleted(name)
-        return self._put(name, tokens)
+        return self._put(name, tokens, version_id)
 
     def _restore_if_deleted(self, secret_id: str) -> None:
         """A disconnected connection's secret waits out its recovery window, and Secrets Manager refuses writes to
@@ -90,9 +184,12 @@ class TokenVault:
             with storage("vault.restore"):
                 self._client.restore_secret(SecretId=secret_id)
 
-    def _put(self, secret_id: str, tokens: TokenSet) -> str:
+    def _put(self, secret_id: str, tokens: TokenSet, version_id: str | None = None) -> str:
+        kwargs: dict[str, Any] = {"SecretId": secret_id, "SecretString": tokens.to_json()}
+        if version_id:
+            kwargs["ClientRequestToken"] = version_id
         with storage("vault.put"):
-            return self._client.put_secret_value(SecretId=secret_id, SecretString=tokens.to_json())["ARN"]
+            return self._client.put_secret_value(**kwargs)["ARN"]
 
     def load(self, secret_id: str) -> TokenSet:
         with storage("vault.load"):

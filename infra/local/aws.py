@@ -35,6 +35,7 @@ LOCAL_CREDENTIALS: Final = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_K
 TABLE_TYPES: Final = ("AWS::DynamoDB::Table", "AWS::DynamoDB::GlobalTable", "AWS::Serverless::SimpleTable")
 SECRET_TYPE: Final = "AWS::SecretsManager::Secret"  # noqa: S105 - a resource type
 QUEUE_TYPE: Final = "AWS::SQS::Queue"
+KMS_KEY_TYPE: Final = "AWS::KMS::Key"
 
 
 def _random_suffix(length: int = 12) -> str:
@@ -177,6 +178,9 @@ class LocalAws:
 
     def queue_url(self, logical_id: str) -> str:
         return self._provisioned(logical_id, (QUEUE_TYPE,)).ref
+
+    def kms_key_arn(self, logical_id: str) -> str:
+        return self._provisioned(logical_id, (KMS_KEY_TYPE,)).attributes["Arn"]
 
     def _provisioned(self, logical_id: str, types: tuple[str, ...]) -> PhysicalResource:
         resource = self.template.resources.get(logical_id)
@@ -402,9 +406,27 @@ def _provision_queue(aws: LocalAws, logical_id: str, props: Mapping[str, Any]) -
     return PhysicalResource(ref=url, attributes={"Arn": arn, "QueueName": name, "QueueUrl": url})
 
 
+def _provision_kms_key(aws: LocalAws, logical_id: str, props: Mapping[str, Any]) -> PhysicalResource:
+    request: dict[str, Any] = {
+        "KeyUsage": props.get("KeyUsage", "ENCRYPT_DECRYPT"),
+        "KeySpec": props.get("KeySpec", "SYMMETRIC_DEFAULT"),
+    }
+    if props.get("Description"):
+        request["Description"] = props["Description"]
+    if props.get("KeyPolicy"):
+        policy = props["KeyPolicy"]
+        request["Policy"] = policy if isinstance(policy, str) else json.dumps(policy)
+    kms = aws.client("kms")
+    metadata = kms.create_key(**request)["KeyMetadata"]
+    if props.get("EnableKeyRotation") in {True, "true"}:
+        kms.enable_key_rotation(KeyId=metadata["KeyId"])
+    return PhysicalResource(ref=metadata["KeyId"], attributes={"Arn": metadata["Arn"], "KeyId": metadata["KeyId"]})
+
+
 Provisioner = Callable[[LocalAws, str, Mapping[str, Any]], PhysicalResource]
 PROVISIONERS: Final[Mapping[str, Provisioner]] = {
     **dict.fromkeys(TABLE_TYPES, _provision_table),
     SECRET_TYPE: _provision_secret,
     QUEUE_TYPE: _provision_queue,
+    KMS_KEY_TYPE: _provision_kms_key,
 }
