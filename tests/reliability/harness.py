@@ -1,0 +1,465 @@
+"""The reliability suite's world: moto server (provisioned from template.yaml) in its own process, the Smartsheet
+emulator on loopback, the broker's refresh library wired to both, and the figures each scenario reports.
+
+Moto runs in a child process so that the broker's threads and moto's request handling use both cores; refreshers
+in other processes reach the same AWS and the same emulator over loopback."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection as Pipe
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from smartsheet_oauth.config import Config, load_config
+from smartsheet_oauth.connection_store import ConnectionStore
+from smartsheet_oauth.refresh import OUTCOMES, RefreshDeps, SweepReport, sweep
+from smartsheet_oauth.smartsheet import SmartsheetClient, Timeouts
+from smartsheet_oauth.token_vault import PairSealer, TokenSet, TokenVault
+
+from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator, User
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_kms import KMSClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+STACK = "reliability"
+SECRET_PREFIX = f"{STACK}/connections/"
+FIRST_USER_ID = 7_000_000_000_000_001
+LEASE_SECONDS = 120
+SPAWN = multiprocessing.get_context("spawn")
+_BOTO = BotoConfig(
+    retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=10, max_pool_connections=64
+)
+
+
+# -- the world ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Everything a refresher (in this process or another) needs to reach the world. Picklable."""
+
+    aws_endpoint: str
+    connections_table: str
+    pending_key_arn: str
+    api_base_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+
+    def environment(self, **overrides: str) -> dict[str, str]:
+        return {
+            "STATE_TABLE_NAME": "unused",
+            "CONNECTIONS_TABLE_NAME": self.connections_table,
+            "APP_CREDENTIALS_SECRET_ARN": "unused",
+            "TOKEN_SECRET_PREFIX": SECRET_PREFIX,
+            "SMARTSHEET_API_BASE_URL": self.api_base_url,
+            "OAUTH_SCOPES": "READ_SHEETS",
+            "PENDING_TOKENS_KEY_ID": self.pending_key_arn,
+            "REFRESH_LEASE_SECONDS": str(LEASE_SECONDS),
+            "REFRESH_RATE_PER_MINUTE": "100000",
+            **overrides,
+        }
+
+
+def _serve_aws(pipe: Pipe) -> None:
+    """Child process: moto server on loopback with the template's resources; answers once, stops on a message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
+        os.environ[name] = value
+    from infra.local.aws import LocalAws
+    from infra.local.template_model import Template
+
+    _serialize_moto()
+    aws = LocalAws(Template.load(), stack_name=STACK, parameters={"SmartsheetClientId": DEFAULT_APP.client_id})
+    aws.start()
+    try:
+        pipe.send(
+            {
+                "endpoint": aws.endpoint_url,
+                "table": aws.table_name("ConnectionsTable"),
+                "key": aws.kms_key_arn("PendingTokensKey"),
+            }
+        )
+        pipe.recv()
+    except EOFError:
+        pass
+    finally:
+        aws.stop()
+
+
+def _serialize_moto() -> None:
+    """Serve one AWS request at a time. DynamoDB applies a conditional write atomically; moto checks the
+    condition and then writes, so under its threaded server two lease takeovers could both succeed (seen: a
+    connection refreshed twice). The broker relies on the real guarantee, so the embedded AWS must give it."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    dispatch = DomainDispatcherApplication.__call__
+    lock = threading.Lock()
+
+    def serialized(self: DomainDispatcherApplication, environ: Any, start_response: Any) -> Any:
+        with lock:
+            return list(dispatch(self, environ, start_response))
+
+    DomainDispatcherApplication.__call__ = serialized  # type: ignore[method-assign]
+
+
+@contextmanager
+def aws_server() -> Iterator[dict[str, str]]:
+    ours, theirs = SPAWN.Pipe()
+    process = SPAWN.Process(target=_serve_aws, args=(theirs,), name="moto-server", daemon=True)
+    process.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not ours.poll(0.2):
+            if not process.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the embedded AWS did not start (exit code {process.exitcode})")
+        yield ours.recv()
+    finally:
+        with suppress(OSError):
+            ours.send("stop")
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+
+
+def users(count: int) -> list[User]:
+    return [
+        User(FIRST_USER_ID + n, f"user{n}@example.com", "User", str(n), account_id=7_000_000 + n) for n in range(count)
+    ]
+
+
+@dataclass
+class World:
+    spec: WorldSpec
+    emulator: SmartsheetEmulator
+    ids: list[str] = field(default_factory=list)
+
+    @property
+    def dynamodb(self) -> DynamoDBClient:
+        client: DynamoDBClient = aws_client("dynamodb", self.spec.aws_endpoint)
+        return client
+
+    @property
+    def secrets(self) -> SecretsManagerClient:
+        client: SecretsManagerClient = aws_client("secretsmanager", self.spec.aws_endpoint)
+        return client
+
+
+_clients: dict[tuple[str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def aws_client(service: str, endpoint: str) -> Any:
+    """A boto3 client bound to the embedded AWS (never a real one), one per service and endpoint."""
+    with _clients_lock:
+        key = (service, endpoint)
+        if key not in _clients:
+            _clients[key] = boto3.session.Session(
+                aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+            ).client(service, endpoint_url=endpoint, config=_BOTO)  # type: ignore[call-overload]
+        return _clients[key]
+
+
+@contextmanager
+def world(connections: int, *, seed: int = 1) -> Iterator[World]:
+    """The embedded AWS, an emulator with `connections` users, and that many signed-in, due connections."""
+    with aws_server() as aws, SmartsheetEmulator(users=users(connections), seed=seed).start() as emulator:
+        spec = WorldSpec(
+            aws_endpoint=aws["endpoint"],
+            connections_table=aws["table"],
+            pending_key_arn=aws["key"],
+            api_base_url=emulator.api_base_url,
+            client_id=DEFAULT_APP.client_id,
+            client_secret=DEFAULT_APP.client_secret,
+        )
+        here = World(spec, emulator)
+        here.ids = seed_connections(here, connections)
+        emulator.reset_stats()
+        yield here
+
+
+def seed_connections(here: World, count: int) -> list[str]:
+    """Signed-in connections, all due now: a grant from the emulator, its secret, its record (as the callback
+    stores them), written by a few threads."""
+    vault = TokenVault(here.secrets, SECRET_PREFIX)
+    store = ConnectionStore(here.dynamodb, here.spec.connections_table)
+    now = int(time.time())
+
+    def one(n: int) -> str:
+        user = FIRST_USER_ID + n
+        grant = here.emulator.issue_grant(user_id=user)
+        tokens = TokenSet(
+            access_token=grant["access_token"],
+            refresh_token=grant["refresh_token"],
+            token_type="bearer",
+            expires_at=now + 3600,
+            scope="READ_SHEETS",
+            region="us",
+            user_id=str(user),
+            email=f"user{n}@example.com",
+            obtained_at=now - 600_000,
+        )
+        arn = vault.save(str(user), tokens)
+        store.record_sign_in(
+            connection_id=str(user),
+            secret_arn=arn,
+            email=tokens.email,
+            scopes="READ_SHEETS",
+            region="us",
+            access_expires_at=tokens.expires_at,
+            refresh_due_at=now - 3600 + n % 600,
+            now=now,
+        )
+        return str(user)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+# -- refreshers -----------------------------------------------------------------------------------------
+
+
+class SimClock:
+    """Wall-clock time that a scenario moves forward between sweeps (leases, backoffs, due times)."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = offset
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class FakeMonotonic:
+    """A monotonic clock that sleeping moves (shared by threads): retries over minutes pass at once."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+def build_deps(
+    spec: WorldSpec,
+    *,
+    concurrency: int = 8,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    read_timeout: float = 5.0,
+    environment: dict[str, str] | None = None,
+) -> RefreshDeps:
+    """The refresh library wired to the world, as the refresh function wires it (its own boto3 clients)."""
+    config: Config = load_config(spec.environment(REFRESH_CONCURRENCY=str(concurrency), **(environment or {})))
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+    )
+    dynamodb = session.client("dynamodb", endpoint_url=spec.aws_endpoint, config=_BOTO)
+    secrets = session.client("secretsmanager", endpoint_url=spec.aws_endpoint, config=_BOTO)
+    kms: KMSClient = session.client("kms", endpoint_url=spec.aws_endpoint, config=_BOTO)
+    assert config.pending_tokens_key_id is not None
+    return RefreshDeps(
+        config=config,
+        connections=ConnectionStore(dynamodb, config.connections_table_name),
+        vault=TokenVault(
+            secrets, config.token_secret_prefix, sealer=PairSealer(lambda: kms, config.pending_tokens_key_id)
+        ),
+        smartsheet=SmartsheetClient(
+            api_base_url=spec.api_base_url,
+            client_id=spec.client_id,
+            client_secret=spec.client_secret,
+            timeouts=Timeouts(connect=2.0, read=read_timeout),
+        ),
+        clock=clock,
+        sleep=sleep,
+        monotonic=monotonic,
+    )
+
+
+def aws_clients_of(deps: RefreshDeps) -> list[Any]:
+    vault_client = deps.vault._client
+    sealer = deps.vault.sealer
+    kms = sealer._kms() if sealer is not None else None
+    return [c for c in (deps.connections._client, vault_client, kms) if c is not None]
+
+
+class AwsThrottle:
+    """Answer a share of the broker's AWS calls with ThrottlingException, through botocore's event hooks: the
+    call never leaves the client and botocore's own retries are bypassed, so the broker sees every one."""
+
+    def __init__(self, rate: float, *, seed: int = 7, operations: Iterable[str] | None = None) -> None:
+        self.rate = rate
+        self.operations = set(operations) if operations is not None else None
+        self.calls: Counter[str] = Counter()
+        self.throttled: Counter[str] = Counter()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def install(self, deps: RefreshDeps) -> None:
+        for client in aws_clients_of(deps):
+            client.meta.events.register_first("before-call", self._hook, unique_id=f"throttle-{id(self)}")
+
+    def _hook(self, model: Any, **_: Any) -> Any:
+        with self._lock:
+            self.calls[model.name] += 1
+            if self.operations is not None and model.name not in self.operations:
+                return None
+            if self._rng.random() >= self.rate:
+                return None
+            self.throttled[model.name] += 1
+        body = {"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"}}
+        return _Http(400), body | {"ResponseMetadata": {"HTTPStatusCode": 400}}
+
+
+@dataclass
+class _Http:
+    status_code: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def run_sweep(deps: RefreshDeps, *, budget_seconds: float = 600.0) -> SweepReport:
+    deadline = time.monotonic() + budget_seconds
+    return sweep(deps, time_left=lambda: deadline - time.monotonic(), safety_margin_seconds=30.0)
+
+
+def total(reports: Iterable[SweepReport]) -> Counter[str]:
+    outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+    for report in reports:
+        outcomes.update(report.outcomes)
+    return outcomes
+
+
+# -- what the world looks like -----------------------------------------------------------------------
+
+
+@dataclass
+class Audit:
+    active: int = 0
+    needs_reauth: int = 0
+    kept: int = 0  # records still holding a kept pair
+    due: int = 0  # active records still due now
+    live: int = 0  # connections whose stored refresh token works at Smartsheet
+    lost: list[str] = field(default_factory=list)  # active connections whose stored refresh token does not
+    generations: Counter[int] = field(default_factory=Counter)
+    needs_reauth_ids: set[str] = field(default_factory=set)
+
+
+def audit(here: World, *, now: float | None = None) -> Audit:
+    """Read every record and secret the broker keeps, and ask the emulator whether each stored refresh token is
+    the grant's live one."""
+    result = Audit()
+    now = time.time() if now is None else now
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {"TableName": here.spec.connections_table, "ConsistentRead": True}
+    while True:
+        page = here.dynamodb.scan(**kwargs)
+        items.extend(page["Items"])
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def stored_refresh_token(connection_id: str) -> str:
+        secret = here.secrets.get_secret_value(SecretId=SECRET_PREFIX + connection_id, VersionStage="AWSCURRENT")
+        return TokenSet.from_json(secret["SecretString"]).refresh_token
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tokens = dict(zip(here.ids, pool.map(stored_refresh_token, here.ids), strict=True))
+    for item in items:
+        connection_id = item["connection_id"]["S"]
+        status = item["status"]["S"]
+        result.generations[int(item["generation"]["N"])] += 1
+        if "pending_pair" in item:
+            result.kept += 1
+        if status == "needs_reauth":
+            result.needs_reauth += 1
+            result.needs_reauth_ids.add(connection_id)
+            continue
+        result.active += status == "active"
+        if status == "active" and "refresh_due_at" in item and int(item["refresh_due_at"]["N"]) <= now:
+            result.due += 1
+        if here.emulator.refresh_token_is_live(tokens[connection_id]):
+            result.live += 1
+        else:
+            result.lost.append(connection_id)
+    return result
+
+
+def smartsheet_figures(emulator: SmartsheetEmulator) -> dict[str, int]:
+    counts = emulator.counts
+    return {
+        "refresh_calls": counts["token.refresh"],
+        "refresh_ok": counts["token.refresh.ok"],
+        "refresh_faults": counts["token.refresh"] - counts["token.refresh.ok"],
+    }
+
+
+def outcome_figures(outcomes: Counter[str]) -> dict[str, int]:
+    return {name: count for name, count in outcomes.items() if count}
+
+
+# -- refreshers in other processes ------------------------------------------------------------------
+
+
+def sweep_in_process(spec: WorldSpec, concurrency: int, start: Any, results: Any, ready: Any) -> None:
+    """Child process: get ready, wait for the start signal, sweep once, report the outcomes."""
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    deps = build_deps(spec, concurrency=concurrency)
+    ready.put("process")
+    start.wait(120)
+    report = run_sweep(deps)
+    results.put(dict(report.outcomes))
+
+
+KILL_POINTS = ("after_answer", "after_save")
+
+
+def refresh_until_killed(spec: WorldSpec, clock_offset: float, kill_point: str, kill_at: int) -> None:
+    """Child process: sweep one connection at a time and die (SIGKILL, no cleanup) at `kill_point` of the
+    `kill_at`-th refresh: after Smartsheet answered and the pair was kept, before its secret is written
+    ("after_answer"); or after the secret was written, before the record is committed ("after_save")."""
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    deps = build_deps(spec, concurrency=1, clock=SimClock(clock_offset))
+    real_save = deps.vault.save
+    saves = 0
+
+    def save(*args: Any, **kwargs: Any) -> str:
+        nonlocal saves
+        saves += 1
+        if kill_point == "after_answer" and saves == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        arn = real_save(*args, **kwargs)
+        if kill_point == "after_save" and saves == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return arn
+
+    deps.vault.save = save  # type: ignore[method-assign]
+    run_sweep(deps)
+
+
+def spawn(target: Callable[..., None], *args: Any) -> multiprocessing.process.BaseProcess:
+    process = SPAWN.Process(target=target, args=args, daemon=True)
+    process.start()
+    return process
