@@ -78,11 +78,11 @@ class SmartsheetError(BrokerError):
 
 
 class InvalidGrant(SmartsheetError):
-    """The code or refresh token is invalid, expired, already used or revoked (1069, 1071, 1072, 1132)."""
+    """The code or refresh token is invalid, expired, already used or revoked (1069, 1071, 1132)."""
 
 
 class InvalidClient(SmartsheetError):
-    """The app's client id or secret is wrong (1067, 1236-1238): an operator must fix the credentials."""
+    """The app's client id or secret is wrong (1067, 1072 hash mismatch, 1236-1238): an operator must fix it."""
 
 
 class SmartsheetRejected(SmartsheetError):

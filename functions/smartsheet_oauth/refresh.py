@@ -16,6 +16,7 @@ from smartsheet_oauth.config import Config
 from smartsheet_oauth.connection_store import Connection, ConnectionStore, DueConnection, PendingPair
 from smartsheet_oauth.errors import (
     ConditionFailed,
+    InvalidClient,
     InvalidGrant,
     SmartsheetError,
     StorageError,
@@ -153,7 +154,8 @@ def _refresh_leased(leased: Connection, owner: str, deps: RefreshDeps, *, rng: r
         return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=exc.retry_after)
     except SmartsheetError as exc:
         # invalid_client, malformed answers, other 4xx: not the user's fault, so the grant is not given up.
-        level = logger.error if exc.status in (401, 403) else logger.warning
+        # invalid_client (incl. 1072, a hash made with the wrong secret) needs an operator: log it as an error.
+        level = logger.error if isinstance(exc, InvalidClient) or exc.status in (401, 403) else logger.warning
         level("refresh refused", extra={"connection_id": leased.connection_id, "reason": exc.reason})
         return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=None)
 

@@ -25,8 +25,11 @@ if TYPE_CHECKING:
 
 # Smartsheet's errorCodes that mean "this grant is gone": expired/invalid/used code or refresh token,
 # hash mismatch, revoked token.
-_INVALID_GRANT_CODES = frozenset({1069, 1071, 1072, 1132})
-_INVALID_CLIENT_CODES = frozenset({1067, 1236, 1237, 1238})
+_INVALID_GRANT_CODES = frozenset({1069, 1071, 1132})
+# 1072 (invalid hash) carries OAuth error invalid_grant, but the hash is sha256(client secret | token): with a
+# live token it means OUR secret is wrong. Treating it as a dead grant would mark every user needs_reauth after
+# a bad secret rotation, so it is a credentials problem like 1238.
+_INVALID_CLIENT_CODES = frozenset({1067, 1072, 1236, 1237, 1238})
 _TRANSIENT_CODES = frozenset({4001, 4002, 4003, 4004})
 _TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 # Bodies larger than this are not a token answer; refuse to parse them.

@@ -242,6 +242,29 @@ def test_a_revoked_token_1132_marks_needs_reauth(refresher: Broker) -> None:
     assert grace["status"] == "active"
 
 
+def test_a_wrong_client_secret_never_marks_a_user_needs_reauth(refresher: Broker) -> None:
+    """A bad secret rotation makes Smartsheet answer 1072 (hash mismatch) for every refresh: the grants are
+    alive, the credentials are wrong, so every connection stays active and its pair untouched."""
+    signed_in_and_due(refresher, ADA, GRACE)
+    before = {user: refresher.tokens(user) for user in (ADA, GRACE)}
+    credentials = {"client_id": refresher.emulator.apps[0].client_id, "client_secret": "not-the-app-secret"}
+    refresher.secrets.put_secret_value(
+        SecretId=refresher.env["APP_CREDENTIALS_SECRET_ARN"], SecretString=json.dumps(credentials)
+    )
+    services.reset()
+
+    report = refresher.sweep()
+
+    assert report["outcomes"][NEEDS_REAUTH] == 0
+    assert report["outcomes"][TRANSIENT] == 2
+    for user in (ADA, GRACE):
+        record = refresher.connection(user)
+        assert record is not None
+        assert (record["status"], record["last_error"]) == ("active", "invalid_grant:1072")
+        assert refresher.tokens(user) == before[user]
+    assert refreshes(refresher) == 2
+
+
 def test_signing_in_again_after_needs_reauth_makes_the_connection_active_and_refreshable(refresher: Broker) -> None:
     signed_in_and_due(refresher, ADA)
     refresher.emulator.revoke_user(ADA)
