@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.security.support import page_problems, security_header_problems, smartsheet_api_calls, state_of
@@ -139,8 +139,12 @@ def within_limits(query: dict[str, str]) -> bool:
     return all(len(name) <= 64 and len(value) <= 2048 for name, value in query.items())
 
 
-def check_answer(answer: Any) -> None:
-    assert 200 <= answer.status < 500, (answer.status, answer.body[:300])
+def check_answer(answer: Any, *, smartsheet_asked: bool = False) -> None:
+    """2xx/3xx/4xx only; a 502 only where Smartsheet itself refused a code it was asked about (DESIGN.md)."""
+    assert 200 <= answer.status < 500 or (smartsheet_asked and answer.status == 502), (
+        answer.status,
+        answer.body[:300],
+    )
     assert security_header_problems(answer.headers) == []
     assert page_problems(answer.body) == []
     assert "Traceback" not in answer.body
@@ -195,6 +199,18 @@ callbacks = st.fixed_dictionaries(
 
 @FUZZ
 @given(callback=callbacks)
+# Always run the one way through: the browser's own state and cookie with a code Smartsheet refuses (502).
+@example(
+    callback={
+        "state_choice": "own",
+        "cookie_choice": "own+noise",
+        "code": "0",
+        "error": None,
+        "extra": {},
+        "noise": ["theme=dark"],
+        "random_state": "",
+    }
+)
 def test_only_the_right_state_with_the_right_cookie_reaches_smartsheet(
     wide_open: Broker, callback: dict[str, Any]
 ) -> None:
@@ -226,17 +242,22 @@ def test_only_the_right_state_with_the_right_cookie_reaches_smartsheet(
     }[cookie_choice]
     before = smartsheet_api_calls(broker.emulator).get("token", 0)
 
-    check_answer(invoke("/callback", event_for("/callback", query, cookie_list=cookie_list)))
+    answer = invoke("/callback", event_for("/callback", query, cookie_list=cookie_list))
 
     token_requests = smartsheet_api_calls(broker.emulator).get("token", 0) - before
-    right_state = state_choice == "own"
-    right_cookie = cookie_choice in ("own", "own+noise")
+    check_answer(answer, smartsheet_asked=token_requests > 0)
+    # Whose sign-in the state belongs to, and whose browsers' cookies came with it.
+    state_owner = {"own": "own", "other": "other"}.get(state_choice)
+    cookie_owners = {"own": {"own"}, "own+noise": {"own"}, "own+other": {"own", "other"}, "other": {"other"}}.get(
+        cookie_choice, set()
+    )
     usable_code = bool(code) and len(code or "") <= 512 and (code or "").isascii() and (code or "").isprintable()
     if token_requests:
-        assert right_state, "a token request without the browser's own state"
-        assert right_cookie or cookie_choice == "own+other", "a token request without the browser's own cookie"
+        assert state_owner is not None, "a token request without a state /login issued"
+        assert state_owner in cookie_owners, "a token request from a browser that did not start this sign-in"
         assert error is None
-    if not right_state or cookie_choice in ("other", "random", "missing"):
-        assert token_requests == 0
-    if right_state and right_cookie and error is None and usable_code and within_limits(query):
         assert token_requests == 1
+    if state_owner is None or state_owner not in cookie_owners:
+        assert token_requests == 0
+    if state_owner is not None and cookie_owners == {state_owner} and error is None and usable_code:
+        assert token_requests == (1 if within_limits(query) else 0)
