@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from smartsheet_oauth import services
@@ -53,14 +54,31 @@ def emulator(emulator_server: SmartsheetEmulator) -> Iterator[SmartsheetEmulator
     emulator_server.reset_faults()
 
 
+_MOTO_LOCK = threading.RLock()
+
+
+def _serialized(call: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(call)
+    def one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+        with _MOTO_LOCK:
+            return call(*args, **kwargs)
+
+    return one_at_a_time
+
+
 @pytest.fixture
 def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
     from moto import mock_aws
+    from moto.core.botocore_stubber import BotocoreStubber
 
     from infra.local.aws import LocalAws
     from infra.local.smartsheet_emulator import DEFAULT_APP
     from tests.support.broker import Broker
 
+    # moto in-process answers threads concurrently and its DynamoDB conditional writes are check-then-act, so two
+    # threads can both "win" a lease or a state that real DynamoDB gives to one. Serve one request at a time, as
+    # DynamoDB's per-item atomicity would: concurrency tests then test our code, not moto's.
+    monkeypatch.setattr(BotocoreStubber, "__call__", _serialized(BotocoreStubber.__call__))
     with mock_aws():
         app_credentials = {"client_id": DEFAULT_APP.client_id, "client_secret": DEFAULT_APP.client_secret}
         aws = LocalAws(
