@@ -21,7 +21,7 @@ snapstart.register()  # SnapStart hooks; nothing is registered off Lambda
 SAFETY_MARGIN_SECONDS = 30.0
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True, log_event=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     deps = RefreshDeps(

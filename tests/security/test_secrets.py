@@ -260,3 +260,20 @@ def test_powertools_debug_switches_do_not_print_requests(
     assert "boom" not in answer["body"]
     for value in (secret_code, "state-9b8a7c6d5e4f3a2b", "nonce-77"):
         assert value not in printed
+
+
+def test_the_log_event_switch_does_not_print_requests(
+    broker: Broker, captured: Capture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POWERTOOLS_LOGGER_LOG_EVENT=true makes Powertools log every incoming event (query string with the code and
+    state, the nonce cookie): the handlers opt out explicitly, whatever the environment says."""
+    monkeypatch.setenv("POWERTOOLS_LOGGER_LOG_EVENT", "true")
+
+    location, nonce = broker.start()
+    query = broker.consent(location)
+    assert broker.callback(query, nonce).status == 200
+
+    everything = captured.everything()
+    assert any(line.get("message") == "connection stored" for line in captured.broker_lines())
+    for kind, value in (("code", query["code"]), ("state", query["state"]), ("nonce", nonce)):
+        assert value not in everything, f"the {kind} reached the logs"
