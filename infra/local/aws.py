@@ -7,11 +7,12 @@ import logging
 import secrets
 import string
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import boto3
-from moto.server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
 
 from infra.local.template_model import (
     LOCAL_ACCOUNT_ID,
@@ -24,6 +25,7 @@ from infra.local.template_model import (
 )
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
@@ -40,6 +42,61 @@ KMS_KEY_TYPE: Final = "AWS::KMS::Key"
 
 def _random_suffix(length: int = 12) -> str:
     return "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(length))
+
+
+# Services whose requests may run concurrently: SQS has no conditional writes, and its ReceiveMessage long-polls
+# (waits for a message that another request sends), which one request at a time would deadlock.
+CONCURRENT_SERVICES: Final = frozenset({"sqs"})
+
+
+def _service(environ: WSGIEnvironment) -> str:
+    """The service a SigV4-signed request is for (its credential scope: key/date/region/SERVICE/aws4_request)."""
+    authorization = str(environ.get("HTTP_AUTHORIZATION", ""))
+    _, found, rest = authorization.partition("Credential=")
+    scope = rest.split(",", 1)[0].split("/") if found else []
+    return scope[3] if len(scope) == 5 else ""
+
+
+class OneRequestAtATime:
+    """Answers one request at a time (except CONCURRENT_SERVICES'). DynamoDB applies a conditional write atomically;
+    moto checks the condition, then writes, so under its threaded server two lease takeovers racing on one item
+    could both succeed (seen in the reliability suite: a connection refreshed twice). The broker relies on the real
+    guarantee, so the embedded AWS gives it (Secrets Manager's idempotent version writes too)."""
+
+    def __init__(self, app: WSGIApplication) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if _service(environ) in CONCURRENT_SERVICES:
+            return self._app(environ, start_response)
+        with self._lock:
+            answer = self._app(environ, start_response)
+            try:
+                return list(answer)  # the whole body is made under the lock
+            finally:
+                close = getattr(answer, "close", None)
+                if close is not None:
+                    close()
+
+
+class _MotoServer:
+    """moto's server app on a loopback port, in a thread, one request at a time (see OneRequestAtATime)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
+        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name="moto-server", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join()
+        self._server.server_close()
 
 
 class LocalAws:
@@ -71,7 +128,7 @@ class LocalAws:
         self._host = host
         self._requested_port = port
         self._secret_values = dict(secret_values or {})
-        self._server: ThreadedMotoServer | None = None
+        self._server: _MotoServer | None = None
         self._port: int | None = None
         self._clients: dict[str, Any] = {}
         self._clients_lock = threading.Lock()
@@ -99,10 +156,9 @@ class LocalAws:
         werkzeug = logging.getLogger("werkzeug")
         if werkzeug.level == logging.NOTSET:
             werkzeug.setLevel(logging.WARNING)  # moto's per-request access log is noise here
-        server = ThreadedMotoServer(ip_address=self._host, port=self._requested_port, verbose=False)
-        server.start()
+        server = _MotoServer(self._host, self._requested_port)
         self._server = server
-        self._port = server.get_host_and_port()[1]
+        self._port = server.port
         try:
             self.provision()
         except BaseException:

@@ -29,7 +29,7 @@ class Scale:
 
 
 # moto answers a DynamoDB or Secrets Manager call in 10-15 ms on this 2-core machine (one request at a time, see
-# harness._serialize_moto), about 5 calls per refresh: the default sizes keep `make test` near a minute, the
+# infra.local.aws.OneRequestAtATime), about 5 calls per refresh: the default sizes keep `make test` near a minute, the
 # large ones are the figures and beyond.
 SCALES = {
     "default": Scale("default", 100, 4, 4, 4, 200, 20, 4, 40, 100, 10),

@@ -82,7 +82,7 @@ def _serve_aws(pipe: Pipe) -> None:
     from infra.local.aws import LocalAws
     from infra.local.template_model import Template
 
-    _serialize_moto()
+    # LocalAws answers one AWS request at a time, so moto's conditional writes are atomic as DynamoDB's are.
     aws = LocalAws(Template.load(), stack_name=STACK, parameters={"SmartsheetClientId": DEFAULT_APP.client_id})
     aws.start()
     try:
@@ -98,22 +98,6 @@ def _serve_aws(pipe: Pipe) -> None:
         pass
     finally:
         aws.stop()
-
-
-def _serialize_moto() -> None:
-    """Serve one AWS request at a time. DynamoDB applies a conditional write atomically; moto checks the
-    condition and then writes, so under its threaded server two lease takeovers could both succeed (seen: a
-    connection refreshed twice). The broker relies on the real guarantee, so the embedded AWS must give it."""
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
-
-    dispatch = DomainDispatcherApplication.__call__
-    lock = threading.Lock()
-
-    def serialized(self: DomainDispatcherApplication, environ: Any, start_response: Any) -> Any:
-        with lock:
-            return list(dispatch(self, environ, start_response))
-
-    DomainDispatcherApplication.__call__ = serialized  # type: ignore[method-assign]
 
 
 @contextmanager

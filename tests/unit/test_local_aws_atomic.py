@@ -1,0 +1,79 @@
+"""The embedded AWS (moto server behind LocalAws) gives DynamoDB's guarantee the broker's leases rely on: of many
+conditional writes racing on one item, exactly one succeeds."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import pytest
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+from infra.local.aws import LOCAL_CREDENTIALS, LocalAws
+from infra.local.template_model import Template
+
+RACERS = 12
+SWITCH_INTERVAL = 1e-6
+ROUNDS = 10
+WON = "won"
+
+
+@pytest.fixture(scope="module")
+def local_aws() -> Iterator[LocalAws]:
+    with LocalAws(Template.load(), stack_name="atomic", parameters={"SmartsheetClientId": "atomic-test"}) as aws:
+        yield aws
+
+
+def test_of_many_conditional_updates_racing_on_one_item_exactly_one_wins(local_aws: LocalAws) -> None:
+    table = local_aws.table_name("ConnectionsTable")
+    # A pool as large as the racers: their requests really are concurrent at the server.
+    client = boto3.session.Session(
+        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        region_name=local_aws.region,
+    ).client(
+        "dynamodb",
+        endpoint_url=local_aws.endpoint_url,
+        config=BotoConfig(retries={"max_attempts": 1}, max_pool_connections=RACERS),
+    )
+
+    def take(racer: int, item: str, start: threading.Barrier) -> str:
+        start.wait()
+        try:
+            client.update_item(
+                TableName=table,
+                Key={"connection_id": {"S": item}},
+                UpdateExpression="SET lease_owner = :me",
+                ConditionExpression="attribute_not_exists(lease_owner)",
+                ExpressionAttributeValues={":me": {"S": f"racer-{racer}"}},
+            )
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+        return WON
+
+    winners_per_round: list[int] = []
+    # Threads switch far more often than Python's default 5 ms: a check-then-write in the server is interleaved
+    # with the other racers' if anything lets it be.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    try:
+        with ThreadPoolExecutor(max_workers=RACERS) as pool:
+            for round_number in range(ROUNDS):
+                item = f"race-{round_number}"
+                start = threading.Barrier(RACERS)
+                answers = list(pool.map(lambda racer: take(racer, item, start), range(RACERS)))  # noqa: B023
+                assert set(answers) <= {WON, "ConditionalCheckFailedException"}
+                wins = [answer == WON for answer in answers]
+                key = {"connection_id": {"S": item}}
+                owner = client.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]["lease_owner"]["S"]
+                winners_per_round.append(sum(wins))
+                # The racer that was told it won is the one whose write stands.
+                assert sum(wins) != 1 or owner == f"racer-{wins.index(True)}"
+    finally:
+        sys.setswitchinterval(switch_interval)
+
+    assert winners_per_round == [1] * ROUNDS
