@@ -44,7 +44,10 @@ def get_connection(connection_id: str) -> Any:
 @app.post("/connections/<connection_id>/refresh")
 def refresh_connection(connection_id: str) -> Any:
     min_valid = management.min_valid_seconds(api.json_body(app, required=False))
-    result = management.refresh_on_demand(deps(), connection_id, min_valid=min_valid)
+    current = deps()
+    # One request never retries a failing save past API Gateway's timeout or the function's own.
+    time_left = current.request_time_left(lambda: app.lambda_context.get_remaining_time_in_millis() / 1000)
+    result = management.refresh_on_demand(current, connection_id, min_valid=min_valid, time_left=time_left)
     logger.info("on-demand refresh", extra={"connection_id": connection_id, "outcome": result["outcome"]})
     api.count(f"refresh_{result['outcome']}")
     return api.answer(200, result)

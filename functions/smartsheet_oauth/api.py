@@ -20,7 +20,7 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.management import RefreshFailed
+from smartsheet_oauth.management import RefreshFailed, RefreshLost
 from smartsheet_oauth.observability import logger, metrics
 
 JSON = "application/json"
@@ -122,6 +122,12 @@ def resolver() -> APIGatewayHttpResolver:
     @app.exception_handler(RefreshFailed)
     def _refresh_failed(exc: RefreshFailed) -> Response[str]:
         return error(503, exc.code, str(exc), headers={"Retry-After": str(exc.retry_after or 60)})
+
+    @app.exception_handler(RefreshLost)
+    def _refresh_lost(exc: RefreshLost) -> Response[str]:
+        # refresh.py logged the incident (critical, with its reason); this answer names no token and no AWS detail.
+        logger.error("on-demand refresh lost the grant", extra={"outcome": "refresh_lost"})
+        return error(500, "refresh_lost", str(exc))
 
     @app.exception_handler(Conflict)
     def _conflict(exc: Conflict) -> Response[str]:

@@ -24,6 +24,7 @@ from smartsheet_oauth.connection_store import (
 )
 from smartsheet_oauth.errors import (
     BadRequest,
+    BrokerError,
     ConditionFailed,
     Conflict,
     InvalidClient,
@@ -33,7 +34,17 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.refresh import LEASE_BUSY, RACED, REFRESHED, TRANSIENT, RefreshDeps, refresh_connection
+from smartsheet_oauth.refresh import (
+    KEPT,
+    LEASE_BUSY,
+    LOST,
+    RACED,
+    REFRESHED,
+    RESUMED,
+    TRANSIENT,
+    RefreshDeps,
+    refresh_connection,
+)
 from smartsheet_oauth.sign_in import checked_return_to
 from smartsheet_oauth.smartsheet import SmartsheetClient
 from smartsheet_oauth.token_vault import TokenSet, TokenVault
@@ -46,6 +57,12 @@ MAX_MIN_VALID_SECONDS = 7 * 24 * 3600
 # API Gateway's 30 s integration timeout.
 WAIT_FOR_OTHER_WORKER_SECONDS = 10.0
 POLL_SECONDS = 0.2
+# API Gateway (HTTP API) gives an integration 30 s; a request's work (a failing save's retries included) ends this
+# long before that, or before the function's own timeout, whichever comes first.
+API_TIMEOUT_SECONDS = 30.0
+API_MARGIN_SECONDS = 2.0
+# A new pair kept on the record is stored by the next attempt (asking again does it): worth retrying soon.
+KEPT_RETRY_AFTER_SECONDS = 30
 SECRET_RECOVERY_DAYS = 7
 DISCONNECTED = "disconnected"
 # Secrets Manager's codes for a secret that is gone or scheduled for deletion.
@@ -62,6 +79,8 @@ class ManagementDeps:
     events: events.EventPublisher | None = None
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    # Measures waits and deadlines; `sleep` must advance it.
+    monotonic: Callable[[], float] = time.monotonic
 
     def refresh_deps(self) -> RefreshDeps:
         return RefreshDeps(
@@ -72,7 +91,19 @@ class ManagementDeps:
             clock=self.clock,
             sleep=self.sleep,
             events=self.events,
+            monotonic=self.monotonic,
         )
+
+    def request_time_left(self, function_time_left: Callable[[], float]) -> Callable[[], float]:
+        """Seconds a request started now may still work: the least of API Gateway's 30 s and the function's own
+        time left (Lambda's context), less a margin to answer in."""
+        started = self.monotonic()
+
+        def time_left() -> float:
+            api_left = API_TIMEOUT_SECONDS - (self.monotonic() - started)
+            return min(api_left, function_time_left()) - API_MARGIN_SECONDS
+
+        return time_left
 
 
 class SmartsheetRefused(SmartsheetError):
@@ -80,7 +111,12 @@ class SmartsheetRefused(SmartsheetError):
 
 
 class RefreshFailed(Conflict):
-    """Smartsheet did not refresh the token this time (busy, rate limited, unreachable): answered 503."""
+    """Smartsheet did not refresh the token this time (busy, rate limited, unreachable), or its new pair is kept
+    but not yet stored: answered 503."""
+
+
+class RefreshLost(BrokerError):
+    """Smartsheet rotated the tokens but the new pair could be neither stored nor kept: answered 500."""
 
 
 def view(connection: Connection) -> dict[str, Any]:
@@ -184,15 +220,32 @@ def _unusable(connection: Connection) -> Conflict:
     )
 
 
-def refresh_on_demand(deps: ManagementDeps, connection_id: str, *, min_valid: int) -> dict[str, Any]:
+def refresh_on_demand(
+    deps: ManagementDeps, connection_id: str, *, min_valid: int, time_left: Callable[[], float] | None = None
+) -> dict[str, Any]:
     """Refresh now through the sweep's own lease and steps, so a refresh racing the sweep (or another caller)
     reaches Smartsheet once: the loser waits for the winner's result instead of refreshing again. Nothing is
-    refreshed while the access token stays valid for at least `min_valid` seconds."""
-    before = _existing(deps, connection_id)
+    refreshed while the access token stays valid for at least `min_valid` seconds, unless a new pair kept on the
+    record waits to be stored: that is stored first ("resumed"). `time_left` bounds a failing save's retries."""
+    result = _refresh_on_demand(deps, _existing(deps, connection_id), min_valid=min_valid, time_left=time_left)
+    if result["outcome"] == "resumed" and result["connection"]["access_expires_at"] - deps.clock() < min_valid:
+        # The stored kept pair waited too long to satisfy the caller: refresh it like any other.
+        return _refresh_on_demand(deps, _existing(deps, connection_id), min_valid=min_valid, time_left=time_left)
+    return result
+
+
+def _kept_waiting(connection: Connection) -> bool:
+    return connection.pending is not None and connection.pending.generation == connection.generation
+
+
+def _refresh_on_demand(
+    deps: ManagementDeps, before: Connection, *, min_valid: int, time_left: Callable[[], float] | None
+) -> dict[str, Any]:
+    connection_id = before.connection_id
     if before.status != ACTIVE:
         raise _unusable(before)
     now = int(deps.clock())
-    if before.access_expires_at - now >= min_valid:
+    if before.access_expires_at - now >= min_valid and not _kept_waiting(before):
         return {"outcome": "fresh", "connection": view(before)}
     try:
         deps.connections.expedite(before.connection_id, generation=before.generation, now=now)
@@ -204,11 +257,17 @@ def refresh_on_demand(deps: ManagementDeps, connection_id: str, *, min_valid: in
         access_expires_at=before.access_expires_at,
         generation=before.generation,
     )
-    outcome = refresh_connection(due, deps.refresh_deps())
+    outcome = refresh_connection(due, deps.refresh_deps(), time_left=time_left)
     if outcome == REFRESHED:
         return {"outcome": "refreshed", "connection": view(_existing(deps, connection_id))}
+    if outcome == RESUMED:
+        return {"outcome": "resumed", "connection": view(_existing(deps, connection_id))}
     if outcome in (LEASE_BUSY, RACED):
         return _outcome_of_other_worker(deps, before)
+    if outcome == KEPT:
+        raise _kept()
+    if outcome == LOST:
+        raise _lost()
     after = _existing(deps, connection_id)
     if outcome == TRANSIENT:
         raise _transient(after, now)
@@ -229,9 +288,26 @@ def _transient(connection: Connection, now: int) -> RefreshFailed:
     )
 
 
+def _kept() -> RefreshFailed:
+    return RefreshFailed(
+        "refresh_kept",
+        "Smartsheet issued a new token pair but AWS storage did not take it in time; it is kept safely (encrypted)"
+        " on the connection and the next attempt stores it. The connection stays active: ask again.",
+        retry_after=KEPT_RETRY_AFTER_SECONDS,
+    )
+
+
+def _lost() -> RefreshLost:
+    return RefreshLost(
+        "Smartsheet rotated this connection's tokens but the new pair could be neither stored nor kept (AWS storage"
+        " failed). Its user must sign in again; the next refresh marks the connection needs_reauth. The incident is"
+        " logged: quote the reference to support."
+    )
+
+
 def _outcome_of_other_worker(deps: ManagementDeps, before: Connection) -> dict[str, Any]:
     """Someone else (the sweep, another caller) holds or just used the lease: wait for what they achieved."""
-    deadline = time.monotonic() + WAIT_FOR_OTHER_WORKER_SECONDS
+    deadline = deps.monotonic() + WAIT_FOR_OTHER_WORKER_SECONDS
     while True:
         now = int(deps.clock())
         current = _existing(deps, before.connection_id)
@@ -243,13 +319,13 @@ def _outcome_of_other_worker(deps: ManagementDeps, before: Connection) -> dict[s
             raise _unusable(current)
         if not _leased(current, now):
             if current.updated_at > before.updated_at and current.failures > before.failures:
-                raise _transient(current, now)
+                raise _kept() if _kept_waiting(current) else _transient(current, now)
             # The lease was let go without a refresh (a sweep that stopped, a commit that failed): nothing to wait
             # for; the caller may simply ask again.
             raise Conflict(
                 "refresh_in_progress", "Another refresh of this connection just ended; ask again.", retry_after=1
             )
-        if time.monotonic() >= deadline:
+        if deps.monotonic() >= deadline:
             wait = max(1, (current.lease_until or now) - now)
             raise Conflict("refresh_in_progress", "Another refresh of this connection is under way.", retry_after=wait)
         deps.sleep(POLL_SECONDS)

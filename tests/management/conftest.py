@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
 import pytest
+from smartsheet_oauth import services
 
 from tests.support.broker import Broker
 
@@ -52,6 +54,22 @@ def event_sink(broker: Broker) -> EventSink:
     return make_sink(boto3.session.Session(region_name="us-east-1"))
 
 
+@pytest.fixture
+def sealing(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
+    """The broker with the management function's whole environment: the template's pending-tokens KMS key too, so
+    a refresh whose save fails keeps its new pair on the record."""
+    kms = boto3.client("kms", region_name="us-east-1")
+    [key] = [
+        metadata["Arn"]
+        for metadata in (kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"] for k in kms.list_keys()["Keys"])
+        if metadata.get("KeyManager") == "CUSTOMER" and "token pairs" in metadata.get("Description", "")
+    ]
+    monkeypatch.setenv("PENDING_TOKENS_KEY_ID", key)
+    services.reset()
+    yield broker
+    services.reset()
+
+
 SIGNED_CALLER = {
     "iam": {
         "accessKey": "AKIAEXAMPLE",
@@ -84,6 +102,7 @@ def call_management(
     body: Any = None,
     raw_body: str | None = None,
     signed: bool = True,
+    timeout_seconds: float = 29,
 ) -> ApiAnswer:
     """The management function as API Gateway invokes it after AWS_IAM authorization (or, signed=False, as it
     would be invoked if a route lost its authorization)."""
@@ -96,6 +115,6 @@ def call_management(
         event["requestContext"]["authorizer"] = SIGNED_CALLER
     if raw_body is not None or body is not None:
         event["body"] = raw_body if raw_body is not None else json.dumps(body)
-    result = lambda_handler(event, LambdaContext(timeout_seconds=29))
+    result = lambda_handler(event, LambdaContext(timeout_seconds=timeout_seconds))
     text = result.get("body") or ""
     return ApiAnswer(result["statusCode"], dict(result.get("headers") or {}), json.loads(text) if text else None)

@@ -3,10 +3,18 @@ through the sweep's lease, disconnect that really revokes, connect sessions."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
+from smartsheet_oauth import services
+from smartsheet_oauth.errors import StorageError
+from smartsheet_oauth.management import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
+
+from tests.integration.test_refresh import FailingVault, FakeTime
 from tests.management.conftest import EventSink, call_management
 from tests.support.broker import Broker
 
@@ -181,6 +189,119 @@ def test_a_dead_grant_cannot_be_refreshed_on_demand_but_can_be_disconnected(brok
     assert disconnect.status == 200
     assert disconnect.body["smartsheet"] == "already_invalid"
     assert broker.connection(ADA)["status"] == "revoked"  # type: ignore[index]
+
+
+@pytest.fixture
+def failing_saves(sealing: Broker, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FailingVault, FakeTime]]:
+    """The management function's vault fails every secret write while `failing` (a Secrets Manager outage), and
+    its retries' sleeps pass at once on a clock that they move."""
+    import management.app  # here: importing it reads the configuration the broker fixture sets
+
+    vault = FailingVault(services.token_vault())
+    vault.failing = False
+    fake = FakeTime()
+    real_deps = management.app.deps
+    with monkeypatch.context() as patch:  # undone before `sealing` resets the services
+        patch.setattr(services, "token_vault", lambda: vault)
+        patch.setattr(
+            management.app, "deps", lambda: dataclasses.replace(real_deps(), sleep=fake.sleep, monotonic=fake.monotonic)
+        )
+        yield vault, fake
+
+
+def test_a_new_pair_that_cannot_be_stored_in_time_is_kept_503_and_stored_by_the_next_ask(
+    sealing: Broker, failing_saves: tuple[FailingVault, FakeTime]
+) -> None:
+    broker = sealing
+    signed_in(broker, ADA)
+    old = broker.tokens(ADA)
+    vault, fake = failing_saves
+    vault.failing = True
+
+    kept = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+
+    assert kept.status == 503
+    assert kept.body["error"] == "refresh_kept"
+    assert "ask again" in kept.body["message"]
+    assert int(kept.headers["Retry-After"]) == kept.body["retry_after"] == 30
+    assert old["refresh_token"] not in json.dumps(kept.body)
+    # Retried within API Gateway's 30 s (the sweep's lease would allow ~105 s), then kept on the record.
+    assert vault.attempts > 5
+    assert sum(fake.slept) <= API_TIMEOUT_SECONDS - API_MARGIN_SECONDS
+    record = broker.connection(ADA)
+    assert record is not None
+    assert (record["status"], record["generation"]) == ("active", 1)
+    assert (
+        "pending_pair"
+        in broker.dynamodb.get_item(
+            TableName=broker.connections_table, Key={"connection_id": {"S": ADA}}, ConsistentRead=True
+        )["Item"]
+    )
+    assert broker.tokens(ADA) == old
+    assert not broker.emulator.refresh_token_is_live(old["refresh_token"])  # the kept pair is the grant now
+
+    # A function with 8 s left retries for less than that: the context's time bounds the retries too.
+    attempts, slept = vault.attempts, len(fake.slept)
+    short = call_management("POST", f"/connections/{ADA}/refresh", timeout_seconds=8)
+    assert short.status == 503
+    assert short.body["error"] == "refresh_kept"
+    assert vault.attempts > attempts
+    assert sum(fake.slept[slept:]) <= 8 - API_MARGIN_SECONDS
+
+    vault.failing = False
+    # No min_valid: the stored access token is valid for days, but a kept pair waits, so it is stored first.
+    resumed = call_management("POST", f"/connections/{ADA}/refresh")
+
+    assert resumed.status == 200
+    assert resumed.body["outcome"] == "resumed"
+    assert resumed.body["connection"]["status"] == "active"
+    assert resumed.body["connection"]["generation"] == 2
+    assert resumed.body["connection"]["failures"] == 0
+    stored = broker.tokens(ADA)
+    assert broker.emulator.refresh_token_is_live(stored["refresh_token"])
+    assert broker.emulator.access_token_is_live(stored["access_token"])
+    assert refresh_calls(broker) == 1  # stored, not refreshed again
+    assert stored["refresh_token"] not in json.dumps(resumed.body)
+    assert (
+        "pending_pair"
+        not in broker.dynamodb.get_item(
+            TableName=broker.connections_table, Key={"connection_id": {"S": ADA}}, ConsistentRead=True
+        )["Item"]
+    )
+
+
+def test_a_new_pair_that_can_be_neither_stored_nor_kept_is_a_500_incident_that_leaks_nothing(
+    sealing: Broker, failing_saves: tuple[FailingVault, FakeTime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = sealing
+    signed_in(broker, ADA)
+    old = broker.tokens(ADA)
+    vault, _ = failing_saves
+    vault.failing = True
+
+    def failing_keep(*args: Any, **kwargs: Any) -> None:
+        raise StorageError("connections.keep_pending", "ThrottlingException", transient=True)
+
+    monkeypatch.setattr(services.connection_store(), "keep_pending", failing_keep)
+
+    lost = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+
+    assert lost.status == 500
+    assert lost.headers["Content-Type"] == "application/json"
+    assert set(lost.body) == {"error", "message", "reference"}
+    assert lost.body["error"] == "refresh_lost"
+    assert "sign in again" in lost.body["message"]
+    assert lost.body["reference"]
+    raw = json.dumps(lost.body)
+    for leak in (old["access_token"], old["refresh_token"], "ThrottlingException", "ServiceUnavailable", "vault:"):
+        assert leak not in raw
+    assert refresh_calls(broker) == 1
+
+    # Honest afterwards: the stored refresh token is dead, so the next refresh finds the grant gone.
+    vault.failing = False
+    again = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+    assert again.status == 409
+    assert again.body["error"] == "needs_reauth"
 
 
 # -------------------------------------------------------------------------------------------------- disconnect
