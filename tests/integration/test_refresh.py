@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import boto3
 import pytest
 from smartsheet_oauth import aws, services
 from smartsheet_oauth.config import get_config
@@ -35,7 +34,7 @@ from smartsheet_oauth.refresh import (
 from smartsheet_oauth.smartsheet import SmartsheetClient, TokenGrant
 from smartsheet_oauth.token_vault import TokenSet, TokenVault, pending_binding
 
-from tests.support.broker import Broker
+from tests.support.broker import Broker, pending_tokens_key_arn
 
 ADA = 4583173393803140
 GRACE = 6812335718217604
@@ -59,13 +58,7 @@ class FakeTime:
 @pytest.fixture
 def refresher(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
     """The broker with the refresh function's whole environment: the template's pending-tokens KMS key too."""
-    kms = boto3.client("kms", region_name="us-east-1")
-    [key] = [
-        metadata["Arn"]
-        for metadata in (kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"] for k in kms.list_keys()["Keys"])
-        if metadata.get("KeyManager") == "CUSTOMER" and "token pairs" in metadata.get("Description", "")
-    ]
-    monkeypatch.setenv("PENDING_TOKENS_KEY_ID", key)
+    monkeypatch.setenv("PENDING_TOKENS_KEY_ID", pending_tokens_key_arn())
     services.reset()
     yield broker
     services.reset()

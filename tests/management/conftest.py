@@ -11,7 +11,7 @@ import boto3
 import pytest
 from smartsheet_oauth import services
 
-from tests.support.broker import Broker
+from tests.support.broker import Broker, pending_tokens_key_arn
 
 
 @dataclass
@@ -58,13 +58,7 @@ def event_sink(broker: Broker) -> EventSink:
 def sealing(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
     """The broker with the management function's whole environment: the template's pending-tokens KMS key too, so
     a refresh whose save fails keeps its new pair on the record."""
-    kms = boto3.client("kms", region_name="us-east-1")
-    [key] = [
-        metadata["Arn"]
-        for metadata in (kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"] for k in kms.list_keys()["Keys"])
-        if metadata.get("KeyManager") == "CUSTOMER" and "token pairs" in metadata.get("Description", "")
-    ]
-    monkeypatch.setenv("PENDING_TOKENS_KEY_ID", key)
+    monkeypatch.setenv("PENDING_TOKENS_KEY_ID", pending_tokens_key_arn())
     services.reset()
     yield broker
     services.reset()

@@ -133,3 +133,16 @@ class Broker:
 
 
 APP = DEFAULT_APP
+
+
+def pending_tokens_key_arn() -> str:
+    """The template's pending-tokens KMS key (provisioned by LocalAws), as PENDING_TOKENS_KEY_ID wants it."""
+    import boto3
+
+    kms = boto3.client("kms", region_name="us-east-1")
+    [key] = [
+        metadata["Arn"]
+        for metadata in (kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"] for k in kms.list_keys()["Keys"])
+        if metadata.get("KeyManager") == "CUSTOMER" and "token pairs" in metadata.get("Description", "")
+    ]
+    return str(key)
