@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import traceback
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
@@ -21,7 +20,7 @@ from smartsheet_oauth.errors import (
     TransientSmartsheetError,
 )
 from smartsheet_oauth.management import RefreshFailed, RefreshLost
-from smartsheet_oauth.observability import logger, metrics
+from smartsheet_oauth.observability import log_unexpected, logger, metrics
 
 JSON = "application/json"
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -160,15 +159,7 @@ def resolver() -> APIGatewayHttpResolver:
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response[str]:
-        # The type and the frames only: an exception's text can carry request values.
-        logger.error(
-            "unexpected failure",
-            extra={
-                "outcome": "internal_error",
-                "error_type": type(exc).__name__,
-                "stack": traceback.format_tb(exc.__traceback__),
-            },
-        )
+        log_unexpected(exc)
         return error(500, "internal_error", "The request failed; quote the reference to support.")
 
     return app

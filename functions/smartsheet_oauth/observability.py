@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import traceback
 
 from aws_lambda_powertools import Logger, Metrics
 
@@ -21,3 +22,16 @@ metrics = Metrics(
 # Keep them quiet whatever level the Lambda runtime gives the root logger (ApplicationLogLevel=DEBUG).
 for _wire_log in ("botocore.endpoint", "botocore.parsers"):
     logging.getLogger(_wire_log).setLevel(logging.INFO)
+
+
+def log_unexpected(exc: BaseException) -> None:
+    """Log a failure nobody planned for: its type and frames only, since an exception's text can carry request
+    values (a code, a state, a token)."""
+    logger.error(
+        "unexpected failure",
+        extra={
+            "outcome": "internal_error",
+            "error_type": type(exc).__name__,
+            "stack": traceback.format_tb(exc.__traceback__),
+        },
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import traceback
 from typing import Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
@@ -18,7 +17,7 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.observability import logger, metrics
+from smartsheet_oauth.observability import log_unexpected, logger, metrics
 
 HTML = "text/html; charset=utf-8"
 MAX_QUERY_LENGTH = 4096
@@ -139,15 +138,7 @@ def resolver(*, operation: str) -> APIGatewayHttpResolver:
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response[str]:
-        # The type and the frames only: an exception's text can carry request values.
-        logger.error(
-            "unexpected failure",
-            extra={
-                "outcome": "internal_error",
-                "error_type": type(exc).__name__,
-                "stack": traceback.format_tb(exc.__traceback__),
-            },
-        )
+        log_unexpected(exc)
         outcome("internal_error")
         return html(500, pages.internal_error(reference(app)))
 
