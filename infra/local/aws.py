@@ -14,6 +14,7 @@ import boto3
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from infra.local import moto_fidelity
 from infra.local.template_model import (
     LOCAL_ACCOUNT_ID,
     LOCAL_REGION,
@@ -119,6 +120,7 @@ class LocalAws:
         secret_values: Mapping[str, str] | None = None,
         in_process: bool = False,
     ) -> None:
+        moto_fidelity.apply()  # moto answers like AWS where the broker depends on it
         self.template = template
         # in_process: no server; boto3's default endpoints, for use inside moto's mock_aws (unit/integration tests).
         self._in_process = in_process

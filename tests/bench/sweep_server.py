@@ -21,13 +21,10 @@ def seed(aws: LocalAws, env: dict[str, str], emulator: SmartsheetEmulator, count
     """N connections, each with a live grant at the emulator, its token secret and its record, all due (the
     earliest first). Returns the seconds it took."""
     from moto.dynamodb.models import dynamodb_backends
-    from moto.secretsmanager.models import SecretsStore, secretsmanager_backends
+    from moto.secretsmanager.models import secretsmanager_backends
 
     started = time.monotonic()
-    # moto finds a secret by comparing every stored one with the name (O(n) per call, O(n^2) to seed): while
-    # seeding new names, a name lookup is enough. Lookups by ARN (the sweep's) keep moto's own code.
-    scan_all = SecretsStore.__contains__
-    SecretsStore.__contains__ = dict.__contains__  # type: ignore[method-assign]
+    # Secrets are looked up in constant time (infra/local/moto_fidelity.py indexes moto's store, as AWS would).
     secrets_backend = secretsmanager_backends[aws.account_id][aws.region]
     dynamodb_backend = dynamodb_backends[aws.account_id][aws.region]
     table, prefix = env["CONNECTIONS_TABLE_NAME"], env["TOKEN_SECRET_PREFIX"]
@@ -51,7 +48,6 @@ def seed(aws: LocalAws, env: dict[str, str], emulator: SmartsheetEmulator, count
         arn = json.loads(answer)["ARN"]
         item = world.connection_item(connection_id, arn, due_at=now - 86_400 + index, now=now)
         dynamodb_backend.put_item(table, item)
-    SecretsStore.__contains__ = scan_all  # type: ignore[method-assign]
     return time.monotonic() - started
 
 

@@ -1,5 +1,5 @@
-"""The embedded AWS (moto server behind LocalAws) gives DynamoDB's guarantee the broker's leases rely on: of many
-conditional writes racing on one item, exactly one succeeds."""
+"""The embedded AWS (moto server behind LocalAws) answers like AWS where the broker relies on it: of many
+conditional writes racing on one item, exactly one succeeds; a secret scheduled for deletion refuses writes."""
 
 from __future__ import annotations
 
@@ -77,3 +77,45 @@ def test_of_many_conditional_updates_racing_on_one_item_exactly_one_wins(local_a
         sys.setswitchinterval(switch_interval)
 
     assert winners_per_round == [1] * ROUNDS
+
+
+def test_a_secret_scheduled_for_deletion_refuses_writes_as_aws_does(local_aws: LocalAws) -> None:
+    """moto alone accepts these; AWS answers InvalidRequestException, and the broker's restore path depends on it."""
+    secrets = local_aws.secretsmanager
+    arn = secrets.create_secret(Name="atomic/connections/1", SecretString='{"v":1}')["ARN"]
+    secrets.delete_secret(SecretId=arn, RecoveryWindowInDays=7)
+
+    for write in (
+        lambda: secrets.put_secret_value(SecretId=arn, SecretString='{"v":2}'),
+        lambda: secrets.put_secret_value(SecretId="atomic/connections/1", SecretString='{"v":2}'),
+        lambda: secrets.create_secret(Name="atomic/connections/1", SecretString='{"v":2}'),
+    ):
+        with pytest.raises(ClientError) as refused:
+            write()
+        assert refused.value.response["Error"]["Code"] == "InvalidRequestException"
+
+    secrets.restore_secret(SecretId=arn)
+    secrets.put_secret_value(SecretId=arn, SecretString='{"v":3}')
+    assert secrets.get_secret_value(SecretId=arn)["SecretString"] == '{"v":3}'
+
+
+def test_secrets_are_found_by_name_arn_and_partial_arn_and_gone_after_a_forced_delete(local_aws: LocalAws) -> None:
+    """The embedded store is indexed (AWS finds a secret in constant time; moto alone scans every secret): the
+    answers stay moto's own."""
+    secrets = local_aws.secretsmanager
+    arn = secrets.create_secret(Name="atomic/index/1", SecretString="one")["ARN"]
+    partial = arn.rsplit("-", 1)[0]  # the ARN without Secrets Manager's 6-character suffix
+
+    for secret_id in ("atomic/index/1", arn, partial):
+        assert secrets.get_secret_value(SecretId=secret_id)["SecretString"] == "one"
+    with pytest.raises(ClientError) as missing:
+        secrets.get_secret_value(SecretId="atomic/index/never")
+    assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+    secrets.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+    with pytest.raises(ClientError) as gone:
+        secrets.get_secret_value(SecretId=arn)
+    assert gone.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    again = secrets.create_secret(Name="atomic/index/1", SecretString="two")["ARN"]
+    assert again != arn
+    assert secrets.get_secret_value(SecretId="atomic/index/1")["SecretString"] == "two"
