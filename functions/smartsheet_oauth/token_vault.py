@@ -24,6 +24,8 @@ SEAL_FORMAT = 1
 DATA_KEY_MAX_AGE_SECONDS = 300.0
 DATA_KEY_MAX_USES = 10_000
 _NONCE_BYTES = 12
+# Secrets Manager's answer to any write to a secret scheduled for deletion (CreateSecret of its name included).
+_SCHEDULED_FOR_DELETION = "InvalidRequestException"
 _DATA_KEY_CONTEXT = {"purpose": "pending-token-pair", "service": "smartsheet-oauth-broker"}
 
 
@@ -169,20 +171,26 @@ class TokenVault:
                     kwargs["KmsKeyId"] = self._kms_key_id
                 return self._client.create_secret(**kwargs)["ARN"]
         except StorageError as exc:
-            # InvalidRequestException: the name belongs to a secret scheduled for deletion (AWS; moto says exists).
-            if exc.code not in ("ResourceExistsException", "InvalidRequestException"):
+            if exc.code == _SCHEDULED_FOR_DELETION:
+                # The name belongs to a disconnected connection's secret, waiting out its recovery window.
+                return self._restore_and_put(name, tokens, version_id)
+            if exc.code != "ResourceExistsException":
                 raise
-        self._restore_if_deleted(name)
-        return self._put(name, tokens, version_id)
+        # A returning user: one more call (the failed create), no look-up. A secret scheduled for deletion
+        # refuses the write; it is restored first.
+        try:
+            return self._put(name, tokens, version_id)
+        except StorageError as exc:
+            if exc.code != _SCHEDULED_FOR_DELETION:
+                raise
+        return self._restore_and_put(name, tokens, version_id)
 
-    def _restore_if_deleted(self, secret_id: str) -> None:
-        """A disconnected connection's secret waits out its recovery window, and Secrets Manager refuses writes to
-        a secret scheduled for deletion: when its user signs in again, cancel the deletion first."""
-        with storage("vault.describe"):
-            deleted = "DeletedDate" in self._client.describe_secret(SecretId=secret_id)
-        if deleted:
-            with storage("vault.restore"):
-                self._client.restore_secret(SecretId=secret_id)
+    def _restore_and_put(self, secret_id: str, tokens: TokenSet, version_id: str | None) -> str:
+        """Secrets Manager refuses writes to a secret scheduled for deletion (a disconnected connection's, in its
+        recovery window): when its user signs in again, cancel the deletion, then write."""
+        with storage("vault.restore"):
+            self._client.restore_secret(SecretId=secret_id)
+        return self._put(secret_id, tokens, version_id)
 
     def _put(self, secret_id: str, tokens: TokenSet, version_id: str | None = None) -> str:
         kwargs: dict[str, Any] = {"SecretId": secret_id, "SecretString": tokens.to_json()}

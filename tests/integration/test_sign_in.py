@@ -109,6 +109,21 @@ def test_a_returning_user_updates_the_same_connection(broker: Broker) -> None:
     assert broker.tokens(ADA, "AWSPREVIOUS")["refresh_token"] == first["refresh_token"]
 
 
+def test_a_user_signing_in_during_their_secrets_deletion_window_gets_it_restored(broker: Broker) -> None:
+    assert broker.sign_in(user_id=ADA).status == 200
+    record = broker.connection(ADA)
+    assert record is not None
+    broker.secrets.delete_secret(SecretId=record["secret_arn"], RecoveryWindowInDays=7)  # as a disconnect does
+    with pytest.raises(broker.secrets.exceptions.InvalidRequestException):  # AWS refuses writes meanwhile
+        broker.secrets.put_secret_value(SecretId=record["secret_arn"], SecretString="{}")
+
+    assert broker.sign_in(user_id=ADA).status == 200
+
+    assert "DeletedDate" not in broker.secrets.describe_secret(SecretId=record["secret_arn"])
+    assert broker.connection(ADA)["secret_arn"] == record["secret_arn"]  # type: ignore[index]
+    assert broker.emulator.refresh_token_is_live(broker.tokens(ADA)["refresh_token"])
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -82,7 +82,6 @@ EXPECTED: dict[str, set[Grant]] = {
         [
             "secretsmanager:CreateSecret",
             "secretsmanager:PutSecretValue",
-            "secretsmanager:DescribeSecret",
             "secretsmanager:RestoreSecret",
         ],
         TOKEN_SECRETS,
