@@ -171,8 +171,9 @@ def _refresh_leased(leased: Connection, owner: str, deps: RefreshDeps, *, rng: r
         email=current.email,
         obtained_at=refreshed_at,
     )
-    # The old refresh token is dead now: the new pair must be durable before anything else. It is kept
-    # (sealed) on the record first, then written to its secret, both retried until the deadline.
+    # The old refresh token is dead now: the new pair must be durable before anything else. It goes to its
+    # secret; if that write fails, the pair is kept (sealed) on the record at once, and the write is retried
+    # until the deadline. The happy path is one write, as the design's budget has it (see _write_pair).
     version_id = str(uuid.uuid4())
     saved, kept, reason = _write_pair(
         leased, owner, new_tokens, deps, version_id=version_id, rng=rng, deadline=deadline, keep=True
@@ -204,11 +205,21 @@ def _write_pair(
     keep: bool,
 ) -> tuple[bool, bool, str]:
     """Write the pair to its secret as version `version_id`, retrying with backoff until the deadline; with
-    keep=True, first keep it sealed on the record (also retried). Returns (saved, kept, last failure)."""
+    keep=True, a failed write first keeps the pair sealed on the record (retried with each attempt), so a pair
+    that cannot be stored now is not lost with this worker. Returns (saved, kept, last failure).
+
+    Keeping only after a failure costs the happy path no write. What it gives up: a worker killed (not timed
+    out: the deadline ends retries well before that) between Smartsheet's answer and its first write landing
+    loses the pair. Keeping first would move that window, not close it (it is then the keep's write instead)."""
     kept = not keep
     reason = ""
     attempt = 0
     while True:
+        try:
+            deps.vault.save(leased.connection_id, tokens, known_arn=leased.secret_arn, version_id=version_id)
+            return True, kept, ""
+        except StorageError as exc:
+            reason = f"vault:{exc.code}"
         if not kept and deps.vault.sealer is not None:
             try:
                 sealed = deps.vault.sealer.seal(
@@ -224,12 +235,10 @@ def _write_pair(
                 )
                 kept = True
             except StorageError as exc:
-                reason = f"keep:{exc.code}"
-        try:
-            deps.vault.save(leased.connection_id, tokens, known_arn=leased.secret_arn, version_id=version_id)
-            return True, kept, ""
-        except StorageError as exc:
-            reason = f"vault:{exc.code}"
+                logger.warning(
+                    "could not keep the new pair on the record",
+                    extra={"connection_id": leased.connection_id, "reason": f"keep:{exc.code}"},
+                )
         delay = min(SAVE_RETRY_CAP_SECONDS, SAVE_RETRY_BASE_SECONDS * 2**attempt) * rng.uniform(0.5, 1.0)
         if deps.monotonic() + delay >= deadline:
             logger.error(

@@ -700,7 +700,7 @@ def test_a_save_that_recovers_within_the_lease_is_a_plain_refresh(refresher: Bro
     assert refresher.emulator.refresh_token_is_live(refresher.tokens(ADA)["refresh_token"])
 
 
-def test_a_failed_commit_after_the_save_is_finished_by_the_next_sweep(refresher: Broker) -> None:
+def test_a_failed_commit_after_the_save_loses_nothing_the_next_sweep_refreshes_from_it(refresher: Broker) -> None:
     signed_in_and_due(refresher, ADA)
     store = services.connection_store()
     real_commit = store.commit_refresh
@@ -718,7 +718,7 @@ def test_a_failed_commit_after_the_save_is_finished_by_the_next_sweep(refresher:
     stored = refresher.tokens(ADA)
     assert refresher.emulator.refresh_token_is_live(stored["refresh_token"])
 
-    # The lease runs out; the next sweep finds the kept pair and commits it without a new refresh.
+    # Nothing was kept (the save worked): once the lease runs out, the next sweep refreshes from the stored pair.
     refresher.dynamodb.update_item(
         TableName=refresher.connections_table,
         Key={"connection_id": {"S": str(ADA)}},
@@ -728,12 +728,14 @@ def test_a_failed_commit_after_the_save_is_finished_by_the_next_sweep(refresher:
     report = refresher.sweep()
 
     assert calls == ["commit"]
-    assert report["outcomes"][RESUMED] == 1
-    assert refreshes(refresher) == 1
-    assert refresher.tokens(ADA) == stored
+    assert report["outcomes"][REFRESHED] == 1
+    assert refreshes(refresher) == 2
+    assert refresher.tokens(ADA, "AWSPREVIOUS") == stored
+    assert refresher.emulator.refresh_token_is_live(refresher.tokens(ADA)["refresh_token"])
     record = refresher.connection(ADA)
     assert record is not None
     assert record["generation"] == 2
+    assert "pending_pair" not in record
 
 
 def _arn(broker: Broker) -> str:

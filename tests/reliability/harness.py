@@ -24,6 +24,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from smartsheet_oauth.config import Config, load_config
 from smartsheet_oauth.connection_store import ConnectionStore
+from smartsheet_oauth.errors import StorageError
 from smartsheet_oauth.refresh import OUTCOMES, RefreshDeps, SweepReport, sweep
 from smartsheet_oauth.smartsheet import SmartsheetClient, Timeouts
 from smartsheet_oauth.token_vault import PairSealer, TokenSet, TokenVault
@@ -422,8 +423,9 @@ KILL_POINTS = ("after_answer", "after_save")
 
 def refresh_until_killed(spec: WorldSpec, clock_offset: float, kill_point: str, kill_at: int) -> None:
     """Child process: sweep one connection at a time and die (SIGKILL, no cleanup) at `kill_point` of the
-    `kill_at`-th refresh: after Smartsheet answered and the pair was kept, before its secret is written
-    ("after_answer"); or after the secret was written, before the record is committed ("after_save")."""
+    `kill_at`-th refresh: after Smartsheet answered and the secret write failed (so the pair was kept), before
+    the write is retried ("after_answer"); or after the secret was written, before the record is committed
+    ("after_save")."""
     os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     deps = build_deps(spec, concurrency=1, clock=SimClock(clock_offset))
     real_save = deps.vault.save
@@ -433,6 +435,8 @@ def refresh_until_killed(spec: WorldSpec, clock_offset: float, kill_point: str, 
         nonlocal saves
         saves += 1
         if kill_point == "after_answer" and saves == kill_at:
+            raise StorageError("vault.put", "ThrottlingException", transient=True)
+        if kill_point == "after_answer" and saves == kill_at + 1:
             os.kill(os.getpid(), signal.SIGKILL)
         arn = real_save(*args, **kwargs)
         if kill_point == "after_save" and saves == kill_at:
