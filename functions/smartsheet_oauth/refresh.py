@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -52,6 +53,10 @@ FINAL_MARGIN_SECONDS = 5.0
 # This many struggling outcomes in a row stop the sweep: an outage is waited out, not hammered.
 BREAKER_THRESHOLD = 25
 DUE_QUERY_ATTEMPTS = 3
+# invalid_grant ends one user's grant. The same answer for connection after connection, with few or no refreshes
+# working, points at a cause that is not the users' (an app credential Smartsheet refuses as 1071, an incident
+# at Smartsheet): past this many in one sweep, more are not made final while refusals outnumber refreshes.
+INVALID_GRANT_GUARD = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,28 @@ class SweepReport:
         }
 
 
+class GrantGuard:
+    """Counts one sweep's refusals (invalid_grant) and refreshes, and says whether one more refusal may mark its
+    connection needs_reauth. A refusal it holds back is retried later with backoff: a false alarm costs a delay,
+    while marking every user of a healthy app needs_reauth would cost every grant."""
+
+    def __init__(self, threshold: int | None = None) -> None:
+        self._threshold = INVALID_GRANT_GUARD if threshold is None else threshold
+        self._lock = threading.Lock()
+        self._refused = 0
+        self._refreshed = 0
+
+    def refreshed(self) -> None:
+        with self._lock:
+            self._refreshed += 1
+
+    def may_mark(self) -> bool:
+        """Count a refusal; True if it may be taken as final."""
+        with self._lock:
+            self._refused += 1
+            return self._refused <= self._threshold or self._refreshed >= self._refused
+
+
 def backoff_seconds(failures: int, retry_after: float | None, rng: random.Random) -> int:
     """Exponential backoff with full jitter over the upper half, never sooner than Smartsheet's Retry-After,
     so a fleet of failed connections spreads out instead of returning together."""
@@ -100,6 +127,7 @@ def refresh_connection(
     *,
     rng: random.Random | None = None,
     time_left: Callable[[], float] | None = None,
+    guard: GrantGuard | None = None,
 ) -> str:
     """Refresh one connection under its lease. Returns the outcome; never raises for a per-connection problem.
 
@@ -130,10 +158,18 @@ def refresh_connection(
         write_deadline = min(write_deadline, deps.monotonic() + time_left() - FINAL_MARGIN_SECONDS)
     if leased.pending is not None and leased.pending.generation == leased.generation:
         return _resume_kept_pair(leased, leased.pending, owner, deps, rng=rng, deadline=write_deadline)
-    return _refresh_leased(leased, owner, deps, rng=rng, deadline=write_deadline)
+    return _refresh_leased(leased, owner, deps, rng=rng, deadline=write_deadline, guard=guard)
 
 
-def _refresh_leased(leased: Connection, owner: str, deps: RefreshDeps, *, rng: random.Random, deadline: float) -> str:
+def _refresh_leased(
+    leased: Connection,
+    owner: str,
+    deps: RefreshDeps,
+    *,
+    rng: random.Random,
+    deadline: float,
+    guard: GrantGuard | None = None,
+) -> str:
     try:
         current = deps.vault.load(leased.secret_arn)
     except StorageError as exc:
@@ -149,7 +185,7 @@ def _refresh_leased(leased: Connection, owner: str, deps: RefreshDeps, *, rng: r
     try:
         grant = deps.smartsheet.refresh(current.refresh_token)
     except InvalidGrant as exc:
-        return _invalid_grant(leased, owner, current, deps, exc)
+        return _invalid_grant(leased, owner, current, deps, exc, rng=rng, guard=guard)
     except TransientSmartsheetError as exc:
         return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=exc.retry_after)
     except SmartsheetError as exc:
@@ -187,6 +223,8 @@ def _refresh_leased(leased: Connection, owner: str, deps: RefreshDeps, *, rng: r
         )
         return _transient(leased, owner, deps, rng, reason=f"lost:{reason}", retry_after=None, outcome=LOST)
     _commit(leased, owner, new_tokens, deps)
+    if guard is not None:
+        guard.refreshed()
     if leased.failures:
         events.emit(deps.events, events.about(events.RECOVERED, leased, status=connection_store.ACTIVE))
     logger.info("connection refreshed", extra={"connection_id": leased.connection_id, "outcome": REFRESHED})
@@ -333,7 +371,16 @@ def _transient(
     return outcome
 
 
-def _invalid_grant(leased: Connection, owner: str, used: TokenSet, deps: RefreshDeps, exc: InvalidGrant) -> str:
+def _invalid_grant(
+    leased: Connection,
+    owner: str,
+    used: TokenSet,
+    deps: RefreshDeps,
+    exc: InvalidGrant,
+    *,
+    rng: random.Random,
+    guard: GrantGuard | None = None,
+) -> str:
     """invalid_grant is final only if nobody else refreshed meanwhile: a moved generation, a pair kept on the
     record, or a stored refresh token other than the one we sent, means we raced another worker and the grant
     is alive. (Revoked tokens, 1132, arrive here too: revoked is as final as expired.)"""
@@ -357,6 +404,13 @@ def _invalid_grant(leased: Connection, owner: str, used: TokenSet, deps: Refresh
             extra={"connection_id": leased.connection_id, "outcome": RACED},
         )
         return RACED
+    if guard is not None and not guard.may_mark():
+        logger.critical(
+            "Smartsheet refuses grant after grant in this sweep: not marking users needs_reauth; check the app's"
+            " credentials and Smartsheet's status",
+            extra={"connection_id": leased.connection_id, "outcome": TRANSIENT, "reason": exc.reason},
+        )
+        return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=None)
     try:
         deps.connections.mark_needs_reauth(
             leased.connection_id,
@@ -397,7 +451,7 @@ def sweep(
     margin is left or after BREAKER_THRESHOLD struggling outcomes in a row: what is not reached waits for the
     next sweep."""
     started = time.monotonic()
-    report = SweepReport()
+    report, guard = SweepReport(), GrantGuard()
     concurrency = deps.config.refresh_concurrency
     pace = _Pace(deps.config.refresh_rate_per_minute, deps.monotonic, deps.sleep)
     seen: set[str] = set()
@@ -446,7 +500,7 @@ def sweep(
                     report.stopped_early = True
                     break
                 seen.add(due.connection_id)
-                in_flight.add(pool.submit(refresh_connection, due, deps, time_left=time_left))
+                in_flight.add(pool.submit(refresh_connection, due, deps, time_left=time_left, guard=guard))
                 report.dispatched += 1
             if report.stopped_early or not start_key:
                 break

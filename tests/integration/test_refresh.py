@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from smartsheet_oauth import aws, services
+from smartsheet_oauth import aws, refresh, services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.connection_store import DueConnection
 from smartsheet_oauth.errors import StorageError, TransientSmartsheetError
@@ -27,6 +27,7 @@ from smartsheet_oauth.refresh import (
     REFRESHED,
     RESUMED,
     TRANSIENT,
+    GrantGuard,
     RefreshDeps,
     refresh_connection,
     sweep,
@@ -38,6 +39,7 @@ from tests.support.broker import Broker, pending_tokens_key_arn
 
 ADA = 4583173393803140
 GRACE = 6812335718217604
+ALAN = 9007199254740993
 
 
 class FakeTime:
@@ -256,6 +258,39 @@ def test_a_wrong_client_secret_never_marks_a_user_needs_reauth(refresher: Broker
         assert (record["status"], record["last_error"]) == ("active", "invalid_grant:1072")
         assert refresher.tokens(user) == before[user]
     assert refreshes(refresher) == 2
+
+
+def test_a_sweep_where_grant_after_grant_is_refused_stops_marking_users_needs_reauth(
+    refresher: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every refresh refused as invalid_grant (1071) with none working: past the guard's threshold (1 here, 5 by
+    default) the refusals are held back as transient, the users stay active, a critical line names the cause."""
+    monkeypatch.setattr(refresh, "INVALID_GRANT_GUARD", 1)
+    signed_in_and_due(refresher, ADA, GRACE, ALAN)
+    refresher.emulator.expire_tokens(refresh=True)
+
+    report = refresher.sweep()
+
+    assert report["outcomes"][NEEDS_REAUTH] == 1
+    assert report["outcomes"][TRANSIENT] == 2
+    records = [refresher.connection(user) for user in (ADA, GRACE, ALAN)]
+    statuses = sorted((record or {}).get("status", "missing") for record in records)
+    assert statuses == ["active", "active", "needs_reauth"]
+    for record in records:
+        assert record is not None
+        assert record["last_error"] == "invalid_grant:1071"
+    held_back = [record for record in records if record and record["status"] == "active"]
+    assert all(record["due_shard"] == "due" for record in held_back)  # retried by a later sweep
+
+
+def test_the_grant_guard_marks_refusals_final_while_refreshes_keep_pace() -> None:
+    guard = GrantGuard(threshold=2)
+    assert [guard.may_mark(), guard.may_mark()] == [True, True]  # a few revoked users: final
+    assert guard.may_mark() is False  # a third refusal and nothing refreshed: held back
+    for _ in range(4):
+        guard.refreshed()
+    assert guard.may_mark() is True  # 4 refused, 4 refreshed: refusals no longer outnumber refreshes
+    assert guard.may_mark() is False  # 5 refused, 4 refreshed
 
 
 def test_signing_in_again_after_needs_reauth_makes_the_connection_active_and_refreshable(refresher: Broker) -> None:
