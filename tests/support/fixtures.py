@@ -12,6 +12,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -66,8 +67,12 @@ def _serialized(call: Callable[..., Any]) -> Callable[..., Any]:
     return one_at_a_time
 
 
-@pytest.fixture
-def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
+@contextmanager
+def in_process_broker(
+    emulator: SmartsheetEmulator, patch: pytest.MonkeyPatch, *, stack_name: str = "test-stack"
+) -> Iterator[Broker]:
+    """The in-process broker: moto's mock_aws provisioned from template.yaml, the handlers' environment set
+    through `patch`. The `broker` fixture is one per test; a session-wide user (tests/ops) passes its own patch."""
     from moto import mock_aws
     from moto.core.botocore_stubber import BotocoreStubber
 
@@ -78,12 +83,15 @@ def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Ite
     # moto in-process answers threads concurrently and its DynamoDB conditional writes are check-then-act, so two
     # threads can both "win" a lease or a state that real DynamoDB gives to one. Serve one request at a time, as
     # DynamoDB's per-item atomicity would: concurrency tests then test our code, not moto's.
-    monkeypatch.setattr(BotocoreStubber, "__call__", _serialized(BotocoreStubber.__call__))
+    patch.setattr(BotocoreStubber, "__call__", _serialized(BotocoreStubber.__call__))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        patch.delenv(name, raising=False)
+    patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
         app_credentials = {"client_id": DEFAULT_APP.client_id, "client_secret": DEFAULT_APP.client_secret}
         aws = LocalAws(
             _template(),
-            stack_name="test-stack",
+            stack_name=stack_name,
             region="us-east-1",
             parameters={"SmartsheetClientId": DEFAULT_APP.client_id},
             secret_values={"AppCredentialsSecret": json.dumps(app_credentials)},
@@ -93,7 +101,7 @@ def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Ite
             "STATE_TABLE_NAME": aws.table_name("StateTable"),
             "CONNECTIONS_TABLE_NAME": aws.table_name("ConnectionsTable"),
             "APP_CREDENTIALS_SECRET_ARN": aws.secret_arn("AppCredentialsSecret"),
-            "TOKEN_SECRET_PREFIX": "test-stack/connections/",
+            "TOKEN_SECRET_PREFIX": f"{stack_name}/connections/",
             "SMARTSHEET_REGION": "us",
             "SMARTSHEET_AUTHORIZE_URL": emulator.authorize_url,
             "SMARTSHEET_API_BASE_URL": emulator.api_base_url,
@@ -103,10 +111,18 @@ def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Ite
             "POWERTOOLS_LOG_LEVEL": "DEBUG",
         }
         for name, value in env.items():
-            monkeypatch.setenv(name, value)
+            patch.setenv(name, value)
         services.reset()
-        yield Broker(emulator, aws.dynamodb, aws.secretsmanager, env)
-        services.reset()
+        try:
+            yield Broker(emulator, aws.dynamodb, aws.secretsmanager, env)
+        finally:
+            services.reset()
+
+
+@pytest.fixture
+def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
+    with in_process_broker(emulator, monkeypatch) as broker:
+        yield broker
 
 
 # -- the local stack over HTTP -----------------------------------------------------------------
