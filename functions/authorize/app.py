@@ -6,12 +6,12 @@ import time
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import pages, services, snapstart
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.errors import AnonymousLoginDisabled, ConnectLinkRejected
 from smartsheet_oauth.observability import logger, metrics
+from smartsheet_oauth.router import Cookie, Response
 from smartsheet_oauth.sign_in import NONCE_COOKIE, begin_sign_in
 from smartsheet_oauth.web import count, html, query_params, redirect, resolver
 
@@ -21,7 +21,7 @@ app = resolver(operation="login")
 
 
 @app.get("/login")
-def login() -> Any:
+def login() -> Response:
     params = query_params(app)
     config = get_config()
     now = int(time.time())
@@ -44,7 +44,7 @@ def login() -> Any:
         path="/",
         secure=True,
         http_only=True,
-        same_site=SameSite.LAX_MODE,
+        same_site="Lax",
         max_age=started.max_age,
     )
     logger.info("sign-in started", extra={"outcome": "redirected", "connect_session": session is not None})
@@ -52,15 +52,15 @@ def login() -> Any:
     return redirect(302, started.location, cookies=[cookie])
 
 
-@app.exception_handler(ConnectLinkRejected)  # type: ignore[untyped-decorator]  # Powertools: untyped
-def _connect_link_rejected(exc: ConnectLinkRejected) -> Any:
+@app.exception_handler(ConnectLinkRejected)
+def _connect_link_rejected(exc: ConnectLinkRejected) -> Response:
     logger.info("connect link rejected", extra={"outcome": "bad_session", "reason": exc.reason})
     count("login", "bad_session")
     return html(400, pages.connect_link_expired())
 
 
-@app.exception_handler(AnonymousLoginDisabled)  # type: ignore[untyped-decorator]
-def _anonymous_login_disabled(_: AnonymousLoginDisabled) -> Any:
+@app.exception_handler(AnonymousLoginDisabled)
+def _anonymous_login_disabled(_: AnonymousLoginDisabled) -> Response:
     logger.info("sign-in without a connect session refused", extra={"outcome": "anonymous_refused"})
     count("login", "anonymous_refused")
     return html(403, pages.anonymous_login_disabled())

@@ -6,12 +6,12 @@ import time
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import events, pages, services, snapstart
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.errors import BindingConflict
 from smartsheet_oauth.observability import logger, metrics
+from smartsheet_oauth.router import Cookie, Response
 from smartsheet_oauth.sign_in import NONCE_COOKIE, finish_sign_in
 from smartsheet_oauth.web import count, html, query_params, redirect, resolver
 
@@ -20,18 +20,16 @@ snapstart.register()  # SnapStart hooks; nothing is registered off Lambda
 app = resolver(operation="callback")
 
 # The nonce is single-use like the state: expire it in the browser whatever the outcome.
-_CLEAR_NONCE = Cookie(
-    name=NONCE_COOKIE, value="", path="/", secure=True, http_only=True, same_site=SameSite.LAX_MODE, max_age=0
-)
+_CLEAR_NONCE = Cookie(name=NONCE_COOKIE, value="", path="/", secure=True, http_only=True, same_site="Lax", max_age=0)
 
 
 @app.get("/callback")
-def callback() -> Any:
+def callback() -> Response:
     params = query_params(app)
     config = get_config()
     signed_in = finish_sign_in(
         params,
-        app.current_event.resolved_cookies_field.get(NONCE_COOKIE),
+        app.current_event.cookies.get(NONCE_COOKIE),
         config=config,
         states=services.state_store(),
         smartsheet=services.smartsheet_client(),
@@ -57,8 +55,8 @@ def callback() -> Any:
     return html(200, pages.signed_in(signed_in.email), cookies=[_CLEAR_NONCE])
 
 
-@app.exception_handler(BindingConflict)  # type: ignore[untyped-decorator]  # Powertools: untyped
-def _binding_conflict(exc: BindingConflict) -> Any:
+@app.exception_handler(BindingConflict)
+def _binding_conflict(exc: BindingConflict) -> Response:
     # Reported, never merged: the user sees why, the integrator gets an event, nothing was stored.
     logger.warning(
         "connection binding refused",

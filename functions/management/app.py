@@ -10,6 +10,7 @@ from smartsheet_oauth import api, management, services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.management import ManagementDeps
 from smartsheet_oauth.observability import logger, metrics
+from smartsheet_oauth.router import Response
 
 get_config()  # a bad configuration fails the cold start, naming the variable
 app = api.resolver()
@@ -27,22 +28,22 @@ def deps() -> ManagementDeps:
 
 
 @app.get("/connections")
-def list_connections() -> Any:
-    params = dict(app.current_event.query_string_parameters or {})
+def list_connections() -> Response:
+    params = dict(app.current_event.query_string_parameters)
     result = management.list_connections(deps(), params)
     api.count("listed")
     return api.answer(200, result)
 
 
 @app.get("/connections/<connection_id>")
-def get_connection(connection_id: str) -> Any:
+def get_connection(connection_id: str) -> Response:
     result = management.get_connection(deps(), connection_id)
     api.count("read")
     return api.answer(200, result)
 
 
 @app.post("/connections/<connection_id>/refresh")
-def refresh_connection(connection_id: str) -> Any:
+def refresh_connection(connection_id: str) -> Response:
     min_valid = management.min_valid_seconds(api.json_body(app, required=False))
     current = deps()
     # One request never retries a failing save past API Gateway's timeout or the function's own.
@@ -54,7 +55,7 @@ def refresh_connection(connection_id: str) -> Any:
 
 
 @app.delete("/connections/<connection_id>")
-def disconnect(connection_id: str) -> Any:
+def disconnect(connection_id: str) -> Response:
     result = management.disconnect(deps(), connection_id)
     logger.info("connection disconnected", extra={"connection_id": connection_id, "smartsheet": result["smartsheet"]})
     api.count("disconnected")
@@ -62,7 +63,7 @@ def disconnect(connection_id: str) -> Any:
 
 
 @app.post("/connect-sessions")
-def create_connect_session() -> Any:
+def create_connect_session() -> Response:
     body = api.json_body(app, required=True)
     result = management.create_connect_session(deps(), body, broker_url=api.broker_url(app))
     logger.info("connect session created", extra={"end_user_id": result["end_user_id"]})

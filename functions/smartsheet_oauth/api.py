@@ -7,9 +7,6 @@ import binascii
 import json
 from typing import Any
 
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-
 from smartsheet_oauth.config import is_loopback
 from smartsheet_oauth.errors import (
     BadRequest,
@@ -21,13 +18,14 @@ from smartsheet_oauth.errors import (
 )
 from smartsheet_oauth.management import RefreshFailed, RefreshLost
 from smartsheet_oauth.observability import log_unexpected, logger, metrics
+from smartsheet_oauth.router import NotFoundError, Response, Router
 
 JSON = "application/json"
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 MAX_BODY_BYTES = 16 * 1024
 
 
-def answer(status: int, payload: Any, *, headers: dict[str, str] | None = None) -> Response[str]:
+def answer(status: int, payload: Any, *, headers: dict[str, str] | None = None) -> Response:
     return Response(
         status_code=status,
         content_type=JSON,
@@ -36,11 +34,8 @@ def answer(status: int, payload: Any, *, headers: dict[str, str] | None = None) 
     )
 
 
-def request_id(app: APIGatewayHttpResolver) -> str:
-    try:
-        return str(app.current_event.request_context.request_id or "unknown")
-    except (AttributeError, KeyError, TypeError):
-        return "unknown"
+def request_id(app: Router) -> str:
+    return app.current_event.request_context.request_id or "unknown"
 
 
 def caller_arn(event: dict[str, Any]) -> str | None:
@@ -52,7 +47,7 @@ def caller_arn(event: dict[str, Any]) -> str | None:
     return arn if isinstance(arn, str) and arn else None
 
 
-def json_body(app: APIGatewayHttpResolver, *, required: bool) -> dict[str, Any]:
+def json_body(app: Router, *, required: bool) -> dict[str, Any]:
     """The request's JSON object; an empty body is {} unless one is required."""
     event = app.current_event
     raw = event.body or ""
@@ -78,7 +73,7 @@ def json_body(app: APIGatewayHttpResolver, *, required: bool) -> dict[str, Any]:
     return body
 
 
-def broker_url(app: APIGatewayHttpResolver) -> str:
+def broker_url(app: Router) -> str:
     """The broker's public base URL as the caller reached it (the HTTP API's $default stage has no path prefix).
     http only for a loopback host: the local gateway."""
     event = app.current_event
@@ -93,12 +88,11 @@ def count(outcome: str) -> None:
     metrics.add_metric(name=f"management_{outcome}", unit="Count", value=1)
 
 
-def resolver() -> APIGatewayHttpResolver:
-    """A resolver whose failures are JSON {error, message, reference}: each domain error gets its status."""
-    # debug=False whatever POWERTOOLS_DEV says: debug mode would print every event.
-    app = APIGatewayHttpResolver(debug=False)
+def resolver() -> Router:
+    """A router whose failures are JSON {error, message, reference}: each domain error gets its status."""
+    app = Router()
 
-    def error(status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> Response[str]:
+    def error(status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> Response:
         count(code)
         payload: dict[str, Any] = {"error": code, "message": message, "reference": request_id(app)}
         if headers and "Retry-After" in headers:
@@ -106,35 +100,35 @@ def resolver() -> APIGatewayHttpResolver:
         return answer(status, payload, headers=headers)
 
     @app.not_found
-    def _not_found(_: NotFoundError) -> Response[str]:
+    def _not_found(_: NotFoundError) -> Response:
         return error(404, "no_such_route", "There is no such route; see the README's management API section.")
 
     @app.exception_handler(BadRequest)
-    def _bad_request(exc: BadRequest) -> Response[str]:
+    def _bad_request(exc: BadRequest) -> Response:
         logger.info("bad request", extra={"outcome": "invalid_request", "detail": str(exc)})
         return error(400, "invalid_request", str(exc))
 
     @app.exception_handler(NotFound)
-    def _missing(exc: NotFound) -> Response[str]:
+    def _missing(exc: NotFound) -> Response:
         return error(404, "not_found", str(exc))
 
     @app.exception_handler(RefreshFailed)
-    def _refresh_failed(exc: RefreshFailed) -> Response[str]:
+    def _refresh_failed(exc: RefreshFailed) -> Response:
         return error(503, exc.code, str(exc), headers={"Retry-After": str(exc.retry_after or 60)})
 
     @app.exception_handler(RefreshLost)
-    def _refresh_lost(exc: RefreshLost) -> Response[str]:
+    def _refresh_lost(exc: RefreshLost) -> Response:
         # refresh.py logged the incident (critical, with its reason); this answer names no token and no AWS detail.
         logger.error("on-demand refresh lost the grant", extra={"outcome": "refresh_lost"})
         return error(500, "refresh_lost", str(exc))
 
     @app.exception_handler(Conflict)
-    def _conflict(exc: Conflict) -> Response[str]:
+    def _conflict(exc: Conflict) -> Response:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return error(409, exc.code, str(exc), headers=headers)
 
     @app.exception_handler(TransientSmartsheetError)
-    def _smartsheet_busy(exc: TransientSmartsheetError) -> Response[str]:
+    def _smartsheet_busy(exc: TransientSmartsheetError) -> Response:
         logger.warning("Smartsheet unavailable", extra={"outcome": "smartsheet_unavailable", "reason": exc.reason})
         return error(
             503,
@@ -144,21 +138,21 @@ def resolver() -> APIGatewayHttpResolver:
         )
 
     @app.exception_handler(SmartsheetError)
-    def _smartsheet_refused(exc: SmartsheetError) -> Response[str]:
+    def _smartsheet_refused(exc: SmartsheetError) -> Response:
         logger.warning(
             "Smartsheet refused", extra={"outcome": "smartsheet_refused", "reason": exc.reason, "ref": exc.ref_id}
         )
         return error(502, "smartsheet_refused", str(exc))
 
     @app.exception_handler(StorageError)
-    def _storage(exc: StorageError) -> Response[str]:
+    def _storage(exc: StorageError) -> Response:
         logger.error(
             "AWS storage failed", extra={"outcome": "storage_error", "operation": exc.operation, "code": exc.code}
         )
         return error(503, "storage_unavailable", "AWS storage is unavailable; ask again.", headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
-    def _unexpected(exc: Exception) -> Response[str]:
+    def _unexpected(exc: Exception) -> Response:
         log_unexpected(exc)
         return error(500, "internal_error", "The request failed; quote the reference to support.")
 

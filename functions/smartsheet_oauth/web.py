@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-
 from smartsheet_oauth import pages
 from smartsheet_oauth.errors import (
     AccessDenied,
@@ -18,6 +13,7 @@ from smartsheet_oauth.errors import (
     TransientSmartsheetError,
 )
 from smartsheet_oauth.observability import log_unexpected, logger, metrics
+from smartsheet_oauth.router import Cookie, NotFoundError, Response, Router
 
 HTML = "text/html; charset=utf-8"
 MAX_QUERY_LENGTH = 4096
@@ -25,8 +21,8 @@ MAX_PARAM_LENGTH = 2048
 
 
 def html(
-    status: int, body: str, *, headers: dict[str, str] | None = None, cookies: list[Any] | None = None
-) -> Response[str]:
+    status: int, body: str, *, headers: dict[str, str] | None = None, cookies: list[Cookie] | None = None
+) -> Response:
     return Response(
         status_code=status,
         content_type=HTML,
@@ -36,7 +32,7 @@ def html(
     )
 
 
-def redirect(status: int, location: str, *, cookies: list[Any] | None = None) -> Response[str]:
+def redirect(status: int, location: str, *, cookies: list[Cookie] | None = None) -> Response:
     return Response(
         status_code=status,
         content_type=HTML,
@@ -46,25 +42,21 @@ def redirect(status: int, location: str, *, cookies: list[Any] | None = None) ->
     )
 
 
-def query_params(app: APIGatewayHttpResolver) -> dict[str, str]:
+def query_params(app: Router) -> dict[str, str]:
     """The query string as a dict, refusing what no browser following our links sends: oversized input."""
     event = app.current_event
-    raw = event.raw_query_string or ""
-    if len(raw) > MAX_QUERY_LENGTH:
+    if len(event.raw_query_string) > MAX_QUERY_LENGTH:
         raise BadRequest("The address is too long.")
-    params = event.query_string_parameters or {}
+    params = event.query_string_parameters
     for name, value in params.items():
         if len(name) > 64 or len(value) > MAX_PARAM_LENGTH:
             raise BadRequest("The address has a value that is too long.")
     return dict(params)
 
 
-def reference(app: APIGatewayHttpResolver) -> str:
+def reference(app: Router) -> str:
     """The id a user can quote to support: API Gateway's request id, also the logs' correlation id."""
-    try:
-        return str(app.current_event.request_context.request_id or "unknown")
-    except (AttributeError, KeyError, TypeError):
-        return "unknown"
+    return app.current_event.request_context.request_id or "unknown"
 
 
 def count(operation: str, outcome: str) -> None:
@@ -72,32 +64,31 @@ def count(operation: str, outcome: str) -> None:
     metrics.add_metric(name=f"{operation}_{outcome}", unit="Count", value=1)
 
 
-def resolver(*, operation: str) -> APIGatewayHttpResolver:
-    """A resolver whose failures are pages: each domain error gets its status and a page without internals."""
-    # debug=False whatever POWERTOOLS_DEV says: debug mode prints every event (code, state, nonce cookie).
-    app = APIGatewayHttpResolver(debug=False)
+def resolver(*, operation: str) -> Router:
+    """A router whose failures are pages: each domain error gets its status and a page without internals."""
+    app = Router()
 
     def outcome(name: str) -> None:
         count(operation, name)
 
     @app.not_found
-    def _not_found(_: NotFoundError) -> Response[str]:
+    def _not_found(_: NotFoundError) -> Response:
         return html(404, pages.not_found())
 
     @app.exception_handler(BadRequest)
-    def _bad_request(exc: BadRequest) -> Response[str]:
+    def _bad_request(exc: BadRequest) -> Response:
         logger.info("bad request", extra={"outcome": "bad_request", "detail": str(exc)})
         outcome("bad_request")
         return html(400, pages.bad_request(str(exc)))
 
     @app.exception_handler(SignInRejected)
-    def _rejected(exc: SignInRejected) -> Response[str]:
+    def _rejected(exc: SignInRejected) -> Response:
         logger.info("sign-in rejected", extra={"outcome": "bad_state", "reason": exc.reason})
         outcome("bad_state")
         return html(400, pages.expired_or_used())
 
     @app.exception_handler(AccessDenied)
-    def _denied(exc: AccessDenied) -> Response[str]:
+    def _denied(exc: AccessDenied) -> Response:
         if exc.error == "access_denied":
             logger.info("user declined access", extra={"outcome": "denied"})
             outcome("denied")
@@ -107,13 +98,13 @@ def resolver(*, operation: str) -> APIGatewayHttpResolver:
         return html(400, pages.authorization_failed())
 
     @app.exception_handler(TransientSmartsheetError)
-    def _smartsheet_busy(exc: TransientSmartsheetError) -> Response[str]:
+    def _smartsheet_busy(exc: TransientSmartsheetError) -> Response:
         logger.warning("Smartsheet unavailable", extra={"outcome": "smartsheet_unavailable", "reason": exc.reason})
         outcome("smartsheet_unavailable")
         return html(503, pages.unavailable(reference(app)), headers={"Retry-After": "60"})
 
     @app.exception_handler(SmartsheetError)
-    def _smartsheet_refused(exc: SmartsheetError) -> Response[str]:
+    def _smartsheet_refused(exc: SmartsheetError) -> Response:
         log = logger.error if isinstance(exc, InvalidClient) else logger.warning
         log(
             "Smartsheet refused the request",
@@ -128,7 +119,7 @@ def resolver(*, operation: str) -> APIGatewayHttpResolver:
         return html(502, pages.smartsheet_error(reference(app)))
 
     @app.exception_handler(StorageError)
-    def _storage(exc: StorageError) -> Response[str]:
+    def _storage(exc: StorageError) -> Response:
         logger.error(
             "AWS storage failed",
             extra={"outcome": "storage_error", "operation": exc.operation, "code": exc.code},
@@ -137,7 +128,7 @@ def resolver(*, operation: str) -> APIGatewayHttpResolver:
         return html(503, pages.unavailable(reference(app)), headers={"Retry-After": "30"})
 
     @app.exception_handler(Exception)
-    def _unexpected(exc: Exception) -> Response[str]:
+    def _unexpected(exc: Exception) -> Response:
         log_unexpected(exc)
         outcome("internal_error")
         return html(500, pages.internal_error(reference(app)))
