@@ -34,10 +34,6 @@ def answer(status: int, payload: Any, *, headers: dict[str, str] | None = None) 
     )
 
 
-def request_id(app: Router) -> str:
-    return app.current_event.request_context.request_id or "unknown"
-
-
 def caller_arn(event: dict[str, Any]) -> str | None:
     """The IAM principal API Gateway authenticated (AWS_IAM authorization), or None when there is none."""
     context = event.get("requestContext")
@@ -94,7 +90,7 @@ def resolver() -> Router:
 
     def error(status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> Response:
         count(code)
-        payload: dict[str, Any] = {"error": code, "message": message, "reference": request_id(app)}
+        payload: dict[str, Any] = {"error": code, "message": message, "reference": app.current_event.reference}
         if headers and "Retry-After" in headers:
             payload["retry_after"] = int(headers["Retry-After"])
         return answer(status, payload, headers=headers)

@@ -101,6 +101,11 @@ class HttpRequest:
     is_base64_encoded: bool = False
     request_context: RequestContext = field(default_factory=RequestContext)
 
+    @property
+    def reference(self) -> str:
+        """The id a caller can quote to support: API Gateway's request id, also the logs' correlation id."""
+        return self.request_context.request_id or "unknown"
+
     @classmethod
     def from_event(cls, event: object) -> HttpRequest:
         raw = _mapping(event)

@@ -54,11 +54,6 @@ def query_params(app: Router) -> dict[str, str]:
     return dict(params)
 
 
-def reference(app: Router) -> str:
-    """The id a user can quote to support: API Gateway's request id, also the logs' correlation id."""
-    return app.current_event.request_context.request_id or "unknown"
-
-
 def count(operation: str, outcome: str) -> None:
     """One EMF count per outcome, e.g. callback_success: names are fixed, so cardinality stays low."""
     metrics.add_metric(name=f"{operation}_{outcome}", unit="Count", value=1)
@@ -101,7 +96,7 @@ def resolver(*, operation: str) -> Router:
     def _smartsheet_busy(exc: TransientSmartsheetError) -> Response:
         logger.warning("Smartsheet unavailable", extra={"outcome": "smartsheet_unavailable", "reason": exc.reason})
         outcome("smartsheet_unavailable")
-        return html(503, pages.unavailable(reference(app)), headers={"Retry-After": "60"})
+        return html(503, pages.unavailable(app.current_event.reference), headers={"Retry-After": "60"})
 
     @app.exception_handler(SmartsheetError)
     def _smartsheet_refused(exc: SmartsheetError) -> Response:
@@ -116,7 +111,7 @@ def resolver(*, operation: str) -> Router:
             },
         )
         outcome("smartsheet_error")
-        return html(502, pages.smartsheet_error(reference(app)))
+        return html(502, pages.smartsheet_error(app.current_event.reference))
 
     @app.exception_handler(StorageError)
     def _storage(exc: StorageError) -> Response:
@@ -125,12 +120,12 @@ def resolver(*, operation: str) -> Router:
             extra={"outcome": "storage_error", "operation": exc.operation, "code": exc.code},
         )
         outcome("storage_error")
-        return html(503, pages.unavailable(reference(app)), headers={"Retry-After": "30"})
+        return html(503, pages.unavailable(app.current_event.reference), headers={"Retry-After": "30"})
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:
         log_unexpected(exc)
         outcome("internal_error")
-        return html(500, pages.internal_error(reference(app)))
+        return html(500, pages.internal_error(app.current_event.reference))
 
     return app
