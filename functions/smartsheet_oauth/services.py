@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
 from smartsheet_oauth import aws
 from smartsheet_oauth.config import Config, get_config
-from smartsheet_oauth.connect_sessions import ConnectSessionStore
-from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.errors import ConfigError
-from smartsheet_oauth.events import EventPublisher
-from smartsheet_oauth.smartsheet import SmartsheetClient
-from smartsheet_oauth.state_store import StateStore
-from smartsheet_oauth.token_vault import PairSealer, TokenVault
+from smartsheet_oauth.storage_errors import storage
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+    from smartsheet_oauth.connect_sessions import ConnectSessionStore
+    from smartsheet_oauth.connection_store import ConnectionStore
+    from smartsheet_oauth.events import EventPublisher
+    from smartsheet_oauth.smartsheet import SmartsheetClient
+    from smartsheet_oauth.state_store import StateStore
+    from smartsheet_oauth.token_vault import TokenVault
+
+# Each factory imports its collaborator's module itself: a function's cold start imports only what it uses
+# (/login: no token vault, connection store or events; the sweep: no state or connect-session store).
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,20 +35,30 @@ class AppCredentials:
         return f"AppCredentials(client_id={self.client_id!r}, client_secret=<hidden>)"
 
 
-@cache
-def _secrets_provider() -> SecretsProvider:
-    from aws_lambda_powertools.utilities.parameters import SecretsProvider  # noqa: PLC0415 (cold-start cost)
-
-    return SecretsProvider(boto3_client=aws.secretsmanager())
+_credentials_lock = threading.Lock()
+_credentials: tuple[float, AppCredentials] | None = None  # (read at, monotonic seconds; value)
 
 
 def app_credentials(config: Config | None = None) -> AppCredentials:
-    """The app's client id and secret, cached for APP_CREDENTIALS_MAX_AGE_SECONDS so a rotated secret is
-    picked up without a redeploy."""
+    """The app's client id and secret, read once and reused for APP_CREDENTIALS_MAX_AGE_SECONDS, so a rotated
+    secret is picked up without a redeploy. Callers arriving while it is read wait for that one read."""
+    global _credentials  # noqa: PLW0603 (a per-container cache)
     config = config or get_config()
-    value = _secrets_provider().get(
-        config.app_credentials_secret_arn, transform="json", max_age=config.app_credentials_max_age_seconds
-    )
+    with _credentials_lock:
+        now = time.monotonic()
+        if _credentials is not None and now - _credentials[0] < config.app_credentials_max_age_seconds:
+            return _credentials[1]
+        with storage("GetSecretValue"):
+            answer = aws.secretsmanager().get_secret_value(SecretId=config.app_credentials_secret_arn)
+        _credentials = (now, _parse_app_credentials(answer.get("SecretString")))
+        return _credentials[1]
+
+
+def _parse_app_credentials(text: str | None) -> AppCredentials:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        value = None
     client_id = value.get("client_id") if isinstance(value, dict) else None
     client_secret = value.get("client_secret") if isinstance(value, dict) else None
     if not isinstance(client_id, str) or not client_id or not isinstance(client_secret, str) or not client_secret:
@@ -56,17 +71,23 @@ def app_credentials(config: Config | None = None) -> AppCredentials:
 
 @cache
 def state_store() -> StateStore:
+    from smartsheet_oauth.state_store import StateStore  # noqa: PLC0415
+
     config = get_config()
     return StateStore(aws.dynamodb(), config.state_table_name, config.state_ttl_seconds)
 
 
 @cache
 def connection_store() -> ConnectionStore:
+    from smartsheet_oauth.connection_store import ConnectionStore  # noqa: PLC0415
+
     return ConnectionStore(aws.dynamodb(), get_config().connections_table_name)
 
 
 @cache
 def token_vault() -> TokenVault:
+    from smartsheet_oauth.token_vault import PairSealer, TokenVault  # noqa: PLC0415
+
     config = get_config()
     # The KMS client is made on the first seal (refresh only): sign-in never pays for it.
     sealer = PairSealer(aws.kms, config.pending_tokens_key_id) if config.pending_tokens_key_id else None
@@ -77,12 +98,16 @@ def token_vault() -> TokenVault:
 
 @cache
 def connect_sessions() -> ConnectSessionStore:
+    from smartsheet_oauth.connect_sessions import ConnectSessionStore  # noqa: PLC0415
+
     config = get_config()
     return ConnectSessionStore(aws.dynamodb(), config.state_table_name, config.connect_session_ttl_seconds)
 
 
 @cache
 def event_publisher() -> EventPublisher:
+    from smartsheet_oauth.events import EventPublisher  # noqa: PLC0415
+
     return EventPublisher(aws.events(), get_config().event_bus_name)
 
 
@@ -93,6 +118,8 @@ _client: tuple[AppCredentials, SmartsheetClient] | None = None
 def smartsheet_client() -> SmartsheetClient:
     """One client (and its connection pool) per container; rebuilt only when the app credentials change."""
     global _client  # noqa: PLW0603 (a per-container singleton)
+    from smartsheet_oauth.smartsheet import SmartsheetClient  # noqa: PLC0415
+
     credentials = app_credentials()
     with _client_lock:
         if _client is None or _client[0] != credentials:
@@ -107,10 +134,12 @@ def smartsheet_client() -> SmartsheetClient:
 
 def reset() -> None:
     """Forget everything built so far (tests change the environment between cases)."""
-    global _client  # noqa: PLW0603
+    global _client, _credentials  # noqa: PLW0603
     get_config.cache_clear()
     aws.reset()
-    for factory in (_secrets_provider, state_store, connection_store, token_vault, event_publisher, connect_sessions):
+    with _credentials_lock:
+        _credentials = None
+    for factory in (state_store, connection_store, token_vault, event_publisher, connect_sessions):
         factory.cache_clear()
     with _client_lock:
         _client = None

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from smartsheet_oauth.config import Config, is_loopback
-from smartsheet_oauth.connect_sessions import bind_or_refuse
-from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.errors import AccessDenied, BadRequest, BindingConflict, ConditionFailed, SignInRejected
-from smartsheet_oauth.smartsheet import SmartsheetClient, authorize_url
-from smartsheet_oauth.state_store import StateStore
-from smartsheet_oauth.token_vault import TokenSet, TokenVault
+from smartsheet_oauth.smartsheet import authorize_url
+
+if TYPE_CHECKING:
+    from smartsheet_oauth.connection_store import ConnectionStore
+    from smartsheet_oauth.smartsheet import SmartsheetClient
+    from smartsheet_oauth.state_store import StateStore
+    from smartsheet_oauth.token_vault import TokenVault
 
 # __Host- : the browser only accepts it Secure, with Path=/ and no Domain, so no subdomain can plant one.
 NONCE_COOKIE = "__Host-smartsheet-oauth-nonce"
@@ -109,6 +112,10 @@ def finish_sign_in(
     """Check the state and the browser binding before anything reaches Smartsheet; then exchange the code,
     learn who signed in, store the pair, and record the connection (in that order: the record never points
     at tokens that were not stored)."""
+    # Only the callback finishes a sign-in: /login does not import what finishing needs (cold start).
+    from smartsheet_oauth.connect_sessions import bind_or_refuse  # noqa: PLC0415
+    from smartsheet_oauth.token_vault import TokenSet  # noqa: PLC0415
+
     state = query.get("state")
     if not state:
         raise SignInRejected("missing_state")

@@ -8,8 +8,18 @@ import random
 import sys
 from collections.abc import Callable
 
-# What the first request would otherwise import: the HTTP client (callback, refresh) and the secret cache.
-PRELOADED_MODULES = ("requests", "urllib3.util.retry", "aws_lambda_powertools.utilities.parameters")
+# What the first request would otherwise import: the HTTP client (callback, refresh), its retry policy, and the
+# collaborators services.py imports on first use (a superset of any one function's: the snapshot pays, not a request).
+PRELOADED_MODULES = (
+    "requests",
+    "urllib3.util.retry",
+    "smartsheet_oauth.state_store",
+    "smartsheet_oauth.connection_store",
+    "smartsheet_oauth.connect_sessions",
+    "smartsheet_oauth.token_vault",
+    "smartsheet_oauth.events",
+    "smartsheet_oauth.smartsheet",
+)
 
 
 def before_snapshot() -> None:

@@ -7,6 +7,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from smartsheet_oauth.config import get_config
 from smartsheet_oauth.state_store import nonce_hash
 
 from tests.support.broker import NONCE_COOKIE, Broker
@@ -239,6 +240,46 @@ def test_wrong_client_secret_is_a_502_not_a_crash(broker: Broker) -> None:
 
     assert answer.status == 502
     assert broker.connections() == []
+
+
+def test_the_app_credentials_are_read_once_then_again_after_their_max_age(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert broker.sign_in(user_id=ADA).status == 200
+    broker.secrets.put_secret_value(
+        SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"],
+        SecretString='{"client_id": "local-client-id", "client_secret": "rotated-elsewhere"}',
+    )
+
+    # Within APP_CREDENTIALS_MAX_AGE_SECONDS (300) the read is reused: the rotation is not seen yet.
+    assert broker.sign_in(user_id=ALAN).status == 200
+
+    monkeypatch.setenv("APP_CREDENTIALS_MAX_AGE_SECONDS", "0")
+    get_config.cache_clear()
+    assert broker.sign_in(user_id=ALAN).status == 502  # read again: Smartsheet refuses the new secret
+
+
+@pytest.mark.parametrize("value", ["not json", "[]", '{"client_id": "local-client-id"}', '{"client_secret": "s"}'])
+def test_a_malformed_app_credentials_secret_is_a_500_page_showing_nothing_of_it(broker: Broker, value: str) -> None:
+    broker.secrets.put_secret_value(SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"], SecretString=value)
+
+    answer = broker.login()
+
+    assert answer.status == 500
+    assert value not in answer.body
+    assert "Traceback" not in answer.body
+    assert "client_secret" not in answer.body
+
+
+def test_an_unreadable_app_credentials_secret_is_a_503_and_stores_no_state(broker: Broker) -> None:
+    broker.secrets.delete_secret(SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"], ForceDeleteWithoutRecovery=True)
+
+    answer = broker.login()
+
+    assert answer.status == 503
+    assert answer.headers["Retry-After"] == "30"
+    assert "ResourceNotFound" not in answer.body
+    assert broker.dynamodb.scan(TableName=broker.state_table)["Count"] == 0
 
 
 def test_a_transient_smartsheet_error_is_retried_inside_the_request(broker: Broker) -> None:
