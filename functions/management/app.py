@@ -80,10 +80,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         # authorization: refuse rather than serve tokens' metadata to anyone.
         logger.error("management request without an IAM caller", extra={"outcome": "no_iam_caller"})
         api.count("no_iam_caller")
-        return {
-            "statusCode": 403,
-            "headers": {"Content-Type": api.JSON, **api.HEADERS},
-            "body": '{"error":"forbidden","message":"This route needs AWS_IAM authorization."}',
-        }
+        refusal = {"error": "forbidden", "message": "This route needs AWS_IAM authorization."}
+        return api.answer(403, refusal).proxy_result()
     logger.append_keys(caller=caller, route=event.get("routeKey"))
     return app.resolve(event, context)

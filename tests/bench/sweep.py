@@ -169,7 +169,7 @@ def _rows(
     per_container = Counter({k: v for k, v in calls.items() if k in PER_CONTAINER_OPS})
     per_connection = Counter({k: v for k, v in calls.items() if k not in PER_SWEEP_OPS + PER_CONTAINER_OPS})
     # The container's one read of the app credentials (cached) is a GetSecretValue too: not a connection's.
-    app_credentials_reads = min(1, max(0, per_connection["secretsmanager.GetSecretValue"] - refreshed))
+    app_credentials_reads = min(1, max(0, per_connection["secrets-manager.GetSecretValue"] - refreshed))
     per_connection_calls = (sum(per_connection.values()) - app_credentials_reads) / refreshed
     page_size = int(result.get("page_size") or 100)
     pages = -(-int(answer.get("dispatched") or refreshed) // page_size) + 1

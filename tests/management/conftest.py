@@ -82,6 +82,7 @@ class ApiAnswer:
     status: int
     headers: dict[str, str]
     body: Any
+    result_keys: frozenset[str] = frozenset()  # the handler's payload 2.0 result, its top-level keys
 
     @property
     def error(self) -> str | None:
@@ -111,4 +112,6 @@ def call_management(
         event["body"] = raw_body if raw_body is not None else json.dumps(body)
     result = lambda_handler(event, LambdaContext(timeout_seconds=timeout_seconds))
     text = result.get("body") or ""
-    return ApiAnswer(result["statusCode"], dict(result.get("headers") or {}), json.loads(text) if text else None)
+    return ApiAnswer(
+        result["statusCode"], dict(result.get("headers") or {}), json.loads(text) if text else None, frozenset(result)
+    )

@@ -95,6 +95,9 @@ def test_bad_reads_get_a_json_error_with_a_clear_message_and_no_caller_gets_noth
     assert unsigned.status == 403
     assert unsigned.body["error"] == "forbidden"
     assert ADA not in json.dumps(unsigned.body)
+    # The refusal is shaped like every other answer (API Gateway reads the same payload 2.0 keys).
+    assert unsigned.result_keys == call_management("GET", f"/connections/{ADA}").result_keys
+    assert unsigned.headers["Content-Type"] == "application/json"
 
     # One broker for every case: the cases only read.
     for path, query, status, message_part in BAD_READS:
