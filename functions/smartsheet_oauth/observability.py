@@ -11,8 +11,26 @@ from aws_lambda_powertools import Logger, Metrics
 SERVICE = "smartsheet-oauth-broker"
 NAMESPACE = "SmartsheetOAuthBroker"
 
+
+def debug_sampling_rate(value: str | None) -> float | str | None:
+    """POWERTOOLS_LOGGER_SAMPLE_RATE for the Logger. Powertools takes any non-empty text as "sampling on" and
+    then re-levels the logger at every warm invocation (which clears every logger's level cache), even for the
+    template's default "0"; a rate of 0 is passed as the number 0, which it reads as off. Anything else is left
+    as it is, so Powertools' own check names a bad value."""
+    if value is None or not value.strip():
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        return value
+    return 0 if rate == 0 else value
+
+
 # POWERTOOLS_SERVICE_NAME / POWERTOOLS_METRICS_NAMESPACE (set in template.yaml) win over these defaults.
-logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE)
+logger = Logger(
+    service=os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE,
+    sampling_rate=debug_sampling_rate(os.environ.get("POWERTOOLS_LOGGER_SAMPLE_RATE")),  # type: ignore[arg-type]
+)
 metrics = Metrics(
     namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE,
     service=os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE,
