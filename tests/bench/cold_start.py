@@ -1,5 +1,7 @@
 """Cold start: each function in a fresh interpreter (import + first invocation) against the floor, a fresh
-interpreter that imports boto3 and creates the same clients; medians of interleaved runs.
+interpreter that imports boto3 and creates the same clients. Each function run follows its own floor run, and
+the figure is the median of those pairs' ratios: this machine's speed drifts by more than the target's margin over
+a bench (a fresh interpreter's CPU time varied by ~15% here), and a pair run back to back shares the drift.
 
 AWS is moto *server* on loopback here, not moto in-process: moto imports boto3 and botocore itself, so an
 in-process mock would hand the function a pre-imported SDK and hide exactly what a cold start pays for. The
@@ -30,7 +32,7 @@ CHILD = Path(__file__).with_name("cold_child.py")
 FUNCTIONS = ("authorize", "callback", "refresh")
 ROUTES = {"authorize": "/login", "callback": "/callback", "refresh": "refresh sweep"}
 TARGET_RATIO = 1.25
-SECTION = "1. cold start: fresh interpreter, floors median of %d runs"
+SECTION = "1. cold start: fresh interpreter, each run paired with a floor run just before it, %d pairs"
 AS_BUILT_RUNS = 3
 NONCE_COOKIE = "__Host-smartsheet-oauth-nonce"
 
@@ -213,21 +215,27 @@ def _measure(
     seconds: dict[str, list[float]] = defaultdict(list)
     waited: dict[str, list[float]] = defaultdict(list)
     walls: dict[str, list[float]] = defaultdict(list)
+    # Each function run is paired with its floor run of the same round (run just before it): the ratio is the
+    # median of those per-round ratios, so a drift of this machine's speed over the bench cancels out.
+    ratios: dict[str, list[float]] = defaultdict(list)
+    wall_ratios: dict[str, list[float]] = defaultdict(list)
     for round_ in range(runs):
-        for floor in floors:
-            env = {**floor_env, "BENCH_FLOOR_SERVICES": ",".join(floor)}
-            floor_result = _run("floor", env)
-            seconds["floor:" + ",".join(floor)].append(floor_result["cpu"])
-            walls["floor:" + ",".join(floor)].append(floor_result["seconds"])
         for index, variant in enumerate(variants):
             if round_ >= runs_of[index]:
                 continue
             for kind in FUNCTIONS:
+                floor_key = "floor:" + ",".join(services[kind])
+                floor_result = _run("floor", {**floor_env, "BENCH_FLOOR_SERVICES": ",".join(services[kind])})
+                seconds[floor_key].append(floor_result["cpu"])
+                walls[floor_key].append(floor_result["seconds"])
                 result = _run(kind, env_of(kind, variant), inputs.event(kind))
                 _check_answer(kind, result)
-                seconds[f"{index}:{kind}"].append(result["cpu"])
-                walls[f"{index}:{kind}"].append(result["seconds"] - result["waited"])
-                waited[f"{index}:{kind}"].append(result["waited"])
+                key = f"{index}:{kind}"
+                seconds[key].append(result["cpu"])
+                walls[key].append(result["seconds"] - result["waited"])
+                waited[key].append(result["waited"])
+                ratios[key].append(result["cpu"] / floor_result["cpu"])
+                wall_ratios[key].append((result["seconds"] - result["waited"]) / floor_result["seconds"])
 
     section = SECTION % runs
     rows = [Row(section, "code measured", source)]
@@ -237,9 +245,12 @@ def _measure(
         for kind in FUNCTIONS:
             key, floor_key = f"{index}:{kind}", "floor:" + ",".join(services[kind])
             floor_cpu, function_cpu = median(seconds[floor_key]), median(seconds[key])
-            ratio = function_cpu / floor_cpu
-            wall_ratio = median(walls[key]) / median(walls[floor_key])
+            ratio = median(ratios[key])
+            wall_ratio = median(wall_ratios[key])
+            # Interference only ever adds time: the fastest runs show the code's own cost (printed, not gated).
+            best_ratio = min(seconds[key]) / min(seconds[floor_key])
             figures[key] = {
+                "best_ratio": best_ratio,
                 "cpu": function_cpu,
                 "floor_cpu": floor_cpu,
                 "ratio": ratio,
@@ -247,12 +258,17 @@ def _measure(
                 "floor_wall": median(walls[floor_key]),
                 "wall_ratio": wall_ratio,
                 "waited": median(waited[key]),
+                "cpu_runs": seconds[key],
+                "ratio_runs": ratios[key],
             }
             rows.append(
                 Row(
                     section,
-                    f"{ROUTES[kind]}, {variant.label}: import + 1st call / floor, CPU (median of {runs_of[index]})",
-                    f"{ms(function_cpu)} / {ms(floor_cpu)} = {ratio:.2f} (wall: {wall_ratio:.2f})",
+                    f"{ROUTES[kind]}, {variant.label}: import + 1st call / floor, CPU, median of"
+                    f" {runs_of[index]} pairs' ratios (medians of each)",
+                    f"{ratio:.2f} (pairs {min(ratios[key]):.2f}-{max(ratios[key]):.2f}; medians"
+                    f" {ms(function_cpu)} / {ms(floor_cpu)}; fastest runs {ms(min(seconds[key]))} /"
+                    f" {ms(min(seconds[floor_key]))} = {best_ratio:.2f}; wall: {wall_ratio:.2f})",
                     f"<= {TARGET_RATIO}",
                     check(ratio <= TARGET_RATIO),
                 )

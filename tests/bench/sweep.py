@@ -163,6 +163,9 @@ def _rows(
     server_cpu = float(result.get("server_cpu") or 0.0) / refreshed
     cores = os.cpu_count() or 1
     machine_rate = cores / (cpu + server_cpu) if cpu + server_cpu > 0 else float("inf")
+    # moto and the emulator are one Python process (one GIL) and moto answers one request at a time (DynamoDB's
+    # per-item atomicity, infra/local/aws.py): whatever the cores, it serves at most 1 / its CPU per connection.
+    server_rate = 1 / server_cpu if server_cpu > 0 else float("inf")
 
     calls = Counter(sweep["calls"])
     per_sweep = Counter({k: v for k, v in calls.items() if k in PER_SWEEP_OPS})
@@ -209,6 +212,7 @@ def _rows(
         "cpu_ms": cpu * 1000,
         "server_cpu_ms": server_cpu * 1000,
         "machine_rate": machine_rate,
+        "server_rate": server_rate,
         "rates": rates,
         "binding": binding,
         "per_invocation": per_invocation,
@@ -244,6 +248,11 @@ def _rows(
             f"this machine's ceiling: {cores} cores / CPU per connection (the sweep + moto and the emulator)",
             f"{cores} / ({cpu * 1000:.1f} + {server_cpu * 1000:.1f} ms) = {machine_rate:.0f}/s"
             f" = {machine_rate / ideal_rate:.0%} of ideal",
+        ),
+        Row(
+            SECTION,
+            "moto's ceiling: one process answering one request at a time / its CPU per connection",
+            f"1 / {server_cpu * 1000:.1f} ms = {server_rate:.0f}/s = {server_rate / ideal_rate:.0%} of ideal",
         ),
         Row(
             SECTION,
