@@ -89,6 +89,18 @@ class _BufferedRequestHandler(MotoRequestHandler):
 
     wbufsize = io.DEFAULT_BUFFER_SIZE
 
+    def handle_expect_100(self) -> bool:
+        # A client that sent "Expect: 100-continue" waits for this interim answer before sending its body: it
+        # must leave at once, not with the final answer.
+        answered = super().handle_expect_100()
+        self.wfile.flush()
+        return answered
+
+    def run_wsgi(self) -> None:
+        # http.server answered the Expect header above; werkzeug would write a second "100 Continue".
+        del self.headers["Expect"]
+        super().run_wsgi()
+
 
 def _moto_modules_once() -> None:
     """moto's dispatcher lists its package folder (listdir + isdir per entry) on every request to tell a service

@@ -1,12 +1,15 @@
 """The embedded AWS (moto server behind LocalAws) answers like AWS where the broker relies on it: of many
-conditional writes racing on one item, exactly one succeeds; a secret scheduled for deletion refuses writes."""
+conditional writes racing on one item, exactly one succeeds; a secret scheduled for deletion refuses writes; an
+HTTP client that asks to continue is told to before it sends its body."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
@@ -119,3 +122,22 @@ def test_secrets_are_found_by_name_arn_and_partial_arn_and_gone_after_a_forced_d
     again = secrets.create_secret(Name="atomic/index/1", SecretString="two")["ARN"]
     assert again != arn
     assert secrets.get_secret_value(SecretId="atomic/index/1")["SecretString"] == "two"
+
+
+def test_a_request_expecting_100_continue_is_told_to_continue_before_it_sends_its_body(local_aws: LocalAws) -> None:
+    # The server buffers what it writes (an answer leaves in one send); the interim answer must not wait in it.
+    port = urlsplit(local_aws.endpoint_url).port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(
+            b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.0\r\n"
+            b"X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = conn.recv(25)  # a timeout (5 s) here: the interim answer was held back
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(b"{}")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 ")
+    assert b"100 Continue" not in answer  # one interim answer, not a second from werkzeug
