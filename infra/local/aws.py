@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import boto3
-from moto import backends as moto_backends
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -102,25 +101,10 @@ class _BufferedRequestHandler(MotoRequestHandler):
         super().run_wsgi()
 
 
-def _moto_modules_once() -> None:
-    """moto's dispatcher lists its package folder (listdir + isdir per entry) on every request to tell a service
-    name from a host name; the installed package does not change while it runs, so list it once."""
-    if getattr(moto_backends.list_of_moto_modules, "listed_once", False):
-        return
-    modules = tuple(moto_backends.list_of_moto_modules())
-
-    def list_of_moto_modules() -> Iterable[str]:
-        return modules
-
-    list_of_moto_modules.listed_once = True  # type: ignore[attr-defined]
-    moto_backends.list_of_moto_modules = list_of_moto_modules
-
-
 class _MotoServer:
     """moto's server app on a loopback port, in a thread, one request at a time (see OneRequestAtATime)."""
 
     def __init__(self, host: str, port: int) -> None:
-        _moto_modules_once()
         app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
         self._server: BaseWSGIServer = make_server(
             host, port, app, threaded=True, request_handler=_BufferedRequestHandler

@@ -10,6 +10,9 @@ several times per call, so with thousands of secrets (the refresh bench seeds 10
 and the local stack measures moto's scan instead of the broker. The store gets an index by name and ARN; keys it
 does not know (partial ARNs, names never stored) take moto's own path, so answers do not change, only their cost.
 
+moto's server dispatcher lists its package folder (listdir + isdir per entry) on every request to tell a service
+name from a host name; the installed package does not change while it runs, so it is listed once.
+
 Applied once per process by LocalAws (the moto server and the in-process mock share moto's backends)."""
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from moto import backends as moto_backends
 from moto.secretsmanager.exceptions import InvalidRequestException
 from moto.secretsmanager.models import FakeSecret, ReplicaSecret, SecretsManagerBackend, SecretsStore
 from moto.secretsmanager.utils import get_secret_name_from_partial_arn
@@ -108,7 +112,7 @@ def _indexed_store() -> None:
 
 
 def apply() -> None:
-    """Patch moto's Secrets Manager backend (idempotent)."""
+    """Patch moto's Secrets Manager backend and its server's module listing (idempotent)."""
     global _applied  # noqa: PLW0603 (once per process)
     with _lock:
         if _applied:
@@ -120,4 +124,6 @@ def apply() -> None:
             SecretsManagerBackend.create_secret, "name"
         )
         _indexed_store()
+        modules = tuple(moto_backends.list_of_moto_modules())
+        moto_backends.list_of_moto_modules = lambda: modules
         _applied = True

@@ -1,7 +1,8 @@
 """Cold start: each function in a fresh interpreter (import + first invocation) against the floor, a fresh
 interpreter that imports boto3 and creates the same clients. Each function run follows its own floor run, and
 the figure is the median of those pairs' ratios: this machine's speed drifts by more than the target's margin over
-a bench (a fresh interpreter's CPU time varied by ~15% here), and a pair run back to back shares the drift.
+a bench (a fresh interpreter's CPU time swung from 260 to 480 ms within minutes here), and a pair run back to
+back shares the drift.
 
 AWS is moto *server* on loopback here, not moto in-process: moto imports boto3 and botocore itself, so an
 in-process mock would hand the function a pre-imported SDK and hide exactly what a cold start pays for. The
