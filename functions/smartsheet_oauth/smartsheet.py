@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 from smartsheet_oauth.errors import (
@@ -17,10 +17,11 @@ from smartsheet_oauth.errors import (
     TransientSmartsheetError,
 )
 
-# requests is imported where a call needs it: /login only builds the authorize URL, and its cold start
-# should not pay for an HTTP client it never uses.
+# The HTTP client is urllib3, the one botocore already loads: the functions pay no import for it, where requests
+# (with its charset detection and cookie jar) cost ~20 ms of each cold start on /callback and refresh. It is
+# imported where a call needs it: /login only builds the authorize URL.
 if TYPE_CHECKING:
-    import requests
+    from urllib3 import PoolManager
     from urllib3.util.retry import Retry
 
 # Smartsheet's errorCodes that mean "this grant is gone": expired/invalid/used code or refresh token,
@@ -34,6 +35,8 @@ _TRANSIENT_CODES = frozenset({4001, 4002, 4003, 4004})
 _TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 # Bodies larger than this are not a token answer; refuse to parse them.
 _MAX_BODY_BYTES = 64 * 1024
+_HEADERS = {"Accept": "application/json", "User-Agent": "smartsheet-oauth-broker"}
+_FORM = "application/x-www-form-urlencoded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,14 @@ class Timeouts:
     read: float = 10.0
 
 
+class Reply(NamedTuple):
+    """What the client keeps of an answer: its status, its body (read up to the size limit) and Retry-After."""
+
+    status: int
+    content: bytes
+    retry_after: str
+
+
 def request_hash(client_secret: str, code_or_refresh_token: str) -> str:
     """The `hash` parameter: hex SHA-256 of "<app secret>|<code or refresh token>", so the secret never travels."""
     return hashlib.sha256(f"{client_secret}|{code_or_refresh_token}".encode()).hexdigest()
@@ -78,15 +89,23 @@ def authorize_url(base: str, *, client_id: str, scopes: tuple[str, ...], state: 
     return f"{base}?{urlencode(params, quote_via=quote)}"
 
 
-def _session(retry: Retry) -> requests.Session:
-    import requests  # noqa: PLC0415 (cold-start cost)
-    from requests.adapters import HTTPAdapter  # noqa: PLC0415
+def _pool(retry: Retry, base_url: str) -> PoolManager:
+    """Keep-alive connections to Smartsheet, shared by the sweep's worker threads (hence the pool size). TLS is
+    verified against the CA bundle the AWS SDK itself trusts (certifi's when installed, else botocore's own). A
+    proxy set for the function (HTTPS_PROXY, NO_PROXY: the variables botocore honours too) is used."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+    from urllib.request import getproxies, proxy_bypass  # noqa: PLC0415 (loaded by botocore)
 
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry, pool_connections=4, pool_maxsize=64)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+    from botocore.httpsession import get_cert_path  # noqa: PLC0415 (loaded with boto3's clients)
+    from urllib3 import PoolManager, ProxyManager  # noqa: PLC0415
+
+    options: dict[str, Any] = {"num_pools": 4, "maxsize": 64, "block": False, "retries": retry}
+    options["ca_certs"] = get_cert_path(True)
+    target = urlsplit(base_url)
+    proxy = getproxies().get(target.scheme)
+    if proxy and not proxy_bypass(target.hostname or ""):
+        return ProxyManager(proxy, **options)
+    return PoolManager(**options)
 
 
 def _safe_retry() -> Retry:
@@ -141,15 +160,15 @@ class SmartsheetClient:
         client_id: str,
         client_secret: str,
         timeouts: Timeouts | None = None,
-        session: requests.Session | None = None,
-        refresh_session: requests.Session | None = None,
+        pool: PoolManager | None = None,
+        refresh_pool: PoolManager | None = None,
     ) -> None:
         self._base = api_base_url.rstrip("/")
         self.client_id = client_id
         self._secret = client_secret
         self._timeouts = timeouts or Timeouts()
-        self._session = session or _session(_safe_retry())
-        self._refresh_session = refresh_session or session or _session(_refresh_retry())
+        self._pool = pool or _pool(_safe_retry(), self._base)
+        self._refresh_pool = refresh_pool or pool or _pool(_refresh_retry(), self._base)
 
     def exchange_code(self, code: str, *, redirect_uri: str | None = None) -> TokenGrant:
         form = {
@@ -160,7 +179,7 @@ class SmartsheetClient:
         }
         if redirect_uri:
             form["redirect_uri"] = redirect_uri
-        return _token_grant(self._post_token(self._session, form))
+        return _token_grant(self._post_token(self._pool, form))
 
     def refresh(self, refresh_token: str) -> TokenGrant:
         form = {
@@ -169,11 +188,11 @@ class SmartsheetClient:
             "refresh_token": refresh_token,
             "hash": request_hash(self._secret, refresh_token),
         }
-        return _token_grant(self._post_token(self._refresh_session, form))
+        return _token_grant(self._post_token(self._refresh_pool, form))
 
     def current_user(self, access_token: str) -> SmartsheetUser:
         response = self._send(
-            self._session,
+            self._pool,
             "GET",
             f"{self._base}/users/me",
             headers={"Authorization": f"Bearer {access_token}"},
@@ -187,10 +206,10 @@ class SmartsheetClient:
             or not str(user_id).isascii()
             or not str(user_id).isdigit()
         ):
-            raise MalformedResponse("/users/me answered without a numeric id", status=response.status_code)
+            raise MalformedResponse("/users/me answered without a numeric id", status=response.status)
         email = body.get("email")
         if not isinstance(email, str):
-            raise MalformedResponse("/users/me answered without an email", status=response.status_code)
+            raise MalformedResponse("/users/me answered without an email", status=response.status)
         return SmartsheetUser(
             id=str(user_id),
             email=email[:320],
@@ -199,69 +218,69 @@ class SmartsheetClient:
         )
 
     def revoke(self, access_token: str, *, all_for_client: bool = False) -> None:
-        params = {"deleteAllForApiClient": "true"} if all_for_client else None
+        query = "?deleteAllForApiClient=true" if all_for_client else ""
         response = self._send(
-            self._session,
+            self._pool,
             "DELETE",
-            f"{self._base}/token",
+            f"{self._base}/token{query}",
             headers={"Authorization": f"Bearer {access_token}"},
-            params=params,
         )
         _json_object(response)
 
-    def _post_token(self, session: requests.Session, form: dict[str, str]) -> dict[str, Any]:
-        # Form-encoded body: the documented form (never JSON). requests sets the content type.
-        response = self._send(session, "POST", f"{self._base}/token", data=form)
+    def _post_token(self, pool: PoolManager, form: dict[str, str]) -> dict[str, Any]:
+        # Form-encoded body: the documented form (never JSON).
+        response = self._send(
+            pool, "POST", f"{self._base}/token", headers={"Content-Type": _FORM}, body=urlencode(form)
+        )
         return _json_object(response)
 
-    def _send(self, session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
-        import requests  # noqa: PLC0415 (loaded by the session already; a dict lookup here)
+    def _send(
+        self, pool: PoolManager, method: str, url: str, *, headers: dict[str, str], body: str | None = None
+    ) -> Reply:
+        from urllib3 import Timeout  # noqa: PLC0415 (loaded with the pool; a dict lookup here)
+        from urllib3.exceptions import DecodeError, HTTPError, MaxRetryError  # noqa: PLC0415
 
         try:
             # Never follow a redirect: a 307 would re-send the code and its hash, a 302 the bearer token.
-            response = session.request(
+            response = pool.request(
                 method,
                 url,
-                timeout=(self._timeouts.connect, self._timeouts.read),
-                stream=True,
-                allow_redirects=False,
-                **kwargs,
+                body=body,
+                headers={**_HEADERS, **headers},
+                timeout=Timeout(connect=self._timeouts.connect, read=self._timeouts.read),
+                redirect=False,
+                preload_content=False,
             )
-        except requests.exceptions.RetryError as exc:  # retries spent on 429/5xx
-            raise TransientSmartsheetError("Smartsheet kept answering with errors") from exc
-        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
-            raise TransientSmartsheetError(f"Smartsheet unreachable: {type(exc).__name__}") from exc
-        except requests.exceptions.RequestException as exc:
+        except MaxRetryError as exc:  # connection refused or reset, timeouts: retried as far as the policy allows
+            raise TransientSmartsheetError(f"Smartsheet unreachable: {type(exc.reason).__name__}") from exc
+        except (HTTPError, OSError) as exc:
             raise TransientSmartsheetError(f"request to Smartsheet failed: {type(exc).__name__}") from exc
-        from urllib3.exceptions import DecodeError, HTTPError  # noqa: PLC0415 (loaded with requests)
-
         try:
-            content = response.raw.read(_MAX_BODY_BYTES + 1, decode_content=True)
+            content = response.read(_MAX_BODY_BYTES + 1, decode_content=True)
         except DecodeError as exc:  # a Content-Encoding the body does not match
-            raise MalformedResponse("Smartsheet's answer could not be decoded", status=response.status_code) from exc
-        except (requests.exceptions.RequestException, OSError, HTTPError) as exc:  # short body, broken chunks
+            raise MalformedResponse("Smartsheet's answer could not be decoded", status=response.status) from exc
+        except (HTTPError, OSError) as exc:  # short body, broken chunks, a read timeout mid-body
             raise TransientSmartsheetError("Smartsheet's answer was cut off") from exc
         finally:
+            # A body read to its end has already given its connection back to the pool; one left unread closes it.
             response.close()
         if len(content) > _MAX_BODY_BYTES:
-            raise MalformedResponse("Smartsheet's answer is too large", status=response.status_code)
-        response._content = content
-        if response.status_code >= 400:
-            raise _error_from(response)
-        if response.status_code >= 300:
-            raise SmartsheetRejected(f"Smartsheet answered {response.status_code}", status=response.status_code)
-        return response
+            raise MalformedResponse("Smartsheet's answer is too large", status=response.status)
+        reply = Reply(response.status, content, response.headers.get("Retry-After", ""))
+        if reply.status >= 400:
+            raise _error_from(reply)
+        if reply.status >= 300:
+            raise SmartsheetRejected(f"Smartsheet answered {reply.status}", status=reply.status)
+        return reply
 
 
-def _json_object(response: requests.Response) -> dict[str, Any]:
+def _json_object(response: Reply) -> dict[str, Any]:
     try:
         body = json.loads(response.content)
     except ValueError:
-        raise MalformedResponse(
-            "Smartsheet answered with a body that is not JSON", status=response.status_code
-        ) from None
+        raise MalformedResponse("Smartsheet answered with a body that is not JSON", status=response.status) from None
     if not isinstance(body, dict):
-        raise MalformedResponse("Smartsheet answered with JSON that is not an object", status=response.status_code)
+        raise MalformedResponse("Smartsheet answered with JSON that is not an object", status=response.status)
     return body
 
 
@@ -289,15 +308,15 @@ def _token_grant(body: dict[str, Any]) -> TokenGrant:
     )
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    raw = response.headers.get("Retry-After", "").strip()
+def _retry_after(response: Reply) -> float | None:
+    raw = response.retry_after.strip()
     if raw.isdigit():
         return float(min(int(raw), 3600))
     return None
 
 
-def _error_from(response: requests.Response) -> SmartsheetError:
-    status = response.status_code
+def _error_from(response: Reply) -> SmartsheetError:
+    status = response.status
     try:
         body = json.loads(response.content)
     except ValueError:

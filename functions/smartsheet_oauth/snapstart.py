@@ -8,10 +8,10 @@ import random
 import sys
 from collections.abc import Callable
 
-# What the first request would otherwise import: the HTTP client (callback, refresh), its retry policy, and the
-# collaborators services.py imports on first use (a superset of any one function's: the snapshot pays, not a request).
+# What the first request would otherwise import: the HTTP client's retry policy (urllib3 itself comes with
+# botocore), and the collaborators services.py imports on first use (a superset of any one function's: the snapshot
+# pays, not a request).
 PRELOADED_MODULES = (
-    "requests",
     "urllib3.util.retry",
     "smartsheet_oauth.state_store",
     "smartsheet_oauth.connection_store",

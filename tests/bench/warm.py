@@ -1,6 +1,6 @@
 """Warm requests in one process over in-process moto and the emulator: calls per request (AWS by botocore
 hooks, Smartsheet by the emulator's counters) against their budgets, and each handler's warm latency against
-the same raw calls made directly (boto3 + requests), medians of interleaved runs."""
+the same raw calls made directly (boto3 + urllib3, the functions' HTTP client), medians of interleaved runs."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
-import requests
+import urllib3
 from botocore.exceptions import ClientError
 
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator, token_hash
@@ -67,25 +68,25 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-class _RequestsSessions:
-    """Counts requests.Session objects made (a SmartsheetClient per request would show here)."""
+class _HttpPools:
+    """Counts urllib3 PoolManagers made (a SmartsheetClient per request would show here)."""
 
     def __init__(self) -> None:
         self.created = 0
-        self._original = requests.Session.__init__
+        self._original = urllib3.PoolManager.__init__
 
-    def __enter__(self) -> _RequestsSessions:
+    def __enter__(self) -> _HttpPools:
         original, counter = self._original, self
 
-        def counted(session: requests.Session, *args: Any, **kwargs: Any) -> None:
+        def counted(pool: urllib3.PoolManager, *args: Any, **kwargs: Any) -> None:
             counter.created += 1
-            original(session, *args, **kwargs)
+            original(pool, *args, **kwargs)
 
-        requests.Session.__init__ = counted  # type: ignore[method-assign,assignment]
+        urllib3.PoolManager.__init__ = counted  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        requests.Session.__init__ = self._original  # type: ignore[method-assign]
+        urllib3.PoolManager.__init__ = self._original  # type: ignore[method-assign]
 
 
 class Bench:
@@ -98,7 +99,7 @@ class Bench:
         self.counter = counter
         self.nonce_hash = nonce_hash
         self.next_user = FIRST_USER
-        self.http = requests.Session()
+        self.http = urllib3.PoolManager(timeout=10.0)
         self.raw_ddb = aws.dynamodb
         self.raw_sm = aws.secretsmanager
         self.events_client: Any = None
@@ -111,6 +112,10 @@ class Bench:
         self.refresh_handler = refresh.app.lambda_handler
         self.refresh_timeout = 600.0
         self.invocations = 0
+
+    def post_form(self, url: str, form: dict[str, str]) -> Any:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        return self.http.request("POST", url, body=urlencode(form), headers=headers).json()
 
     # ---------------------------------------------------------------------------------- inputs
     def new_user(self) -> int:
@@ -202,9 +207,9 @@ class Bench:
             "code": code,
             "hash": token_hash(DEFAULT_APP.client_secret, code),
         }
-        grant = self.http.post(f"{base}/token", data=form, timeout=10).json()
-        user = self.http.get(
-            f"{base}/users/me", headers={"Authorization": f"Bearer {grant['access_token']}"}, timeout=10
+        grant = self.post_form(f"{base}/token", form)
+        user = self.http.request(
+            "GET", f"{base}/users/me", headers={"Authorization": f"Bearer {grant['access_token']}"}
         ).json()
         connection_id = str(user["id"])
         arn = self.raw_sm.create_secret(
@@ -271,7 +276,7 @@ class Bench:
             "refresh_token": refresh_token,
             "hash": token_hash(DEFAULT_APP.client_secret, refresh_token),
         }
-        grant = self.http.post(f"{self.emulator.api_base_url}/token", data=form, timeout=10).json()
+        grant = self.post_form(f"{self.emulator.api_base_url}/token", form)
         self.raw_sm.put_secret_value(SecretId=arn, SecretString=world.token_document(grant, connection_id, now=now))
         self.raw_ddb.update_item(
             TableName=table,
@@ -330,10 +335,10 @@ class Sample:
     aws: Counter[str]
     smartsheet: Counter[str]
     clients: int  # boto3 clients created
-    sessions: int  # requests.Session objects created
+    sessions: int  # urllib3 PoolManagers created
 
 
-def _counted(bench: Bench, sessions: _RequestsSessions, action: Callable[[], Any]) -> Sample:
+def _counted(bench: Bench, sessions: _HttpPools, action: Callable[[], Any]) -> Sample:
     before_aws, before_ss = bench.counter.snapshot(), bench.emulator.counts
     before_clients, before_sessions = bench.counter.clients_created, sessions.created
     action()
@@ -364,7 +369,7 @@ def _calls_rows(bench: Bench, repeats: int) -> list[Row]:
     bench.counter.log.clear()
     bench.counter.record = True
     services.reset()
-    with _RequestsSessions() as sessions:
+    with _HttpPools() as sessions:
 
         def run(action: Callable[[], Any], times: int) -> Sample:
             samples = [_counted(bench, sessions, action) for _ in range(times)]
@@ -474,7 +479,7 @@ def _calls_rows(bench: Bench, repeats: int) -> list[Row]:
     rows.append(
         Row(
             CALLS,
-            "clients created by warm requests (boto3 + requests.Session)",
+            "clients created by warm requests (boto3 + urllib3 PoolManager)",
             f"{clients} over {len(measured)} requests",
             "0",
             check(clients == 0),
