@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
@@ -91,16 +92,16 @@ def authorize_url(base: str, *, client_id: str, scopes: tuple[str, ...], state: 
 
 def _pool(retry: Retry, base_url: str) -> PoolManager:
     """Keep-alive connections to Smartsheet, shared by the sweep's worker threads (hence the pool size). TLS is
-    verified against the CA bundle the AWS SDK itself trusts (certifi's when installed, else botocore's own). A
-    proxy set for the function (HTTPS_PROXY, NO_PROXY: the variables botocore honours too) is used."""
+    verified against AWS_CA_BUNDLE when the function sets one, else the CA bundle botocore ships (what the AWS SDK
+    trusts on Lambda). A proxy set for the function (HTTPS_PROXY, NO_PROXY: as botocore honours them) is used."""
     from urllib.parse import urlsplit  # noqa: PLC0415
     from urllib.request import getproxies, proxy_bypass  # noqa: PLC0415 (loaded by botocore)
 
-    from botocore.httpsession import get_cert_path  # noqa: PLC0415 (loaded with boto3's clients)
+    from botocore.httpsession import DEFAULT_CA_BUNDLE  # noqa: PLC0415 (loaded with boto3's clients)
     from urllib3 import PoolManager, ProxyManager  # noqa: PLC0415
 
     options: dict[str, Any] = {"num_pools": 4, "maxsize": 64, "block": False, "retries": retry}
-    options["ca_certs"] = get_cert_path(True)
+    options["ca_certs"] = os.environ.get("AWS_CA_BUNDLE") or DEFAULT_CA_BUNDLE
     target = urlsplit(base_url)
     proxy = getproxies().get(target.scheme)
     if proxy and not proxy_bypass(target.hostname or ""):
