@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import secrets
+import socket
 import string
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 import boto3
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.exceptions import ClientDisconnected
 from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wsgi import LimitedStream
 
 from infra.local import moto_fidelity
 from infra.local.template_model import (
@@ -83,10 +87,24 @@ class OneRequestAtATime:
 
 
 class _BufferedRequestHandler(MotoRequestHandler):
-    """moto's handler with a buffered socket writer: an answer's status line, headers and body leave in one send
-    (unbuffered, each is its own system call, which loopback TCP makes CPU work for both ends)."""
+    """moto's handler, answering as AWS does: over a kept-alive connection, each answer in one send.
+
+    werkzeug's dev server closes every connection after its answer (http.server cannot skip a request body the
+    application left unread), so each AWS call cost a TCP connection and a server thread. Here a request whose
+    body has a declared length is answered on its connection: the body is read through a limited stream, what
+    the application left of it is drained, and the answer goes out with its length. A chunked body, an HTTP/1.0
+    client or one asking to close takes werkzeug's own path, which closes. Writes are buffered: the status line,
+    headers and body leave in one send (unbuffered, each is a system call, CPU work for both ends on loopback)."""
 
     wbufsize = io.DEFAULT_BUFFER_SIZE
+
+    def setup(self) -> None:
+        super().setup()
+        _live_connections(self.server).add(self.connection)
+
+    def finish(self) -> None:
+        _live_connections(self.server).discard(self.connection)
+        super().finish()
 
     def handle_expect_100(self) -> bool:
         # A client that sent "Expect: 100-continue" waits for this interim answer before sending its body: it
@@ -98,7 +116,66 @@ class _BufferedRequestHandler(MotoRequestHandler):
     def run_wsgi(self) -> None:
         # http.server answered the Expect header above; werkzeug would write a second "100 Continue".
         del self.headers["Expect"]
-        super().run_wsgi()
+        length = self.headers.get("Content-Length", "0").strip()
+        if self.close_connection or "Transfer-Encoding" in self.headers or not (length.isascii() and length.isdigit()):
+            super().run_wsgi()
+            return
+        body = LimitedStream(cast("IO[bytes]", self.rfile), int(length))
+        try:
+            self._answer(body)
+            body.exhaust()  # the next request line starts after this body
+        except (OSError, ClientDisconnected):
+            self.close_connection = True
+
+    def _answer(self, body: LimitedStream) -> None:
+        self.environ = environ = self.make_environ()
+        environ["wsgi.input"] = body
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
+            started[:] = [status, headers]
+            return _no_write
+
+        try:
+            chunks = self.server.app(environ, start_response)
+            try:
+                payload = b"".join(chunks)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+        except (OSError, ClientDisconnected):
+            raise
+        except Exception:
+            log.exception("moto failed to answer %s %s", self.command, self.path)
+            started[:] = ["500 INTERNAL SERVER ERROR", [("Content-Type", "text/plain; charset=utf-8")]]
+            payload = b"the embedded AWS failed to answer: see its log"
+        status, headers = started
+        code, _, reason = status.partition(" ")
+        self.send_response(int(code), reason)
+        for name, value in headers:
+            if name.lower() not in _FRAMING_HEADERS:
+                self.send_header(name, value)
+        bodiless = self.command == "HEAD" or code in ("204", "304")
+        if not bodiless:
+            self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        if not bodiless:
+            self.wfile.write(payload)
+        self.wfile.flush()
+
+
+_FRAMING_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "keep-alive"})
+
+
+def _no_write(data: bytes) -> None:
+    raise NotImplementedError("the embedded AWS answers from the application's iterable, not write()")
+
+
+def _live_connections(server: object) -> set[socket.socket]:
+    """The open connections of a server (closed by _MotoServer.stop: a kept-alive one would hold its thread)."""
+    live: set[socket.socket] = vars(server).setdefault("_live_connections", set())
+    return live
 
 
 class _MotoServer:
@@ -120,6 +197,10 @@ class _MotoServer:
         self._server.shutdown()
         self._thread.join()
         self._server.server_close()
+        # Kept-alive connections wait in their threads for a next request: end them (the clients reconnect).
+        for connection in list(_live_connections(self._server)):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class LocalAws:

@@ -124,20 +124,62 @@ def test_secrets_are_found_by_name_arn_and_partial_arn_and_gone_after_a_forced_d
     assert secrets.get_secret_value(SecretId="atomic/index/1")["SecretString"] == "two"
 
 
+LIST_TABLES = (
+    b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.0\r\n"
+    b"X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 2\r\n"
+    # moto picks the service from the credential scope (it checks no signature)
+    b"Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/dynamodb/aws4_request,"
+    b" SignedHeaders=host, Signature=0\r\n"
+)
+
+
+def read_answer(conn: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """One HTTP answer off the connection, framed by its Content-Length: (head, body, bytes after it)."""
+    data = buffered
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, f"the connection closed before a whole answer: {data!r}"
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    [length] = [
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    ]
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        assert chunk, "the connection closed inside the body"
+        rest += chunk
+    return head, rest[:length], rest[length:]
+
+
 def test_a_request_expecting_100_continue_is_told_to_continue_before_it_sends_its_body(local_aws: LocalAws) -> None:
     # The server buffers what it writes (an answer leaves in one send); the interim answer must not wait in it.
     port = urlsplit(local_aws.endpoint_url).port
     assert port is not None
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(
-            b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.0\r\n"
-            b"X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
-        )
+        conn.sendall(LIST_TABLES + b"Expect: 100-continue\r\n\r\n")
         interim = conn.recv(25)  # a timeout (5 s) here: the interim answer was held back
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         conn.sendall(b"{}")
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 ")
-    assert b"100 Continue" not in answer  # one interim answer, not a second from werkzeug
+        head, body, rest = read_answer(conn)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"TableNames" in body
+    assert b"100 Continue" not in head + body + rest  # one interim answer, not a second from werkzeug
+
+
+def test_a_connection_serves_request_after_request_as_aws_does(local_aws: LocalAws) -> None:
+    port = urlsplit(local_aws.endpoint_url).port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        # Two requests sent at once: the first body must be read to its end, not into the second request.
+        conn.sendall((LIST_TABLES + b"\r\n{}") * 2)
+        first_head, first_body, rest = read_answer(conn)
+        second_head, second_body, rest = read_answer(conn, rest)
+        assert b"connection: close" not in first_head.lower()
+        conn.sendall(LIST_TABLES + b"Connection: close\r\n\r\n{}")
+        third_head, third_body, rest = read_answer(conn, rest)
+        while chunk := conn.recv(65536):  # a timeout (5 s) here: the connection was kept open
+            rest += chunk
+    assert [h.split(b"\r\n")[0] for h in (first_head, second_head, third_head)] == [b"HTTP/1.1 200 OK"] * 3
+    assert first_body == second_body == third_body
+    assert b"TableNames" in first_body
+    assert rest == b""
