@@ -52,6 +52,8 @@ REQUIRED = (
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The broker's settings, read once per container from the environment the template sets."""
+
     state_table_name: str
     connections_table_name: str
     app_credentials_secret_arn: str

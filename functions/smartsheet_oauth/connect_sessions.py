@@ -47,6 +47,8 @@ class IssuedSession:
 
 @dataclass(frozen=True, slots=True)
 class ConnectSession:
+    """A login link's binding: the integrator's user, where to return, until when it works."""
+
     end_user_id: str
     return_to: str | None
     expires_at: int

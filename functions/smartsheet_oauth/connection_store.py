@@ -24,6 +24,8 @@ ACTIVE, NEEDS_REAUTH, REVOKED = "active", "needs_reauth", "revoked"
 
 @dataclass(frozen=True, slots=True)
 class Connection:
+    """One connection's record: its status, its secret, when its token expires and when to refresh it."""
+
     connection_id: str
     status: str
     secret_arn: str
@@ -70,6 +72,8 @@ class StatusCounts:
 
 @dataclass(frozen=True, slots=True)
 class DueConnection:
+    """An entry of the due index: enough to lease the connection (its generation) and order the sweep."""
+
     connection_id: str
     refresh_due_at: int
     access_expires_at: int

@@ -71,6 +71,8 @@ _SECRET_GONE = frozenset({"ResourceNotFoundException", "InvalidRequestException"
 
 @dataclass(frozen=True, slots=True)
 class ManagementDeps:
+    """What the management API works with: configuration, stores, Smartsheet (built on first use), events."""
+
     config: Config
     connections: ConnectionStore
     vault: TokenVault

@@ -61,6 +61,8 @@ INVALID_GRANT_GUARD = 5
 
 @dataclass(frozen=True, slots=True)
 class RefreshDeps:
+    """What a refresh works with: configuration, stores, Smartsheet, events, and the clocks (tests set them)."""
+
     config: Config
     connections: ConnectionStore
     vault: TokenVault
@@ -74,6 +76,8 @@ class RefreshDeps:
 
 @dataclass(slots=True)
 class SweepReport:
+    """What one sweep did: outcomes by kind, how many it dispatched, and why it stopped."""
+
     # Every outcome is present, zeros included: each becomes a metric, and alarms need datapoints, not gaps.
     outcomes: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
     dispatched: int = 0

@@ -81,6 +81,8 @@ class Response:
 
 @dataclass(frozen=True)
 class RequestContext:
+    """The payload 2.0 request context fields the routes use."""
+
     request_id: str = ""
     domain_name: str = ""
     stage: str = ""
@@ -142,6 +144,8 @@ class HttpRequest:
 
 @dataclass(frozen=True)
 class _Route:
+    """A registered route: method, path pattern and the function answering it."""
+
     method: str
     pattern: re.Pattern[str]
     function: Callable[..., Response]

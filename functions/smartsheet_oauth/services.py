@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class AppCredentials:
+    """The app's client id and secret, as read from the app credentials secret (repr hides the secret)."""
+
     client_id: str
     client_secret: str
 

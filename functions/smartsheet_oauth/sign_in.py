@@ -24,6 +24,8 @@ MAX_RETURN_TO_LENGTH = 2048
 
 @dataclass(frozen=True, slots=True)
 class LoginRedirect:
+    """Where /login sends the browser, and the nonce cookie it sets (repr hides both)."""
+
     location: str
     nonce: str
     max_age: int
@@ -34,6 +36,8 @@ class LoginRedirect:
 
 @dataclass(frozen=True, slots=True)
 class SignedIn:
+    """A finished sign-in: the stored connection, whom it is for, and where to send the browser."""
+
     connection_id: str
     email: str
     return_to: str | None

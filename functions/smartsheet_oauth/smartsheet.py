@@ -65,6 +65,8 @@ class SmartsheetUser:
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
+    """Connect and read timeouts of one call to Smartsheet, in seconds."""
+
     connect: float = 3.05
     read: float = 10.0
 

@@ -31,6 +31,8 @@ class PendingSignIn:
 
 @dataclass(frozen=True, slots=True)
 class StateRecord:
+    """A started sign-in, as kept under its state: the nonce's hash, where to return, its lifetime."""
+
     nonce_hash: str
     return_to: str | None
     created_at: int
