@@ -27,7 +27,7 @@ def _progress(message: str, started: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
-    parser.add_argument("--cold-runs", type=int, default=11, help="function/floor pairs per figure (median)")
+    parser.add_argument("--cold-runs", type=int, default=21, help="function/floor pairs per figure (median)")
     parser.add_argument("--iterations", type=int, default=200, help="warm requests per latency figure (median)")
     parser.add_argument("--repeats", type=int, default=10, help="warm requests per call-count figure")
     parser.add_argument("--connections", type=int, default=10_000, help="due connections for the sweep")
