@@ -131,15 +131,17 @@ class _BufferedRequestHandler(MotoRequestHandler):
         self.environ = environ = self.make_environ()
         environ["wsgi.input"] = body
         started: list[Any] = []
+        written: list[bytes] = []  # WSGI's write(), then the iterable: the answer's body in order
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[..., Any]:
             started[:] = [status, headers]
-            return _no_write
+            return written.append
 
         try:
             chunks = self.server.app(environ, start_response)
             try:
-                payload = b"".join(chunks)
+                written.extend(chunks)
+                payload = b"".join(written)
             finally:
                 close = getattr(chunks, "close", None)
                 if close is not None:
@@ -166,10 +168,6 @@ class _BufferedRequestHandler(MotoRequestHandler):
 
 
 _FRAMING_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "keep-alive"})
-
-
-def _no_write(data: bytes) -> None:
-    raise NotImplementedError("the embedded AWS answers from the application's iterable, not write()")
 
 
 def _live_connections(server: object) -> set[socket.socket]:

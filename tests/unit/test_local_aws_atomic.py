@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
-from infra.local.aws import LOCAL_CREDENTIALS, LocalAws
+from infra.local.aws import LOCAL_CREDENTIALS, LocalAws, OneRequestAtATime
 from infra.local.template_model import Template
 
 RACERS = 12
@@ -183,3 +183,24 @@ def test_a_connection_serves_request_after_request_as_aws_does(local_aws: LocalA
     assert first_body == second_body == third_body
     assert b"TableNames" in first_body
     assert rest == b""
+
+
+def test_a_failure_inside_moto_is_a_500_answer_and_the_connection_serves_on(
+    local_aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: OneRequestAtATime, environ: object, start_response: object) -> list[bytes]:
+        raise RuntimeError("moto broke")
+
+    port = urlsplit(local_aws.endpoint_url).port
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        monkeypatch.setattr(OneRequestAtATime, "__call__", broken)
+        conn.sendall(LIST_TABLES + b"\r\n{}")
+        failed_head, failed_body, rest = read_answer(conn)
+        monkeypatch.undo()
+        conn.sendall(LIST_TABLES + b"\r\n{}")
+        head, body, _rest = read_answer(conn, rest)
+    assert failed_head.startswith(b"HTTP/1.1 500 ")
+    assert failed_body == b"the embedded AWS failed to answer: see its log"
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"TableNames" in body
