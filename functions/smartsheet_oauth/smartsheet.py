@@ -72,11 +72,15 @@ class Timeouts:
 
 
 class Reply(NamedTuple):
-    """What the client keeps of an answer: its status, its body (read up to the size limit) and Retry-After."""
+    """What the client keeps of an answer: its status, its body (read up to the size limit) and Retry-After.
+    repr leaves the body out: a token answer carries tokens."""
 
     status: int
     content: bytes
     retry_after: str
+
+    def __repr__(self) -> str:
+        return f"Reply(status={self.status}, content=<{len(self.content)} bytes>, retry_after={self.retry_after!r})"
 
 
 def request_hash(client_secret: str, code_or_refresh_token: str) -> str:
@@ -102,8 +106,8 @@ def _pool(retry: Retry, base_url: str) -> PoolManager:
     from botocore.httpsession import DEFAULT_CA_BUNDLE  # noqa: PLC0415 (loaded with boto3's clients)
     from urllib3 import PoolManager, ProxyManager  # noqa: PLC0415
 
-    options: dict[str, Any] = {"num_pools": 4, "maxsize": 64, "block": False, "retries": retry}
-    options["ca_certs"] = os.environ.get("AWS_CA_BUNDLE") or DEFAULT_CA_BUNDLE
+    ca_certs = os.environ.get("AWS_CA_BUNDLE") or DEFAULT_CA_BUNDLE
+    options: dict[str, Any] = {"num_pools": 4, "maxsize": 64, "block": False, "retries": retry, "ca_certs": ca_certs}
     target = urlsplit(base_url)
     proxy = getproxies().get(target.scheme)
     if proxy and not proxy_bypass(target.hostname or ""):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from urllib.parse import parse_qs, urlsplit
 
-from smartsheet_oauth.smartsheet import TokenGrant, authorize_url, request_hash
+from smartsheet_oauth.smartsheet import Reply, TokenGrant, authorize_url, request_hash
 
 
 def test_scopes_are_joined_with_percent_20_not_plus() -> None:
@@ -45,3 +45,10 @@ def test_token_grant_repr_hides_tokens() -> None:
     grant = TokenGrant(access_token="ACCESS-123", refresh_token="REFRESH-456", token_type="bearer", expires_in=10)
     assert "ACCESS-123" not in repr(grant)
     assert "REFRESH-456" not in repr(grant)
+
+
+def test_a_reply_repr_leaves_its_body_out() -> None:
+    reply = Reply(200, b'{"access_token": "ACCESS-123", "refresh_token": "REFRESH-456"}', "")
+    assert "ACCESS-123" not in repr(reply)
+    assert "REFRESH-456" not in repr(reply)
+    assert repr(reply) == "Reply(status=200, content=<62 bytes>, retry_after='')"
