@@ -86,7 +86,7 @@ class OneRequestAtATime:
                     close()
 
 
-class _BufferedRequestHandler(MotoRequestHandler):
+class _KeepAliveRequestHandler(MotoRequestHandler):
     """moto's handler, answering as AWS does: over a kept-alive connection, each answer in one send.
 
     werkzeug's dev server closes every connection after its answer (http.server cannot skip a request body the
@@ -182,7 +182,7 @@ class _MotoServer:
     def __init__(self, host: str, port: int) -> None:
         app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
         self._server: BaseWSGIServer = make_server(
-            host, port, app, threaded=True, request_handler=_BufferedRequestHandler
+            host, port, app, threaded=True, request_handler=_KeepAliveRequestHandler
         )
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto-server", daemon=True)
         self._thread.start()
