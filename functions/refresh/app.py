@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import services, snapstart
+from smartsheet_oauth import scheduled_sweep, services, snapstart
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.observability import logger, metrics
-from smartsheet_oauth.refresh import RefreshDeps, sweep
-from smartsheet_oauth.sweep_metrics import record_sweep
+from smartsheet_oauth.refresh import RefreshDeps
 
 get_config()  # a bad configuration fails the cold start, naming the variable
 snapstart.register()  # SnapStart hooks; nothing is registered off Lambda
@@ -21,27 +19,26 @@ snapstart.register()  # SnapStart hooks; nothing is registered off Lambda
 SAFETY_MARGIN_SECONDS = 30.0
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True, log_event=False)
-@metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    deps = RefreshDeps(
+def refresh_deps() -> RefreshDeps:
+    return RefreshDeps(
         config=get_config(),
         connections=services.connection_store(),
         vault=services.token_vault(),
         smartsheet=services.smartsheet_client(),
         events=services.event_publisher(),
     )
-    started_at = int(time.time())
-    report = sweep(
-        deps,
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True, log_event=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    summary = scheduled_sweep.run(
+        refresh_deps,
+        leases=services.sweep_leases(),
+        pace=services.shared_pace(),
+        owner=context.aws_request_id,
         time_left=lambda: context.get_remaining_time_in_millis() / 1000,
         safety_margin_seconds=SAFETY_MARGIN_SECONDS,
     )
-    summary = report.as_dict() | record_sweep(
-        report,
-        connections=deps.connections,
-        started_at=started_at,
-        time_left=lambda: context.get_remaining_time_in_millis() / 1000,
-    )
-    logger.info("sweep finished", extra=summary)
+    logger.info("sweep skipped" if summary["skipped"] else "sweep finished", extra=summary)
     return summary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ConfigError(RuntimeError):
     """A missing or malformed environment variable: fails the cold start and names the variable."""
@@ -46,7 +48,12 @@ class StorageError(BrokerError):
 
 
 class ConditionFailed(StorageError):
-    """A conditional write lost: the item was not in the state the caller expected (used state, held lease)."""
+    """A conditional write lost: the item was not in the state the caller expected (used state, held lease).
+    `item` is the item as it was, when the write asked for it (ReturnValuesOnConditionCheckFailure=ALL_OLD)."""
+
+    def __init__(self, operation: str, code: str, *, transient: bool, item: dict[str, Any] | None = None) -> None:
+        super().__init__(operation, code, transient=transient)
+        self.item = item
 
 
 class SmartsheetError(BrokerError):

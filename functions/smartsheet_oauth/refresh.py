@@ -1,4 +1,5 @@
-"""The refresh sweep: due connections, earliest first, each under a lease, rotating the refresh token."""
+"""Refreshing one connection under its lease, rotating the refresh token: the steps the sweep, on-demand refreshes and
+the admin CLI share (the sweep itself, over the due index, is sweep.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,8 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from smartsheet_oauth import connection_store, events
 from smartsheet_oauth.config import Config
@@ -39,8 +37,6 @@ RESUMED = "resumed"
 # A rotated pair could be neither written nor kept: the grant is gone and the user must sign in again.
 LOST = "lost"
 OUTCOMES = (REFRESHED, TRANSIENT, NEEDS_REAUTH, LEASE_BUSY, RACED, KEPT, RESUMED, LOST)
-# Outcomes that mean "Smartsheet or AWS is struggling": a long run of them stops the sweep (see sweep()).
-_STRUGGLING = frozenset({TRANSIENT, KEPT, LOST})
 
 BACKOFF_BASE_SECONDS = 300
 BACKOFF_CAP_SECONDS = 3600
@@ -50,9 +46,6 @@ SAVE_RETRY_CAP_SECONDS = 5.0
 # connection) and this long before the invocation ends.
 LEASE_MARGIN_SECONDS = 15.0
 FINAL_MARGIN_SECONDS = 5.0
-# This many struggling outcomes in a row stop the sweep: an outage is waited out, not hammered.
-BREAKER_THRESHOLD = 25
-DUE_QUERY_ATTEMPTS = 3
 # invalid_grant ends one user's grant. The same answer for connection after connection, with few or no refreshes
 # working, points at a cause that is not the users' (an app credential Smartsheet refuses as 1071, an incident
 # at Smartsheet): past this many in one sweep, more are not made final while refusals outnumber refreshes.
@@ -72,27 +65,6 @@ class RefreshDeps:
     events: events.EventPublisher | None = None
     # Measures waits and deadlines; `sleep` must advance it.
     monotonic: Callable[[], float] = time.monotonic
-
-
-@dataclass(slots=True)
-class SweepReport:
-    """What one sweep did: outcomes by kind, how many it dispatched, and why it stopped."""
-
-    # Every outcome is present, zeros included: each becomes a metric, and alarms need datapoints, not gaps.
-    outcomes: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
-    dispatched: int = 0
-    stopped_early: bool = False
-    breaker_open: bool = False
-    duration_seconds: float = 0.0
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "dispatched": self.dispatched,
-            "outcomes": dict(self.outcomes),
-            "stopped_early": self.stopped_early,
-            "breaker_open": self.breaker_open,
-            "duration_seconds": round(self.duration_seconds, 3),
-        }
 
 
 class GrantGuard:
@@ -439,118 +411,3 @@ def _invalid_grant(
         deps.events, events.about(events.NEEDS_REAUTH, leased, status=connection_store.NEEDS_REAUTH, reason=exc.reason)
     )
     return NEEDS_REAUTH
-
-
-def sweep(
-    deps: RefreshDeps,
-    *,
-    time_left: Callable[[], float],
-    safety_margin_seconds: float = 30.0,
-    # Small pages: with overlapping sweeps (a retried schedule, an on-demand refresh), each page is read shortly
-    # before its connections are tried, so fewer of them are already leased by another worker (a wasted write).
-    page_size: int = 32,
-) -> SweepReport:
-    """Refresh due connections, earliest first, at most `refresh_concurrency` at once and at most
-    `refresh_rate_per_minute` (after a burst of a tenth of it), and stop dispatching when less than the safety
-    margin is left or after BREAKER_THRESHOLD struggling outcomes in a row: what is not reached waits for the
-    next sweep."""
-    started = time.monotonic()
-    report, guard = SweepReport(), GrantGuard()
-    concurrency = deps.config.refresh_concurrency
-    pace = _Pace(deps.config.refresh_rate_per_minute, deps.monotonic, deps.sleep)
-    seen: set[str] = set()
-    in_flight: set[Future[str]] = set()
-    struggling = 0
-    order = random.Random()  # noqa: S311 (spreading work, not security)
-
-    def collect(done: set[Future[str]]) -> None:
-        nonlocal struggling
-        for future in done:
-            try:
-                outcome = future.result()
-            except Exception as exc:  # one connection's failure never stops the sweep
-                logger.error("refresh crashed", extra={"error_type": type(exc).__name__})
-                outcome = "error"
-            report.outcomes[outcome] += 1
-            struggling = struggling + 1 if outcome in _STRUGGLING else 0
-        if struggling >= BREAKER_THRESHOLD and not report.breaker_open:
-            report.breaker_open = True
-            logger.error("refreshes keep failing; the sweep stops for now", extra={"in_a_row": struggling})
-
-    def stop_now() -> bool:
-        if report.breaker_open or time_left() <= safety_margin_seconds:
-            report.stopped_early = True
-        return report.stopped_early
-
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="refresh") as pool:
-        start_key = None
-        while not stop_now():
-            page = _due_page(deps, page_size, start_key)
-            if page is None:
-                report.outcomes["error"] += 1
-                break
-            due_connections, start_key = page
-            # Earliest first page by page; within a page, a random order keeps overlapping sweeps from
-            # walking the same connections in lockstep, each losing the lease race on every one.
-            order.shuffle(due_connections)
-            for due in due_connections:
-                if due.connection_id in seen:
-                    continue
-                while len(in_flight) >= concurrency:
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    in_flight.difference_update(done)
-                    collect(done)
-                if stop_now() or not pace.take(lambda: time_left() - safety_margin_seconds):
-                    report.stopped_early = True
-                    break
-                seen.add(due.connection_id)
-                in_flight.add(pool.submit(refresh_connection, due, deps, time_left=time_left, guard=guard))
-                report.dispatched += 1
-            if report.stopped_early or not start_key:
-                break
-        done, _ = wait(in_flight)
-        collect(done)
-    report.duration_seconds = time.monotonic() - started
-    return report
-
-
-def _due_page(
-    deps: RefreshDeps, page_size: int, start_key: dict[str, Any] | None
-) -> tuple[list[DueConnection], dict[str, Any] | None] | None:
-    """One page of the due index; a throttled or failed read is retried briefly, then the sweep ends."""
-    for attempt in range(DUE_QUERY_ATTEMPTS):
-        try:
-            return deps.connections.due(now=int(deps.clock()), limit=page_size, start_key=start_key)
-        except StorageError as exc:
-            logger.warning("could not read due connections", extra={"reason": exc.code, "attempt": attempt + 1})
-            if attempt < DUE_QUERY_ATTEMPTS - 1:
-                deps.sleep(0.5 * 2**attempt)
-    logger.error("could not read due connections; the sweep ends")
-    return None
-
-
-class _Pace:
-    """A token bucket in front of Smartsheet: `per_minute` refreshes a minute, after a burst of a tenth of that,
-    so a backlog (after an outage, or a first sweep over many sign-ins) is spread out instead of fired at once."""
-
-    def __init__(self, per_minute: int, monotonic: Callable[[], float], sleep: Callable[[float], None]) -> None:
-        self._rate = per_minute / 60.0
-        self._capacity = max(1.0, per_minute / 10.0)
-        self._tokens = self._capacity
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._last = monotonic()
-
-    def take(self, seconds_left: Callable[[], float]) -> bool:
-        """Wait for the next slot; False when that wait would run past the time left."""
-        now = self._monotonic()
-        self._tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        if self._tokens < 1.0:
-            wait_seconds = (1.0 - self._tokens) / self._rate
-            if wait_seconds >= seconds_left():
-                return False
-            self._sleep(wait_seconds)
-            self._tokens, self._last = 1.0, self._monotonic()
-        self._tokens -= 1.0
-        return True

@@ -18,8 +18,10 @@ if TYPE_CHECKING:
     from smartsheet_oauth.connect_sessions import ConnectSessionStore
     from smartsheet_oauth.connection_store import ConnectionStore
     from smartsheet_oauth.events import EventPublisher
+    from smartsheet_oauth.pace import SharedPace
     from smartsheet_oauth.smartsheet import SmartsheetClient
     from smartsheet_oauth.state_store import StateStore
+    from smartsheet_oauth.sweep_lease import SweepLeases
     from smartsheet_oauth.token_vault import TokenVault
 
 # Each factory imports its collaborator's module itself: a function's cold start imports only what it uses
@@ -113,6 +115,22 @@ def event_publisher() -> EventPublisher:
     return EventPublisher(aws.events(), get_config().event_bus_name)
 
 
+@cache
+def sweep_leases() -> SweepLeases:
+    from smartsheet_oauth.sweep_lease import SweepLeases  # noqa: PLC0415
+
+    return SweepLeases(aws.dynamodb(), get_config().state_table_name)
+
+
+def shared_pace() -> SharedPace:
+    """A new view of the pace every refresher shares (it holds the slots this caller claimed, so one per sweep or
+    request, not per container)."""
+    from smartsheet_oauth.pace import PaceWindows, SharedPace  # noqa: PLC0415
+
+    config = get_config()
+    return SharedPace(PaceWindows(aws.dynamodb(), config.state_table_name), config.refresh_rate_per_minute)
+
+
 _client_lock = threading.Lock()
 _client: tuple[AppCredentials, SmartsheetClient] | None = None
 
@@ -141,7 +159,7 @@ def reset() -> None:
     aws.reset()
     with _credentials_lock:
         _credentials = None
-    for factory in (state_store, connection_store, token_vault, event_publisher, connect_sessions):
+    for factory in (state_store, connection_store, token_vault, event_publisher, connect_sessions, sweep_leases):
         factory.cache_clear()
     with _client_lock:
         _client = None

@@ -19,6 +19,8 @@ PRELOADED_MODULES = (
     "smartsheet_oauth.token_vault",
     "smartsheet_oauth.events",
     "smartsheet_oauth.smartsheet",
+    "smartsheet_oauth.sweep_lease",
+    "smartsheet_oauth.pace",
 )
 
 

@@ -37,7 +37,10 @@ def storage(operation: str) -> Iterator[None]:
     except ClientError as exc:
         code = error_code(exc)
         if code == "ConditionalCheckFailedException":
-            raise ConditionFailed(operation, code, transient=False) from exc
+            item = exc.response.get("Item")  # asked for with ReturnValuesOnConditionCheckFailure
+            raise ConditionFailed(
+                operation, code, transient=False, item=item if isinstance(item, dict) else None
+            ) from exc
         raise StorageError(operation, code, transient=code in _TRANSIENT_CODES) from exc
     except BotoCoreError as exc:  # timeouts, connection errors: worth retrying later
         raise StorageError(operation, type(exc).__name__, transient=True) from exc

@@ -270,6 +270,10 @@ def cmd_sweep(target: Target, _args: argparse.Namespace, out: Output) -> int:
     if out.as_json:
         out.json(report)
         return OK
+    if report.get("skipped"):
+        ends = when(report.get("lease_until"), out.now)
+        out.line(f"sweep skipped on {target.description}: another sweep is running (its lease ends {ends})")
+        return OK
     happened = sorted((name, count) for name, count in report.get("outcomes", {}).items() if count)
     outcomes = ", ".join(f"{name} {count}" for name, count in happened) or "none"
     out.line(f"sweep done in {time.monotonic() - started:.1f}s on {target.description}")
@@ -278,8 +282,6 @@ def cmd_sweep(target: Target, _args: argparse.Namespace, out: Output) -> int:
         out.line(f"  backlog (due, not reached): {report['backlog']}")
     if report.get("stopped_early"):
         out.line("  stopped early: the time budget ran out; the next sweep continues")
-    if isinstance(report.get("connections"), dict):
-        out.line("  connections: " + ", ".join(f"{k} {v}" for k, v in report["connections"].items()))
     return OK
 
 

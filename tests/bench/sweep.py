@@ -98,10 +98,15 @@ def _emulator_counts(base_url: str) -> Counter[str]:
 def _default_pace(env: dict[str, str]) -> float | None:
     """Refreshes per minute the function allows itself by default (None: no pace limit in this version)."""
     from smartsheet_oauth.config import load_config
+    from smartsheet_oauth.pace import Windows
 
     config = load_config({k: v for k, v in env.items() if k != "REFRESH_RATE_PER_MINUTE"})
     pace = getattr(config, "refresh_rate_per_minute", None)
-    return float(pace) if pace else None
+    if not pace:
+        return None
+    # The sweep's share of the pace every refresher shares (a tenth of each window is left to on-demand refreshes).
+    windows = Windows(int(pace))
+    return float(pace) * windows.sweep_budget / windows.budget
 
 
 def measure(server: Server, window_seconds: float = 45.0) -> tuple[list[Row], dict[str, Any]]:

@@ -17,7 +17,6 @@ from smartsheet_oauth.config import get_config
 from smartsheet_oauth.connection_store import DueConnection
 from smartsheet_oauth.errors import StorageError, TransientSmartsheetError
 from smartsheet_oauth.refresh import (
-    BREAKER_THRESHOLD,
     KEPT,
     LEASE_BUSY,
     LOST,
@@ -30,9 +29,9 @@ from smartsheet_oauth.refresh import (
     GrantGuard,
     RefreshDeps,
     refresh_connection,
-    sweep,
 )
 from smartsheet_oauth.smartsheet import SmartsheetClient, TokenGrant
+from smartsheet_oauth.sweep import BREAKER_THRESHOLD, sweep
 from smartsheet_oauth.token_vault import TokenSet, TokenVault, pending_binding
 
 from tests.support.broker import Broker, pending_tokens_key_arn

@@ -25,8 +25,9 @@ from botocore.config import Config as BotoConfig
 from smartsheet_oauth.config import Config, load_config
 from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.errors import StorageError
-from smartsheet_oauth.refresh import OUTCOMES, RefreshDeps, SweepReport, sweep
+from smartsheet_oauth.refresh import OUTCOMES, RefreshDeps
 from smartsheet_oauth.smartsheet import SmartsheetClient, Timeouts
+from smartsheet_oauth.sweep import SweepReport, sweep
 from smartsheet_oauth.token_vault import PairSealer, TokenSet, TokenVault
 
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator, User

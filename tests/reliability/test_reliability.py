@@ -19,8 +19,8 @@ from smartsheet_oauth.refresh import (
     RACED,
     REFRESHED,
     RESUMED,
-    SweepReport,
 )
+from smartsheet_oauth.sweep import SweepReport
 
 from tests.reliability.conftest import Scale
 from tests.reliability.harness import (

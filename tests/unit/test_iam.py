@@ -18,6 +18,7 @@ from smartsheet_oauth import services
 
 from infra.local.template_model import PhysicalResource, Resolver, Template, synthesize_physical
 from infra.scripts.sam_translate import TEMPLATE, load_template, translate
+from tests.management.conftest import call_management
 
 if TYPE_CHECKING:
     from tests.support.broker import Broker
@@ -38,6 +39,9 @@ EVENT_BUS = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::Acco
 PENDING_TOKENS_KEY = {"Fn::GetAtt": ["PendingTokensKey", "Arn"]}
 # Connect sessions share the state table with pending sign-ins; their keys start with "connect-session:".
 SESSION_KEYS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["connect-session:*"]}}
+# The sweep lease and the shared pace's windows live there too, under keys of their own.
+SWEEP_LEASE_ONLY = {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["sweep:lease"]}}
+PACE_WINDOWS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["pace:*"]}}
 ONLY_PENDING_PAIRS = {"StringEquals": {"kms:EncryptionContext:purpose": "pending-token-pair"}}
 TOKEN_KEY = {"Ref": "TokenKmsKeyArn"}
 VIA_SECRETS_MANAGER = {
@@ -66,6 +70,7 @@ def grants(actions: Iterable[str], resource: Any, condition: Any = None) -> set[
 # -- what each function needs, and nothing else -------------------------------------------------------
 READ_APP_CREDENTIALS = grants(["secretsmanager:GetSecretValue"], APP_CREDENTIALS)
 PUBLISH_EVENTS = grants(["events:PutEvents"], EVENT_BUS)
+SHARE_THE_PACE = grants(["dynamodb:UpdateItem"], STATE_TABLE, PACE_WINDOWS_ONLY)
 SEAL_PENDING_PAIRS = grants(["kms:GenerateDataKey", "kms:Decrypt"], PENDING_TOKENS_KEY, ONLY_PENDING_PAIRS)
 # Only with the TokenKmsKeyArn parameter: Secrets Manager uses the customer key on the function's behalf.
 CUSTOMER_TOKEN_KEY = grants(["kms:Decrypt", "kms:GenerateDataKey"], TOKEN_KEY, VIA_SECRETS_MANAGER)
@@ -87,8 +92,11 @@ EXPECTED: dict[str, set[Grant]] = {
         TOKEN_SECRETS,
     )
     | PUBLISH_EVENTS,
+    # No Scan: no step of the sweep reads the whole table.
     "RefreshFunction": grants(["dynamodb:Query"], DUE_INDEX)
-    | grants(["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"], CONNECTIONS_TABLE)
+    | grants(["dynamodb:GetItem", "dynamodb:UpdateItem"], CONNECTIONS_TABLE)
+    | grants(["dynamodb:PutItem", "dynamodb:DeleteItem"], STATE_TABLE, SWEEP_LEASE_ONLY)
+    | SHARE_THE_PACE
     | READ_APP_CREDENTIALS
     | grants(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], TOKEN_SECRETS)
     | SEAL_PENDING_PAIRS
@@ -96,6 +104,7 @@ EXPECTED: dict[str, set[Grant]] = {
     "ManagementFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"], CONNECTIONS_TABLE)
     | grants(["dynamodb:Query"], END_USER_INDEX)
     | grants(["dynamodb:PutItem"], STATE_TABLE, SESSION_KEYS_ONLY)
+    | SHARE_THE_PACE
     | READ_APP_CREDENTIALS
     | grants(
         ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue", "secretsmanager:DeleteSecret"],
@@ -443,6 +452,7 @@ def deploy(broker: Broker, monkeypatch: pytest.MonkeyPatch, *, customer_token_ke
 
 ADA = 4583173393803140
 GRACE = 6812335718217604
+ALAN = 9007199254740993
 
 
 @pytest.fixture
@@ -469,6 +479,7 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
     sign_in(ADA)  # a new user: the secret is created
     sign_in(ADA)  # a returning user: a new version of the same secret
     sign_in(GRACE)
+    sign_in(ALAN)
     broker.emulator.revoke_user(GRACE)
     broker.make_due(ADA)
     broker.make_due(GRACE)
@@ -476,10 +487,13 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
         report = broker.sweep()
     assert report["outcomes"]["ok"] == 1, report
     assert report["outcomes"]["needs_reauth"] == 1, report
+    with recorder.acting_as("ManagementFunction"):  # an on-demand refresh: the pace, the lease, the secret
+        answer = call_management("POST", f"/connections/{ALAN}/refresh", body={"min_valid_seconds": 604800})
+    assert answer.body["outcome"] == "refreshed", answer.body
 
     token_key = deployed.parameters.get("TokenKmsKeyArn")
     seen: dict[str, list[str]] = {}
-    for function in ("AuthorizeFunction", "CallbackFunction", "RefreshFunction"):
+    for function in ("AuthorizeFunction", "CallbackFunction", "RefreshFunction", "ManagementFunction"):
         calls = recorder.of(function)
         statements = deployed.statements(function)
         seen[function] = sorted({c.action for c in calls})
@@ -494,6 +508,14 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
         seen["CallbackFunction"]
     )
     assert {"dynamodb:Query", "secretsmanager:PutSecretValue"} <= set(seen["RefreshFunction"])
+    # The sweep lease (put, deleted) and the shared pace (updated) in the state table, under their own keys.
+    state_table = table_arn(broker.state_table)
+    for function, actions in (
+        ("RefreshFunction", {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"}),
+        ("ManagementFunction", {"dynamodb:UpdateItem"}),
+    ):
+        on_state = {c.action for c in recorder.of(function) if resources_of(c) == [state_table]}
+        assert on_state == actions, (function, on_state)
     counts = {f: dict(Counter(c.action for c in recorder.of(f))) for f in seen}
     print(f"AWS calls per function (3 sign-ins, 1 sweep of 2): {json.dumps(counts)}")
 
@@ -514,6 +536,23 @@ def test_a_call_outside_the_role_would_be_caught(broker: Broker, monkeypatch: py
     assert allows(refresh, "kms:Decrypt", token_key, via)
     assert not allows(refresh, "kms:Decrypt", token_key, {})  # only through Secrets Manager
     assert not allows(authorize, "kms:Decrypt", token_key, via)
+    # The state table's reserved keys: the sweep writes its lease and the pace, never a sign-in's state.
+    management, state_table = deployed.statements("ManagementFunction"), table_arn(broker.state_table)
+    lease, window, state = (
+        {"dynamodb:LeadingKeys": ["sweep:lease"]},
+        {"dynamodb:LeadingKeys": ["pace:29650000"]},
+        {"dynamodb:LeadingKeys": ["a-pending-sign-in-state"]},
+    )
+    assert allows(refresh, "dynamodb:PutItem", state_table, lease)
+    assert allows(refresh, "dynamodb:DeleteItem", state_table, lease)
+    assert allows(refresh, "dynamodb:UpdateItem", state_table, window)
+    assert allows(management, "dynamodb:UpdateItem", state_table, window)
+    assert not allows(refresh, "dynamodb:DeleteItem", state_table, state)
+    assert not allows(refresh, "dynamodb:PutItem", state_table, window)
+    assert not allows(refresh, "dynamodb:UpdateItem", state_table, lease)
+    assert not allows(management, "dynamodb:PutItem", state_table, lease)
+    assert not allows(management, "dynamodb:DeleteItem", state_table, lease)
+    assert not allows(refresh, "dynamodb:Scan", table_arn(broker.connections_table), {})
 
 
 def test_the_condition_evaluator_denies_what_it_cannot_prove() -> None:

@@ -1,0 +1,180 @@
+"""The refresh sweep: due connections, earliest first, each refreshed under its lease (refresh.py), at most
+`refresh_concurrency` at once and at the pace, until the time budget or the breaker stops it."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from smartsheet_oauth.connection_store import DueConnection
+from smartsheet_oauth.errors import StorageError
+from smartsheet_oauth.observability import logger
+from smartsheet_oauth.pace import LocalPace, Pace
+from smartsheet_oauth.refresh import KEPT, LOST, OUTCOMES, TRANSIENT, GrantGuard, RefreshDeps, refresh_connection
+
+# Outcomes that mean "Smartsheet or AWS is struggling": a long run of them stops the sweep (see sweep()).
+_STRUGGLING = frozenset({TRANSIENT, KEPT, LOST})
+# This many struggling outcomes in a row stop the sweep: an outage is waited out, not hammered.
+BREAKER_THRESHOLD = 25
+DUE_QUERY_ATTEMPTS = 3
+# A sweep hands its figures over (to be flushed as metrics) at least this often: one cut short by its timeout loses
+# at most this much of them.
+PROGRESS_SECONDS = 30.0
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """What one sweep did: outcomes by kind, how many it dispatched, and why it stopped."""
+
+    # Every outcome is present, zeros included: each becomes a metric, and alarms need datapoints, not gaps.
+    outcomes: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
+    dispatched: int = 0
+    stopped_early: bool = False
+    breaker_open: bool = False
+    duration_seconds: float = 0.0
+    # The earliest refresh time among the due connections the sweep found first (None: nothing was due).
+    oldest_due_at: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "dispatched": self.dispatched,
+            "outcomes": dict(self.outcomes),
+            "stopped_early": self.stopped_early,
+            "breaker_open": self.breaker_open,
+            "duration_seconds": round(self.duration_seconds, 3),
+            "oldest_due_at": self.oldest_due_at,
+        }
+
+
+class _Tally:
+    """Counts finished refreshes into the report and opens the breaker after a run of struggling outcomes."""
+
+    def __init__(self, report: SweepReport) -> None:
+        self.report = report
+        self._struggling = 0
+
+    def collect(self, done: set[Future[str]]) -> None:
+        for future in done:
+            try:
+                outcome = future.result()
+            except Exception as exc:  # one connection's failure never stops the sweep
+                logger.error("refresh crashed", extra={"error_type": type(exc).__name__})
+                outcome = "error"
+            self.report.outcomes[outcome] += 1
+            self._struggling = self._struggling + 1 if outcome in _STRUGGLING else 0
+        if self._struggling >= BREAKER_THRESHOLD and not self.report.breaker_open:
+            self.report.breaker_open = True
+            logger.error("refreshes keep failing; the sweep stops for now", extra={"in_a_row": self._struggling})
+
+
+class _Progress:
+    """Hands the growing report to the caller's `progress` when asked to, or when PROGRESS_SECONDS have passed."""
+
+    def __init__(
+        self, report: SweepReport, progress: Callable[[SweepReport], None] | None, monotonic: Callable[[], float]
+    ) -> None:
+        self._report, self._progress, self._monotonic = report, progress, monotonic
+        self._last = monotonic()
+
+    def __call__(self, *, now: bool = False) -> None:
+        if self._progress is not None and (now or self._monotonic() - self._last >= PROGRESS_SECONDS):
+            self._progress(self._report)
+            self._last = self._monotonic()
+
+
+def sweep(
+    deps: RefreshDeps,
+    *,
+    time_left: Callable[[], float],
+    safety_margin_seconds: float = 30.0,
+    # Small pages: with overlapping sweeps (a retried schedule, an on-demand refresh), each page is read shortly
+    # before its connections are tried, so fewer of them are already leased by another worker (a wasted write).
+    page_size: int = 32,
+    pace: Pace | None = None,
+    progress: Callable[[SweepReport], None] | None = None,
+) -> SweepReport:
+    """Refresh due connections, earliest first, at most `refresh_concurrency` at once and at the pace (by default
+    `refresh_rate_per_minute` in this process, after a burst of a tenth of it; the scheduled sweep passes the pace
+    every refresher shares), and stop dispatching when less than the safety margin is left or after
+    BREAKER_THRESHOLD struggling outcomes in a row: what is not reached waits for the next sweep. `progress` gets
+    the report as it grows: after the first page, every PROGRESS_SECONDS, and before the in-flight refreshes are
+    waited for."""
+    started = time.monotonic()
+    report, guard = SweepReport(), GrantGuard()
+    tally, report_progress = _Tally(report), _Progress(report, progress, deps.monotonic)
+    concurrency = deps.config.refresh_concurrency
+    pace = pace or LocalPace(deps.config.refresh_rate_per_minute, deps.monotonic, deps.sleep)
+    seen: set[str] = set()
+    in_flight: set[Future[str]] = set()
+    order = random.Random()  # noqa: S311 (spreading work, not security)
+
+    def stop_now() -> bool:
+        if report.breaker_open or time_left() <= safety_margin_seconds:
+            report.stopped_early = True
+        return report.stopped_early
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="refresh") as pool:
+        start_key = None
+        while not stop_now():
+            page = _due_page(deps, page_size, start_key)
+            if page is None:
+                report.outcomes["error"] += 1
+                break
+            due_connections, start_key = page
+            if report.oldest_due_at is None and due_connections:
+                report.oldest_due_at = min(due.refresh_due_at for due in due_connections)
+                report_progress(now=True)
+            # Earliest first page by page; within a page, a random order keeps overlapping sweeps from
+            # walking the same connections in lockstep, each losing the lease race on every one.
+            order.shuffle(due_connections)
+            for due in due_connections:
+                if due.connection_id in seen:
+                    continue
+                while len(in_flight) >= concurrency:
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    in_flight.difference_update(done)
+                    tally.collect(done)
+                report_progress()
+                if stop_now() or not _paced(pace, lambda: time_left() - safety_margin_seconds, report):
+                    report.stopped_early = True
+                    break
+                seen.add(due.connection_id)
+                in_flight.add(pool.submit(refresh_connection, due, deps, time_left=time_left, guard=guard))
+                report.dispatched += 1
+            if report.stopped_early or not start_key:
+                break
+        report_progress(now=True)
+        done, _ = wait(in_flight)
+        tally.collect(done)
+    report.duration_seconds = time.monotonic() - started
+    return report
+
+
+def _paced(pace: Pace, seconds_left: Callable[[], float], report: SweepReport) -> bool:
+    """The pace's next slot; a pace that cannot be reached (the shared count in DynamoDB) ends the sweep."""
+    try:
+        return pace.take(seconds_left)
+    except StorageError as exc:
+        logger.error("could not take a slot of the shared pace; the sweep ends", extra={"reason": exc.code})
+        report.outcomes["error"] += 1
+        return False
+
+
+def _due_page(
+    deps: RefreshDeps, page_size: int, start_key: dict[str, Any] | None
+) -> tuple[list[DueConnection], dict[str, Any] | None] | None:
+    """One page of the due index; a throttled or failed read is retried briefly, then the sweep ends."""
+    for attempt in range(DUE_QUERY_ATTEMPTS):
+        try:
+            return deps.connections.due(now=int(deps.clock()), limit=page_size, start_key=start_key)
+        except StorageError as exc:
+            logger.warning("could not read due connections", extra={"reason": exc.code, "attempt": attempt + 1})
+            if attempt < DUE_QUERY_ATTEMPTS - 1:
+                deps.sleep(0.5 * 2**attempt)
+    logger.error("could not read due connections; the sweep ends")
+    return None
