@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,8 @@ class Connection:
     end_user_id: str | None = None
     # A refreshed pair that is not in the secret yet: the next refresh stores it before anything else.
     pending: PendingPair | None = None
+    # When a refresh was last committed (a new secret version): on-demand refreshes wait a cooldown after it.
+    refreshed_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,17 +59,6 @@ class PendingPair:
 
     def __repr__(self) -> str:
         return f"PendingPair(version_id={self.version_id!r}, generation={self.generation}, sealed=<hidden>)"
-
-
-@dataclass(frozen=True, slots=True)
-class StatusCounts:
-    """Connections per status; `expired` and `failing` are subsets of `active`."""
-
-    active: int = 0
-    needs_reauth: int = 0
-    revoked: int = 0
-    expired: int = 0  # active, but the access token is past its expiry: the refresher fell behind
-    failing: int = 0  # active, with failed refresh attempts waiting for a retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +97,7 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         updated_at=_n(item, "updated_at", 0) or 0,
         end_user_id=_s(item, "end_user_id"),
         pending=_pending(item),
+        refreshed_at=_n(item, "refreshed_at"),
     )
 
 
@@ -266,7 +258,7 @@ class ConnectionStore:
                 Key={"connection_id": {"S": connection_id}},
                 UpdateExpression=(
                     "SET access_expires_at = :exp, refresh_due_at = :due, generation = :next, failures = :zero,"
-                    " updated_at = :now"
+                    " updated_at = :now, refreshed_at = :now"
                     " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation"
                 ),
                 ConditionExpression="lease_owner = :owner AND generation = :gen",
@@ -352,11 +344,15 @@ class ConnectionStore:
                 },
             )
 
-    # -- operators: counts for the sweep's metrics, listing and one-connection actions (admin CLI) --------------
+    # -- operators: the sweep's backlog, counts, listing and one-connection actions (admin CLI) -----------------
 
-    def count_due(self, *, now: int) -> int:
+    def count_due(
+        self, *, now: int, max_pages: int | None = None, keep_going: Callable[[], bool] | None = None
+    ) -> tuple[int, bool]:
         """How many active connections are due at `now` (leased ones included): the sweep's backlog when `now` is
-        the time the sweep started. A COUNT query on the sparse index, never a scan."""
+        the time the sweep started. COUNT queries on the sparse index, never a scan; each reads up to 1 MB of index
+        entries (thousands). With `max_pages`, or when `keep_going` says no before a page after the first, it stops
+        early: returns (the count so far, whether it is complete)."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": DUE_INDEX,
@@ -364,38 +360,15 @@ class ConnectionStore:
             "ExpressionAttributeValues": {":shard": {"S": DUE_SHARD}, ":now": {"N": str(now)}},
             "Select": "COUNT",
         }
-        total = 0
+        total = pages = 0
         while True:
             with storage("connections.count_due"):
                 answer = self._client.query(**kwargs)
-            total += int(answer.get("Count", 0))
+            total, pages = total + int(answer.get("Count", 0)), pages + 1
             if not answer.get("LastEvaluatedKey"):
-                return total
-            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
-
-    def count_by_status(self, *, now: int) -> StatusCounts:
-        """Connections per status, plus the active ones whose access token has already expired (the refresher fell
-        behind) or that wait for a retry. A scan reading three attributes: for the sweep's metrics and operators,
-        never on a sign-in path."""
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "ProjectionExpression": "#status, access_expires_at, failures",
-            "ExpressionAttributeNames": {"#status": "status"},
-        }
-        counts: dict[str, int] = dict.fromkeys(("active", "needs_reauth", "revoked", "expired", "failing"), 0)
-        while True:
-            with storage("connections.count"):
-                answer = self._client.scan(**kwargs)
-            for item in answer.get("Items", []):
-                status = _s(item, "status") or ""
-                if status in (ACTIVE, NEEDS_REAUTH, REVOKED):
-                    counts[status] += 1
-                if status == ACTIVE and (_n(item, "access_expires_at", 0) or 0) <= now:
-                    counts["expired"] += 1
-                if status == ACTIVE and (_n(item, "failures", 0) or 0) > 0:
-                    counts["failing"] += 1
-            if not answer.get("LastEvaluatedKey"):
-                return StatusCounts(**counts)
+                return total, True
+            if (max_pages is not None and pages >= max_pages) or (keep_going is not None and not keep_going()):
+                return total, False
             kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     def scan(self, *, status: str | None = None) -> Iterator[Connection]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from smartsheet_oauth.observability import logger, metrics
+from smartsheet_oauth.observability import add_metric_safely, logger
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
@@ -102,7 +102,7 @@ class EventPublisher:
         self._attempts = max(1, attempts)
         self._clock = clock
         self._sleep = sleep
-        # The refresh sweep publishes from several threads; Powertools' metric set is a plain dict.
+        # The refresh sweep publishes from several threads.
         self._lock = threading.Lock()
         self.published = 0
         self.failed = 0
@@ -162,7 +162,7 @@ class EventPublisher:
                 self.published += 1
             else:
                 self.failed += 1
-            metrics.add_metric(name="events_published" if ok else "events_publish_failed", unit="Count", value=1)
+        add_metric_safely("events_published" if ok else "events_publish_failed", "Count", 1)
 
 
 def emit(publisher: EventPublisher | None, event: ConnectionEvent) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import traceback
 
 from aws_lambda_powertools import Logger, Metrics
@@ -35,6 +36,25 @@ metrics = Metrics(
     namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE,
     service=os.environ.get("POWERTOOLS_SERVICE_NAME") or SERVICE,
 )
+
+# Powertools' metric set is a plain dict: the sweep's worker threads add to it (events) while its main thread may
+# flush it (flush_metrics_now). Both hold this lock.
+metrics_lock = threading.Lock()
+
+
+def add_metric_safely(name: str, unit: str, value: float) -> None:
+    """add_metric from a thread that may run while the sweep flushes."""
+    with metrics_lock:
+        metrics.add_metric(name=name, unit=unit, value=value)
+
+
+def flush_metrics_now() -> None:
+    """Print the metrics added so far as one EMF document now, instead of when the handler returns: a sweep that
+    Lambda ends at its timeout never returns, and its log keeps only what was printed before."""
+    with metrics_lock:
+        if metrics.metric_set:
+            metrics.flush_metrics()
+
 
 # botocore's wire logs dump whole request and response bodies at DEBUG: token secrets, the app credentials.
 # Keep them quiet whatever level the Lambda runtime gives the root logger (ApplicationLogLevel=DEBUG).

@@ -18,8 +18,11 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
+from smartsheet_oauth.on_demand import PACE_WAIT_SECONDS
+from smartsheet_oauth.pace import PaceExhausted, PaceWindows, SharedPace
 from smartsheet_oauth.refresh import RefreshDeps, refresh_connection
 
+from infra.admin.counts import count_by_status
 from infra.admin.target import Target
 
 
@@ -50,6 +53,16 @@ def refresh_now(target: Target, connection_id: str) -> RefreshResult:
             raise ActionError(f"no connection {connection_id}")
         if before.status == REVOKED:
             raise ActionError(f"connection {connection_id} is disconnected (revoked): its user must sign in again")
+        # The pace every refresher shares (the sweep's, the management API's): a loop of these stays within it too.
+        pace = SharedPace(
+            PaceWindows(target.dynamodb, target.config.state_table_name), target.config.refresh_rate_per_minute
+        )
+        try:
+            pace.take_one(max_wait=PACE_WAIT_SECONDS)
+        except PaceExhausted as exhausted:
+            raise ActionError(
+                f"the pace of refreshes sent to Smartsheet is used up; try again in {exhausted.retry_after} s"
+            ) from None
         try:
             requested = target.connections.request_refresh(connection_id, now=now)
         except ConditionFailed:
@@ -136,8 +149,8 @@ class Health:
 def health(target: Target, *, worst: int = 10) -> Health:
     now = int(time.time())
     try:
-        counts = asdict(target.connections.count_by_status(now=now))
-        due_now = target.connections.count_due(now=now)
+        counts = asdict(count_by_status(target.dynamodb, target.config.connections_table_name, now=now))
+        due_now, _ = target.connections.count_due(now=now)
         failing = sorted(
             (c for c in target.connections.scan(status=ACTIVE) if c.failures > 0 or c.access_expires_at <= now),
             key=lambda c: (-c.failures, c.access_expires_at),

@@ -26,7 +26,8 @@ GROUPS = (
         "callback_internal_error",
         "events_publish_failed",
         "sweep_backlog",
-        "connections_by_status",
+        "full_sweep",
+        "sweep_skipped",
         "callback_storage_error",
     ),
     (

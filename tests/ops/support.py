@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from smartsheet_oauth import services
 from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.observability import logger
 from smartsheet_oauth.smartsheet import SmartsheetClient, TokenGrant
+from smartsheet_oauth.sweep_lease import SweepLeases
 from smartsheet_oauth.token_vault import TokenSet
 
 from tests.support.broker import Broker
@@ -225,27 +227,39 @@ def sweep_with_backlog(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
 
 
 def sweep_out_of_time(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
-    """Too little time left even to count the table: the backlog is still reported."""
+    """Five seconds left: nothing dispatched, and the backlog (its first page) is still counted."""
     _due_connection(broker, ADA)
     report = broker.sweep(timeout_seconds=5)
     assert report["backlog"] == 1
-    assert "connections" not in report
+    assert report["dispatched"] == 0
 
 
-def connections_by_status(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
-    """One connection of each status: ADA refreshed, GRACE's grant revoked at Smartsheet, ALAN disconnected."""
+def full_sweep(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
+    """One connection of each status: ADA refreshed, GRACE's grant revoked at Smartsheet, ALAN disconnected. The
+    sweep reaches both due ones (no backlog) and reports how late the most overdue one was (ADA's was due an hour
+    ago)."""
     for user in (ADA, GRACE, ALAN):
         assert broker.sign_in(user_id=user).status == 200
-    broker.make_due(ADA)
-    broker.make_due(GRACE)
+    broker.make_due(ADA, at=int(time.time()) - 3600)
+    broker.make_due(GRACE, at=int(time.time()) - 60)
     broker.emulator.revoke_user(GRACE)
     store = services.connection_store()
     store.hold(str(ALAN), owner="operator", now=0, lease_seconds=60)
     store.mark_revoked(str(ALAN), owner="operator", reason="test", now=1)
     report = broker.sweep()
     assert outcomes(report) == {"ok": 1, "needs_reauth": 1}
-    assert report["connections"] == {"active": 1, "needs_reauth": 1, "revoked": 1, "expired": 0, "failing": 0}
+    assert "connections" not in report  # counting by status would read the whole table: the admin CLI's health does
     assert report["backlog"] == 0
+
+
+def sweep_skipped(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
+    """Another sweep holds the lease (a retried invocation overlapping the next scheduled one): this one does
+    nothing and says so."""
+    _due_connection(broker, ADA)
+    SweepLeases(broker.dynamodb, broker.state_table).take(owner="the-other-sweep", now=int(time.time()), seconds=600)
+    report = broker.sweep()
+    assert report["skipped"] is True
+    assert report["reason"] == "another_sweep_running"
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -266,5 +280,6 @@ SCENARIOS: dict[str, Scenario] = {
     "refresh_error": refresh_error,
     "sweep_backlog": sweep_with_backlog,
     "sweep_out_of_time": sweep_out_of_time,
-    "connections_by_status": connections_by_status,
+    "full_sweep": full_sweep,
+    "sweep_skipped": sweep_skipped,
 }

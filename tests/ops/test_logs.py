@@ -33,7 +33,7 @@ def test_lines_carry_the_invocations_correlation_id_and_each_connections_outcome
     assert about_one >= {(str(ADA), "ok"), (str(GRACE), "needs_reauth")}
     (finished,) = [line for line in sweep_lines if line["message"] == "sweep finished"]
     assert finished["backlog"] == 0
-    assert finished["connections"]["needs_reauth"] == 1
+    assert finished["outcomes"]["needs_reauth"] == 1
     # A refused callback: API Gateway's request id (the page's reference) and the outcome; never the nonce.
     assert {line["correlation_id"] for line in callback_lines} == {stale["requestContext"]["requestId"]}
     assert any(line.get("outcome") == "bad_state" for line in callback_lines)

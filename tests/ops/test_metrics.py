@@ -6,7 +6,7 @@ import pytest
 from smartsheet_oauth.observability import metrics
 
 from tests.ops.conftest import Recorded
-from tests.ops.support import metric_totals
+from tests.ops.support import metric_names, metric_totals
 
 QUIET = {"refresh_ok": 0, "refresh_transient": 0, "refresh_needs_reauth": 0, "refresh_lease_busy": 0}
 
@@ -61,23 +61,40 @@ def test_a_sweep_that_runs_out_of_time_reports_what_it_left_behind(recorded: Rec
     assert totals["sweep_backlog"] == 2
     assert totals["sweep_dispatched"] == 0
     assert "sweep_duration" in totals
-    assert totals["connections_active"] == 2
 
 
-def test_connections_are_counted_by_status_and_a_full_sweep_leaves_no_backlog(recorded: Recorded) -> None:
-    totals = metric_totals(recorded["connections_by_status"])
+def test_a_full_sweep_leaves_no_backlog_and_reports_how_late_the_most_overdue_connection_was(
+    recorded: Recorded,
+) -> None:
+    totals = metric_totals(recorded["full_sweep"])
 
-    assert {name: totals[f"connections_{name}"] for name in ("active", "needs_reauth", "revoked")} == {
-        "active": 1,
-        "needs_reauth": 1,
-        "revoked": 1,
-    }
-    assert totals["connections_expired"] == totals["connections_failing"] == 0
     assert totals["sweep_backlog"] == 0
+    assert totals["sweep_dispatched"] == 2
+    assert 3600 <= totals["sweep_lag"] <= 3660  # ADA waited an hour past its refresh time
+    # No step of the sweep reads the whole table: no count by status (the admin CLI's health counts, when asked).
+    assert not [name for name in totals if name.startswith("connections_")]
 
 
-def test_a_sweep_out_of_time_still_reports_its_backlog_but_skips_the_table_count(recorded: Recorded) -> None:
+def test_a_sweep_out_of_time_still_reports_its_backlog(recorded: Recorded) -> None:
     totals = metric_totals(recorded["sweep_out_of_time"])
 
     assert totals["sweep_backlog"] == 1
-    assert not [name for name in totals if name.startswith("connections_")]
+    assert totals["sweep_dispatched"] == 0
+
+
+def test_every_sweep_emits_its_heartbeat_first_thing(recorded: Recorded) -> None:
+    """The "sweep did not run" alarm waits for sweep_dispatched: it is the first document every sweep prints,
+    flushed before anything else happens, whatever happens next."""
+    for scenario in ("refresh_ok", "sweep_backlog", "sweep_out_of_time", "refresh_error", "sweep_skipped"):
+        sweeps = [blob for blob in recorded[scenario] if metric_names([blob]) & {"sweep_dispatched", "sweep_skipped"}]
+        first = sweeps[0]  # the scenario's sign-ins printed their own documents before
+        assert metric_totals([first]) == {"sweep_dispatched": 0}, scenario
+
+
+def test_a_sweep_that_finds_another_running_does_nothing_and_says_so(recorded: Recorded) -> None:
+    totals = metric_totals(recorded["sweep_skipped"])
+
+    assert totals["sweep_skipped"] == 1
+    assert totals["sweep_dispatched"] == 0
+    assert "sweep_duration" in totals
+    assert not [name for name in totals if name.startswith("refresh_")]
