@@ -6,7 +6,7 @@ from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import api, management, services
+from smartsheet_oauth import api, management, on_demand, services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.management import ManagementDeps
 from smartsheet_oauth.observability import logger, metrics
@@ -24,6 +24,7 @@ def deps() -> ManagementDeps:
         sessions=services.connect_sessions(),
         smartsheet=services.smartsheet_client,
         events=services.event_publisher(),
+        pace=services.shared_pace(),
     )
 
 
@@ -44,11 +45,11 @@ def get_connection(connection_id: str) -> Response:
 
 @app.post("/connections/<connection_id>/refresh")
 def refresh_connection(connection_id: str) -> Response:
-    min_valid = management.min_valid_seconds(api.json_body(app, required=False))
+    min_valid = on_demand.min_valid_seconds(api.json_body(app, required=False))
     current = deps()
     # One request never retries a failing save past API Gateway's timeout or the function's own.
     time_left = current.request_time_left(lambda: app.lambda_context.get_remaining_time_in_millis() / 1000)
-    result = management.refresh_on_demand(current, connection_id, min_valid=min_valid, time_left=time_left)
+    result = on_demand.refresh_on_demand(current, connection_id, min_valid=min_valid, time_left=time_left)
     logger.info("on-demand refresh", extra={"connection_id": connection_id, "outcome": result["outcome"]})
     api.count(f"refresh_{result['outcome']}")
     return api.answer(200, result)

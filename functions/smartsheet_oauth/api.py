@@ -16,8 +16,9 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.management import RefreshFailed, RefreshLost
 from smartsheet_oauth.observability import log_unexpected, logger, metrics
+from smartsheet_oauth.on_demand import RefreshCooldown, RefreshFailed, RefreshLost
+from smartsheet_oauth.pace import PaceExhausted
 from smartsheet_oauth.router import NotFoundError, Response, Router
 
 JSON = "application/json"
@@ -117,6 +118,19 @@ def resolver() -> Router:
         # refresh.py logged the incident (critical, with its reason); this answer names no token and no AWS detail.
         logger.error("on-demand refresh lost the grant", extra={"outcome": "refresh_lost"})
         return error(500, "refresh_lost", str(exc))
+
+    @app.exception_handler(RefreshCooldown)
+    def _cooldown(exc: RefreshCooldown) -> Response:
+        return error(429, "refresh_cooldown", str(exc), headers={"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(PaceExhausted)
+    def _paced(exc: PaceExhausted) -> Response:
+        logger.warning("on-demand refresh held back by the pace", extra={"outcome": "refresh_rate_limited"})
+        message = (
+            "The broker's pace of refreshes sent to Smartsheet (shared with the scheduled sweep) is used up for now;"
+            " nothing was changed. Ask again after Retry-After."
+        )
+        return error(429, "refresh_rate_limited", message, headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(Conflict)
     def _conflict(exc: Conflict) -> Response:

@@ -1,4 +1,4 @@
-"""The management API's steps: connection views and pages, on-demand refresh, disconnect, connect sessions."""
+"""The management API's steps: connection views and pages, disconnect, connect sessions (refresh: on_demand.py)."""
 
 from __future__ import annotations
 
@@ -20,11 +20,9 @@ from smartsheet_oauth.connection_store import (
     REVOKED,
     Connection,
     ConnectionStore,
-    DueConnection,
 )
 from smartsheet_oauth.errors import (
     BadRequest,
-    BrokerError,
     ConditionFailed,
     Conflict,
     InvalidClient,
@@ -34,16 +32,9 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
+from smartsheet_oauth.pace import SharedPace
 from smartsheet_oauth.refresh import (
-    KEPT,
-    LEASE_BUSY,
-    LOST,
-    RACED,
-    REFRESHED,
-    RESUMED,
-    TRANSIENT,
     RefreshDeps,
-    refresh_connection,
 )
 from smartsheet_oauth.sign_in import checked_return_to
 from smartsheet_oauth.smartsheet import SmartsheetClient
@@ -51,18 +42,10 @@ from smartsheet_oauth.token_vault import TokenSet, TokenVault
 
 STATUSES = (ACTIVE, NEEDS_REAUTH, REVOKED)
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
-DEFAULT_MIN_VALID_SECONDS = 300
-MAX_MIN_VALID_SECONDS = 7 * 24 * 3600
-# How long an on-demand refresh waits for another worker's refresh of the same connection to land: well inside
-# API Gateway's 30 s integration timeout.
-WAIT_FOR_OTHER_WORKER_SECONDS = 10.0
-POLL_SECONDS = 0.2
 # API Gateway (HTTP API) gives an integration 30 s; a request's work (a failing save's retries included) ends this
 # long before that, or before the function's own timeout, whichever comes first.
 API_TIMEOUT_SECONDS = 30.0
 API_MARGIN_SECONDS = 2.0
-# A new pair kept on the record is stored by the next attempt (asking again does it): worth retrying soon.
-KEPT_RETRY_AFTER_SECONDS = 30
 SECRET_RECOVERY_DAYS = 7
 DISCONNECTED = "disconnected"
 # Secrets Manager's codes for a secret that is gone or scheduled for deletion.
@@ -83,6 +66,8 @@ class ManagementDeps:
     sleep: Callable[[float], None] = time.sleep
     # Measures waits and deadlines; `sleep` must advance it.
     monotonic: Callable[[], float] = time.monotonic
+    # The pace every refresher shares (the sweep too); None only for tools that refresh nothing.
+    pace: SharedPace | None = None
 
     def refresh_deps(self) -> RefreshDeps:
         return RefreshDeps(
@@ -110,15 +95,6 @@ class ManagementDeps:
 
 class SmartsheetRefused(SmartsheetError):
     """Smartsheet refused a management action for good (not a transient failure): answered 502."""
-
-
-class RefreshFailed(Conflict):
-    """Smartsheet did not refresh the token this time (busy, rate limited, unreachable), or its new pair is kept
-    but not yet stored: answered 503."""
-
-
-class RefreshLost(BrokerError):
-    """Smartsheet rotated the tokens but the new pair could be neither stored nor kept: answered 500."""
 
 
 def view(connection: Connection) -> dict[str, Any]:
@@ -149,7 +125,7 @@ def checked_connection_id(raw: str) -> str:
     return raw
 
 
-def _existing(deps: ManagementDeps, connection_id: str) -> Connection:
+def existing(deps: ManagementDeps, connection_id: str) -> Connection:
     connection = deps.connections.get(checked_connection_id(connection_id))
     if connection is None:
         raise NotFound(f"No connection {connection_id}.")
@@ -157,7 +133,7 @@ def _existing(deps: ManagementDeps, connection_id: str) -> Connection:
 
 
 def get_connection(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
-    return view(_existing(deps, connection_id))
+    return view(existing(deps, connection_id))
 
 
 # ------------------------------------------------------------------------------------------------------ listing
@@ -203,136 +179,6 @@ def list_connections(deps: ManagementDeps, query: dict[str, str]) -> dict[str, A
     return {"connections": [view(c) for c in page], "next": _encode_next(last_key)}
 
 
-# ------------------------------------------------------------------------------------------- on-demand refresh
-def min_valid_seconds(body: dict[str, Any]) -> int:
-    unknown = sorted(set(body) - {"min_valid_seconds"})
-    if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; the body may hold min_valid_seconds")
-    value = body.get("min_valid_seconds", DEFAULT_MIN_VALID_SECONDS)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MIN_VALID_SECONDS:
-        raise BadRequest(f"min_valid_seconds must be a whole number from 0 to {MAX_MIN_VALID_SECONDS}")
-    return value
-
-
-def _unusable(connection: Connection) -> Conflict:
-    if connection.status == REVOKED:
-        return Conflict("revoked", "The connection was disconnected; its user must connect again.")
-    return Conflict(
-        "needs_reauth", "Smartsheet no longer honours this connection's grant; its user must sign in again."
-    )
-
-
-def refresh_on_demand(
-    deps: ManagementDeps, connection_id: str, *, min_valid: int, time_left: Callable[[], float] | None = None
-) -> dict[str, Any]:
-    """Refresh now through the sweep's own lease and steps, so a refresh racing the sweep (or another caller)
-    reaches Smartsheet once: the loser waits for the winner's result instead of refreshing again. Nothing is
-    refreshed while the access token stays valid for at least `min_valid` seconds, unless a new pair kept on the
-    record waits to be stored: that is stored first ("resumed"). `time_left` bounds a failing save's retries."""
-    result = _refresh_on_demand(deps, _existing(deps, connection_id), min_valid=min_valid, time_left=time_left)
-    if result["outcome"] == "resumed" and result["connection"]["access_expires_at"] - deps.clock() < min_valid:
-        # The stored kept pair waited too long to satisfy the caller: refresh it like any other.
-        return _refresh_on_demand(deps, _existing(deps, connection_id), min_valid=min_valid, time_left=time_left)
-    return result
-
-
-def _kept_waiting(connection: Connection) -> bool:
-    return connection.pending is not None and connection.pending.generation == connection.generation
-
-
-def _refresh_on_demand(
-    deps: ManagementDeps, before: Connection, *, min_valid: int, time_left: Callable[[], float] | None
-) -> dict[str, Any]:
-    connection_id = before.connection_id
-    if before.status != ACTIVE:
-        raise _unusable(before)
-    now = int(deps.clock())
-    if before.access_expires_at - now >= min_valid and not _kept_waiting(before):
-        return {"outcome": "fresh", "connection": view(before)}
-    try:
-        deps.connections.expedite(before.connection_id, generation=before.generation, now=now)
-    except ConditionFailed:
-        return _outcome_of_other_worker(deps, before)
-    due = DueConnection(
-        connection_id=before.connection_id,
-        refresh_due_at=now,
-        access_expires_at=before.access_expires_at,
-        generation=before.generation,
-    )
-    outcome = refresh_connection(due, deps.refresh_deps(), time_left=time_left)
-    if outcome == REFRESHED:
-        return {"outcome": "refreshed", "connection": view(_existing(deps, connection_id))}
-    if outcome == RESUMED:
-        return {"outcome": "resumed", "connection": view(_existing(deps, connection_id))}
-    if outcome in (LEASE_BUSY, RACED):
-        return _outcome_of_other_worker(deps, before)
-    if outcome == KEPT:
-        raise _kept()
-    if outcome == LOST:
-        raise _lost()
-    after = _existing(deps, connection_id)
-    if outcome == TRANSIENT:
-        raise _transient(after, now)
-    raise _unusable(after)
-
-
-def _leased(connection: Connection, now: int) -> bool:
-    return (connection.lease_until or 0) > now
-
-
-def _transient(connection: Connection, now: int) -> RefreshFailed:
-    retry_after = max(1, min(3600, (connection.refresh_due_at or now) - now))
-    return RefreshFailed(
-        "refresh_failed",
-        f"Smartsheet did not refresh the token ({connection.last_error or 'unavailable'}); the sweep retries it."
-        " The stored token stays valid until access_expires_at.",
-        retry_after=retry_after,
-    )
-
-
-def _kept() -> RefreshFailed:
-    return RefreshFailed(
-        "refresh_kept",
-        "Smartsheet issued a new token pair but AWS storage did not take it in time; it is kept safely (encrypted)"
-        " on the connection and the next attempt stores it. The connection stays active: ask again.",
-        retry_after=KEPT_RETRY_AFTER_SECONDS,
-    )
-
-
-def _lost() -> RefreshLost:
-    return RefreshLost(
-        "Smartsheet rotated this connection's tokens but the new pair could be neither stored nor kept (AWS storage"
-        " failed). Its user must sign in again; the next refresh marks the connection needs_reauth. The incident is"
-        " logged: quote the reference to support."
-    )
-
-
-def _outcome_of_other_worker(deps: ManagementDeps, before: Connection) -> dict[str, Any]:
-    """Someone else (the sweep, another caller) holds or just used the lease: wait for what they achieved."""
-    deadline = deps.monotonic() + WAIT_FOR_OTHER_WORKER_SECONDS
-    while True:
-        now = int(deps.clock())
-        current = _existing(deps, before.connection_id)
-        if current.generation != before.generation:
-            if current.status == ACTIVE:
-                return {"outcome": "refreshed", "connection": view(current)}
-            raise _unusable(current)
-        if current.status != ACTIVE:
-            raise _unusable(current)
-        if not _leased(current, now):
-            if current.updated_at > before.updated_at and current.failures > before.failures:
-                raise _kept() if _kept_waiting(current) else _transient(current, now)
-            # The lease was let go without a refresh (a sweep that stopped, a commit that failed): nothing to wait
-            # for; the caller may simply ask again.
-            raise Conflict(
-                "refresh_in_progress", "Another refresh of this connection just ended; ask again.", retry_after=1
-            )
-        if deps.monotonic() >= deadline:
-            wait = max(1, (current.lease_until or now) - now)
-            raise Conflict("refresh_in_progress", "Another refresh of this connection is under way.", retry_after=wait)
-        deps.sleep(POLL_SECONDS)
-
-
 # -------------------------------------------------------------------------------------------------- disconnect
 def disconnect(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
     """Revoke the grant at Smartsheet (every token of this user for this app), mark the connection revoked and
@@ -345,7 +191,7 @@ def disconnect(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
     try:
         held = deps.connections.hold(connection_id, owner=owner, now=now, lease_seconds=deps.config.lease_seconds)
     except ConditionFailed:
-        current = _existing(deps, connection_id)
+        current = existing(deps, connection_id)
         wait = max(1, (current.lease_until or now) - now)
         raise Conflict(
             "refresh_in_progress", "A refresh of this connection is under way; ask again shortly.", retry_after=wait
@@ -370,7 +216,7 @@ def disconnect(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
         if exc.code not in _SECRET_GONE:
             raise
         stored_tokens = "already_deleted"
-    after = _existing(deps, connection_id)
+    after = existing(deps, connection_id)
     if held.status != REVOKED:
         events.emit(
             deps.events,

@@ -149,6 +149,8 @@ class TokenProvider:
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
         self._end_users: dict[str, tuple[str, float]] = {}
+        # connection id -> when the broker said to ask again (Retry-After of a refresh it could not do then)
+        self._ask_again_at: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
@@ -178,6 +180,8 @@ class TokenProvider:
             current = self._read(connection_id)
             if self._fresh(current, now):
                 return current
+            if now < self._ask_again_at.get(connection_id, 0.0) and current.expires_at > now:
+                return current  # the broker asked us to wait (a refresh cooldown, its pace): the token still works
             self._ask_refresh(connection_id, current)
             current = self._read(connection_id)
             if current.expires_at <= self._clock():
@@ -243,8 +247,11 @@ class TokenProvider:
         if status == 200:
             return
         failure = self._failure(status, answer, subject=f"connection {connection_id}")
-        # Smartsheet is busy, or another refresh is under way: a token that still works beats no token.
+        # Smartsheet is busy, another refresh is under way, or the connection was refreshed minutes ago (429, its
+        # cooldown): a token that still works beats no token, and the broker is not asked again before Retry-After.
         if isinstance(failure, BrokerUnavailable) and current.expires_at > self._clock():
+            if failure.retry_after:
+                self._ask_again_at[connection_id] = self._clock() + failure.retry_after
             return
         raise failure
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.errors import StorageError
 from smartsheet_oauth.management import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
+from smartsheet_oauth.pace import PaceWindows, Windows
 
 from tests.integration.test_refresh import FailingVault, FakeTime
 from tests.management.conftest import EventSink, call_management
@@ -148,6 +150,66 @@ def test_on_demand_refresh_refreshes_only_when_asked_right_and_rotates_through_t
     assert record is not None
     assert "lease_until" not in record
     assert record["refresh_due_at"] > record["updated_at"]  # back in the future: the sweep will not redo it
+
+
+def test_an_on_demand_refresh_waits_a_cooldown_before_it_writes_the_secret_again(broker: Broker) -> None:
+    """A caller asking for more than a fresh pair gives (min_valid_seconds near 7 days) again and again: one refresh,
+    then 429 with Retry-After until the cooldown ends, and the current pair whenever it meets the caller's need."""
+    signed_in(broker, ADA)
+    asks = [
+        call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800}) for _ in range(13)
+    ]
+    modest = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 3600})
+
+    assert [a.status for a in asks] == [200] + [429] * 12
+    assert refresh_calls(broker) == 1
+    assert len(broker.secrets.list_secret_version_ids(SecretId=_name(broker))["Versions"]) == 2  # sign-in, refresh
+    held_back = asks[-1]
+    assert held_back.body["error"] == "refresh_cooldown"
+    assert set(held_back.body) == {"error", "message", "reference", "retry_after"}
+    assert 590 <= held_back.body["retry_after"] == int(held_back.headers["Retry-After"]) <= 600
+    assert modest.status == 200
+    assert modest.body["outcome"] == "fresh"
+
+    # The cooldown ends: the next ask refreshes again.
+    broker.dynamodb.update_item(
+        TableName=broker.connections_table,
+        Key={"connection_id": {"S": ADA}},
+        UpdateExpression="SET refreshed_at = refreshed_at - :cooldown",
+        ExpressionAttributeValues={":cooldown": {"N": "600"}},
+    )
+    again = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+    assert again.status == 200
+    assert again.body["outcome"] == "refreshed"
+    assert refresh_calls(broker) == 2
+
+
+def test_an_on_demand_refresh_takes_its_slot_from_the_sweeps_pace(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every slot of the current and the next window taken (by sweeps): 429 with Retry-After, nothing changed."""
+    monkeypatch.setenv("REFRESH_RATE_PER_MINUTE", "60")
+    services.reset()
+    signed_in(broker, ADA)
+    before = broker.connection(ADA)
+    windows = Windows(60)
+    now = time.time()
+    for window in (windows.index(now), windows.index(now) + 1, windows.index(now) + 2):
+        PaceWindows(broker.dynamodb, broker.state_table).claim(
+            window=window, wanted=windows.budget, limit=windows.budget, expires_at=int(now) + 60
+        )
+
+    answer = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+
+    assert answer.status == 429
+    assert answer.body["error"] == "refresh_rate_limited"
+    assert 1 <= answer.body["retry_after"] == int(answer.headers["Retry-After"]) <= 6
+    assert refresh_calls(broker) == 0
+    assert broker.connection(ADA) == before
+
+
+def _name(broker: Broker) -> str:
+    return f"{broker.env['TOKEN_SECRET_PREFIX']}{ADA}"
 
 
 def test_on_demand_refresh_racing_the_sweep_calls_smartsheet_once(broker: Broker) -> None:

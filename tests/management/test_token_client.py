@@ -184,3 +184,37 @@ def test_an_end_user_is_resolved_to_their_active_connection_once(world: Any) -> 
 def test_plain_http_is_refused_except_on_loopback() -> None:
     with pytest.raises(ValueError, match="https"):
         TokenProvider(api_url="http://broker.example.com", secret_prefix=PREFIX, region="us-east-1")
+
+
+def test_a_refresh_cooldown_leaves_the_current_token_in_use_and_the_broker_unasked_until_retry_after(
+    world: Any,
+) -> None:
+    _, secrets, broker, clock = world
+    session = boto3.session.Session(aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret")
+    needs_a_day = TokenProvider(
+        api_url=API,
+        secret_prefix=PREFIX,
+        session=session,
+        secrets_client=secrets,
+        send=broker.send,
+        clock=clock,
+        min_valid_seconds=86400,
+    )
+    cooldown = {"error": "refresh_cooldown", "message": "refreshed minutes ago", "retry_after": 500}
+    broker.refresh_answer = (429, cooldown)
+    secrets.put(ADA, "valid-for-an-hour", NOW + 3600)
+
+    first = needs_a_day.access_token(ADA)
+    clock.now += 10
+    second = needs_a_day.access_token(ADA)
+    asked_meanwhile = broker.refreshes()
+    clock.now += 500
+    needs_a_day.access_token(ADA)
+
+    assert first == second == "valid-for-an-hour"
+    assert asked_meanwhile == 1  # not asked again before Retry-After
+    assert broker.refreshes() == 2
+    clock.now += 3600  # expired: a cooldown answer is no token
+    with pytest.raises(BrokerUnavailable) as failure:
+        needs_a_day.token(ADA)
+    assert failure.value.retry_after == 500
