@@ -67,6 +67,20 @@ def _default_sink(function: str, line: str) -> None:
     log.info("[%s] %s", function, line)
 
 
+class _HungUp(Exception):
+    """The worker closed its end of the response pipe: it has exited, or is exiting."""
+
+
+def _exit_description(returncode: int) -> str:
+    """How Lambda words a runtime's end: 'signal: SIGKILL' for a killed worker, 'exit status 3' for an exit."""
+    if returncode < 0:
+        try:
+            return f"signal: {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal: {-returncode}"
+    return f"exit status {returncode}"
+
+
 class _Worker:
     """One execution environment: a Python process that imported the handler and waits for events."""
 
@@ -117,7 +131,12 @@ class _Worker:
                 sink(self.spec.logical_id, line)
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
-        message = self._read_message(time.monotonic() + timeout)
+        try:
+            message = self._read_message(time.monotonic() + timeout)
+        except _HungUp:
+            returncode = self.reap()
+            description = f"Runtime exited during init with error: {_exit_description(returncode)}"
+            return {"type": "init_error", "errorType": "Runtime.ExitError", "errorMessage": description}
         if message is None:
             return {"type": "init_error", "errorType": "Runtime.InitTimeout", "errorMessage": "init timed out"}
         self.initialized = message.get("type") == "ready"
@@ -127,17 +146,19 @@ class _Worker:
         self._requests.write(json.dumps(message).encode() + b"\n")
 
     def _read_message(self, deadline: float) -> dict[str, Any] | None:
-        """The worker's next message, or None when the deadline passes or the worker died."""
+        """The worker's next message, or None when the deadline passes; _HungUp when the worker closed the pipe.
+
+        A dead worker's pipe reaches end-of-file before the process can be reaped (the kernel closes a dying
+        process's files before it becomes a zombie), so "no answer" and "not reapable yet" together do not mean
+        "still running": the end-of-file is what tells a crash from a timeout."""
         while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
+            remaining = max(0.0, deadline - time.monotonic())
             ready, _, _ = select.select([self._responses], [], [], remaining)
             if not ready:
                 return None
             chunk = self._responses.read(65536)
             if not chunk:
-                return None
+                raise _HungUp
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         message: dict[str, Any] = json.loads(line)
@@ -150,19 +171,25 @@ class _Worker:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, *, kill: bool = False) -> None:
+    def reap(self, grace: float = 3.0) -> int:
+        """Wait for the worker to end (killing it after `grace` seconds) and collect its exit status. A worker
+        that hung up gets the grace to finish dying, so its status is the crash's own, not our kill's."""
         with contextlib.suppress(OSError):
             self._requests.close()
-        if kill:
-            self.process.kill()
         try:
-            self.process.wait(timeout=3)
+            returncode = self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait(timeout=3)
+            returncode = self.process.wait(timeout=3)
         with contextlib.suppress(OSError):
             self._responses.close()
         self._reader.join(timeout=3)
+        return returncode
+
+    def stop(self, *, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        self.reap()
 
 
 class LocalFunction:
@@ -270,24 +297,25 @@ class LocalFunction:
             self.invocations += 1
         deadline_ms = int(time.time() * 1000 + self.spec.timeout * 1000)
         log.debug("START RequestId: %s (%s)", request_id, self.name)
-        reply: dict[str, Any] | None
+        reply: dict[str, Any] | None = None
+        crashed = False
         try:
             worker.send({"event": event, "request_id": request_id, "deadline_ms": deadline_ms})
             reply = worker.receive(time.monotonic() + limit)
-        except (OSError, ValueError):
-            reply = None
+        except (_HungUp, OSError, ValueError):  # end-of-file, a broken pipe, or a line that is not a message
+            crashed = True
         duration = (time.monotonic() - started) * 1000
         if reply is None:
-            timed_out = worker.alive
-            # Lambda ends an environment whose invocation timed out or crashed; so do we.
-            worker.stop(kill=True)
-            self._release(None)
-            if timed_out:
+            # Lambda ends an environment whose invocation timed out or crashed; so do we. Reaped first, then
+            # judged: only a worker still running at the deadline timed out.
+            if crashed:
+                message = f"Runtime exited with error: {_exit_description(worker.reap())}"
+                error_type = "Runtime.ExitError"
+            else:
+                worker.stop(kill=True)
                 message = f"Task timed out after {limit:.2f} seconds"
                 error_type = "Sandbox.Timedout"
-            else:
-                message = f"worker exited with code {worker.process.returncode}"
-                error_type = "Runtime.ExitError"
+            self._release(None)
             log.error("%s RequestId: %s Error: %s", self.name, request_id, message)
             return Invocation(request_id, None, error_type, message, duration, cold)
         self._release(worker)
