@@ -9,7 +9,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import events, pages, services, snapstart
 from smartsheet_oauth.config import get_config
-from smartsheet_oauth.errors import BindingConflict
+from smartsheet_oauth.errors import BindingConflict, CodeRefused
 from smartsheet_oauth.observability import logger, metrics
 from smartsheet_oauth.router import Cookie, Response
 from smartsheet_oauth.sign_in import NONCE_COOKIE, finish_sign_in
@@ -75,6 +75,15 @@ def _binding_conflict(exc: BindingConflict) -> Response:
         )
     )
     return html(409, pages.binding_conflict(), cookies=[_CLEAR_NONCE])
+
+
+@app.exception_handler(CodeRefused)
+def _code_refused(exc: CodeRefused) -> Response:
+    # The caller's problem, counted on its own and kept out of the callback-errors alarm: anyone can bring a state
+    # of their own and `code=abc`, so counting it as a broker error would let anyone page the operator.
+    logger.info("authorization code refused", extra={"outcome": "invalid_code", "reason": exc.reason})
+    count("callback", "invalid_code")
+    return html(400, pages.code_refused(exc.start_again, app.current_event.reference), cookies=[_CLEAR_NONCE])
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True, log_event=False)

@@ -37,6 +37,17 @@ class AccessDenied(BrokerError):
         self.error = error
 
 
+class CodeRefused(BrokerError):
+    """Smartsheet refused the authorization code a callback brought (expired, used, revoked or never issued: 1069,
+    1071, 1132). The caller's problem, not the broker's: anyone can bring a state of their own and `code=abc`.
+    Carries where the user starts again (None when only the integrator's app can start a new sign-in)."""
+
+    def __init__(self, reason: str, *, start_again: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.start_again = start_again
+
+
 class StorageError(BrokerError):
     """DynamoDB or Secrets Manager failed (throttled, unavailable): infrastructure, not the user's fault."""
 

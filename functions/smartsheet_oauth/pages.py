@@ -86,6 +86,19 @@ def smartsheet_error(reference: str) -> str:
     )
 
 
+def code_refused(start_again: str | None, reference: str) -> str:
+    """Smartsheet refused the code this sign-in came back with. `start_again` is a /login address that starts a
+    sign-in like this one; None when only the app can start one."""
+    message = "Smartsheet did not accept this sign-in, perhaps because it took too long. Nothing was connected."
+    again = "Go back to the app and connect again" if start_again is None else "Start again"
+    return page(
+        "This sign-in could not be finished",
+        f"{message} {again}; if it keeps happening, contact support with the reference below.",
+        link=None if start_again is None else (start_again, "Start again"),
+        reference=reference,
+    )
+
+
 def unavailable(reference: str) -> str:
     return page(
         "Smartsheet is not answering right now",

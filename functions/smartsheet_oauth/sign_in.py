@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from smartsheet_oauth.config import Config, is_loopback
-from smartsheet_oauth.errors import AccessDenied, BadRequest, BindingConflict, ConditionFailed, SignInRejected
+from smartsheet_oauth.errors import (
+    AccessDenied,
+    BadRequest,
+    BindingConflict,
+    CodeRefused,
+    ConditionFailed,
+    InvalidGrant,
+    SignInRejected,
+)
 from smartsheet_oauth.smartsheet import authorize_url
 
 if TYPE_CHECKING:
@@ -94,6 +102,15 @@ def begin_sign_in(
     return LoginRedirect(location=location, nonce=pending.nonce, max_age=config.state_ttl_seconds)
 
 
+def start_again_url(*, connect_session: bool, return_to: str | None, anonymous_login: bool) -> str | None:
+    """Where a user whose sign-in failed after its state was spent starts a new one like it. A connect session's
+    link was single-use and made by the integrator's app, so its user goes back to the app, never to a plain
+    /login (that would connect them unbound, or be refused when anonymous sign-in is off): None."""
+    if connect_session or not anonymous_login:
+        return None
+    return f"/login?{urlencode({'return_to': return_to})}" if return_to else "/login"
+
+
 def _code(raw: str | None) -> str:
     if not raw:
         raise BadRequest("Smartsheet did not send an authorization code.")
@@ -130,7 +147,15 @@ def finish_sign_in(
         raise AccessDenied(query["error"][:64])
     code = _code(query.get("code"))
 
-    grant = smartsheet.exchange_code(code, redirect_uri=config.redirect_uri)
+    try:
+        grant = smartsheet.exchange_code(code, redirect_uri=config.redirect_uri)
+    except InvalidGrant as exc:  # the code's refusal; a wrong secret (1072, invalid_client) stays the app's
+        start_again = start_again_url(
+            connect_session=record.end_user_id is not None,
+            return_to=record.return_to,
+            anonymous_login=config.anonymous_login,
+        )
+        raise CodeRefused(exc.reason, start_again=start_again) from None
     user = smartsheet.current_user(grant.access_token)
     if record.end_user_id is not None:
         bind_or_refuse(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import threading
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -214,22 +216,118 @@ def test_other_authorize_errors_get_a_generic_page(broker: Broker) -> None:
     assert token_calls(broker) == 0
 
 
-def test_a_code_smartsheet_rejects_gets_502_with_a_reference_and_stores_nothing(broker: Broker) -> None:
+def nothing_stored(broker: Broker) -> None:
+    assert broker.connections() == []
+    assert broker.secrets.list_secrets(Filters=[{"Key": "name", "Values": ["test-stack/"]}])["SecretList"] == []
+
+
+def start_again_link(body: str) -> str | None:
+    found = re.search(r'<a class="button" href="([^"]*)">Start again</a>', body)
+    return html.unescape(found.group(1)) if found else None
+
+
+def test_a_code_smartsheet_never_issued_is_a_400_that_says_start_again_and_stores_nothing(broker: Broker) -> None:
     location, nonce = broker.start()
     query = broker.consent(location, user_id=ADA)
     query["code"] = "not-a-code-smartsheet-issued"
 
     answer = broker.callback(query, nonce)
 
-    assert answer.status == 502
-    assert "Reference:" in answer.body
+    assert answer.status == 400
+    assert "could not be finished" in answer.body
+    assert start_again_link(answer.body) == "/login"
+    assert "Reference:" in answer.body  # the log line's correlation id, should it keep happening
     assert "errorCode" not in answer.body
     assert "Traceback" not in answer.body
-    assert broker.connections() == []
-    assert broker.secrets.list_secrets(Filters=[{"Key": "name", "Values": ["test-stack/"]}])["SecretList"] == []
+    assert_secure_headers(answer.headers)
+    assert answer.cookie(NONCE_COOKIE) == ""  # the nonce is cleared
+    assert broker.emulator.counts["token.code.1071"] == 1
+    nothing_stored(broker)
+    assert broker.callback(query, nonce).status == 400  # the state was spent: one try
+    assert token_calls(broker) == 1
+
+
+def test_an_expired_code_is_the_same_400(broker: Broker) -> None:
+    lifetime = broker.emulator.settings.code_lifetime
+    broker.emulator.update_settings(code_lifetime=0)  # the code expires as it is issued
+    try:
+        location, nonce = broker.start()
+        answer = broker.callback(broker.consent(location, user_id=ADA), nonce)
+    finally:
+        broker.emulator.update_settings(code_lifetime=lifetime)
+
+    assert answer.status == 400
+    assert start_again_link(answer.body) == "/login"
+    assert broker.emulator.counts["token.code.1069"] == 1
+    nothing_stored(broker)
+
+
+def test_starting_again_after_a_refused_code_keeps_where_the_user_was_going(broker: Broker) -> None:
+    location, nonce = broker.start(return_to="https://app.example.com/done?tab=2")
+    query = broker.consent(location, user_id=ADA)
+    query["code"] = "expired-long-ago"
+    refused = broker.callback(query, nonce)
+    link = start_again_link(refused.body)
+    assert link is not None
+    assert link.startswith("/login?")
+
+    again = broker.login(link.removeprefix("/login?"))  # the browser follows the link
+    finished = broker.callback(broker.consent(again.location, user_id=ADA), again.cookie(NONCE_COOKIE))
+
+    assert refused.status == 400
+    assert again.status == 302
+    assert finished.status == 303
+    assert finished.location == "https://app.example.com/done?tab=2"
+
+
+def connect_session(end_user_id: str, **extra: str) -> str:
+    from tests.management.conftest import call_management
+
+    answer = call_management("POST", "/connect-sessions", body={"end_user_id": end_user_id, **extra})
+    assert answer.status == 201, answer.body
+    token: str = answer.body["login_url"].split("session=")[1]
+    return token
+
+
+@pytest.mark.parametrize("anonymous_login", ["enabled", "disabled"])
+def test_a_connect_session_whose_code_is_refused_sends_the_user_back_to_the_app_never_to_a_plain_login(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, anonymous_login: str
+) -> None:
+    """A plain /login would connect the user unbound to their end user (or be refused when anonymous sign-in is
+    off), and the session's own link was single-use: only the integrator's app can start a new bound sign-in."""
+    monkeypatch.setenv("ANONYMOUS_LOGIN", anonymous_login)
+    get_config.cache_clear()
+    login = broker.login({"session": connect_session("user-1", return_to="https://app.example.com/connected")})
+    assert login.status == 302, login.body
+    query = broker.consent(login.location, user_id=ADA)
+    query["code"] = "not-a-code-smartsheet-issued"
+
+    answer = broker.callback(query, login.cookie(NONCE_COOKIE))
+
+    assert answer.status == 400
+    assert "Go back to the app" in answer.body
+    assert "href=" not in answer.body
+    nothing_stored(broker)
+
+
+def test_an_anonymous_sign_in_whose_code_is_refused_after_anonymous_login_was_turned_off_gets_no_login_link(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA)
+    query["code"] = "not-a-code-smartsheet-issued"
+    monkeypatch.setenv("ANONYMOUS_LOGIN", "disabled")
+    get_config.cache_clear()
+
+    answer = broker.callback(query, nonce)
+
+    assert answer.status == 400
+    assert "Go back to the app" in answer.body
+    assert "href=" not in answer.body
 
 
 def test_wrong_client_secret_is_a_502_not_a_crash(broker: Broker) -> None:
+    """Smartsheet refuses the app, not the code (1072, invalid hash): the operator's problem, alarmed."""
     broker.secrets.put_secret_value(
         SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"],
         SecretString='{"client_id": "local-client-id", "client_secret": "wrong"}',
@@ -239,6 +337,7 @@ def test_wrong_client_secret_is_a_502_not_a_crash(broker: Broker) -> None:
     answer = broker.callback(broker.consent(location, user_id=ADA), nonce)
 
     assert answer.status == 502
+    assert "Smartsheet refused the sign-in" in answer.body
     assert broker.connections() == []
 
 

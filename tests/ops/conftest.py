@@ -21,6 +21,8 @@ GROUPS = (
         "callback_success",
         "callback_denied",
         "callback_bad_state",
+        "callback_invalid_code",
+        "code_flood",
         "callback_smartsheet_error",
         "callback_smartsheet_unavailable",
         "callback_internal_error",

@@ -21,9 +21,11 @@ from smartsheet_oauth.smartsheet import SmartsheetClient, TokenGrant
 from smartsheet_oauth.sweep_lease import SweepLeases
 from smartsheet_oauth.token_vault import TokenSet
 
+from infra.local.smartsheet_emulator import DEFAULT_APP
 from tests.support.broker import Broker
 
 ADA, GRACE, ALAN = 4583173393803140, 6812335718217604, 9007199254740993
+FLOOD = 40
 
 
 def emf_blobs(stdout: str) -> list[dict[str, Any]]:
@@ -96,14 +98,37 @@ def callback_bad_state(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
     assert broker.callback({"state": "no-such-state", "code": "whatever"}, "some-nonce").status == 400
 
 
-def callback_smartsheet_error(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
+def callback_invalid_code(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
     # A code is single-use: bringing a spent one back with a fresh sign-in gets invalid_grant from Smartsheet.
     location, nonce = broker.start()
     first = broker.consent(location, user_id=GRACE)
     assert broker.callback(first, nonce).status == 200
     again, nonce_again = broker.start()
     answer = broker.callback({"code": first["code"], "state": _state_of(again)}, nonce_again)
-    assert answer.status == 502
+    assert answer.status == 400
+
+
+def code_flood(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
+    """Anyone can start sign-ins of their own and bring each back with a made-up code."""
+    for _ in range(FLOOD):
+        location, nonce = broker.start()
+        assert broker.callback({"code": "abc", "state": _state_of(location)}, nonce).status == 400
+
+
+def callback_smartsheet_error(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
+    """Smartsheet refuses the app, not the code: the app-credentials secret holds a wrong client secret (1072)."""
+    _app_credentials(broker, "a-wrong-client-secret")
+    try:
+        location, nonce = broker.start()
+        assert broker.callback(broker.consent(location), nonce).status == 502
+    finally:
+        _app_credentials(broker, DEFAULT_APP.client_secret)
+
+
+def _app_credentials(broker: Broker, client_secret: str) -> None:
+    value = {"client_id": DEFAULT_APP.client_id, "client_secret": client_secret}
+    broker.secrets.put_secret_value(SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"], SecretString=json.dumps(value))
+    services.reset()
 
 
 def callback_smartsheet_unavailable(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
@@ -267,6 +292,8 @@ SCENARIOS: dict[str, Scenario] = {
     "callback_success": callback_success,
     "callback_denied": callback_denied,
     "callback_bad_state": callback_bad_state,
+    "callback_invalid_code": callback_invalid_code,
+    "code_flood": code_flood,
     "callback_smartsheet_error": callback_smartsheet_error,
     "callback_smartsheet_unavailable": callback_smartsheet_unavailable,
     "callback_storage_error": callback_storage_error,

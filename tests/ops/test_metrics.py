@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
 import pytest
 from smartsheet_oauth.observability import metrics
 
+from infra.local.template_model import Template
 from tests.ops.conftest import Recorded
-from tests.ops.support import metric_names, metric_totals
+from tests.ops.metric_math import NoDataPoint, alarm_value, evaluate
+from tests.ops.support import FLOOD, metric_names, metric_totals
 
 QUIET = {"refresh_ok": 0, "refresh_transient": 0, "refresh_needs_reauth": 0, "refresh_lease_busy": 0}
 
@@ -15,7 +20,8 @@ CASES = [
     ("callback_success", {"callback_success": 1}),
     ("callback_denied", {"callback_denied": 1}),
     ("callback_bad_state", {"callback_bad_state": 1}),
-    ("callback_smartsheet_error", {"callback_smartsheet_error": 1, "callback_success": 1}),
+    ("callback_invalid_code", {"callback_invalid_code": 1, "callback_success": 1}),
+    ("callback_smartsheet_error", {"callback_smartsheet_error": 1}),
     ("callback_smartsheet_unavailable", {"callback_smartsheet_unavailable": 1}),
     ("callback_storage_error", {"callback_storage_error": 1}),
     ("callback_internal_error", {"callback_internal_error": 1}),
@@ -98,3 +104,46 @@ def test_a_sweep_that_finds_another_running_does_nothing_and_says_so(recorded: R
     assert totals["sweep_dispatched"] == 0
     assert "sweep_duration" in totals
     assert not [name for name in totals if name.startswith("refresh_")]
+
+
+def callback_errors_alarm() -> dict[str, Any]:
+    """template.yaml's callback-errors alarm: the one alarm reading callback_success."""
+    alarm: dict[str, Any]
+    (alarm,) = [
+        resource["Properties"]
+        for resource in Template.load().resources_of_type("AWS::CloudWatch::Alarm").values()
+        if any(
+            query.get("MetricStat", {}).get("Metric", {}).get("MetricName") == "callback_success"
+            for query in resource["Properties"].get("Metrics", [])
+        )
+    ]
+    return alarm
+
+
+def test_a_flood_of_made_up_codes_neither_trips_nor_masks_the_callback_errors_alarm(recorded: Recorded) -> None:
+    """Anyone can start sign-ins of their own and bring each back with code=abc: those callbacks are counted, but
+    the alarm's ratio is what the other callbacks of the period make it, flood or not."""
+    alarm = callback_errors_alarm()
+    period: Counter[str] = Counter()  # one five-minute period: every other callback outcome, errors among them
+    for scenario, blobs in recorded.items():
+        if scenario.startswith("callback_"):
+            period.update(metric_totals(blobs))
+    flood = metric_totals(recorded["code_flood"])
+
+    before = alarm_value(alarm, period)
+    after = alarm_value(alarm, period + flood)
+
+    assert 0 < before < 1  # the period has errors and successes, so the ratio could move either way
+    assert after == before, f"the flood moved the alarm's ratio from {before:.2f} to {after:.2f}"
+    assert {name: value for name, value in flood.items() if name.startswith("callback_") and value} == {
+        "callback_invalid_code": FLOOD
+    }
+
+
+def test_the_metric_math_evaluator_fills_missing_data_and_refuses_what_it_does_not_know() -> None:
+    assert evaluate("IF(FILL(a, 0) > 0, FILL(a, 0) / (FILL(a, 0) + b), 0)", {"a": 1, "b": 3}) == 0.25
+    assert evaluate("IF(FILL(a, 0) > 0, FILL(a, 0) / (FILL(a, 0) + b), 0)", {"b": 3}) == 0
+    with pytest.raises(NoDataPoint):
+        evaluate("a + 1", {})
+    with pytest.raises(ValueError, match="does not know"):
+        evaluate("RATE(a)", {"a": 1})

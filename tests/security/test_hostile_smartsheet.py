@@ -19,7 +19,7 @@ from tests.security.hostile_smartsheet import (
     json_reply,
     repeated,
 )
-from tests.security.support import assert_security_headers, state_of
+from tests.security.support import Capture, assert_security_headers, state_of
 from tests.support.broker import Broker
 
 MARKER = "HOSTILE-MARKER-7d1e"
@@ -130,6 +130,61 @@ def test_hostile_token_answers_at_the_callback_are_errors_and_store_nothing(
             assert not any("elsewhere" in request for request in hostile.seen), "followed Smartsheet's redirect"
             nothing_stored(broker)
     assert broker.dynamodb.scan(TableName=broker.state_table)["Count"] == 0  # every state spent once
+
+
+def refusal(status: int, error_code: int | None, oauth_error: str | None) -> Reply:
+    body: dict[str, object] = {"message": MARKER, "refId": "ref-1"}
+    if error_code is not None:
+        body["errorCode"] = error_code
+    if oauth_error is not None:
+        body["error"] = oauth_error
+    return json_reply(body, status)
+
+
+# SMARTSHEET.md's token-endpoint errors, as a code exchange can meet them: (answer, the callback's status, its metric).
+# Only a refusal of the code itself (expired, used, never issued, revoked) is the caller's: anyone can bring a
+# state of their own and code=abc. A refusal of the app (client id, secret, hash, request, redirect_uri) is the
+# operator's, and Smartsheet failing is Smartsheet's: both count toward the callback-errors alarm.
+CODE_EXCHANGE_REFUSALS: dict[str, tuple[Reply, int, str]] = {
+    "1069 code expired": (refusal(400, 1069, "invalid_grant"), 400, "callback_invalid_code"),
+    "1071 invalid grant": (refusal(400, 1071, "invalid_grant"), 400, "callback_invalid_code"),
+    "1132 revoked": (refusal(400, 1132, "invalid_grant"), 400, "callback_invalid_code"),
+    "invalid_grant without a code": (refusal(400, None, "invalid_grant"), 400, "callback_invalid_code"),
+    "1067 invalid client_id": (refusal(401, 1067, "invalid_client"), 502, "callback_smartsheet_error"),
+    "1068 unsupported grant type": (refusal(400, 1068, "unsupported_grant_type"), 502, "callback_smartsheet_error"),
+    "1070 parameter missing": (refusal(400, 1070, "invalid_request"), 502, "callback_smartsheet_error"),
+    "1072 hash mismatch": (refusal(400, 1072, "invalid_grant"), 502, "callback_smartsheet_error"),
+    "1073 redirect_uri mismatch": (refusal(400, 1073, "invalid_request"), 502, "callback_smartsheet_error"),
+    "1236 no client auth": (refusal(400, 1236, "invalid_client"), 502, "callback_smartsheet_error"),
+    "1237 redundant client auth": (refusal(400, 1237, "invalid_client"), 502, "callback_smartsheet_error"),
+    "1238 invalid secret": (refusal(400, 1238, "invalid_client"), 502, "callback_smartsheet_error"),
+    "invalid_client without a code": (refusal(401, None, "invalid_client"), 502, "callback_smartsheet_error"),
+    "1004 not authorized": (refusal(403, 1004, None), 502, "callback_smartsheet_error"),
+    "4004 unexpected error": (refusal(500, 4004, None), 503, "callback_smartsheet_unavailable"),
+    "4001 maintenance": (refusal(503, 4001, None), 503, "callback_smartsheet_unavailable"),
+}
+
+
+@pytest.mark.parametrize("name", CODE_EXCHANGE_REFUSALS)
+def test_only_a_refusal_of_the_code_is_the_callers_error_every_refusal_of_the_app_is_the_brokers(
+    broker: Broker, hostile: HostileSmartsheet, captured: Capture, name: str
+) -> None:
+    reply, status, metric = CODE_EXCHANGE_REFUSALS[name]
+    hostile.script(token=reply)
+    location, nonce = broker.start()
+    before = len(captured.metric_documents())  # what /login emitted, set aside
+
+    answer = broker.callback({"code": "abc", "state": state_of(location)}, nonce)
+
+    documents = captured.metric_documents()[before:]
+    emitted = {m["Name"] for doc in documents for d in doc["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
+    assert answer.status == status
+    assert emitted == {metric}
+    assert MARKER not in answer.body
+    assert "Reference:" in answer.body
+    assert_security_headers(answer.headers, name)
+    assert f"GET {USERS_ME_PATH}" not in hostile.seen
+    nothing_stored(broker)
 
 
 def test_hostile_users_me_answers_are_errors_that_store_nothing_and_a_hostile_email_is_escaped(

@@ -81,7 +81,7 @@ def test_every_answer_a_browser_gets_carries_the_security_headers(
         "declined": 400,
         "return_to": 400,
         "oversized": 400,
-        "refused code": 502,
+        "refused code": 400,
         "smartsheet down": 503,
     }
     for name, answer in answers.items():

@@ -3,12 +3,15 @@ never show a stack trace or an internal error text."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
-from smartsheet_oauth import pages
+from smartsheet_oauth import pages, services
 from smartsheet_oauth.smartsheet import SmartsheetClient
 
+from infra.local.smartsheet_emulator import DEFAULT_APP
 from tests.security.support import assert_security_headers, page_problems, state_of
 from tests.support.broker import Answer, Broker, answer_of
 from tests.support.events import LambdaContext, http_event
@@ -49,7 +52,20 @@ def every_kind_of_answer(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> dic
     location, nonce = broker.start()
     refused = broker.consent(location, user_id=ADA)
     refused["code"] = "not-issued"
-    answers["callback 502"] = broker.callback(refused, nonce)
+    answers["callback 400 refused code"] = broker.callback(refused, nonce)
+    # Smartsheet refuses the app, not the code: the app-credentials secret holds a wrong client secret (1072).
+    broker.secrets.put_secret_value(
+        SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"],
+        SecretString=json.dumps({"client_id": DEFAULT_APP.client_id, "client_secret": "wrong"}),
+    )
+    services.reset()
+    location, nonce = broker.start()
+    answers["callback 502 app refused"] = broker.callback(broker.consent(location, user_id=ADA), nonce)
+    broker.secrets.put_secret_value(
+        SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"],
+        SecretString=json.dumps({"client_id": DEFAULT_APP.client_id, "client_secret": DEFAULT_APP.client_secret}),
+    )
+    services.reset()
     location, nonce = broker.start()
     query = broker.consent(location, user_id=ADA)
     broker.emulator.set_faults(error_rate=1.0, token_only=True)
@@ -102,6 +118,8 @@ def test_every_answer_carries_the_security_headers_and_no_internals(
         pages.signed_in,
         pages.bad_request,
         pages.smartsheet_error,
+        lambda v: pages.code_refused("/login?" + urlencode({"return_to": v}), v),
+        lambda v: pages.code_refused(None, v),
         pages.unavailable,
         pages.internal_error,
         lambda v: pages.page(v, v, link=("/login", v), reference=v),

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from botocore.client import BaseClient
+from smartsheet_oauth import services
 from smartsheet_oauth.smartsheet import SmartsheetClient, request_hash
 
 from infra.local.smartsheet_emulator import DEFAULT_APP
@@ -77,7 +78,7 @@ def run_every_outcome(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> Flow:
     assert flow.callback("new", first_query, nonce).status == 200
     location, nonce = flow.start(return_to="https://app.example.com/done")
     assert flow.callback("returning", flow.consent(location), nonce).status == 303
-    # Replayed, from another browser, declined, a code Smartsheet refuses, Smartsheet down.
+    # Replayed, from another browser, declined, a code Smartsheet refuses, Smartsheet down, the app refused.
     assert flow.callback("replay", first_query, nonce).status == 400
     location, _ = flow.start()
     _, other_nonce = flow.start()
@@ -88,12 +89,29 @@ def run_every_outcome(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> Flow:
     refused = flow.consent(location)
     refused["code"] = refused["code"][::-1]
     flow.remember("code", refused["code"])
-    assert flow.callback("refused_code", refused, nonce).status == 502
+    assert flow.callback("refused_code", refused, nonce).status == 400
     location, nonce = flow.start()
     query = flow.consent(location)
     broker.emulator.set_faults(error_rate=1.0, token_only=True)
     assert flow.callback("smartsheet_down", query, nonce).status == 503
     broker.emulator.reset_faults()
+    # Smartsheet refuses the app, not the code: a wrong client secret in the app-credentials secret (1072).
+    credentials = broker.env["APP_CREDENTIALS_SECRET_ARN"]
+    wrong = "wrong-client-secret-" + "w" * 16
+    flow.remember("client_secret", wrong)
+    broker.secrets.put_secret_value(
+        SecretId=credentials, SecretString=json.dumps({"client_id": DEFAULT_APP.client_id, "client_secret": wrong})
+    )
+    services.reset()
+    location, nonce = flow.start()
+    query = flow.consent(location)
+    flow.remember("code_hash", request_hash(wrong, query["code"]))
+    assert flow.callback("app_refused", query, nonce).status == 502
+    broker.secrets.put_secret_value(
+        SecretId=credentials,
+        SecretString=json.dumps({"client_id": DEFAULT_APP.client_id, "client_secret": DEFAULT_APP.client_secret}),
+    )
+    services.reset()
     # A bug whose exception text carries the code: the page and the log keep only its type.
     location, nonce = flow.start()
     query = flow.consent(location)
@@ -129,7 +147,8 @@ def test_the_whole_flow_at_debug_leaks_no_secret_value(
 
     lines = captured.broker_lines()
     outcomes = {line.get("outcome") for line in lines}
-    assert {"redirected", "success", "bad_state", "denied", "smartsheet_error", "smartsheet_unavailable"} <= outcomes
+    assert {"redirected", "success", "bad_state", "denied", "invalid_code", "smartsheet_unavailable"} <= outcomes
+    assert "smartsheet_error" in outcomes
     assert "internal_error" in outcomes
     assert any(line["message"] == "sweep finished" for line in lines)
     assert any(r.levelno == logging.DEBUG for r in captured.caplog.records), "DEBUG records were not captured"

@@ -17,6 +17,8 @@ def test_pages_reference_no_external_resources() -> None:
         pages.expired_or_used(),
         pages.declined(),
         pages.smartsheet_error("r"),
+        pages.code_refused("/login", "r"),
+        pages.code_refused(None, "r"),
         pages.unavailable("r"),
         pages.not_found(),
         pages.bad_request("d"),
