@@ -78,6 +78,7 @@ _CALLBACK_EXPIRES_IN_OFFSET_MS = 865
 _MAX_BODY_BYTES = 1 << 20
 # The request log is for tests and benchmarks; a cap keeps a long `make dev` session from growing forever.
 _TOKEN_LOG_LIMIT = 200_000
+_MAX_NEW_USERS = 10_000  # per POST /_emulator/users: a load test's worth, not a way to fill the memory
 _RATE_WINDOW_SECONDS = 60.0
 _FORM = "application/x-www-form-urlencoded"
 _JSON = "application/json;charset=UTF-8"
@@ -748,6 +749,22 @@ class SmartsheetEmulator:
                         grant.refresh_expires_at = now
             return expired
 
+    def add_users(self, count: int, *, first_id: int | None = None) -> tuple[User, ...]:
+        """`count` new users with consecutive ids from `first_id` (default: after the highest id so far), e-mail
+        user<id>@example.com: a load test's browsers each sign in as their own Smartsheet user."""
+        _check_int("count", count, low=1)
+        _check_int("first_id", first_id, low=1, optional=True)
+        if count > _MAX_NEW_USERS:
+            raise ValueError(f"count must be at most {_MAX_NEW_USERS}")
+        with self._lock:
+            start = max(self._users) + 1 if first_id is None else first_id
+            added = tuple(User(n, f"user{n}@example.com", "User", str(n)) for n in range(start, start + count))
+            if any(user.id in self._users for user in added):
+                raise ValueError(f"user ids {start}..{start + count - 1} overlap existing users")
+            # A new dict, not an update: the consent page iterates the old one without the lock.
+            self._users = {**self._users, **{user.id: user for user in added}}
+        return added
+
     def revoke_user(self, user_id: int | str) -> int:
         """Revoke every grant of a user (as an admin would): refresh then answers 1132."""
         wanted = _user_id_of(user_id)
@@ -1144,6 +1161,9 @@ class SmartsheetEmulator:
             ("POST", "/token-status"): token_status,
             ("GET", "/apps"): lambda _p, _q: [app.public() for app in self._apps.values()],
             ("GET", "/users"): lambda _p, _q: [user.profile() for user in self._users.values()],
+            ("POST", "/users"): lambda p, _q: [
+                user.profile() for user in self.add_users(p.get("count", 0), first_id=p.get("first_id"))
+            ],
         }
 
     def _admin(self, method: str, path: str, query: str, body: bytes) -> _Reply:
@@ -1473,7 +1493,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m infra.local.smartsheet_emulator",
         description="Emulated Smartsheet OAuth (authorize page, token endpoint, /users/me, revoke) on loopback. "
         f"Admin endpoints (JSON) under {ADMIN_PREFIX}/: health, stats, faults, settings, reset, expire, "
-        "revoke-user, grants, codes, consent, token-status.",
+        "revoke-user, grants, codes, consent, token-status, users (GET lists, POST {count, first_id} adds).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8700, help="port (default 8700; 0 picks a free one)")

@@ -939,6 +939,45 @@ def test_grants_codes_and_token_status_over_http(emulator, session) -> None:
     assert admin(session, emulator, "POST", "revoke-user", user_id=ALAN).json() == {"revoked": 1}
 
 
+def test_users_are_added_in_bulk_over_http_and_each_can_sign_in(emulator, session) -> None:
+    added = admin(session, emulator, "POST", "users", count=3).json()
+
+    ids = [user["id"] for user in added]
+    assert ids == [ALAN + 1, ALAN + 2, ALAN + 3]  # after the highest id so far (ALAN, above 2^53)
+    assert [user["email"] for user in added] == [f"user{n}@example.com" for n in ids]
+    assert [user["id"] for user in admin(session, emulator, "GET", "users").json()][-3:] == ids
+    page = session.get(authorize_url(emulator), timeout=5).text
+    assert f'<option value="{ids[2]}">' in page  # on the consent page, to be chosen as a browser would
+    code = query_of(emulator.consent(authorize_url(emulator), user_id=ids[2]))["code"]
+    access_token = post_token(session, emulator, code_form(code)).json()["access_token"]
+    assert users_me(session, emulator, access_token).json()["id"] == ids[2]
+
+    chosen = admin(session, emulator, "POST", "users", count=2, first_id=10**18).json()
+    assert [user["id"] for user in chosen] == [10**18, 10**18 + 1]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({}, "count must be an integer >= 1"),
+        ({"count": 0}, "count must be an integer >= 1"),
+        ({"count": "5"}, "count must be an integer >= 1"),
+        ({"count": True}, "count must be an integer >= 1"),
+        ({"count": 10_001}, "count must be at most 10000"),
+        ({"count": 1, "first_id": -4}, "first_id must be an integer >= 1"),
+        ({"count": 2, "first_id": ALAN - 1}, "overlap existing users"),
+    ],
+)
+def test_adding_users_refuses_bad_counts_and_taken_ids(emulator, session, body: dict[str, Any], message: str) -> None:
+    before = len(emulator.users)
+
+    answer = admin(session, emulator, "POST", "users", **body)
+
+    assert answer.status_code == 400
+    assert message in answer.json()["message"]
+    assert len(emulator.users) == before
+
+
 def test_reset_over_http_keeps_grants_unless_asked(emulator, session) -> None:
     grant = emulator.issue_grant()
     emulator.set_faults(error_rate=0.5)
