@@ -80,7 +80,7 @@ unit: venv ## the fast tests only (no servers, no browser)
 fuzz: venv ## the security property tests with thousands of examples each (make test runs 120 per property)
 	SECURITY_FUZZ_EXAMPLES=$${SECURITY_FUZZ_EXAMPLES:-3000} $(PY) -m pytest tests/security/test_fuzz.py --timeout=3600 $(PYTEST_ARGS)
 
-reliability: venv ## races, faults, crashes and revocations at the issue's sizes and beyond; prints a table of figures
+reliability: venv ## races, faults, crashes, revocations, 500 sign-ins at once: the issue's sizes and beyond; prints a table
 	RELIABILITY_SCALE=large $(PY) -m pytest tests/reliability --timeout=3600 $(PYTEST_ARGS)
 
 bench: venv ## benchmarks, not in `make test` (~3 min on an idle machine): cold start, calls, latency, sweep, size

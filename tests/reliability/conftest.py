@@ -26,21 +26,22 @@ class Scale:
     outage_connections: int
     revocation_connections: int
     revoked: int
+    sign_in_browsers: int
 
 
 # moto answers a DynamoDB or Secrets Manager call in 10-15 ms on this 2-core machine (one request at a time, see
 # infra.local.aws.OneRequestAtATime), about 5 calls per refresh: the default sizes keep `make test` near a minute, the
 # large ones are the figures and beyond.
 SCALES = {
-    "default": Scale("default", 100, 4, 4, 4, 200, 20, 4, 40, 100, 10),
-    "large": Scale("large", 500, 4, 4, 4, 1000, 100, 10, 200, 1000, 100),
+    "default": Scale("default", 100, 4, 4, 4, 200, 20, 4, 40, 100, 10, 20),
+    "large": Scale("large", 500, 4, 4, 4, 1000, 100, 10, 200, 1000, 100, 500),
 }
 
 _rows: list[dict[str, Any]] = []
 COLUMNS = (
     ("scenario", "scenario"),
     ("connections", "conns"),
-    ("refreshers", "refreshers"),
+    ("refreshers", "refreshers / browsers"),
     ("sweeps", "sweeps"),
     ("refresh_calls", "smartsheet refreshes"),
     ("refresh_faults", "smartsheet faults"),
@@ -48,6 +49,8 @@ COLUMNS = (
     ("outcomes", "outcomes"),
     ("needs_reauth", "needs_reauth"),
     ("lost", "lost"),
+    ("latency", "sign-in p50 / p95 / max s"),
+    ("states_left", "states left"),
     ("seconds", "seconds"),
 )
 
