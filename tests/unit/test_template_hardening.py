@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from infra.local.template_model import Resolver, Template
+from infra.scripts.sam_translate import TEMPLATE as TEMPLATE_PATH
 from infra.scripts.sam_translate import load_template, translate
 
 TEMPLATE = translate()
@@ -105,3 +107,41 @@ def test_environment_variables_name_secrets_but_never_hold_them() -> None:
             if "SECRET" in name or "TOKEN" in name or "KEY" in name:
                 # An ARN, a name prefix or a key id, always from the template: never a literal value.
                 assert isinstance(value, dict), f"{logical_id}.{name} is a literal: {value!r}"
+
+
+# -------------------------------------------------------------------------- two stacks in one account and region
+# Properties that name something inside its parent, not in the account and region: they may repeat.
+SCOPED_NAMES = {
+    ("AWS::Lambda::Alias", "Name"),  # an alias name is per function
+    ("AWS::ApiGatewayV2::Stage", "StageName"),  # a stage name is per API
+}
+NOT_NAMES = {"MetricName"}  # an alarm's metric: what it watches, not what it is called
+
+
+def physical_names(stack: str) -> dict[tuple[str, str], str]:
+    """(logical id, property) -> the resolved value of every name-like property the translation gives a resource."""
+    document = translate(parameters={"AWS::StackName": stack})
+    template = Template(path=TEMPLATE_PATH, document=document)
+    resolver = Resolver(template, stack_name=stack, parameters={"SmartsheetClientId": "placeholder-client-id"})
+    names = {}
+    for logical_id, resource in document["Resources"].items():
+        for key, value in (resource.get("Properties") or {}).items():
+            if not key.endswith("Name") or key in NOT_NAMES or (resource["Type"], key) in SCOPED_NAMES:
+                continue
+            names[(logical_id, key)] = str(resolver.resolve(value))
+    return names
+
+
+def test_two_stacks_in_one_account_and_region_share_no_physical_name() -> None:
+    staging, production = physical_names("staging"), physical_names("production")
+
+    shared = sorted(
+        f"{lid}.{key} = {value!r}" for (lid, key), value in staging.items() if production.get((lid, key)) == value
+    )
+
+    assert staging, "no name-like property found: the reading of the translation is stale"
+    assert not shared, (
+        "a second stack in the same account and region would fail to create, or take over the first one's: "
+        f"{shared}. Leave the name out (CloudFormation makes a unique one; SAM events: OmitName: true) or "
+        "build it from ${AWS::StackName}."
+    )
