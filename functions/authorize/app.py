@@ -32,7 +32,7 @@ def login() -> Response:
         raise AnonymousLoginDisabled
     started = begin_sign_in(
         config=config,
-        client_id=services.app_credentials(config).client_id,
+        client_id=config.client_id,
         states=services.state_store(),
         now=now,
         return_to=session.return_to if session else params.get("return_to"),

@@ -45,9 +45,13 @@ REGIONS: dict[str, tuple[str, str]] = {
 REQUIRED = (
     "STATE_TABLE_NAME",
     "CONNECTIONS_TABLE_NAME",
+    "SMARTSHEET_CLIENT_ID",
     "APP_CREDENTIALS_SECRET_ARN",
     "TOKEN_SECRET_PREFIX",
 )
+# The template's SmartsheetClientId pattern: the client id is not secret and travels in the environment, so /login
+# never reads the app credentials secret (only the functions that sign token requests do).
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class Config:
 
     state_table_name: str
     connections_table_name: str
+    client_id: str
     app_credentials_secret_arn: str
     token_secret_prefix: str
     region: str
@@ -96,6 +101,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
     return Config(
         state_table_name=values["STATE_TABLE_NAME"],
         connections_table_name=values["CONNECTIONS_TABLE_NAME"],
+        client_id=_client_id(values["SMARTSHEET_CLIENT_ID"]),
         app_credentials_secret_arn=values["APP_CREDENTIALS_SECRET_ARN"],
         token_secret_prefix=_secret_prefix(values["TOKEN_SECRET_PREFIX"]),
         region=region,
@@ -128,6 +134,14 @@ def _required(environ: Mapping[str, str], name: str) -> str:
     value = environ.get(name, "").strip()
     if not value:
         raise ConfigError(name, "is required and not set")
+    return value
+
+
+def _client_id(value: str) -> str:
+    if not _CLIENT_ID.fullmatch(value):
+        raise ConfigError(
+            "SMARTSHEET_CLIENT_ID", "must be 1 to 64 letters, digits, '_' or '-' (Developer Tools' client id)"
+        )
     return value
 
 

@@ -11,6 +11,7 @@ class ConfigError(RuntimeError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"configuration error: {variable} {problem}")
         self.variable = variable
+        self.problem = problem
 
 
 class BrokerError(Exception):

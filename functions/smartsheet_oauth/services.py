@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class AppCredentials:
-    """The app's client id and secret, as read from the app credentials secret (repr hides the secret)."""
+    """The app's client id (from the configuration) and client secret (from the app credentials secret); the repr
+    hides the secret."""
 
     client_id: str
     client_secret: str
@@ -39,13 +40,18 @@ class AppCredentials:
         return f"AppCredentials(client_id={self.client_id!r}, client_secret=<hidden>)"
 
 
+# The key CloudFormation's generated value carries until an operator puts the real client secret in
+# (template.yaml's AppCredentialsSecret; make set-client-secret writes {"client_secret": ...} without it).
+PLACEHOLDER_KEY = "placeholder"
+
 _credentials_lock = threading.Lock()
 _credentials: tuple[float, AppCredentials] | None = None  # (read at, monotonic seconds; value)
 
 
 def app_credentials(config: Config | None = None) -> AppCredentials:
-    """The app's client id and secret, read once and reused for APP_CREDENTIALS_MAX_AGE_SECONDS, so a rotated
-    secret is picked up without a redeploy. Callers arriving while it is read wait for that one read."""
+    """The app's client id and secret; the secret is read once and reused for APP_CREDENTIALS_MAX_AGE_SECONDS, so a
+    rotated secret is picked up without a redeploy. Callers arriving while it is read wait for that one read. Only the
+    functions that sign token requests call this (their roles alone may read the secret)."""
     global _credentials  # noqa: PLW0603 (a per-container cache)
     config = config or get_config()
     with _credentials_lock:
@@ -54,23 +60,28 @@ def app_credentials(config: Config | None = None) -> AppCredentials:
             return _credentials[1]
         with storage("GetSecretValue"):
             answer = aws.secretsmanager().get_secret_value(SecretId=config.app_credentials_secret_arn)
-        _credentials = (now, _parse_app_credentials(answer.get("SecretString")))
+        secret = client_secret_of(answer.get("SecretString"))
+        _credentials = (now, AppCredentials(client_id=config.client_id, client_secret=secret))
         return _credentials[1]
 
 
-def _parse_app_credentials(text: str | None) -> AppCredentials:
+def client_secret_of(text: str | None) -> str:
+    """The client secret in the app credentials secret's value ({"client_secret": "..."}; other keys, such as the
+    client_id an older version kept there, are ignored). The error never quotes the value."""
     try:
         value = json.loads(text) if text else None
     except ValueError:
         value = None
-    client_id = value.get("client_id") if isinstance(value, dict) else None
-    client_secret = value.get("client_secret") if isinstance(value, dict) else None
-    if not isinstance(client_id, str) or not client_id or not isinstance(client_secret, str) or not client_secret:
+    if isinstance(value, dict) and value.get(PLACEHOLDER_KEY):
         raise ConfigError(
             "APP_CREDENTIALS_SECRET_ARN",
-            'points at a secret that is not {"client_id": "...", "client_secret": "..."}',
+            "still holds the random placeholder CloudFormation generated: put the app's client secret in "
+            "(make set-client-secret STACK=<stack>)",
         )
-    return AppCredentials(client_id=client_id, client_secret=client_secret)
+    client_secret = value.get("client_secret") if isinstance(value, dict) else None
+    if not isinstance(client_secret, str) or not client_secret:
+        raise ConfigError("APP_CREDENTIALS_SECRET_ARN", 'points at a secret that is not {"client_secret": "..."}')
+    return client_secret
 
 
 @cache

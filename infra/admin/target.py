@@ -23,6 +23,7 @@ from smartsheet_oauth.config import Config, is_loopback, load_config
 from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.errors import ConfigError
 from smartsheet_oauth.events import EventPublisher
+from smartsheet_oauth.services import client_secret_of
 from smartsheet_oauth.smartsheet import SmartsheetClient
 from smartsheet_oauth.token_vault import TokenVault
 
@@ -95,25 +96,23 @@ def _aws(what: str) -> Iterator[None]:
         raise TargetError(f"{what}: {exc}") from None
 
 
-def _app_credentials(secrets: Any, secret_arn: str) -> tuple[str, str]:
+def _client_secret(secrets: Any, secret_arn: str) -> str:
     with _aws("reading the app credentials secret"):
         raw = secrets.get_secret_value(SecretId=secret_arn)["SecretString"]
     try:
-        value = json.loads(raw)
-    except ValueError:
-        value = None
-    client_id = value.get("client_id") if isinstance(value, dict) else None
-    client_secret = value.get("client_secret") if isinstance(value, dict) else None
-    if not (isinstance(client_id, str) and client_id and isinstance(client_secret, str) and client_secret):
-        raise TargetError(f'the app credentials secret {secret_arn} is not {{"client_id": ..., "client_secret": ...}}')
-    return client_id, client_secret
+        return client_secret_of(raw)
+    except ConfigError as exc:
+        raise TargetError(f"the app credentials secret {secret_arn} {exc.problem}") from None
 
 
 def _smartsheet_factory(secrets: Any, config: Config) -> Callable[[], SmartsheetClient]:
     @cache
     def build() -> SmartsheetClient:
-        client_id, client_secret = _app_credentials(secrets, config.app_credentials_secret_arn)
-        return SmartsheetClient(api_base_url=config.api_base_url, client_id=client_id, client_secret=client_secret)
+        # The client id is the stack's configuration (SMARTSHEET_CLIENT_ID), the secret only holds the secret.
+        client_secret = _client_secret(secrets, config.app_credentials_secret_arn)
+        return SmartsheetClient(
+            api_base_url=config.api_base_url, client_id=config.client_id, client_secret=client_secret
+        )
 
     return build
 
@@ -241,6 +240,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _parameters(state: Mapping[str, Any], state_file: Path) -> dict[str, str]:
+    parameters = state.get("parameters")
+    if not isinstance(parameters, dict) or not all(isinstance(v, str) for v in parameters.values()):
+        raise TargetError(f"{state_file} does not say the stack's parameters (an older `make dev`); start it again.")
+    return parameters
+
+
 def _loopback_url(state: Mapping[str, Any], key: str, state_file: Path) -> str:
     url = state.get(key)
     if not isinstance(url, str) or urlsplit(url).scheme != "http" or not is_loopback(urlsplit(url).hostname):
@@ -292,7 +298,7 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
         raise TargetError(f"{where} holds {len(stacks)} broker stacks ({', '.join(sorted(stacks))}), expected one.")
     stack_name = stacks.pop()
     physical = _local_resources(stack_name, tables, secret_names, dynamodb=dynamodb, secrets=secrets, sqs=sqs)
-    environment = _function_environment(template, stack_name, physical, secrets)
+    environment = _function_environment(template, stack_name, physical, _parameters(state, state_file))
     if emulator_url is not None:
         environment["SMARTSHEET_AUTHORIZE_URL"] = f"{emulator_url}/b/authorize"
         environment["SMARTSHEET_API_BASE_URL"] = f"{emulator_url}/2.0"
@@ -370,10 +376,10 @@ def _template(path: Path, _mtime_ns: int) -> Template:
 
 
 def _function_environment(
-    template_path: Path, stack_name: str, physical: Mapping[str, PhysicalResource], secrets: Any
+    template_path: Path, stack_name: str, physical: Mapping[str, PhysicalResource], parameters: Mapping[str, str]
 ) -> dict[str, str]:
-    """The refresh function's environment as the local stack computed it from template.yaml (defaults for the
-    parameters; `make dev --param` overrides are not known here)."""
+    """The refresh function's environment as the local stack computed it from template.yaml and the parameters
+    `make dev` was given (its state file)."""
     template = _template(template_path, template_path.stat().st_mtime_ns)
 
     def lookup(logical_id: str) -> PhysicalResource:
@@ -381,14 +387,10 @@ def _function_environment(
             return physical[logical_id]
         return synthesize_physical(template, logical_id, stack_name, LOCAL_REGION, LOCAL_ACCOUNT_ID)
 
-    credentials = physical.get("AppCredentialsSecret")
-    if credentials is None:
+    if "AppCredentialsSecret" not in physical:
         raise TargetError(f"the embedded AWS holds no app credentials secret of {stack_name}")
-    client_id, _ = _app_credentials(secrets, credentials.ref)
     try:
-        resolver = Resolver(
-            template, stack_name=stack_name, parameters={"SmartsheetClientId": client_id}, physical=lookup
-        )
+        resolver = Resolver(template, stack_name=stack_name, parameters=parameters, physical=lookup)
         return dict(resolver.function(REFRESH_FUNCTION).environment)
     except TemplateError as exc:
         raise TargetError(f"template.yaml: {exc}") from None

@@ -186,6 +186,7 @@ def _write_state(stack: LocalStack) -> None:
         "gateway_url": stack.url,
         "moto_url": stack.aws.endpoint_url,
         "emulator_url": stack.emulator.base_url if stack.real_smartsheet is None else None,
+        "parameters": stack.parameters,  # the client id and overrides: the admin CLI rebuilds the configuration
         "started_at": int(time.time()),
     }
     STATE_FILE.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")

@@ -85,6 +85,7 @@ class LocalStack:
         self.stack_name = stack_name
         self._ports = {"gateway": gateway_port, "moto": moto_port, "emulator": emulator_port}
         self._parameters = dict(parameters or {})
+        self.parameters: dict[str, str] = {}  # the template parameters the running stack was given (after start)
         self._environment = dict(environment or {})
         self.real_smartsheet = real_smartsheet
         self._emulator = emulator
@@ -118,13 +119,15 @@ class LocalStack:
         if self.real_smartsheet is not None:
             parameters.setdefault("SmartsheetRegion", self.real_smartsheet.region)
         secret_id = app_credentials_secret(self.template)
+        self.parameters = parameters
         self._aws = LocalAws(
             self.template,
             stack_name=self.stack_name,
             parameters=parameters,
             port=self._ports["moto"],
             host=self.host,
-            secret_values={secret_id: json.dumps({"client_id": client_id, "client_secret": client_secret})},
+            # The client id reaches the functions as SMARTSHEET_CLIENT_ID (the parameter); the secret holds the secret.
+            secret_values={secret_id: json.dumps({"client_secret": client_secret})},
         ).start()
         resolver = self._aws.resolver
         specs = resolver.functions()

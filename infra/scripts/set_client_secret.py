@@ -1,7 +1,8 @@
 """Puts the Smartsheet app's client secret into a deployed stack's app-credentials secret (make set-client-secret).
 
 The secret is read from a no-echo prompt, or from standard input when that is not a terminal; never from the
-command line or the environment, where shell history, `ps` and CI logs would keep it.
+command line or the environment, where shell history, `ps` and CI logs would keep it. The stored value is
+{"client_secret": "..."}: the client id is the stack's SmartsheetClientId parameter, not part of the secret.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import argparse
 import getpass
 import json
 import os
-import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +34,10 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 OUTPUT_KEY = "AppCredentialsSecretArn"
-CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")  # the template's SmartsheetClientId pattern
+CLIENT_ID_PARAMETER = "SmartsheetClientId"
+# The key CloudFormation's generated value carries until the real secret is put in (template.yaml's
+# AppCredentialsSecret; smartsheet_oauth.services reads it too).
+PLACEHOLDER_KEY = "placeholder"
 MAX_SECRET_LENGTH = 1024
 
 EXIT_OK = 0
@@ -56,6 +59,10 @@ BAD_CREDENTIALS_CODES = frozenset(
 EPILOG = f"""\
 The secret is read from a no-echo prompt, or from standard input when it is piped in, e.g.
   op read op://vault/smartsheet/client-secret | make set-client-secret STACK=my-broker
+
+After an upgrade that replaced the secret with CloudFormation's placeholder (docs/operations.md, Upgrade),
+  make set-client-secret STACK=my-broker ARGS=--restore-previous
+brings back the version before it, without typing the secret again.
 
 Stack name: --stack, else $STACK, else stack_name in samconfig.toml. Region: --region, else
 $AWS_REGION / $AWS_DEFAULT_REGION, else region in samconfig.toml, else your AWS profile's.
@@ -168,7 +175,13 @@ def _aws_failure(exc: Exception, doing: str) -> Failure:
     return Failure(EXIT_AWS_ERROR, f"AWS error while {doing}: {type(exc).__name__}.")
 
 
-def find_secret_arn(cloudformation: CloudFormationClient, stack: str) -> str:
+@dataclass(frozen=True, slots=True)
+class Stack:
+    secret_arn: str
+    client_id: str | None  # the SmartsheetClientId parameter (None: a stack from before it moved out of the secret)
+
+
+def find_stack(cloudformation: CloudFormationClient, stack: str) -> Stack:
     try:
         stacks = cloudformation.describe_stacks(StackName=stack)["Stacks"]
     except ClientError as exc:
@@ -179,7 +192,8 @@ def find_secret_arn(cloudformation: CloudFormationClient, stack: str) -> str:
                 f"no stack named {stack!r} in this account and region: check --stack and --region.",
             ) from None
         raise _aws_failure(exc, f"reading stack {stack!r}") from None
-    outputs = {o.get("OutputKey"): o.get("OutputValue") for o in (stacks[0].get("Outputs") or [])} if stacks else {}
+    outputs = {o.get("OutputKey"): o.get("OutputValue") for s in stacks[:1] for o in s.get("Outputs") or []}
+    parameters = {p.get("ParameterKey"): p.get("ParameterValue") for s in stacks[:1] for p in s.get("Parameters") or []}
     arn = outputs.get(OUTPUT_KEY)
     if not arn:
         raise Failure(
@@ -187,20 +201,73 @@ def find_secret_arn(cloudformation: CloudFormationClient, stack: str) -> str:
             f"stack {stack!r} has no {OUTPUT_KEY} output: is it a smartsheet-oauth-broker stack, and has its "
             "deployment finished?",
         )
-    return arn
+    return Stack(secret_arn=arn, client_id=parameters.get(CLIENT_ID_PARAMETER))
 
 
-def current_credentials(secrets: SecretsManagerClient, arn: str) -> dict[str, Any]:
-    """The secret's current JSON document ({} when it holds something else: it is replaced whole then)."""
+def read_document(secrets: SecretsManagerClient, arn: str, **version: str) -> dict[str, Any]:
+    """A version's JSON document (AWSCURRENT unless told; {} when it holds something else: it is replaced whole)."""
     try:
-        raw = secrets.get_secret_value(SecretId=arn, VersionStage="AWSCURRENT").get("SecretString") or ""
+        raw = secrets.get_secret_value(SecretId=arn, **version or {"VersionStage": "AWSCURRENT"}).get("SecretString")
     except ClientError as exc:
         raise _aws_failure(exc, "reading the app-credentials secret") from None
     try:
-        document = json.loads(raw)
+        document = json.loads(raw or "")
     except ValueError:
         return {}
     return document if isinstance(document, dict) else {}
+
+
+def is_placeholder(document: Mapping[str, Any]) -> bool:
+    return bool(document.get(PLACEHOLDER_KEY))
+
+
+def holds_a_client_secret(document: Mapping[str, Any]) -> bool:
+    value = document.get("client_secret")
+    return not is_placeholder(document) and isinstance(value, str) and bool(value)
+
+
+def previous_version(secrets: SecretsManagerClient, arn: str) -> tuple[str, str | None]:
+    """(AWSCURRENT's version id, AWSPREVIOUS's or None)."""
+    try:
+        stages = secrets.describe_secret(SecretId=arn).get("VersionIdsToStages") or {}
+    except ClientError as exc:
+        raise _aws_failure(exc, "reading the app-credentials secret's versions") from None
+    current = next(version for version, labels in stages.items() if "AWSCURRENT" in labels)
+    previous = next((version for version, labels in stages.items() if "AWSPREVIOUS" in labels), None)
+    return current, previous
+
+
+def restorable(secrets: SecretsManagerClient, arn: str) -> tuple[str, str] | None:
+    """(current, previous) version ids when the version before the current one holds a client secret."""
+    current, previous = previous_version(secrets, arn)
+    if previous is None or not holds_a_client_secret(read_document(secrets, arn, VersionId=previous)):
+        return None
+    return current, previous
+
+
+def restore_previous(secrets: SecretsManagerClient, arn: str, current_document: Mapping[str, Any]) -> str:
+    """Point AWSCURRENT back at the version before CloudFormation's placeholder (an upgrade that changed the secret's
+    generation input wrote one); AWSPREVIOUS moves to the placeholder. Returns the restored version's id."""
+    if not is_placeholder(current_document):
+        raise Failure(
+            EXIT_USAGE,
+            "the current value is not CloudFormation's placeholder: there is nothing to restore (nothing was changed).",
+        )
+    versions = restorable(secrets, arn)
+    if versions is None:
+        raise Failure(
+            EXIT_NOT_FOUND,
+            "the version before the placeholder holds no client secret: put it in again (make set-client-secret, "
+            "without --restore-previous). Nothing was changed.",
+        )
+    current, previous = versions
+    try:
+        secrets.update_secret_version_stage(
+            SecretId=arn, VersionStage="AWSCURRENT", MoveToVersionId=previous, RemoveFromVersionId=current
+        )
+    except ClientError as exc:
+        raise _aws_failure(exc, "restoring the previous version") from None
+    return previous
 
 
 def put_credentials(secrets: SecretsManagerClient, arn: str, document: Mapping[str, Any]) -> str:
@@ -223,39 +290,54 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--region", help="AWS region of the stack")
     parser.add_argument("--profile", help="AWS profile to use")
     parser.add_argument(
-        "--client-id", help="also set the client id (default: keep the one the stack stored from SmartsheetClientId)"
+        "--restore-previous",
+        action="store_true",
+        help="instead of asking: bring back the client secret an upgrade replaced with CloudFormation's placeholder "
+        "(the version before it); see docs/operations.md, Upgrade",
     )
+    parser.add_argument("--client-id", help=argparse.SUPPRESS)  # moved to the SmartsheetClientId parameter
     parser.add_argument("--config-file", default="samconfig.toml", help="SAM config to read the stack name from")
     parser.add_argument("--config-env", default="default", help="environment in the SAM config (default: default)")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace, stdin: IO[str], environ: Mapping[str, str]) -> int:
-    if args.client_id is not None and not CLIENT_ID.fullmatch(args.client_id):
-        raise Failure(EXIT_USAGE, "--client-id may contain only letters, digits, '_' and '-'.")
+    if args.client_id is not None:
+        raise Failure(
+            EXIT_USAGE,
+            "the client id is the stack's SmartsheetClientId parameter, not part of the secret: change it with a "
+            "deploy (make deploy ARGS=--guided asks for it and keeps your other answers). Nothing was changed.",
+        )
     target = resolve_target(args, environ)
     try:
         session = boto3.session.Session(profile_name=target.profile, region_name=target.region)
         cloudformation = session.client("cloudformation")
         secrets = session.client("secretsmanager")
-        arn = find_secret_arn(cloudformation, target.stack)
-        document = current_credentials(secrets, arn)
+        stack = find_stack(cloudformation, target.stack)
+        document = read_document(secrets, stack.secret_arn)
+        if args.restore_previous:
+            version = restore_previous(secrets, stack.secret_arn, document)
+            print(f"AWSCURRENT of {stack.secret_arn} is the version before the placeholder again ({version}).")
+            print("The functions pick it up within 5 minutes (their credentials cache); no redeploy needed.")
+            return EXIT_OK
+        if is_placeholder(document) and restorable(secrets, stack.secret_arn):
+            print(
+                "note: the current value is CloudFormation's placeholder and the version before it holds a client "
+                "secret; `make set-client-secret ARGS=--restore-previous` brings that one back without typing it.",
+                file=sys.stderr,
+            )
     except (BotoCoreError, ClientError) as exc:
         raise _aws_failure(exc, f"looking up stack {target.stack!r}") from None
 
-    client_id = args.client_id or document.get("client_id")
-    if not isinstance(client_id, str) or not CLIENT_ID.fullmatch(client_id):
-        raise Failure(EXIT_USAGE, "the secret holds no valid client_id: pass --client-id (from Developer Tools).")
-
     # Only now ask, so nobody types a secret for a stack that cannot take it.
     client_secret = read_client_secret(stdin)
-    document = {**document, "client_id": client_id, "client_secret": client_secret}
     try:
-        version = put_credentials(secrets, arn, document)
+        version = put_credentials(secrets, stack.secret_arn, {"client_secret": client_secret})
     except BotoCoreError as exc:
         raise _aws_failure(exc, "writing the app-credentials secret") from None
-    print(f"Stored a new version ({version}) of {arn}")
-    print(f"client_id: {client_id}; client_secret: updated (not shown).")
+    print(f"Stored a new version ({version}) of {stack.secret_arn}")
+    client_id = stack.client_id or "the stack's SmartsheetClientId parameter"
+    print(f"client_secret: updated (not shown); client id: {client_id} (a template parameter, not in the secret).")
     print("The functions pick it up within 5 minutes (their credentials cache); no redeploy needed.")
     return EXIT_OK
 

@@ -38,7 +38,7 @@ def start_emulator(users: int = 1000) -> SmartsheetEmulator:
 
 def local_aws(*, in_process: bool, stack_name: str = STACK_NAME) -> LocalAws:
     template = Template.load()
-    credentials = {"client_id": DEFAULT_APP.client_id, "client_secret": DEFAULT_APP.client_secret}
+    credentials = {"client_secret": DEFAULT_APP.client_secret}  # the client id is SMARTSHEET_CLIENT_ID
     return LocalAws(
         template,
         stack_name=stack_name,

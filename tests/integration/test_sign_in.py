@@ -358,27 +358,40 @@ def test_the_app_credentials_are_read_once_then_again_after_their_max_age(
     assert broker.sign_in(user_id=ALAN).status == 502  # read again: Smartsheet refuses the new secret
 
 
-@pytest.mark.parametrize("value", ["not json", "[]", '{"client_id": "local-client-id"}', '{"client_secret": "s"}'])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not json",
+        "[]",
+        '{"client_id": "local-client-id"}',
+        '{"client_secret": ""}',
+        '{"placeholder": true, "client_secret": "generatedByCloudFormation0123456"}',
+    ],
+)
 def test_a_malformed_app_credentials_secret_is_a_500_page_showing_nothing_of_it(broker: Broker, value: str) -> None:
     broker.secrets.put_secret_value(SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"], SecretString=value)
+    location, nonce = broker.start()  # /login never reads the secret: the client id is configuration
 
-    answer = broker.login()
+    answer = broker.callback(broker.consent(location, user_id=ADA), nonce)
 
     assert answer.status == 500
     assert value not in answer.body
     assert "Traceback" not in answer.body
     assert "client_secret" not in answer.body
+    assert broker.connections() == []
+    assert broker.emulator.counts["token.code"] == 0  # nothing was signed with a wrong secret
 
 
-def test_an_unreadable_app_credentials_secret_is_a_503_and_stores_no_state(broker: Broker) -> None:
+def test_an_unreadable_app_credentials_secret_is_a_503_and_stores_no_connection(broker: Broker) -> None:
     broker.secrets.delete_secret(SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"], ForceDeleteWithoutRecovery=True)
+    location, nonce = broker.start()
 
-    answer = broker.login()
+    answer = broker.callback(broker.consent(location, user_id=ADA), nonce)
 
     assert answer.status == 503
     assert answer.headers["Retry-After"] == "30"
     assert "ResourceNotFound" not in answer.body
-    assert broker.dynamodb.scan(TableName=broker.state_table)["Count"] == 0
+    assert broker.connections() == []
 
 
 def test_a_transient_smartsheet_error_is_retried_inside_the_request(broker: Broker) -> None:

@@ -52,7 +52,7 @@ def deployed(emulator_server: SmartsheetEmulator) -> Iterator[Deployed]:
 
     # No docker: moto's Lambda answers an invocation with the event it was given.
     with mock_aws(config={"lambda": {"use_docker": False}}):
-        credentials = {"client_id": DEFAULT_APP.client_id, "client_secret": DEFAULT_APP.client_secret}
+        credentials = {"client_secret": DEFAULT_APP.client_secret}
         aws = LocalAws(
             Template.load(),
             stack_name=STACK,
@@ -64,6 +64,7 @@ def deployed(emulator_server: SmartsheetEmulator) -> Iterator[Deployed]:
         environment = {
             "STATE_TABLE_NAME": aws.table_name("StateTable"),
             "CONNECTIONS_TABLE_NAME": aws.table_name("ConnectionsTable"),
+            "SMARTSHEET_CLIENT_ID": DEFAULT_APP.client_id,
             "APP_CREDENTIALS_SECRET_ARN": aws.secret_arn("AppCredentialsSecret"),
             "TOKEN_SECRET_PREFIX": f"{STACK}/connections/",
             "OAUTH_SCOPES": "READ_SHEETS",

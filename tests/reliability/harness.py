@@ -65,6 +65,7 @@ class WorldSpec:
         return {
             "STATE_TABLE_NAME": "unused",
             "CONNECTIONS_TABLE_NAME": self.connections_table,
+            "SMARTSHEET_CLIENT_ID": self.client_id,
             "APP_CREDENTIALS_SECRET_ARN": "unused",
             "TOKEN_SECRET_PREFIX": SECRET_PREFIX,
             "SMARTSHEET_API_BASE_URL": self.api_base_url,

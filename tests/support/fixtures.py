@@ -88,7 +88,7 @@ def in_process_broker(
         patch.delenv(name, raising=False)
     patch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():
-        app_credentials = {"client_id": DEFAULT_APP.client_id, "client_secret": DEFAULT_APP.client_secret}
+        app_credentials = {"client_secret": DEFAULT_APP.client_secret}
         aws = LocalAws(
             _template(),
             stack_name=stack_name,
@@ -100,6 +100,7 @@ def in_process_broker(
         env = {
             "STATE_TABLE_NAME": aws.table_name("StateTable"),
             "CONNECTIONS_TABLE_NAME": aws.table_name("ConnectionsTable"),
+            "SMARTSHEET_CLIENT_ID": DEFAULT_APP.client_id,
             "APP_CREDENTIALS_SECRET_ARN": aws.secret_arn("AppCredentialsSecret"),
             "TOKEN_SECRET_PREFIX": f"{stack_name}/connections/",
             "SMARTSHEET_REGION": "us",

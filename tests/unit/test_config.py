@@ -9,6 +9,7 @@ from smartsheet_oauth.errors import ConfigError
 BASE = {
     "STATE_TABLE_NAME": "states",
     "CONNECTIONS_TABLE_NAME": "connections",
+    "SMARTSHEET_CLIENT_ID": "1samp48lliedc2kebz",
     "APP_CREDENTIALS_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf",
     "TOKEN_SECRET_PREFIX": "broker/connections/",
     "OAUTH_SCOPES": "READ_SHEETS WRITE_SHEETS",
@@ -18,6 +19,7 @@ BASE = {
 def test_defaults_follow_the_design() -> None:
     config = load_config(BASE)
     assert config.region == "us"
+    assert config.client_id == "1samp48lliedc2kebz"
     assert config.authorize_url == "https://app.smartsheet.com/b/authorize"
     assert config.api_base_url == "https://api.smartsheet.com/2.0"
     assert config.scopes == ("READ_SHEETS", "WRITE_SHEETS")
@@ -35,7 +37,14 @@ def test_each_region_has_its_own_hosts(region: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["STATE_TABLE_NAME", "CONNECTIONS_TABLE_NAME", "APP_CREDENTIALS_SECRET_ARN", "TOKEN_SECRET_PREFIX", "OAUTH_SCOPES"],
+    [
+        "STATE_TABLE_NAME",
+        "CONNECTIONS_TABLE_NAME",
+        "SMARTSHEET_CLIENT_ID",
+        "APP_CREDENTIALS_SECRET_ARN",
+        "TOKEN_SECRET_PREFIX",
+        "OAUTH_SCOPES",
+    ],
 )
 def test_a_missing_variable_is_named(name: str) -> None:
     env = {k: v for k, v in BASE.items() if k != name}
@@ -48,6 +57,8 @@ def test_a_missing_variable_is_named(name: str) -> None:
     ("name", "value", "problem"),
     [
         ("SMARTSHEET_REGION", "mars", "must be one of"),
+        ("SMARTSHEET_CLIENT_ID", "id with spaces", "letters, digits"),
+        ("SMARTSHEET_CLIENT_ID", "x" * 65, "1 to 64"),
         ("OAUTH_SCOPES", "READ_SHEETS READ_EVERYTHING", "READ_EVERYTHING"),
         ("STATE_TTL_SECONDS", "ten", "whole number"),
         ("STATE_TTL_SECONDS", "5", "between"),

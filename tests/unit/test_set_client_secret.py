@@ -1,4 +1,5 @@
-"""make set-client-secret: finds the stack's secret, keeps the client id, writes a new version; clear errors."""
+"""make set-client-secret: finds the stack's secret, writes the client secret as a new version (the client id is a
+stack parameter), brings back the version an upgrade replaced with a placeholder; clear errors."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from moto import mock_aws
 from moto.core import set_initial_no_auth_action_count
 
 from infra.scripts import set_client_secret as script
+from infra.scripts.sam_translate import load_template
 
 REGION = "us-east-1"
 STACK = "broker-test"
@@ -39,7 +41,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, A
         secrets = boto3.client("secretsmanager", region_name=REGION)
         arn = secrets.create_secret(
             Name=f"{STACK}-AppCredentialsSecret",
-            SecretString=json.dumps({"client_id": CLIENT_ID, "client_secret": PLACEHOLDER}),
+            SecretString=json.dumps({"placeholder": True, "client_secret": PLACEHOLDER}),  # as CloudFormation made it
         )["ARN"]
         deploy_stack(STACK, {"AppCredentialsSecretArn": arn, "LoginUrl": "https://example.invalid/login"})
         yield {"secrets": secrets, "arn": arn}
@@ -47,6 +49,7 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, A
 
 def deploy_stack(name: str, outputs: dict[str, str]) -> None:
     template = {
+        "Parameters": {"SmartsheetClientId": {"Type": "String", "Default": CLIENT_ID}},
         "Resources": {"Placeholder": {"Type": "AWS::SQS::Queue"}},
         "Outputs": {key: {"Value": value} for key, value in outputs.items()},
     }
@@ -69,15 +72,16 @@ def run(argv: list[str], stdin: io.StringIO | None = None) -> int:
     return script.main(argv, stdin=stdin if stdin is not None else io.StringIO(NEW_SECRET + "\n"))
 
 
-def test_piped_secret_becomes_the_new_current_version_and_the_client_id_is_kept(
+def test_piped_secret_becomes_the_new_current_version_holding_the_secret_alone(
     aws: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert run(["--stack", STACK]) == script.EXIT_OK
 
-    assert stored(aws) == {"client_id": CLIENT_ID, "client_secret": NEW_SECRET}
+    assert stored(aws) == {"client_secret": NEW_SECRET}
     assert stored(aws, "AWSPREVIOUS")["client_secret"] == PLACEHOLDER  # a new version, the old one kept
     out, err = capsys.readouterr()
     assert aws["arn"] in out
+    assert f"client id: {CLIENT_ID}" in out  # the stack's parameter, shown for a check
     assert NEW_SECRET not in out + err
     assert err == ""
 
@@ -102,18 +106,77 @@ def test_secret_is_read_from_a_no_echo_prompt_on_a_terminal(
     assert NEW_SECRET not in capsys.readouterr().out
 
 
-def test_client_id_option_replaces_the_stored_one(aws: dict[str, Any]) -> None:
-    assert run(["--stack", STACK, "--client-id", "otherClient_9"]) == script.EXIT_OK
-    assert stored(aws) == {"client_id": "otherClient_9", "client_secret": NEW_SECRET}
+def test_the_client_id_is_a_stack_parameter_and_the_old_option_says_so(
+    aws: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    versions_before = versions(aws)
+
+    assert run(["--stack", STACK, "--client-id", "otherClient_9"]) == script.EXIT_USAGE
+
+    assert "SmartsheetClientId parameter" in capsys.readouterr().err
+    assert versions(aws) == versions_before
 
 
-def test_other_keys_in_the_secret_survive(aws: dict[str, Any]) -> None:
+def test_an_older_secret_with_the_client_id_in_it_is_replaced_whole(aws: dict[str, Any]) -> None:
     aws["secrets"].put_secret_value(
-        SecretId=aws["arn"],
-        SecretString=json.dumps({"client_id": CLIENT_ID, "client_secret": PLACEHOLDER, "note": "kept"}),
+        SecretId=aws["arn"], SecretString=json.dumps({"client_id": CLIENT_ID, "client_secret": "old"})
     )
     assert run(["--stack", STACK]) == script.EXIT_OK
-    assert stored(aws) == {"client_id": CLIENT_ID, "client_secret": NEW_SECRET, "note": "kept"}
+    assert stored(aws) == {"client_secret": NEW_SECRET}
+
+
+def upgrade_regenerated(aws: dict[str, Any]) -> None:
+    """What the first deploy of a template whose generation input changed does: a new placeholder version."""
+    aws["secrets"].put_secret_value(SecretId=aws["arn"], SecretString=json.dumps({"client_secret": "the-real-one"}))
+    aws["secrets"].put_secret_value(
+        SecretId=aws["arn"], SecretString=json.dumps({"placeholder": True, "client_secret": PLACEHOLDER})
+    )
+
+
+def test_restore_previous_brings_back_the_secret_an_upgrade_replaced(
+    aws: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    upgrade_regenerated(aws)
+
+    assert run(["--stack", STACK, "--restore-previous"], stdin=io.StringIO("")) == script.EXIT_OK
+
+    assert stored(aws) == {"client_secret": "the-real-one"}
+    assert stored(aws, "AWSPREVIOUS")["placeholder"] is True
+    assert "the-real-one" not in capsys.readouterr().out
+
+
+def test_restore_previous_refuses_when_there_is_nothing_to_restore(
+    aws: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A fresh stack: the placeholder is the only version.
+    assert run(["--stack", STACK, "--restore-previous"]) == script.EXIT_NOT_FOUND
+    assert "holds no client secret" in capsys.readouterr().err
+    # A secret already set: not the placeholder, nothing to bring back.
+    assert run(["--stack", STACK]) == script.EXIT_OK
+    versions_before = versions(aws)
+    assert run(["--stack", STACK, "--restore-previous"]) == script.EXIT_USAGE
+    assert "not CloudFormation's placeholder" in capsys.readouterr().err
+    assert versions(aws) == versions_before
+
+
+def test_asking_after_an_upgrade_mentions_that_the_old_secret_can_come_back(
+    aws: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    upgrade_regenerated(aws)
+
+    assert run(["--stack", STACK]) == script.EXIT_OK
+
+    assert "--restore-previous" in capsys.readouterr().err
+    assert stored(aws) == {"client_secret": NEW_SECRET}
+
+
+def test_the_placeholder_mark_is_the_one_the_template_and_the_functions_use() -> None:
+    from smartsheet_oauth.services import PLACEHOLDER_KEY
+
+    generate = load_template()["Resources"]["AppCredentialsSecret"]["Properties"]["GenerateSecretString"]
+    assert json.loads(generate["SecretStringTemplate"]) == {script.PLACEHOLDER_KEY: True}
+    assert generate["GenerateStringKey"] == "client_secret"
+    assert script.PLACEHOLDER_KEY == PLACEHOLDER_KEY
 
 
 def test_stack_name_comes_from_the_environment(aws: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,17 +245,10 @@ def test_unusable_secret_changes_nothing(
     assert versions(aws) == versions_before
 
 
-def test_secret_without_client_id_needs_the_option(aws: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_secret_that_is_not_json_is_replaced(aws: dict[str, Any]) -> None:
     aws["secrets"].put_secret_value(SecretId=aws["arn"], SecretString="not json")
-    assert run(["--stack", STACK]) == script.EXIT_USAGE
-    assert "--client-id" in capsys.readouterr().err
-    assert run(["--stack", STACK, "--client-id", CLIENT_ID]) == script.EXIT_OK
-    assert stored(aws) == {"client_id": CLIENT_ID, "client_secret": NEW_SECRET}
-
-
-def test_bad_client_id_option(aws: dict[str, Any]) -> None:
-    assert run(["--stack", STACK, "--client-id", "has space"]) == script.EXIT_USAGE
-    assert stored(aws)["client_secret"] == PLACEHOLDER
+    assert run(["--stack", STACK]) == script.EXIT_OK
+    assert stored(aws) == {"client_secret": NEW_SECRET}
 
 
 def test_the_secret_cannot_be_given_on_the_command_line(aws: dict[str, Any]) -> None:

@@ -145,3 +145,54 @@ def test_two_stacks_in_one_account_and_region_share_no_physical_name() -> None:
         f"{shared}. Leave the name out (CloudFormation makes a unique one; SAM events: OmitName: true) or "
         "build it from ${AWS::StackName}."
     )
+
+
+# ------------------------------------------------------------------------------ a redeploy never wipes a secret
+SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
+
+
+def parameters_read(value: Any) -> set[str]:
+    """Every parameter or condition an (unresolved) value depends on: a Ref, a ${Name} inside a Sub, an If."""
+    found: set[str] = set()
+    if isinstance(value, list):
+        for item in value:
+            found |= parameters_read(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key == "Ref" and isinstance(item, str):
+                found.add(item)
+            elif key == "Fn::Sub":
+                text, variables = (item[0], item[1]) if isinstance(item, list) else (item, {})
+                found |= {name for name in SUB_VARIABLE.findall(text) if name not in variables}
+                found |= parameters_read(variables)
+            elif key == "Fn::If":
+                found.add(item[0])
+                found |= parameters_read(item[1:])
+            else:
+                found |= parameters_read(item)
+    return found
+
+
+def test_no_secret_value_cloudformation_generates_depends_on_a_parameter() -> None:
+    # CloudFormation writes a new secret version whenever GenerateSecretString (or SecretString) changes: an input
+    # that follows a parameter would replace the value an operator put in (make set-client-secret) at the first
+    # redeploy that changes the parameter. The SAM translation keeps intrinsics unresolved, so read them here.
+    inputs = set(TEMPLATE["Parameters"]) | set(TEMPLATE.get("Conditions", {}))
+    secrets = of_type("AWS::SecretsManager::Secret")
+    assert secrets
+    for logical_id, secret in secrets.items():
+        properties = secret["Properties"]
+        generation = {key: properties[key] for key in ("GenerateSecretString", "SecretString") if key in properties}
+        assert generation, f"{logical_id}: CloudFormation sets no value; the functions would read an empty secret"
+        depends_on = sorted(parameters_read(generation) & inputs)
+        assert not depends_on, (
+            f"{logical_id}'s generated value follows {depends_on}: a deploy that changes them replaces the secret "
+            "an operator set. Keep its GenerateSecretString constant and pass the values another way."
+        )
+
+
+def test_the_dependency_reader_sees_every_way_a_value_follows_a_parameter() -> None:
+    assert parameters_read({"Fn::Sub": '{"client_id": "${SmartsheetClientId}"}'}) == {"SmartsheetClientId"}
+    assert parameters_read({"Fn::Sub": ["${A}-${Local}-${!Literal}", {"Local": {"Ref": "B"}}]}) == {"A", "B"}
+    assert parameters_read({"Fn::Join": ["", [{"Ref": "C"}, {"Fn::If": ["HasD", "x", "y"]}]]}) == {"C", "HasD"}
+    assert parameters_read({"SecretStringTemplate": '{"placeholder": true}'}) == set()
