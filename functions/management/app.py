@@ -6,13 +6,14 @@ from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import api, management, on_demand, services
+from smartsheet_oauth import api, management, on_demand, services, snapstart
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.management import ManagementDeps
 from smartsheet_oauth.observability import logger, metrics
 from smartsheet_oauth.router import Response
 
 get_config()  # a bad configuration fails the cold start, naming the variable
+snapstart.register()  # SnapStart hooks (EnableSnapStart applies to every function); nothing is registered off Lambda
 app = api.resolver()
 
 

@@ -3,15 +3,20 @@ snapshot, `random` (and the one library secret made at import) renewed after a r
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
+import subprocess
 import sys
 import types
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from smartsheet_oauth import aws, snapstart
+
+from infra.local.template_model import Template
 
 
 def test_without_the_runtime_module_nothing_is_registered() -> None:
@@ -70,3 +75,55 @@ def test_after_restore_reseeds_random_and_renews_the_multiprocessing_authkey() -
 
     assert random.getstate() != cloned_state
     assert bytes(multiprocessing.current_process().authkey) != cloned_authkey
+
+
+# ------------------------------------------------------------------------------- every function of the template
+FAKE_RUNTIME = """\
+import json, os
+
+def _record(kind, hook):
+    with open(os.environ["SNAPSTART_RECORD"], "a", encoding="utf-8") as out:
+        out.write(json.dumps([kind, hook.__module__, hook.__qualname__]) + "\\n")
+
+def register_before_snapshot(hook):
+    _record("before", hook)
+
+def register_after_restore(hook):
+    _record("after", hook)
+"""
+CONFIG = {
+    "STATE_TABLE_NAME": "states",
+    "CONNECTIONS_TABLE_NAME": "connections",
+    "SMARTSHEET_CLIENT_ID": "client",
+    "APP_CREDENTIALS_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf",
+    "TOKEN_SECRET_PREFIX": "stack/connections/",
+    "OAUTH_SCOPES": "READ_SHEETS",
+}
+
+
+@pytest.mark.parametrize("function", sorted(Template.load().resources_of_type("AWS::Serverless::Function")))
+def test_every_function_of_the_template_registers_both_hooks_at_import(function: str, tmp_path: Path) -> None:
+    # EnableSnapStart applies to every function: one without the hooks would resume every copy with the same
+    # `random` state. Each handler is imported in a fresh interpreter, as Lambda's init phase does, with a stand-in
+    # for the runtime's snapshot_restore_py that records what registers.
+    handler = str(Template.load().resources[function]["Properties"]["Handler"])
+    (tmp_path / "snapshot_restore_py.py").write_text(FAKE_RUNTIME, encoding="utf-8")
+    record = tmp_path / "registered.jsonl"
+    functions = Path(__file__).resolve().parents[2] / "functions"
+    environment = {
+        **{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "PATH"))},
+        **CONFIG,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(functions)]),
+        "SNAPSTART_RECORD": str(record),
+    }
+
+    subprocess.run(
+        [sys.executable, "-c", f"import {handler.rpartition('.')[0]}"], env=environment, check=True, timeout=120
+    )
+
+    lines = record.read_text(encoding="utf-8").splitlines() if record.exists() else []
+    registered = [json.loads(line) for line in lines]
+    assert registered == [
+        ["before", "smartsheet_oauth.snapstart", "before_snapshot"],
+        ["after", "smartsheet_oauth.snapstart", "after_restore"],
+    ], f"{function} ({handler}) must call snapstart.register() at import"
