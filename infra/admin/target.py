@@ -41,6 +41,9 @@ from infra.local.template_model import (
 
 DEV_STATE_FILE: Final = Path(__file__).resolve().parents[2] / ".local" / "dev.json"
 REFRESH_FUNCTION: Final = "RefreshFunction"  # the sweep's logical id in template.yaml
+# The alias the schedule invokes (template.yaml's AutoPublishAlias): the version and configuration that really run,
+# with SnapStart's snapshot and the async settings; $LATEST may hold a configuration no alias points at.
+LIVE_ALIAS: Final = "live"
 # The outputs the CLI cannot work without (template.yaml's Outputs section).
 REQUIRED_OUTPUTS: Final = ("RefreshFunctionName", "ConnectionsTableName", "RefreshDeadLetterQueueUrl")
 SWEEP_TIMEOUT_SECONDS: Final = 900  # Lambda's maximum: a sweep invoked by hand is waited for
@@ -173,8 +176,8 @@ def deployed(
         )
     lambda_quick = session.client("lambda", config=_QUICK)
     function = outputs["RefreshFunctionName"]
-    with _aws(f"reading the configuration of {function}"):
-        configuration = lambda_quick.get_function_configuration(FunctionName=function)
+    with _aws(f"reading the configuration of {function}:{LIVE_ALIAS}"):
+        configuration = lambda_quick.get_function_configuration(FunctionName=function, Qualifier=LIVE_ALIAS)
     config = _config(configuration.get("Environment", {}).get("Variables", {}), f"the configuration of {function}")
     log_group = configuration.get("LoggingConfig", {}).get("LogGroup") or f"/aws/lambda/{function}"
     dynamodb = session.client("dynamodb", config=_QUICK)
@@ -182,9 +185,12 @@ def deployed(
     # The other clients only for the commands that need them: each costs a model load.
 
     def run_sweep() -> dict[str, Any]:
-        with _aws(f"invoking {function}"):
+        with _aws(f"invoking {function}:{LIVE_ALIAS}"):
             answer = session.client("lambda", config=_SWEEP).invoke(
-                FunctionName=function, InvocationType="RequestResponse", Payload=json.dumps(admin_event()).encode()
+                FunctionName=function,
+                Qualifier=LIVE_ALIAS,
+                InvocationType="RequestResponse",
+                Payload=json.dumps(admin_event()).encode(),
             )
         raw = answer["Payload"].read()
         try:

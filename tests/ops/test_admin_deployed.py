@@ -12,10 +12,12 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.client import BaseClient
 from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.token_vault import TokenSet, TokenVault
 
 from infra.admin.cli import main
+from infra.admin.target import LIVE_ALIAS
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator
 from tests.ops.support import ADA
 
@@ -73,13 +75,22 @@ def deployed(emulator_server: SmartsheetEmulator) -> Iterator[Deployed]:
         }
         role = session.client("iam").create_role(RoleName="refresh", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
         function = f"{STACK}-RefreshFunction-ABC"
-        session.client("lambda").create_function(
+        lambdas = session.client("lambda")
+        lambdas.create_function(
             FunctionName=function,
             Runtime="python3.13",
             Role=role,
             Handler="app.lambda_handler",
             Code={"ZipFile": _function_zip()},
             Environment={"Variables": environment},
+        )
+        # What the schedule runs is the live alias's version; $LATEST may hold a configuration not yet published
+        # (here, one whose table does not exist): the CLI must act as the alias does.
+        version = lambdas.publish_version(FunctionName=function)["Version"]
+        lambdas.create_alias(FunctionName=function, Name=LIVE_ALIAS, FunctionVersion=version)
+        lambdas.update_function_configuration(
+            FunctionName=function,
+            Environment={"Variables": {**environment, "CONNECTIONS_TABLE_NAME": "not-published-yet"}},
         )
         outputs = {
             "RefreshFunctionName": function,
@@ -161,10 +172,24 @@ def test_health_lists_this_stacks_firing_alarms_and_dead_letters(deployed: Deplo
     assert "ATTENTION" in out
 
 
-def test_sweep_invokes_the_stacks_refresh_function(deployed: Deployed) -> None:
+def test_sweep_invokes_the_stacks_refresh_function_through_its_live_alias(
+    deployed: Deployed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    invoked: list[dict[str, Any]] = []
+    original = BaseClient._make_api_call  # type: ignore[attr-defined]
+
+    def record(self: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "Invoke":
+            invoked.append(params)
+        return original(self, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", record)
     code, out, _ = deployed.admin("sweep", "--json")
 
     assert code == 0
+    assert [(call["FunctionName"], call.get("Qualifier")) for call in invoked] == [
+        (f"{STACK}-RefreshFunction-ABC", LIVE_ALIAS)
+    ]
     echoed = json.loads(out)  # moto's Lambda without docker answers with the event it received
     assert echoed["detail-type"] == "Admin Sweep"
     assert echoed["id"]  # the logs' correlation id
@@ -214,3 +239,9 @@ def test_missing_credentials_profile_or_region_get_a_clear_error(monkeypatch: py
     code, message = run()
     assert code == 2
     assert "--region" in message
+
+
+def test_the_live_alias_is_the_one_the_template_publishes() -> None:
+    from infra.scripts.sam_translate import load_template
+
+    assert load_template()["Globals"]["Function"]["AutoPublishAlias"] == LIVE_ALIAS
