@@ -3,12 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from smartsheet_oauth import services
+from smartsheet_oauth.observability import metrics
 
 # The `broker` (in-process) and `stack`/`local_stack`/`client` (loopback HTTP) fixtures, for every suite.
 pytest_plugins = ["tests.support.fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _only_catalogued_metrics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail a test during which the code emitted a metric the catalog does not list (its alarms and dashboard are
+    held to the catalog: a metric outside it would be watched by nothing)."""
+    from tests.support.metric_catalog import EMITTED, WHERE_TO_ADD
+
+    unknown: list[str] = []
+    emit = metrics.add_metric
+
+    def checked(*args: Any, **kwargs: Any) -> None:
+        name = kwargs.get("name", args[0] if args else None)
+        if name not in EMITTED:
+            unknown.append(str(name))
+        emit(*args, **kwargs)
+
+    monkeypatch.setattr(metrics, "add_metric", checked)
+    yield
+    if unknown:
+        pytest.fail(
+            f"the code emitted metric(s) {sorted(set(unknown))} that no alarm or dashboard knows: {WHERE_TO_ADD}"
+        )
 
 
 @pytest.fixture(autouse=True)

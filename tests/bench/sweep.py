@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import world
+from tests.bench.capacity import Settings, capacity
 from tests.bench.counting import describe
 from tests.bench.report import Row, check
 
@@ -29,8 +30,6 @@ TARGET_EFFICIENCY = 0.70
 PER_SWEEP_OPS = ("dynamodb.Query", "dynamodb.Scan")
 # Once per container and 5 minutes, whatever the number of connections: the data key a kept pair would be sealed with.
 PER_CONTAINER_OPS = ("kms.GenerateDataKey",)
-DAY = 86_400
-TOKEN_LIFETIME = 604_799
 ONE_VCPU_MB = 1769  # Lambda gives a function one vCPU at 1,769 MB, in proportion below
 ASSUMED_AWS_CALL_SECONDS = 0.010  # a DynamoDB / Secrets Manager call from Lambda, for the projection only
 
@@ -93,20 +92,6 @@ def _emulator_counts(base_url: str) -> Counter[str]:
     with urllib.request.urlopen(f"{base_url}/_emulator/stats", timeout=30) as answer:  # noqa: S310 (loopback)
         stats = json.load(answer)
     return Counter({k: v for k, v in stats["counts"].items() if k in ("token.refresh", "token.code", "users_me")})
-
-
-def _default_pace(env: dict[str, str]) -> float | None:
-    """Refreshes per minute the function allows itself by default (None: no pace limit in this version)."""
-    from smartsheet_oauth.config import load_config
-    from smartsheet_oauth.pace import Windows
-
-    config = load_config({k: v for k, v in env.items() if k != "REFRESH_RATE_PER_MINUTE"})
-    pace = getattr(config, "refresh_rate_per_minute", None)
-    if not pace:
-        return None
-    # The sweep's share of the pace every refresher shares (a tenth of each window is left to on-demand refreshes).
-    windows = Windows(int(pace))
-    return float(pace) * windows.sweep_budget / windows.budget
 
 
 def measure(server: Server, window_seconds: float = 45.0) -> tuple[list[Row], dict[str, Any]]:
@@ -183,22 +168,21 @@ def _rows(
     pages = -(-int(answer.get("dispatched") or refreshed) // page_size) + 1
     token_calls = sum(smartsheet.values()) / refreshed
 
-    # Projection for one scheduled function on Lambda, from what was measured here.
+    # Projection for one scheduled function on Lambda, from what was measured here and the template's values
+    # (its timeout, schedule, window and pace: the measured run lifted the pace to see the sweep's own rate).
     memory = int(info.get("memory") or 256)
-    timeout = int(info["timeout"])
     margin = float(result.get("safety_margin") or 30.0)
+    settings = Settings.of()
+    timeout = settings.timeout_seconds
     rates = {
         "concurrency": concurrency / (latency + round(per_connection_calls) * ASSUMED_AWS_CALL_SECONDS + other),
         "CPU": (memory / ONE_VCPU_MB) / cpu,
+        "pace": settings.sweep_pace_per_second,
     }
-    pace = _default_pace(env)
-    if pace:
-        rates["pace"] = pace / 60
     binding = min(rates, key=lambda k: rates[k])
-    window = int(env.get("REFRESH_WINDOW_SECONDS") or 172_800)
-    per_invocation = rates[binding] * (timeout - margin)
-    steady = per_invocation * 48 * (TOKEN_LIFETIME - window) / DAY  # 48 sweeps a day; due once per 5 days
-    burst = per_invocation * 48 * window / DAY  # all due at once: done within the refresh window
+    projected = capacity(settings, rates[binding], margin)
+    busiest = capacity(Settings.of(RefreshTimeoutSeconds="900", RefreshSchedule="rate(15 minutes)"), rates[binding])
+    per_invocation, steady, burst = projected.per_invocation, projected.steady, projected.all_due_at_once
 
     figures = {
         "connections": server.connections,
@@ -221,7 +205,7 @@ def _rows(
         "rates": rates,
         "binding": binding,
         "per_invocation": per_invocation,
-        "capacity_15min": rates[binding] * (900 - margin),
+        "steady_every_15_min_timeout_900": busiest.steady,
         "steady": steady,
         "burst": burst,
         "seed_seconds": info["seed_seconds"],
@@ -312,13 +296,18 @@ def _rows(
         ),
         Row(
             SECTION,
-            "projected capacity per 15-minute invocation",
-            f"{rates[binding] * (900 - margin):,.0f} connections ({binding}-bound)",
+            f"projected capacity per invocation (timeout {timeout} s less the {margin:.0f} s margin)",
+            f"{per_invocation:,.0f} connections ({binding}-bound)",
         ),
         Row(
             SECTION,
-            f"one scheduled function keeps up to (timeout {timeout} s, every 30 min)",
+            f"one scheduled function keeps up to (a sweep every {settings.interval_seconds // 60} min)",
             f"{steady:,.0f} connections steady, {burst:,.0f} if all come due at once",
+        ),
+        Row(
+            SECTION,
+            "the same with a sweep every 15 min, timeout 900 s (the sweep runs nearly all the time)",
+            f"{busiest.steady:,.0f} connections steady, {busiest.all_due_at_once:,.0f} if all come due at once",
         ),
     ]
     return rows, figures

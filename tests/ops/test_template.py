@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from infra.local.template_model import (
 )
 from tests.ops.conftest import Recorded
 from tests.ops.support import metric_names
+from tests.support.metric_catalog import EMITTED, WHERE_TO_ADD
 
 TEMPLATE = Template.load()
 STACK = "broker-prod"
@@ -99,11 +102,51 @@ def test_alarms_and_dashboard_watch_only_metrics_the_code_emits_with_its_namespa
 
     ours = [(name, dims) for ns, name, dims in every_metric(r) if ns == namespace]
     assert len(ours) > 30
-    assert {name for name, _ in ours} <= emitted
+    assert emitted <= EMITTED  # what the scenarios made the real handlers print is catalogued
     for name, dims in ours:
         # Powertools' only dimension is `service` (POWERTOOLS_SERVICE_NAME): an alarm with others never fires.
         assert dims == {"service": env["POWERTOOLS_SERVICE_NAME"]}, name
     assert {ns for ns, _, _ in every_metric(r)} == {namespace, "AWS/Lambda", "AWS/SQS"}
+
+
+def test_every_metric_the_code_emits_is_alarmed_or_shown_and_nothing_watches_a_metric_never_emitted() -> None:
+    r = resolver()
+    namespace = function_environment(r)["POWERTOOLS_METRICS_NAMESPACE"]
+    watched = {name for ns, name, _ in every_metric(r) if ns == namespace}
+
+    unwatched = sorted(EMITTED - watched)
+    phantom = sorted(watched - EMITTED)
+
+    assert not unwatched, f"emitted but neither alarmed nor on the dashboard: {unwatched}; alarm or show each"
+    assert not phantom, (
+        f"template.yaml's alarms or dashboard read {phantom}, which the code never emits: such an alarm never "
+        f"fires. Fix the name, or if the code does emit it, {WHERE_TO_ADD}"
+    )
+
+
+def test_every_literal_metric_name_in_the_code_is_catalogued() -> None:
+    # The autouse guard in tests/conftest.py catches every name a test makes the code emit; this catches the
+    # literal ones on paths no test takes.
+    found = literal_metric_names()
+    assert len(found) > 20, "the source reading is stale: teach literal_metric_names() the emitters"
+    assert found <= EMITTED, f"{sorted(found - EMITTED)}: {WHERE_TO_ADD}"
+
+
+def test_every_sweep_reports_sweep_dispatched_once_even_with_nothing_due(recorded: Recorded) -> None:
+    # The sweep-not-running alarm counts its datapoints (SampleCount): each sweep must send exactly one.
+    sweeps = [blob for blobs in recorded.values() for blob in blobs if "refresh_ok" in metric_names([blob])]
+    assert sweeps
+    for blob in sweeps:
+        assert metric_names([blob]) >= {"sweep_dispatched", "sweep_duration"}
+        value = blob["sweep_dispatched"]
+        assert not isinstance(value, list) or len(value) == 1, value
+    (alarm,) = [p for p in alarms(resolver()).values() if p.get("MetricName") == "sweep_dispatched"]
+    assert alarm["Statistic"] == "SampleCount"  # a sweep with nothing due sends 0: its count is still 1
+    assert (alarm["ComparisonOperator"], alarm["Threshold"], alarm["TreatMissingData"]) == (
+        "LessThanThreshold",
+        1,
+        "breaching",
+    )
 
 
 def test_the_dashboard_shows_every_figure_an_operator_needs() -> None:
@@ -126,13 +169,29 @@ def test_the_dashboard_shows_every_figure_an_operator_needs() -> None:
     assert {"metric", "alarm", "log", "text"} <= kinds
 
 
+def watched_names(props: Mapping[str, Any]) -> set[str]:
+    """An alarm's metrics by name; a queue's metric by the queue's logical id too (two queues, two alarms)."""
+    names = set()
+    for _, name, dims in alarm_metrics(props):
+        names.add(name)
+        names |= {f"queue:{lid}" for lid in QUEUES if dims.get("QueueName") == resolver().get_att(lid, "QueueName")}
+    return names
+
+
+QUEUES = ("RefreshDeadLetterQueue", "FailedSweepQueue")
+
+
 @pytest.mark.parametrize(
     ("watched", "what"),
     [
         ({"refresh_transient", "refresh_ok"}, "refresh failures rising"),
         ({"refresh_needs_reauth"}, "needs_reauth spike"),
+        ({"refresh_lost", "management_refresh_lost"}, "a grant lost by us (sweep or on-demand)"),
+        ({"refresh_kept", "management_refresh_kept"}, "refreshed pairs kept, not stored, hour after hour"),
         ({"sweep_backlog"}, "sweep backlog"),
-        ({"ApproximateNumberOfMessagesVisible"}, "schedule DLQ not empty"),
+        ({"sweep_dispatched"}, "no sweep reported for two periods"),
+        ({"queue:RefreshDeadLetterQueue"}, "ticks Scheduler could not deliver"),
+        ({"queue:FailedSweepQueue"}, "sweeps that started and failed"),
         ({"Errors"}, "function errors"),
         ({"Throttles"}, "function throttles"),
         ({"callback_success", "callback_smartsheet_error", "callback_denied"}, "callback error ratio"),
@@ -140,7 +199,7 @@ def test_the_dashboard_shows_every_figure_an_operator_needs() -> None:
 )
 def test_each_alarm_the_issue_asks_for_exists_and_says_what_to_do(watched: set[str], what: str) -> None:
     r = resolver()
-    matching = [props for props in alarms(r).values() if watched <= {name for _, name, _ in alarm_metrics(props)}]
+    matching = [props for props in alarms(r).values() if watched <= watched_names(props)]
 
     assert len(matching) == 1, what
     (props,) = matching
@@ -247,3 +306,52 @@ def spec_group(r: Resolver, function: str) -> str:
     props = TEMPLATE.resources[function]["Properties"]
     configured = (props.get("LoggingConfig") or {}).get("LogGroup")
     return str(r.resolve(configured)) if configured else f"/aws/lambda/{r.ref(function)}"
+
+
+# -- literal metric names in the functions' source ------------------------------------------------------------------
+FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
+# The emitters and the name each makes: web.count(operation, outcome), api.count(code) (management_<code>),
+# api's error(status, code, ...) and the management errors carrying a code, and add_metric(name=...) itself.
+MANAGEMENT_CODE_CALLS = {"error": 1, "Conflict": 0, "RefreshFailed": 0}
+# web.resolver's handlers serve both pages; /login's path raises only these (a declined or stale sign-in and
+# Smartsheet's answers come back on /callback: sign_in.finish_sign_in).
+LOGIN_PAGE_OUTCOMES = frozenset({"bad_request", "storage_error", "internal_error"})
+
+
+def literal_metric_names() -> set[str]:
+    names: set[str] = set()
+    operations = set()
+    for path in FUNCTIONS.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            function = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            texts = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            keywords = {k.arg: k.value.value for k in node.keywords if isinstance(k.value, ast.Constant)}
+            if function == "add_metric" and isinstance(keywords.get("name"), str):
+                names.add(str(keywords["name"]))
+            elif function == "count" and len(texts) == 2:  # web.count(operation, outcome)
+                names.add(f"{texts[0]}_{texts[1]}")
+            elif function == "count" and len(texts) == 1 and _is_api_count(node.func, path):
+                names.add(f"management_{texts[0]}")
+            elif function in MANAGEMENT_CODE_CALLS:
+                position = MANAGEMENT_CODE_CALLS[function]
+                argument = node.args[position] if len(node.args) > position else None
+                if isinstance(argument, ast.Constant) and isinstance(argument.value, str):
+                    names.add(f"management_{argument.value}")
+            elif function == "resolver" and isinstance(keywords.get("operation"), str):
+                operations.add(str(keywords["operation"]))
+            elif function == "outcome" and len(texts) == 1 and path.name == "web.py":
+                names.add(f"callback_{texts[0]}")
+                if texts[0] in LOGIN_PAGE_OUTCOMES:
+                    names.add(f"login_{texts[0]}")
+    assert operations == {"login", "callback"}, operations
+    return names
+
+
+def _is_api_count(function: ast.expr, path: Path) -> bool:
+    """api.count(code) from a handler, or count(code) inside api.py; not str.count(":") and the like."""
+    if isinstance(function, ast.Attribute):
+        return isinstance(function.value, ast.Name) and function.value.id == "api"
+    return path.name == "api.py"

@@ -37,6 +37,7 @@ TOKEN_SECRETS = {
 }
 EVENT_BUS = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"}
 PENDING_TOKENS_KEY = {"Fn::GetAtt": ["PendingTokensKey", "Arn"]}
+FAILED_SWEEP_QUEUE = {"Fn::GetAtt": ["FailedSweepQueue", "Arn"]}
 # Connect sessions share the state table with pending sign-ins; their keys start with "connect-session:".
 SESSION_KEYS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["connect-session:*"]}}
 # The sweep lease and the shared pace's windows live there too, under keys of their own.
@@ -100,7 +101,9 @@ EXPECTED: dict[str, set[Grant]] = {
     | READ_APP_CREDENTIALS
     | grants(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], TOKEN_SECRETS)
     | SEAL_PENDING_PAIRS
-    | PUBLISH_EVENTS,
+    | PUBLISH_EVENTS
+    # Lambda sends a failed sweep's record to its on-failure destination with the function's own role.
+    | grants(["sqs:SendMessage"], FAILED_SWEEP_QUEUE),
     "ManagementFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"], CONNECTIONS_TABLE)
     | grants(["dynamodb:Query"], END_USER_INDEX)
     | grants(["dynamodb:PutItem"], STATE_TABLE, SESSION_KEYS_ONLY)

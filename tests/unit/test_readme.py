@@ -8,6 +8,7 @@ from pathlib import Path
 from smartsheet_oauth.config import KNOWN_SCOPES
 
 from infra.local.template_model import Template
+from tests.bench.capacity import Settings, capacity, safety_margin_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -59,3 +60,34 @@ def test_every_make_command_the_readme_names_exists() -> None:
     named = set(re.findall(r"\bmake ([a-z][a-z-]+)", README))
     assert {"dev", "test", "demo", "deploy"} <= named
     assert named <= targets, sorted(named - targets)
+
+
+def _performance_row(label_start: str) -> str:
+    rows = [line for line in _section("Performance: `make bench`").splitlines() if line.startswith(f"| {label_start}")]
+    assert len(rows) == 1, f"the README's bench table needs one row starting with {label_start!r}"
+    return rows[0]
+
+
+def _thousands(value: float) -> str:
+    return f"~{round(value, -3):,.0f}"
+
+
+def test_the_capacity_figures_follow_the_templates_values() -> None:
+    # On Lambda the pace binds (the bench measures CPU and concurrency far above it): every figure is the sweep's share
+    # of the pace times the time a sweep dispatches, from the template's defaults: a new default, new figures.
+    default = Settings.of()
+    busiest = Settings.of(RefreshTimeoutSeconds="900", RefreshSchedule="rate(15 minutes)")
+    margin = safety_margin_seconds()
+    now, most = capacity(default, default.sweep_pace_per_second), capacity(busiest, busiest.sweep_pace_per_second)
+
+    per_invocation = _performance_row("capacity per invocation")
+    assert f"timeout {default.timeout_seconds} s less the {margin:.0f} s margin" in per_invocation
+    assert f"the sweep's share of a pace of {default.pace_per_minute} a minute" in per_invocation
+    assert f"| {now.per_invocation:,.0f} connections |" in per_invocation
+    steady = _performance_row("one scheduled function keeps up to")
+    assert f"every {default.interval_seconds // 60} minutes" in steady
+    assert f"{_thousands(now.steady)} steady, {_thousands(now.all_due_at_once)} all due at once" in steady
+    assert f"{_thousands(most.steady)} steady, {_thousands(most.all_due_at_once)} all due at once" in (
+        _performance_row("the same with a sweep every 15 minutes, timeout 900 s")
+    )
+    assert f"pace {default.sweep_pace_per_second:g}/s (binds)" in _performance_row("one invocation's limits")

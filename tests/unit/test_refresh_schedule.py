@@ -1,7 +1,10 @@
-"""The RefreshSchedule parameter admits only expressions EventBridge Scheduler accepts for a recurring schedule."""
+"""The RefreshSchedule parameter admits only expressions EventBridge Scheduler accepts for a recurring schedule, and
+only ones that run a sweep every 15 to 60 minutes: never two sweeps within the function's timeout, never an hour
+without one (the sweep-not-running alarm's period)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
@@ -12,7 +15,8 @@ from infra.scripts.sam_translate import load_template, translate
 
 PARAMETER = load_template()["Parameters"]["RefreshSchedule"]
 PATTERN = str(PARAMETER["AllowedPattern"])
-MAX_INTERVAL_SECONDS = 24 * 3600
+LONGEST_TIMEOUT_SECONDS = int(load_template()["Parameters"]["RefreshTimeoutSeconds"]["MaxValue"])
+NOT_RUNNING_ALARM = load_template()["Resources"]["SweepNotRunningAlarm"]["Properties"]
 
 # EventBridge Scheduler's cron fields: (lowest, highest, the special characters the field may use).
 MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -78,6 +82,21 @@ def is_scheduler_expression(expression: str) -> bool:
     return all(_cron_field_is_valid(f, *spec[1:]) for f, spec in zip(fields, CRON_FIELDS, strict=True))
 
 
+def firing_gaps(expression: str) -> set[int]:
+    """The gaps, in seconds, between a schedule's consecutive runs over two days (rate(), and the hourly cron()
+    forms the pattern admits: minutes N or N/S, every hour, every day)."""
+    rate = RATE.fullmatch(expression)
+    if rate:
+        return {int(rate.group(1)) * UNIT_SECONDS[rate.group(2).rstrip("s")]}
+    minute_field, hour_field, *days = expression[5:-1].split(" ")
+    assert hour_field == "*", expression
+    assert days in (["*", "*", "?", "*"], ["?", "*", "*", "*"]), expression
+    first, _, step = minute_field.partition("/")
+    minutes = range(int(first), 60, int(step)) if step else [int(first)]
+    runs = [hour * 3600 + minute * 60 for hour in range(48) for minute in minutes]
+    return {later - earlier for earlier, later in itertools.pairwise(runs)}
+
+
 def admitted(expression: str) -> bool:
     """What CloudFormation lets through as the parameter's value (AllowedPattern must match it whole)."""
     return re.fullmatch(PATTERN, expression) is not None
@@ -89,6 +108,12 @@ def test_the_default_is_valid_and_admitted() -> None:
     assert is_scheduler_expression(PARAMETER["Default"])
 
 
+def test_the_timeout_is_at_most_lambdas_and_the_not_running_alarm_needs_two_empty_periods() -> None:
+    assert LONGEST_TIMEOUT_SECONDS <= 900  # Lambda's maximum timeout
+    assert NOT_RUNNING_ALARM["EvaluationPeriods"] == NOT_RUNNING_ALARM["DatapointsToAlarm"] == 2
+    assert NOT_RUNNING_ALARM["TreatMissingData"] == "breaching"
+
+
 def test_the_schedule_reaches_the_scheduler_unchanged() -> None:
     schedule = translate()["Resources"]["RefreshFunctionSweep"]
     assert schedule["Type"] == "AWS::Scheduler::Schedule"
@@ -97,29 +122,26 @@ def test_the_schedule_reaches_the_scheduler_unchanged() -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(st.from_regex(PATTERN, fullmatch=True))
-def test_every_admitted_rate_is_a_valid_rate_of_at_most_a_day(expression: str) -> None:
-    if not expression.startswith("rate("):
-        return  # cron() forms: the examples below
+def test_every_admitted_schedule_is_valid_outlasts_any_timeout_and_runs_every_alarm_period(expression: str) -> None:
     assert is_scheduler_expression(expression), expression
-    rate = RATE.fullmatch(expression)
-    assert rate is not None
-    assert int(rate.group(1)) * UNIT_SECONDS[rate.group(2).rstrip("s")] <= MAX_INTERVAL_SECONDS
+    gaps = firing_gaps(expression)
+    # A sweep ends (its timeout) before the next one is due, whatever RefreshTimeoutSeconds is...
+    assert min(gaps) >= LONGEST_TIMEOUT_SECONDS, (expression, sorted(gaps))
+    # ...and every period of the sweep-not-running alarm gets a sweep's figures.
+    assert max(gaps) <= NOT_RUNNING_ALARM["Period"], (expression, sorted(gaps))
 
 
 @pytest.mark.parametrize(
     "expression",
     [
-        "rate(1 minute)",
-        "rate(5 minutes)",
-        "rate(1440 minutes)",
+        "rate(15 minutes)",
+        "rate(30 minutes)",
+        "rate(60 minutes)",
         "rate(1 hour)",
-        "rate(24 hours)",
         "cron(0/30 * * * ? *)",
-        "cron(15 10 ? * MON-FRI *)",
-        "cron(0 */6 * * ? *)",
-        "cron(0 8 1 * ? *)",
-        "cron(0 0 ? * 6L *)",
-        "cron(0 0 ? * 2#1 2026-2030)",
+        "cron(5/15 * * * ? *)",
+        "cron(7 * * * ? *)",
+        "cron(10/20 * ? * * *)",
     ],
 )
 def test_valid_expressions_are_admitted(expression: str) -> None:
@@ -152,17 +174,40 @@ def test_invalid_expressions_are_refused_at_deploy(expression: str) -> None:
     assert not admitted(expression)
 
 
-@pytest.mark.parametrize("expression", ["rate(1441 minutes)", "rate(25 hours)", "rate(2 days)"])
-def test_valid_but_too_sparse_for_the_refresh_window_is_refused(expression: str) -> None:
+@pytest.mark.parametrize(
+    "expression",
+    ["rate(1 minute)", "rate(5 minutes)", "rate(14 minutes)", "cron(0/5 * * * ? *)", "cron(0/10 * * * ? *)"],
+)
+def test_valid_but_shorter_than_a_sweep_may_run_is_refused(expression: str) -> None:
+    # RefreshTimeoutSeconds can be 900: a sweep every 14 minutes could start before the last one ends.
     assert is_scheduler_expression(expression)
     assert not admitted(expression)
+    assert min(firing_gaps(expression)) < LONGEST_TIMEOUT_SECONDS
 
 
 @pytest.mark.parametrize(
     "expression",
-    ["cron(60 * ? * * *)", "cron(0 24 ? * * *)", "cron(0 0 32 * ? *)", "cron(0 0 ? 13 * *)", "cron(0 0 ? * 8 *)"],
+    [
+        "rate(61 minutes)",
+        "rate(2 hours)",
+        "rate(24 hours)",
+        "rate(1440 minutes)",
+        "rate(2 days)",
+        "cron(15 10 ? * MON-FRI *)",  # weekdays only: a weekend without a sweep
+        "cron(0 */6 * * ? *)",
+        "cron(0 8 1 * ? *)",
+        "cron(0/30 8-18 * * ? *)",  # office hours only
+        "cron(5/50 * * * ? *)",  # 5 and 55 past: ten minutes apart
+        "cron(0 * * * ? 2026-2030)",  # stops one day
+    ],
 )
+def test_valid_but_not_every_15_to_60_minutes_all_day_is_refused(expression: str) -> None:
+    assert is_scheduler_expression(expression)
+    assert not admitted(expression)
+
+
+@pytest.mark.parametrize("expression", ["cron(60 * ? * * *)", "cron(0 24 ? * * *)", "cron(0 0 32 * ? *)"])
 def test_the_validator_knows_the_field_ranges(expression: str) -> None:
-    # CloudFormation admits these (the pattern checks the shape); the Scheduler API refuses them at deploy time.
-    assert admitted(expression)
+    # What the Scheduler API would refuse at deploy time, CloudFormation refuses first.
     assert not is_scheduler_expression(expression)
+    assert not admitted(expression)

@@ -1,0 +1,87 @@
+"""Every metric the broker's code can emit: the one list the template's alarms and dashboard are held to.
+
+tests/conftest.py fails any test during which the code emits a metric not listed here, and tests/ops/test_template.py
+fails when a listed metric is neither alarmed nor on the dashboard, or when an alarm or widget reads a metric not
+listed. A new metric: add it here, then to an alarm or to a widget of OperationsDashboard in template.yaml, and to
+docs/operations.md's Metrics table. Names are Powertools EMF metrics in the SmartsheetOAuthBroker namespace."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# GET /login (smartsheet_oauth.web.count("login", outcome) and its resolver's error handlers)
+LOGIN: Final = frozenset(
+    {
+        "login_started",
+        "login_bad_session",
+        "login_anonymous_refused",
+        "login_bad_request",
+        "login_storage_error",
+        "login_internal_error",
+    }
+)
+# GET /callback
+CALLBACK: Final = frozenset(
+    {
+        "callback_success",
+        "callback_denied",
+        "callback_bad_state",
+        "callback_bad_request",
+        "callback_authorize_error",
+        "callback_binding_conflict",
+        "callback_smartsheet_error",
+        "callback_smartsheet_unavailable",
+        "callback_storage_error",
+        "callback_internal_error",
+    }
+)
+# The sweep (smartsheet_oauth.sweep_metrics): refreshes by outcome, its own figures, connections by status
+SWEEP: Final = frozenset(
+    {
+        *(f"refresh_{outcome}" for outcome in ("ok", "transient", "needs_reauth", "lease_busy", "raced", "error")),
+        *(f"refresh_{outcome}" for outcome in ("kept", "resumed", "lost")),
+        "sweep_dispatched",
+        "sweep_duration",
+        "sweep_backlog",
+        *(f"connections_{status}" for status in ("active", "needs_reauth", "revoked", "expired", "failing")),
+    }
+)
+# The management API (smartsheet_oauth.api.count): answers by route, on-demand refreshes by outcome, errors by code
+MANAGEMENT: Final = frozenset(
+    {
+        "management_listed",
+        "management_read",
+        "management_disconnected",
+        "management_connect_session_created",
+        "management_no_iam_caller",
+        *(f"management_refresh_{outcome}" for outcome in ("refreshed", "fresh", "resumed")),
+        *(
+            f"management_{code}"
+            for code in (
+                "refresh_failed",
+                "refresh_kept",
+                "refresh_lost",
+                "refresh_in_progress",
+                "needs_reauth",
+                "revoked",
+                "changed_meanwhile",
+                "not_found",
+                "invalid_request",
+                "no_such_route",
+                "smartsheet_refused",
+                "smartsheet_unavailable",
+                "storage_unavailable",
+                "internal_error",
+            )
+        ),
+    }
+)
+# Connection events sent to the integrator's bus (smartsheet_oauth.events)
+EVENTS: Final = frozenset({"events_published", "events_publish_failed"})
+
+EMITTED: Final = LOGIN | CALLBACK | SWEEP | MANAGEMENT | EVENTS
+
+WHERE_TO_ADD: Final = (
+    "add it to tests/support/metric_catalog.py, then alarm it (an AWS::CloudWatch::Alarm in template.yaml) or show "
+    "it on the OperationsDashboard, and describe it in docs/operations.md's Metrics table"
+)
