@@ -26,13 +26,14 @@ def run(
     safety_margin_seconds: float,
     clock: Callable[[], float] = time.time,
 ) -> dict[str, object]:
-    """Sweep once, unless another sweep holds the lease (a retried invocation that overlaps the next scheduled one,
-    or an operator's `sweep`): then nothing is refreshed and the answer says `skipped`. The lease lasts as long as
+    """Sweep once, unless another sweep holds the lease (a late scheduled sweep that meets the next one, or an
+    operator's `sweep`): then nothing is refreshed and the answer says `skipped`. The lease lasts as long as
     this invocation may run, so one that dies without releasing it blocks the next for no longer than that.
 
-    A lease that cannot be taken because DynamoDB failed ends the invocation with that error: Lambda retries it,
-    and the function-errors alarm says so. (Sweeping without it could double the rate Smartsheet sees.) The heartbeat
-    goes out before anything else, reading the app credentials (`make_deps`) included."""
+    A lease that cannot be taken because DynamoDB failed ends the invocation with that error: Lambda does not retry
+    it (template.yaml's EventInvokeConfig sends it to FailedSweepQueue), and the failed-sweeps alarm says so.
+    (Sweeping without it could double the rate Smartsheet sees.) The heartbeat goes out before anything else,
+    reading the app credentials (`make_deps`) included."""
     started, started_at = time.monotonic(), int(clock())
     figures = SweepFigures(started_at=started_at)
     figures.started()

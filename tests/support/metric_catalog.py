@@ -35,15 +35,16 @@ CALLBACK: Final = frozenset(
         "callback_internal_error",
     }
 )
-# The sweep (smartsheet_oauth.sweep_metrics): refreshes by outcome, its own figures, connections by status
+# The sweep (smartsheet_oauth.sweep_metrics): refreshes by outcome, and its own figures
 SWEEP: Final = frozenset(
     {
         *(f"refresh_{outcome}" for outcome in ("ok", "transient", "needs_reauth", "lease_busy", "raced", "error")),
         *(f"refresh_{outcome}" for outcome in ("kept", "resumed", "lost")),
-        "sweep_dispatched",
+        "sweep_dispatched",  # first a 0 as each sweep starts (its heartbeat), then the dispatches as they go
         "sweep_duration",
         "sweep_backlog",
-        *(f"connections_{status}" for status in ("active", "needs_reauth", "revoked", "expired", "failing")),
+        "sweep_lag",
+        "sweep_skipped",
     }
 )
 # The management API (smartsheet_oauth.api.count): answers by route, on-demand refreshes by outcome, errors by code
@@ -59,6 +60,8 @@ MANAGEMENT: Final = frozenset(
             f"management_{code}"
             for code in (
                 "refresh_failed",
+                "refresh_cooldown",
+                "refresh_rate_limited",
                 "refresh_kept",
                 "refresh_lost",
                 "refresh_in_progress",
