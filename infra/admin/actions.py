@@ -138,6 +138,7 @@ class Health:
     connections: dict[str, int]
     due_now: int
     dead_letters: int
+    failed_sweeps: int | None
     alarms_firing: list[str] | None
     failing: list[dict[str, Any]] = field(default_factory=list)
     attention: list[str] = field(default_factory=list)
@@ -163,6 +164,7 @@ def health(target: Target, *, worst: int = 10) -> Health:
         connections=counts,
         due_now=due_now,
         dead_letters=target.dead_letters(),
+        failed_sweeps=target.failed_sweeps(),
         alarms_firing=target.alarms_firing(),
         failing=[
             {
@@ -184,7 +186,13 @@ def health(target: Target, *, worst: int = 10) -> Health:
         report.attention.append(f"{counts['failing']} connection(s) failed their last refresh and wait for a retry")
     if report.dead_letters:
         report.attention.append(
-            f"{report.dead_letters} missed sweep(s) in the refresh dead-letter queue (docs/operations.md)"
+            f"{report.dead_letters} tick(s) Scheduler could not deliver in the refresh dead-letter queue "
+            "(docs/operations.md, refresh-dlq)"
+        )
+    if report.failed_sweeps:
+        report.attention.append(
+            f"{report.failed_sweeps} failed sweep(s) in FailedSweepQueue: crashed, timed out or could not start "
+            "(docs/operations.md, refresh-failed-sweeps)"
         )
     if report.alarms_firing:
         report.attention.append(f"alarms firing: {', '.join(report.alarms_firing)}")

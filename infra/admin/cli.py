@@ -296,7 +296,9 @@ def cmd_health(target: Target, _args: argparse.Namespace, out: Output) -> int:
         f"  connections: {counts['active']} active, {counts['needs_reauth']} needs_reauth, {counts['revoked']} revoked"
     )
     out.line(f"  due now: {report.due_now} (the next sweep takes them)")
-    out.line(f"  refresh dead-letter queue: {report.dead_letters}")
+    out.line(f"  refresh dead-letter queue (ticks not delivered): {report.dead_letters}")
+    if report.failed_sweeps is not None:
+        out.line(f"  failed sweep queue: {report.failed_sweeps}")
     alarms = "n/a locally" if report.alarms_firing is None else (", ".join(report.alarms_firing) or "none")
     out.line(f"  alarms firing: {alarms}")
     if counts["needs_reauth"]:

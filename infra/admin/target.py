@@ -69,7 +69,8 @@ class Target:
     events: Callable[[], EventPublisher]  # the stack's connection events (e.g. Connection Revoked)
     dynamodb: Any  # the client the stores use
     run_sweep: Callable[[], dict[str, Any]]  # the sweep's report
-    dead_letters: Callable[[], int]  # messages waiting in the refresh dead-letter queue
+    dead_letters: Callable[[], int]  # messages waiting in the refresh dead-letter queue (ticks not delivered)
+    failed_sweeps: Callable[[], int | None]  # records in FailedSweepQueue (sweeps that failed); None: no such queue
     alarms_firing: Callable[[], list[str] | None]  # names of alarms in ALARM; None where there are none (local)
 
 
@@ -206,12 +207,20 @@ def deployed(
         result: dict[str, Any] = payload if isinstance(payload, dict) else {"result": payload}
         return result
 
-    def dead_letters() -> int:
-        with _aws("reading the refresh dead-letter queue"):
+    def waiting(queue_url: str, name: str) -> int:
+        with _aws(f"reading the {name}"):
             attributes = session.client("sqs", config=_QUICK).get_queue_attributes(
-                QueueUrl=outputs["RefreshDeadLetterQueueUrl"], AttributeNames=["ApproximateNumberOfMessages"]
+                QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
             )["Attributes"]
         return int(attributes.get("ApproximateNumberOfMessages", 0))
+
+    def dead_letters() -> int:
+        return waiting(outputs["RefreshDeadLetterQueueUrl"], "refresh dead-letter queue")
+
+    def failed_sweeps() -> int | None:
+        # A stack deployed before the queue existed has no such output.
+        url = outputs.get("FailedSweepQueueUrl")
+        return None if url is None else waiting(url, "failed sweep queue")
 
     def alarms_firing() -> list[str]:
         names: list[str] = []
@@ -231,6 +240,7 @@ def deployed(
         events=_events_factory(lambda: session.client("events", config=_QUICK), config),
         run_sweep=run_sweep,
         dead_letters=dead_letters,
+        failed_sweeps=failed_sweeps,
         alarms_firing=alarms_firing,
     )
 
@@ -328,10 +338,12 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
         payload: dict[str, Any] = run["payload"]
         return payload
 
-    def dead_letters() -> int:
-        with _aws("reading the refresh dead-letter queue"):
-            attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+    def waiting(url: str, name: str) -> int:
+        with _aws(f"reading the {name}"):
+            attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
         return int(attributes["Attributes"].get("ApproximateNumberOfMessages", 0))
+
+    failed_queue = physical.get("FailedSweepQueue")
 
     return Target(
         description=f"local dev stack {stack_name} ({gateway_url})",
@@ -342,7 +354,8 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
         smartsheet=_smartsheet_factory(secrets, config),
         events=_events_factory(lambda: client("events"), config),
         run_sweep=run_sweep,
-        dead_letters=dead_letters,
+        dead_letters=lambda: waiting(queue_url, "refresh dead-letter queue"),
+        failed_sweeps=lambda: None if failed_queue is None else waiting(failed_queue.ref, "failed sweep queue"),
         alarms_firing=lambda: None,
     )
 

@@ -30,6 +30,7 @@ class Deployed:
     vault: TokenVault
     session: boto3.session.Session
     queue_url: str
+    failed_sweep_queue_url: str
 
     def admin(self, *args: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -96,6 +97,7 @@ def deployed(emulator_server: SmartsheetEmulator) -> Iterator[Deployed]:
             "RefreshFunctionName": function,
             "ConnectionsTableName": environment["CONNECTIONS_TABLE_NAME"],
             "RefreshDeadLetterQueueUrl": aws.queue_url("RefreshDeadLetterQueue"),
+            "FailedSweepQueueUrl": aws.queue_url("FailedSweepQueue"),
             "TokenSecretPrefix": environment["TOKEN_SECRET_PREFIX"],
         }
         template = {
@@ -128,7 +130,7 @@ def deployed(emulator_server: SmartsheetEmulator) -> Iterator[Deployed]:
             refresh_due_at=1_999_000_000,
             now=1_700_000_000,
         )
-        yield Deployed(emulator, vault, session, outputs["RefreshDeadLetterQueueUrl"])
+        yield Deployed(emulator, vault, session, outputs["RefreshDeadLetterQueueUrl"], outputs["FailedSweepQueueUrl"])
 
 
 def test_the_stack_is_found_by_name_and_its_connections_operated(deployed: Deployed) -> None:
@@ -160,6 +162,7 @@ def test_health_lists_this_stacks_firing_alarms_and_dead_letters(deployed: Deplo
         )
         cloudwatch.set_alarm_state(AlarmName=name, StateValue="ALARM", StateReason="test")
     deployed.session.client("sqs").send_message(QueueUrl=deployed.queue_url, MessageBody="{}")
+    deployed.session.client("sqs").send_message(QueueUrl=deployed.failed_sweep_queue_url, MessageBody="{}")
 
     code, out, _ = deployed.admin("health")
     report: dict[str, Any] = json.loads(deployed.admin("health", "--json")[1])
@@ -169,6 +172,8 @@ def test_health_lists_this_stacks_firing_alarms_and_dead_letters(deployed: Deplo
     assert code == 1
     assert report["alarms_firing"] == [f"{STACK}-needs-reauth"]
     assert report["dead_letters"] == 1
+    assert report["failed_sweeps"] == 1
+    assert "1 failed sweep(s) in FailedSweepQueue" in out
     assert "ATTENTION" in out
 
 
