@@ -26,6 +26,7 @@ CALLBACK: Final = frozenset(
         "callback_success",
         "callback_denied",
         "callback_bad_state",
+        "callback_invalid_code",
         "callback_bad_request",
         "callback_authorize_error",
         "callback_binding_conflict",
