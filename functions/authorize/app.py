@@ -1,19 +1,29 @@
-"""GET /login: start a sign-in and send the browser to Smartsheet's authorize page."""
+"""GET /login: start a sign-in and send the browser to Smartsheet's authorize page; a connect link (?session=) first
+shows the connect page, whose button (POST /login) starts the sign-in bound to the integrator's end user."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+import secrets
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import pages, services, snapstart
-from smartsheet_oauth.config import get_config
-from smartsheet_oauth.errors import AnonymousLoginDisabled, ConnectLinkRejected
+from smartsheet_oauth.config import Config, get_config
+from smartsheet_oauth.errors import AnonymousLoginDisabled, ConnectFormRejected, ConnectLinkRejected
 from smartsheet_oauth.observability import logger, metrics
 from smartsheet_oauth.router import Cookie, Response
 from smartsheet_oauth.sign_in import NONCE_COOKIE, begin_sign_in
-from smartsheet_oauth.web import count, html, query_params, redirect, resolver
+from smartsheet_oauth.web import count, form_params, html, query_params, redirect, resolver
+
+# The connect page's browser key: __Host- (Secure, Path=/, no Domain: no subdomain can plant one), HttpOnly.
+CONNECT_COOKIE = "__Host-smartsheet-oauth-connect"
+_BROWSER_KEY = re.compile(r"[A-Za-z0-9_-]{43}")
 
 get_config()  # a bad configuration fails the cold start, naming the variable
 snapstart.register()  # SnapStart hooks; nothing is registered off Lambda
@@ -25,18 +35,75 @@ def login() -> Response:
     params = query_params(app)
     config = get_config()
     now = int(time.time())
-    # A connect session (POST /connect-sessions) binds the sign-in to the integrator's end user; its return_to
-    # is the one the integrator chose, so a return_to added to the link is ignored.
-    session = services.connect_sessions().consume(params["session"], now=now) if "session" in params else None
-    if session is None and not config.anonymous_login:
+    if "session" in params:
+        return _connect_page(params["session"], config, now)
+    if not config.anonymous_login:
         raise AnonymousLoginDisabled
+    return _start(config, now, return_to=params.get("return_to"), end_user_id=None, status=302)
+
+
+@app.post("/login")
+def connect() -> Response:
+    """The connect page's button. Only this uses the connect session up, and only with the page's own binding: the
+    browser key cookie (SameSite=Strict, so a cross-site form never carries it) and the form token derived from it
+    and the session (a cross-site page cannot read it). Checked before the session is touched."""
+    form = form_params(app)
+    session_token = form.get("session", "")
+    browser_key = app.current_event.cookies.get(CONNECT_COOKIE, "")
+    if not _BROWSER_KEY.fullmatch(browser_key):
+        raise ConnectFormRejected("no_browser_key")
+    expected = _form_token(browser_key, session_token)
+    if not hmac.compare_digest(form.get("form_token", "").encode(), expected.encode()):
+        raise ConnectFormRejected("form_token_mismatch")
+    config = get_config()
+    now = int(time.time())
+    # A connect session binds the sign-in to the integrator's end user; its return_to is the one the integrator
+    # chose (it receives the completion code).
+    session = services.connect_sessions().consume(session_token, now=now)
+    return _start(config, now, return_to=session.return_to, end_user_id=session.end_user_id, status=303)
+
+
+def _connect_page(session_token: str, config: Config, now: int) -> Response:
+    """Show what the link would do, leaving the session unused: scanners that fetch links only ever get this."""
+    session = services.connect_sessions().peek(session_token, now=now)
+    browser_key = app.current_event.cookies.get(CONNECT_COOKIE, "")
+    if not _BROWSER_KEY.fullmatch(browser_key):  # kept when present, so two open connect pages both work
+        browser_key = secrets.token_urlsafe(32)
+    cookie = Cookie(
+        name=CONNECT_COOKIE,
+        value=browser_key,
+        path="/",
+        secure=True,
+        http_only=True,
+        same_site="Strict",
+        max_age=session.expires_at - now,
+    )
+    authorize = urlsplit(config.authorize_url)
+    body = pages.connect(
+        urlsplit(session.return_to).hostname or "the app",
+        session=session_token,
+        form_token=_form_token(browser_key, session_token),
+    )
+    logger.info("connect page shown", extra={"outcome": "connect_page"})
+    count("login", "connect_page")
+    return html(
+        200, body, headers=pages.connect_page_headers(f"{authorize.scheme}://{authorize.netloc}"), cookies=[cookie]
+    )
+
+
+def _form_token(browser_key: str, session_token: str) -> str:
+    # Keyed by the browser's cookie, over the session: the key never appears in a page, the token fits one session.
+    return hmac.new(browser_key.encode(), session_token.encode(), hashlib.sha256).hexdigest()
+
+
+def _start(config: Config, now: int, *, return_to: str | None, end_user_id: str | None, status: int) -> Response:
     started = begin_sign_in(
         config=config,
         client_id=config.client_id,
         states=services.state_store(),
         now=now,
-        return_to=session.return_to if session else params.get("return_to"),
-        end_user_id=session.end_user_id if session else None,
+        return_to=return_to,
+        end_user_id=end_user_id,
     )
     cookie = Cookie(
         name=NONCE_COOKIE,
@@ -47,9 +114,9 @@ def login() -> Response:
         same_site="Lax",
         max_age=started.max_age,
     )
-    logger.info("sign-in started", extra={"outcome": "redirected", "connect_session": session is not None})
+    logger.info("sign-in started", extra={"outcome": "redirected", "connect_session": end_user_id is not None})
     count("login", "started")
-    return redirect(302, started.location, cookies=[cookie])
+    return redirect(status, started.location, cookies=[cookie])
 
 
 @app.exception_handler(ConnectLinkRejected)
@@ -57,6 +124,13 @@ def _connect_link_rejected(exc: ConnectLinkRejected) -> Response:
     logger.info("connect link rejected", extra={"outcome": "bad_session", "reason": exc.reason})
     count("login", "bad_session")
     return html(400, pages.connect_link_expired())
+
+
+@app.exception_handler(ConnectFormRejected)
+def _connect_form_rejected(exc: ConnectFormRejected) -> Response:
+    logger.info("connect form rejected", extra={"outcome": "bad_connect_form", "reason": exc.reason})
+    count("login", "bad_connect_form")
+    return html(403, pages.connect_form_rejected())
 
 
 @app.exception_handler(AnonymousLoginDisabled)

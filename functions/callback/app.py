@@ -12,7 +12,7 @@ from smartsheet_oauth.config import get_config
 from smartsheet_oauth.errors import BindingConflict, CodeRefused
 from smartsheet_oauth.observability import logger, metrics
 from smartsheet_oauth.router import Cookie, Response
-from smartsheet_oauth.sign_in import NONCE_COOKIE, finish_sign_in
+from smartsheet_oauth.sign_in import NONCE_COOKIE, SignedIn, finish_sign_in
 from smartsheet_oauth.web import count, html, query_params, redirect, resolver
 
 get_config()  # a bad configuration fails the cold start, naming the variable
@@ -36,7 +36,14 @@ def callback() -> Response:
         vault=services.token_vault(),
         connections=services.connection_store(),
         now=int(time.time()),
+        completions=services.completion_store,
     )
+    if not isinstance(signed_in, SignedIn):
+        # A connect-session sign-in: nothing is bound or announced until the integrator redeems the code that
+        # return_to receives (the redirect is the only place the code appears; Referrer-Policy keeps it there).
+        logger.info("sign-in held for confirmation", extra={"outcome": "awaiting_confirmation"})
+        count("callback", "awaiting_confirmation")
+        return redirect(303, signed_in.location, cookies=[_CLEAR_NONCE])
     logger.append_keys(connection_id=signed_in.connection_id)
     logger.info("connection stored", extra={"outcome": "success", "new_connection": signed_in.is_new})
     count("callback", "success")
@@ -47,7 +54,6 @@ def callback() -> Response:
             status="active",
             region=config.region,
             email=signed_in.email,
-            end_user_id=signed_in.end_user_id,
         )
     )
     if signed_in.return_to:
@@ -57,7 +63,7 @@ def callback() -> Response:
 
 @app.exception_handler(BindingConflict)
 def _binding_conflict(exc: BindingConflict) -> Response:
-    # Reported, never merged: the user sees why, the integrator gets an event, nothing was stored.
+    # Reported, never merged: the user sees why, the integrator gets an event, nothing was bound.
     logger.warning(
         "connection binding refused",
         extra={"outcome": "binding_conflict", "reason": exc.reason, "end_user_id": exc.end_user_id},

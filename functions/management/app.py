@@ -1,4 +1,5 @@
-"""The management API (IAM-authorized routes on the broker's HTTP API): connections, refresh, disconnect, sessions."""
+"""The management API (IAM-authorized routes on the broker's HTTP API): connections, refresh, disconnect, connect
+sessions and their completion."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import api, management, on_demand, services, snapstart
+from smartsheet_oauth import api, connect_completions, management, on_demand, services, snapstart
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.management import ManagementDeps
 from smartsheet_oauth.observability import logger, metrics
@@ -71,6 +72,19 @@ def create_connect_session() -> Response:
     logger.info("connect session created", extra={"end_user_id": result["end_user_id"]})
     api.count("connect_session_created")
     return api.answer(201, result)
+
+
+@app.post("/connect-sessions/complete")
+def complete_connect_session() -> Response:
+    body = api.json_body(app, required=True)
+    completed = connect_completions.complete(deps(), services.completion_store(), body)
+    outcome = "created" if completed.is_new else "reconnected"
+    logger.info(
+        "connect session completed",
+        extra={"connection_id": completed.connection.connection_id, "end_user_id": completed.connection.end_user_id},
+    )
+    api.count("connect_session_completed")
+    return api.answer(200, {"outcome": outcome, "connection": management.view(completed.connection)})
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True, log_event=False)

@@ -10,6 +10,7 @@ from typing import Any
 from smartsheet_oauth.config import is_loopback
 from smartsheet_oauth.errors import (
     BadRequest,
+    CompletionRefused,
     Conflict,
     NotFound,
     SmartsheetError,
@@ -136,6 +137,12 @@ def resolver() -> Router:
     def _conflict(exc: Conflict) -> Response:
         headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
         return error(409, exc.code, str(exc), headers=headers)
+
+    @app.exception_handler(CompletionRefused)
+    def _completion_refused(exc: CompletionRefused) -> Response:
+        logger.warning("completion code refused", extra={"outcome": exc.code})
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return error(exc.status, exc.code, str(exc), headers=headers)
 
     @app.exception_handler(TransientSmartsheetError)
     def _smartsheet_busy(exc: TransientSmartsheetError) -> Response:

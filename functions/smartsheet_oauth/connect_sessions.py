@@ -6,7 +6,7 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smartsheet_oauth.connection_store import REVOKED, ConnectionStore
 from smartsheet_oauth.errors import BadRequest, BindingConflict, ConditionFailed, ConnectLinkRejected, SmartsheetError
@@ -47,10 +47,11 @@ class IssuedSession:
 
 @dataclass(frozen=True, slots=True)
 class ConnectSession:
-    """A login link's binding: the integrator's user, where to return, until when it works."""
+    """A login link's binding: the integrator's user, where to return (with the completion code), until when it
+    works."""
 
     end_user_id: str
-    return_to: str | None
+    return_to: str
     expires_at: int
 
 
@@ -64,18 +65,17 @@ class ConnectSessionStore:
         self._table = table_name
         self._ttl = ttl_seconds
 
-    def create(self, *, end_user_id: str, return_to: str | None, now: int) -> IssuedSession:
+    def create(self, *, end_user_id: str, return_to: str, now: int) -> IssuedSession:
         token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
         expires_at = now + self._ttl
         item = {
             "state": {"S": _key(token)},
             "kind": {"S": "connect_session"},
             "end_user_id": {"S": end_user_id},
+            "return_to": {"S": return_to},
             "created_at": {"N": str(now)},
             "expires_at": {"N": str(expires_at)},
         }
-        if return_to:
-            item["return_to"] = {"S": return_to}
         with storage("sessions.create"):
             self._client.put_item(
                 TableName=self._table,
@@ -85,11 +85,23 @@ class ConnectSessionStore:
             )
         return IssuedSession(token=token, end_user_id=end_user_id, expires_at=expires_at)
 
+    def peek(self, token: str, *, now: int) -> ConnectSession:
+        """What the session holds, leaving it unused: opening the link (GET) only shows the connect page, so a mail
+        or chat scanner that fetches it does not use it up. Raises ConnectLinkRejected like consume()."""
+        _check_token(token)
+        with storage("sessions.peek"):
+            answer = self._client.get_item(
+                TableName=self._table, Key={"state": {"S": _key(token)}}, ConsistentRead=True
+            )
+        item = answer.get("Item")
+        if not item or item.get("kind", {}).get("S") != "connect_session":
+            raise ConnectLinkRejected("unknown_or_used_session")
+        return _session(item, now=now)
+
     def consume(self, token: str, *, now: int) -> ConnectSession:
         """Delete the session and return what it held, in one atomic call: a link works once, even when it is
         opened twice at the same moment. Raises ConnectLinkRejected when it is unknown, used or expired."""
-        if not _TOKEN.fullmatch(token):
-            raise ConnectLinkRejected("malformed_session")
+        _check_token(token)
         try:
             with storage("sessions.consume"):
                 answer = self._client.delete_item(
@@ -102,16 +114,26 @@ class ConnectSessionStore:
                 )
         except ConditionFailed:
             raise ConnectLinkRejected("unknown_or_used_session") from None
-        item = answer.get("Attributes", {})
-        session = ConnectSession(
-            end_user_id=item["end_user_id"]["S"],
-            return_to=item["return_to"]["S"] if "return_to" in item else None,
-            expires_at=int(item["expires_at"]["N"]),
-        )
-        # TTL deletion is lazy: an expired item can still be there.
-        if session.expires_at <= now:
-            raise ConnectLinkRejected("expired_session")
-        return session
+        return _session(answer.get("Attributes", {}), now=now)
+
+
+def _check_token(token: str) -> None:
+    if not _TOKEN.fullmatch(token):
+        raise ConnectLinkRejected("malformed_session")
+
+
+def _session(item: dict[str, Any], *, now: int) -> ConnectSession:
+    # TTL deletion is lazy: an expired item can still be there. A session made before return_to was required has
+    # nowhere to send its completion code, so it cannot be finished.
+    if int(item["expires_at"]["N"]) <= now:
+        raise ConnectLinkRejected("expired_session")
+    if "return_to" not in item:
+        raise ConnectLinkRejected("session_without_return_to")
+    return ConnectSession(
+        end_user_id=item["end_user_id"]["S"],
+        return_to=item["return_to"]["S"],
+        expires_at=int(item["expires_at"]["N"]),
+    )
 
 
 def check_binding(connections: ConnectionStore, *, end_user_id: str, smartsheet_user_id: str) -> None:

@@ -140,6 +140,15 @@ class ConnectLinkRejected(BrokerError):
         self.reason = reason
 
 
+class ConnectFormRejected(BrokerError):
+    """A POST of the connect page without the page's own anti-forgery binding (cookie and form token): a cross-site
+    form, a replayed request, or a browser that keeps no cookies. The connect session is left unused."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class AnonymousLoginDisabled(BrokerError):
     """/login without a connect session while the deployment only admits sign-ins started by the integrator."""
 
@@ -154,6 +163,17 @@ class BindingConflict(BrokerError):
         self.end_user_id = end_user_id
         self.smartsheet_user_id = smartsheet_user_id
         self.existing_connection_id = existing_connection_id
+
+
+class CompletionRefused(BrokerError):
+    """A completion code the integrator redeemed that binds nothing: unknown (404), already used, expired, issued for
+    another end user, or a binding that would merge two identities (409). `code` is the API's error code."""
+
+    def __init__(self, code: str, message: str, *, status: int = 409, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.retry_after = retry_after
 
 
 class NotFound(BrokerError):

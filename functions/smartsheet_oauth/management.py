@@ -304,9 +304,12 @@ def create_connect_session(deps: ManagementDeps, body: dict[str, Any], *, broker
         raise BadRequest("end_user_id is required")
     end_user_id = checked_end_user_id(body["end_user_id"])
     return_to = body.get("return_to")
-    if return_to is not None and not isinstance(return_to, str):
-        raise BadRequest("return_to must be a string")
+    if not isinstance(return_to, str) or not return_to:
+        # The sign-in ends there with the completion code your backend redeems: without it nothing can be bound.
+        raise BadRequest("return_to is required: the page of your app that receives the completion code")
     return_to = checked_return_to(return_to, deps.config.allowed_return_to)
+    if return_to is None:  # checked_return_to answers None only for an empty value, refused above
+        raise BadRequest("return_to is required: the page of your app that receives the completion code")
     issued = deps.sessions.create(end_user_id=end_user_id, return_to=return_to, now=int(deps.clock()))
     return {
         "end_user_id": issued.end_user_id,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from html import escape
 
+_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action {form_action}; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
 SECURITY_HEADERS: dict[str, str] = {
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
     "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'none'; form-action 'none'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
+    "Content-Security-Policy": _CSP.format(form_action="'none'"),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
@@ -19,10 +20,16 @@ SECURITY_HEADERS: dict[str, str] = {
 
 _STYLE = (
     "body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:36rem;margin:4rem auto;"
-    "padding:0 1rem;color:#1f2933;line-height:1.5}h1{font-size:1.5rem}a.button{display:inline-block;"
-    "padding:.5rem 1rem;background:#0b5cad;color:#fff;border-radius:4px;text-decoration:none}"
-    ".ref{color:#616e7c;font-size:.85rem}"
+    "padding:0 1rem;color:#1f2933;line-height:1.5}h1{font-size:1.5rem}a.button,button{display:inline-block;"
+    "padding:.5rem 1rem;background:#0b5cad;color:#fff;border:0;border-radius:4px;text-decoration:none;"
+    "font:inherit;cursor:pointer}.ref{color:#616e7c;font-size:.85rem}"
 )
+
+
+def connect_page_headers(authorize_origin: str) -> dict[str, str]:
+    """The connect page's form posts to the broker, whose answer redirects to Smartsheet's authorize page:
+    browsers check form-action against every hop of that redirect too, so both are named (and nothing else)."""
+    return {"Content-Security-Policy": _CSP.format(form_action=f"'self' {authorize_origin}")}
 
 
 def page(title: str, message: str, *, link: tuple[str, str] | None = None, reference: str | None = None) -> str:
@@ -132,6 +139,37 @@ def connect_link_expired() -> str:
         "This connect link has expired",
         "This link to connect your Smartsheet account has expired or was already used. Go back to the app and"
         " start connecting again to get a new one.",
+    )
+
+
+def connect(app_host: str, *, session: str, form_token: str) -> str:
+    """The page a connect link opens: nothing happens until the user's click posts the form (a link scanner that
+    fetches the link does not use it up). It names where the account will be connected, so someone who was sent
+    another person's link can tell."""
+    title = f"Connect your Smartsheet account to {app_host}"
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
+            f"<h1>{escape(title)}</h1>",
+            f"<p>{escape(app_host)} asked to connect your Smartsheet account. Continue only if you started this in"
+            f" {escape(app_host)} yourself. If someone sent you this link, close this page.</p>",
+            '<form method="post" action="login">',
+            f'<input type="hidden" name="session" value="{escape(session, quote=True)}">',
+            f'<input type="hidden" name="form_token" value="{escape(form_token, quote=True)}">',
+            '<p><button type="submit" id="connect">Connect Smartsheet</button></p>',
+            "</form></body></html>",
+        ]
+    )
+
+
+def connect_form_rejected() -> str:
+    return page(
+        "Connect from the connect page",
+        "This request did not come from the connect page, so nothing was started. Open the connect link from the app"
+        " again and use its Connect button.",
     )
 
 

@@ -15,6 +15,7 @@ from smartsheet_oauth.errors import ConfigError
 from smartsheet_oauth.storage_errors import storage
 
 if TYPE_CHECKING:
+    from smartsheet_oauth.connect_completions import CompletionStore
     from smartsheet_oauth.connect_sessions import ConnectSessionStore
     from smartsheet_oauth.connection_store import ConnectionStore
     from smartsheet_oauth.events import EventPublisher
@@ -120,6 +121,13 @@ def connect_sessions() -> ConnectSessionStore:
 
 
 @cache
+def completion_store() -> CompletionStore:
+    from smartsheet_oauth.connect_completions import CompletionStore  # noqa: PLC0415
+
+    return CompletionStore(aws.dynamodb(), get_config().state_table_name)
+
+
+@cache
 def event_publisher() -> EventPublisher:
     from smartsheet_oauth.events import EventPublisher  # noqa: PLC0415
 
@@ -170,7 +178,8 @@ def reset() -> None:
     aws.reset()
     with _credentials_lock:
         _credentials = None
-    for factory in (state_store, connection_store, token_vault, event_publisher, connect_sessions, sweep_leases):
+    factories = (state_store, connection_store, token_vault, event_publisher, connect_sessions, completion_store)
+    for factory in (*factories, sweep_leases):
         factory.cache_clear()
     with _client_lock:
         _client = None

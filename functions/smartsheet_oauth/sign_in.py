@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 from smartsheet_oauth.config import Config, is_loopback
-from smartsheet_oauth.errors import (
-    AccessDenied,
-    BadRequest,
-    BindingConflict,
-    CodeRefused,
-    ConditionFailed,
-    InvalidGrant,
-    SignInRejected,
-)
+from smartsheet_oauth.errors import AccessDenied, BadRequest, CodeRefused, InvalidGrant, SignInRejected
 from smartsheet_oauth.smartsheet import authorize_url
 
 if TYPE_CHECKING:
+    from smartsheet_oauth.connect_completions import AwaitingConfirmation, CompletionStore
     from smartsheet_oauth.connection_store import ConnectionStore
     from smartsheet_oauth.smartsheet import SmartsheetClient
     from smartsheet_oauth.state_store import StateStore
@@ -50,7 +44,6 @@ class SignedIn:
     email: str
     return_to: str | None
     is_new: bool
-    end_user_id: str | None = None  # the integrator's user, when the sign-in came through a connect session
 
 
 def checked_return_to(raw: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -129,10 +122,12 @@ def finish_sign_in(
     vault: TokenVault,
     connections: ConnectionStore,
     now: int,
-) -> SignedIn:
+    completions: Callable[[], CompletionStore],
+) -> SignedIn | AwaitingConfirmation:
     """Check the state and the browser binding before anything reaches Smartsheet; then exchange the code,
     learn who signed in, store the pair, and record the connection (in that order: the record never points
-    at tokens that were not stored)."""
+    at tokens that were not stored). A connect-session sign-in stores nothing yet: its pair is held for the
+    integrator to confirm (connect_completions)."""
     # Only the callback finishes a sign-in: /login does not import what finishing needs (cold start).
     from smartsheet_oauth.connect_sessions import bind_or_refuse  # noqa: PLC0415
     from smartsheet_oauth.token_vault import TokenSet  # noqa: PLC0415
@@ -143,6 +138,9 @@ def finish_sign_in(
     record = states.consume(state, now=now)
     if not record.matches(nonce):
         raise SignInRejected("nonce_mismatch")
+    if record.end_user_id is not None and record.return_to is None:
+        # Started from a connect session made before return_to was required: its code would have nowhere to go.
+        raise SignInRejected("connect_session_without_return_to")
     if "error" in query:
         raise AccessDenied(query["error"][:64])
     code = _code(query.get("code"))
@@ -175,32 +173,27 @@ def finish_sign_in(
         email=user.email,
         obtained_at=obtained_at,
     )
-    secret_arn = vault.save(user.id, tokens)
-    try:
-        is_new = connections.record_sign_in(
-            connection_id=user.id,
-            secret_arn=secret_arn,
-            email=user.email,
-            scopes=scopes,
-            region=config.region,
-            access_expires_at=expires_at,
-            refresh_due_at=max(now, expires_at - config.refresh_window_seconds),
-            now=now,
+    if record.end_user_id is not None and record.return_to is not None:
+        from smartsheet_oauth.connect_completions import hold_for_confirmation  # noqa: PLC0415
+
+        return hold_for_confirmation(
+            completions(),
+            smartsheet,
+            tokens,
+            sealer=vault.sealer,
             end_user_id=record.end_user_id,
+            return_to=record.return_to,
+            now=now,
         )
-    except ConditionFailed:
-        # Bound to another end user in the instant since bind_or_refuse looked. The stored pair is this same
-        # Smartsheet user's, so that connection keeps working; it is not rebound.
-        raise BindingConflict(
-            "smartsheet_account_bound_to_another_end_user",
-            end_user_id=record.end_user_id or "",
-            smartsheet_user_id=user.id,
-            existing_connection_id=user.id,
-        ) from None
-    return SignedIn(
+    secret_arn = vault.save(user.id, tokens)
+    is_new = connections.record_sign_in(
         connection_id=user.id,
+        secret_arn=secret_arn,
         email=user.email,
-        return_to=record.return_to,
-        is_new=is_new,
-        end_user_id=record.end_user_id,
+        scopes=scopes,
+        region=config.region,
+        access_expires_at=expires_at,
+        refresh_due_at=max(now, expires_at - config.refresh_window_seconds),
+        now=now,
     )
+    return SignedIn(connection_id=user.id, email=user.email, return_to=record.return_to, is_new=is_new)

@@ -16,6 +16,7 @@ PRELOADED_MODULES = (
     "smartsheet_oauth.state_store",
     "smartsheet_oauth.connection_store",
     "smartsheet_oauth.connect_sessions",
+    "smartsheet_oauth.connect_completions",
     "smartsheet_oauth.token_vault",
     "smartsheet_oauth.events",
     "smartsheet_oauth.smartsheet",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+from urllib.parse import parse_qsl
+
 from smartsheet_oauth import pages
 from smartsheet_oauth.errors import (
     AccessDenied,
@@ -52,6 +56,30 @@ def query_params(app: Router) -> dict[str, str]:
         if len(name) > 64 or len(value) > MAX_PARAM_LENGTH:
             raise BadRequest("The address has a value that is too long.")
     return dict(params)
+
+
+def form_params(app: Router) -> dict[str, str]:
+    """A POSTed HTML form (application/x-www-form-urlencoded, maybe base64 as API Gateway passes it) as a dict,
+    refusing what our own forms never send: another content type, oversized bodies, repeated fields."""
+    event = app.current_event
+    if not event.headers.get("content-type", "").lower().startswith("application/x-www-form-urlencoded"):
+        raise BadRequest("The form was not sent as a form.")
+    raw = event.body or ""
+    try:
+        data = base64.b64decode(raw, validate=True) if event.is_base64_encoded else raw.encode()
+        text = data.decode("ascii")
+    except (binascii.Error, ValueError):
+        raise BadRequest("The form is not valid.") from None
+    if len(text) > MAX_QUERY_LENGTH:
+        raise BadRequest("The form is too long.")
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), max_num_fields=8)
+    except ValueError:
+        raise BadRequest("The form is not valid.") from None
+    fields = dict(pairs)
+    if len(fields) != len(pairs):
+        raise BadRequest("The form is not valid.")
+    return fields
 
 
 def count(operation: str, outcome: str) -> None:

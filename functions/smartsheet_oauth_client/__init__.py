@@ -35,7 +35,14 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import ClientError
 
-__all__ = ["AccessToken", "BrokerUnavailable", "ConnectionUnavailable", "TokenError", "TokenProvider"]
+__all__ = [
+    "AccessToken",
+    "BrokerUnavailable",
+    "ConnectRefused",
+    "ConnectionUnavailable",
+    "TokenError",
+    "TokenProvider",
+]
 
 API_BASE_URLS = {
     "us": "https://api.smartsheet.com/2.0",
@@ -73,6 +80,16 @@ class BrokerUnavailable(TokenError):
     def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ConnectRefused(TokenError):
+    """The broker bound nothing: `error` is the API's code (end_user_mismatch, completion_code_used,
+    completion_code_expired, unknown_completion_code, binding_conflict, invalid_request). Send the user through your
+    connect flow again (a new POST /connect-sessions)."""
+
+    def __init__(self, error: str, message: str) -> None:
+        super().__init__(f"{error}: {message}")
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -209,6 +226,22 @@ class TokenProvider:
             raise ConnectionUnavailable(end_user_id, "not_found", "no active connection for this end user")
         self._end_users[end_user_id] = (active[0], self._clock())
         return str(active[0])
+
+    def complete_connect_session(self, completion_code: str, *, end_user_id: str) -> str:
+        """Redeem the completion_code your return_to page received, for the end user signed in to your app in that
+        request (from your own session, never from the link: the broker checks it is the end user the connect
+        session was made for). Returns the id of the connection now bound to them."""
+        body = {"completion_code": completion_code, "end_user_id": end_user_id}
+        status, answer = self._call("POST", "/connect-sessions/complete", body)
+        code = str(answer.get("error", ""))
+        if status == 200:
+            connection_id = str((answer.get("connection") or {}).get("connection_id", ""))
+            if connection_id:
+                self._end_users[end_user_id] = (connection_id, self._clock())
+                return connection_id
+        elif status in (400, 404) or (status == 409 and code != "completion_in_progress"):
+            raise ConnectRefused(code or "refused", str(answer.get("message", f"the broker answered {status}")))
+        raise self._failure(status, answer, subject=f"end user {end_user_id}")
 
     # ---------------------------------------------------------------------------------------------- internals
     def _lock(self, connection_id: str) -> threading.Lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,16 @@ def check(condition: bool, message: str) -> None:
         raise StepFailed(message)
 
 
+def _cookie(set_cookies: list[str]) -> str:
+    """The one cookie an answer set, as "name=value" for the next request's Cookie header. requests (like
+    http.cookiejar) never sends a Secure cookie over http://, so it is carried by hand."""
+    check(len(set_cookies) == 1, f"expected one cookie, got {len(set_cookies)}")
+    jar: SimpleCookie = SimpleCookie()
+    jar.load(set_cookies[0])
+    (morsel,) = jar.values()
+    return f"{morsel.key}={morsel.value}"
+
+
 @dataclass
 class SignIn:
     """One browser-less sign-in: the redirect, the nonce cookie, and where Smartsheet sent us back."""
@@ -57,12 +68,23 @@ class BrokerClient:
         location = answer.headers["Location"]
         set_cookies = answer.raw.headers.getlist("Set-Cookie")
         check(len(set_cookies) == 1, f"/login set {len(set_cookies)} cookies, expected the nonce only")
-        # requests (like http.cookiejar) never sends a Secure cookie over http://, so carry it by hand.
-        jar: SimpleCookie = SimpleCookie()
-        jar.load(set_cookies[0])
-        (morsel,) = jar.values()
         state = parse_qs(urlsplit(location).query).get("state", [""])[0]
-        return SignIn(location, state, f"{morsel.key}={morsel.value}", set_cookies[0])
+        return SignIn(location, state, _cookie(set_cookies), set_cookies[0])
+
+    def connect(self, login_url: str) -> SignIn:
+        """A connect link (POST /connect-sessions' login_url): its connect page, then the page's Connect button."""
+        page = self.http.get(login_url, allow_redirects=False, timeout=30)
+        check(page.status_code == 200, f"the connect link answered {page.status_code}, expected its connect page")
+        key = _cookie(page.raw.headers.getlist("Set-Cookie"))
+        form = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', page.text))
+        answer = self.http.post(
+            f"{self.gateway_url}/login", data=form, headers={"Cookie": key}, allow_redirects=False, timeout=30
+        )
+        check(answer.status_code == 303, f"the Connect button answered {answer.status_code}, expected 303")
+        location = answer.headers["Location"]
+        set_cookies = answer.raw.headers.getlist("Set-Cookie")
+        state = parse_qs(urlsplit(location).query).get("state", [""])[0]
+        return SignIn(location, state, _cookie(set_cookies), set_cookies[0])
 
     def consent(self, sign_in: SignIn, *, allow: bool, user_id: str | None = None) -> str:
         payload: dict[str, Any] = {"authorize_url": sign_in.location, "allow": allow}

@@ -80,7 +80,7 @@ def test_smartsheet_outage_at_the_callback_is_a_503_page(local_stack: LocalStack
 
 
 def test_unknown_routes_answer_like_api_gateway(local_stack: LocalStack) -> None:
-    for method, path in [("GET", "/nope"), ("POST", "/login"), ("GET", "/login/"), ("HEAD", "/callback")]:
+    for method, path in [("GET", "/nope"), ("DELETE", "/login"), ("GET", "/login/"), ("HEAD", "/callback")]:
         answer = requests.request(method, f"{local_stack.url}{path}", timeout=10)
         assert answer.status_code == 404, (method, path)
         if method != "HEAD":
@@ -92,12 +92,14 @@ def test_every_template_route_is_served(local_stack: LocalStack) -> None:
     health = requests.get(f"{local_stack.url}/_local/health", timeout=10).json()
     assert set(health["routes"]) == {
         "GET /login",
+        "POST /login",
         "GET /callback",
         "GET /connections",
         "GET /connections/{connection_id}",
         "POST /connections/{connection_id}/refresh",
         "DELETE /connections/{connection_id}",
         "POST /connect-sessions",
+        "POST /connect-sessions/complete",
     }
     assert health["schedules"] == ["RefreshFunctionSweep"]
 

@@ -297,8 +297,9 @@ def test_a_connect_session_whose_code_is_refused_sends_the_user_back_to_the_app_
     off), and the session's own link was single-use: only the integrator's app can start a new bound sign-in."""
     monkeypatch.setenv("ANONYMOUS_LOGIN", anonymous_login)
     get_config.cache_clear()
-    login = broker.login({"session": connect_session("user-1", return_to="https://app.example.com/connected")})
-    assert login.status == 302, login.body
+    page = broker.login({"session": connect_session("user-1", return_to="https://app.example.com/connected")})
+    login = broker.press_connect(page)  # the connect page's button
+    assert login.status == 303, login.body
     query = broker.consent(login.location, user_id=ADA)
     query["code"] = "not-a-code-smartsheet-issued"
 

@@ -105,10 +105,11 @@ def test_a_sweep_that_crashes_gives_the_lease_back(broker: Broker, monkeypatch: 
     def crash(*_args: Any, **_kwargs: Any) -> Any:
         raise ZeroDivisionError("a bug in the sweep")
 
-    monkeypatch.setattr("smartsheet_oauth.scheduled_sweep.sweep", crash)
-    with pytest.raises(ZeroDivisionError):
-        broker.sweep()  # a Lambda error: the function-errors alarm, and Lambda's retries
-    monkeypatch.undo()
+    # monkeypatch.context(), not undo(): undo() would also take back the broker fixture's environment.
+    with monkeypatch.context() as patch:
+        patch.setattr("smartsheet_oauth.scheduled_sweep.sweep", crash)
+        with pytest.raises(ZeroDivisionError):
+            broker.sweep()  # a Lambda error: the function-errors alarm, and Lambda's retries
 
     assert lease_item(broker) is None
     assert broker.sweep()["outcomes"]["ok"] == 1

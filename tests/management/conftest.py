@@ -6,12 +6,14 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import pytest
 from smartsheet_oauth import services
+from smartsheet_oauth_client import TokenProvider
 
-from tests.support.broker import Broker, pending_tokens_key_arn
+from tests.support.broker import Broker, completion_code, pending_tokens_key_arn
 
 
 @dataclass
@@ -114,4 +116,47 @@ def call_management(
     text = result.get("body") or ""
     return ApiAnswer(
         result["statusCode"], dict(result.get("headers") or {}), json.loads(text) if text else None, frozenset(result)
+    )
+
+
+# -- connect sessions as the integrator's backend drives them -----------------------------------------------------
+RETURN_TO = "https://app.example.com/connected"
+
+
+def new_session(end_user_id: str, return_to: str = RETURN_TO) -> str:
+    """POST /connect-sessions for an end user; the session token of the login link it answers."""
+    answer = call_management("POST", "/connect-sessions", body={"end_user_id": end_user_id, "return_to": return_to})
+    assert answer.status == 201, answer.body
+    token: str = answer.body["login_url"].split("session=")[1]
+    return token
+
+
+def complete(code: str, end_user_id: str) -> ApiAnswer:
+    """The integrator's return_to page redeems the code for the end user signed in to its app."""
+    return call_management(
+        "POST", "/connect-sessions/complete", body={"completion_code": code, "end_user_id": end_user_id}
+    )
+
+
+def connect(broker: Broker, end_user_id: str, user_id: str) -> ApiAnswer:
+    """The whole connect flow of one end user in their own browser, confirmed by the integrator."""
+    answer = complete(completion_code(broker.connect_through(new_session(end_user_id), user_id=user_id)), end_user_id)
+    assert answer.status == 200, answer.body
+    return answer
+
+
+def integrator_tokens(broker: Broker) -> TokenProvider:
+    """The integrators' token client, its signed requests answered by the in-process management function."""
+
+    def send(method: str, url: str, headers: dict[str, str], body: bytes, timeout: float) -> tuple[int, bytes]:
+        parts = urlsplit(url)
+        answer = call_management(method, parts.path, query=parts.query, raw_body=body.decode() or None)
+        return answer.status, json.dumps(answer.body).encode()
+
+    return TokenProvider(
+        api_url="https://broker.example.com",
+        secret_prefix=broker.env["TOKEN_SECRET_PREFIX"],
+        session=boto3.session.Session(region_name="us-east-1"),
+        secrets_client=broker.secrets,
+        send=send,
     )

@@ -4,8 +4,8 @@ a disconnect that really revokes in the emulator, events from the functions' own
 from __future__ import annotations
 
 import json
-from http.cookies import SimpleCookie
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
@@ -13,15 +13,17 @@ import requests
 from smartsheet_oauth_client import TokenProvider
 
 from infra.local.aws import LOCAL_CREDENTIALS
-from infra.local.demo import BrokerClient, SignIn
+from infra.local.demo import BrokerClient
 from infra.local.stack import LocalStack
 from infra.local.template_model import IAM_AUTHORIZER
 from tests.management.conftest import make_sink
 from tests.management.test_gateway_iam import signed_headers
+from tests.support.fixtures import INTEGRATOR_APP
 
 pytestmark = pytest.mark.e2e
 
 ADA, GRACE = "4583173393803140", "6812335718217604"
+RETURN_TO = f"{INTEGRATOR_APP}/connected"
 
 
 def signed(method: str, url: str, body: Any = None) -> requests.Response:
@@ -34,6 +36,12 @@ def signed(method: str, url: str, body: Any = None) -> requests.Response:
         secret=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
     return requests.request(method, url, data=data, headers=headers, timeout=60)
+
+
+def unbind(stack: LocalStack, connection_id: str) -> None:
+    """Disconnect a connection, if there is one: the session's stack is shared, and a bound account refuses the plain
+    sign-ins of the tests that come after."""
+    assert signed("DELETE", f"{stack.url}/connections/{connection_id}").status_code in (200, 404)
 
 
 def sign_in(client: BrokerClient, user_id: str) -> None:
@@ -52,6 +60,7 @@ def test_every_iam_route_of_the_template_refuses_unsigned_requests_and_serves_si
         "POST /connections/{connection_id}/refresh",
         "DELETE /connections/{connection_id}",
         "POST /connect-sessions",
+        "POST /connect-sessions/complete",
     }
     for route in iam_routes:
         path = route.path.replace("{connection_id}", ADA)
@@ -60,7 +69,7 @@ def test_every_iam_route_of_the_template_refuses_unsigned_requests_and_serves_si
         assert answer.json() == {"message": "Forbidden"}, route.route_key
 
     listed = signed("GET", f"{local_stack.url}/connections?limit=5")
-    session = signed("POST", f"{local_stack.url}/connect-sessions", {"end_user_id": "e2e-user"})
+    session = signed("POST", f"{local_stack.url}/connect-sessions", {"end_user_id": "e2e-user", "return_to": RETURN_TO})
     login = requests.get(f"{local_stack.url}/login", allow_redirects=False, timeout=30)
 
     assert listed.status_code == 200
@@ -116,22 +125,23 @@ def test_the_functions_publish_connection_events_without_tokens(local_stack: Loc
     assert tokens["refresh_token"] not in json.dumps(events)
 
 
-def sign_in_through_link(client: BrokerClient, login_url: str, user_id: str) -> requests.Response:
-    answer = client.http.get(login_url, allow_redirects=False, timeout=30)
-    assert answer.status_code == 302, answer.text
-    jar: SimpleCookie = SimpleCookie()
-    jar.load(answer.headers["Set-Cookie"])
-    (morsel,) = jar.values()
-    sign_in = SignIn(answer.headers["Location"], "", f"{morsel.key}={morsel.value}", answer.headers["Set-Cookie"])
+def connect_through_link(client: BrokerClient, login_url: str, user_id: str) -> str:
+    """A connect link in a browser-less client: its page, its button, Allow; the code return_to receives."""
+    sign_in = client.connect(login_url)
     client.consent(sign_in, allow=True, user_id=user_id)
-    return client.callback(sign_in)
+    answer = client.callback(sign_in)
+    assert answer.status_code == 303, answer.text
+    assert answer.headers["Location"].startswith(f"{RETURN_TO}?completion_code=")
+    return parse_qs(urlsplit(answer.headers["Location"]).query)["completion_code"][0]
 
 
 def test_the_token_helper_reads_the_secret_and_has_the_broker_rotate_it_through_the_gateway(
     local_stack: LocalStack, client: BrokerClient
 ) -> None:
-    link = signed("POST", f"{local_stack.url}/connect-sessions", {"end_user_id": "helper-user"}).json()["login_url"]
-    assert sign_in_through_link(client, link, GRACE).status_code == 200
+    unbind(local_stack, GRACE)
+    body = {"end_user_id": "helper-user", "return_to": RETURN_TO}
+    link = signed("POST", f"{local_stack.url}/connect-sessions", body).json()["login_url"]
+    code = connect_through_link(client, link, GRACE)
     session = boto3.session.Session(
         aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
@@ -143,6 +153,8 @@ def test_the_token_helper_reads_the_secret_and_has_the_broker_rotate_it_through_
         "session": session,
         "secrets_client": session.client("secretsmanager", endpoint_url=local_stack.aws.endpoint_url),
     }
+    # The integrator's return_to page, in its own session for helper-user, redeems the code.
+    assert TokenProvider(**options).complete_connect_session(code, end_user_id="helper-user") == GRACE
     generation = signed("GET", f"{local_stack.url}/connections/{GRACE}").json()["generation"]
 
     first = TokenProvider(**options).token(end_user_id="helper-user")
@@ -153,3 +165,4 @@ def test_the_token_helper_reads_the_secret_and_has_the_broker_rotate_it_through_
     assert local_stack.emulator.access_token_is_live(rotated.access_token)
     assert rotated.access_token != first.access_token
     assert signed("GET", f"{local_stack.url}/connections/{GRACE}").json()["generation"] == generation + 1
+    unbind(local_stack, GRACE)

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
@@ -30,8 +31,9 @@ def header(headers: dict[str, str], name: str) -> str | None:
     return None
 
 
-def security_header_problems(headers: dict[str, str]) -> list[str]:
-    """Everything wrong with an answer's security headers (empty when all is well)."""
+def security_header_problems(headers: dict[str, str], form_action: Iterable[str] = ()) -> list[str]:
+    """Everything wrong with an answer's security headers (empty when all is well). `form_action`: the origins
+    beyond the broker a page's form may lead to (the connect page's: Smartsheet's authorize page)."""
     problems = []
     if "no-store" not in (header(headers, "Cache-Control") or ""):
         problems.append("Cache-Control lacks no-store")
@@ -56,7 +58,8 @@ def security_header_problems(headers: dict[str, str]) -> list[str]:
     if directives.get("default-src") != ["'none'"]:
         problems.append("CSP default-src is not 'none'")
     for name, sources in directives.items():
-        foreign = [source for source in sources if source.lower() not in FIRST_PARTY_SOURCES]
+        allowed = FIRST_PARTY_SOURCES | (set(form_action) if name == "form-action" else set())
+        foreign = [source for source in sources if source.lower() not in allowed]
         if foreign:
             problems.append(f"CSP {name} allows other sources: {foreign}")
     if "'unsafe-inline'" in directives.get("script-src", []):
@@ -64,8 +67,8 @@ def security_header_problems(headers: dict[str, str]) -> list[str]:
     return problems
 
 
-def assert_security_headers(headers: dict[str, str], what: str = "answer") -> None:
-    problems = security_header_problems(headers)
+def assert_security_headers(headers: dict[str, str], what: str = "answer", form_action: Iterable[str] = ()) -> None:
+    problems = security_header_problems(headers, form_action)
     assert not problems, f"{what}: {problems}"
 
 
@@ -139,6 +142,9 @@ PAGE_TAGS = {
     "p": {"class"},
     "a": {"class", "href"},
     "code": set(),
+    "form": {"method", "action"},
+    "input": {"type", "name", "value"},
+    "button": {"type", "id"},
 }
 
 
@@ -156,6 +162,8 @@ class _PageChecker(HTMLParser):
                 self.problems.append(f"unexpected attribute {name} on <{tag}>")
             if name == "href" and (not value or not value.startswith("/") or value.startswith("//")):
                 self.problems.append(f"link off the broker: {value!r}")
+            if name == "action" and value != "login":  # the connect page's form posts to /login beside it
+                self.problems.append(f"form off the broker: {value!r}")
 
     def handle_decl(self, decl: str) -> None:
         if decl.lower() != "doctype html":

@@ -12,8 +12,9 @@ from smartsheet_oauth import pages, services
 from smartsheet_oauth.smartsheet import SmartsheetClient
 
 from infra.local.smartsheet_emulator import DEFAULT_APP
+from tests.management.conftest import complete, new_session
 from tests.security.support import assert_security_headers, page_problems, state_of
-from tests.support.broker import Answer, Broker, answer_of
+from tests.support.broker import Answer, Broker, answer_of, completion_code, connect_form
 from tests.support.events import LambdaContext, http_event
 
 ADA = 4583173393803140
@@ -84,8 +85,17 @@ def every_kind_of_answer(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> dic
     for function in ("authorize", "callback"):
         answers[f"{function} 404 path"] = handler_answer(function, http_event("/admin/../etc/passwd"))
         answers[f"{function} 404 method"] = handler_answer(
-            function, http_event("/login" if function == "authorize" else "/callback", method="POST")
+            function, http_event("/login" if function == "authorize" else "/callback", method="DELETE")
         )
+    # Connect links: the connect page, its button (and a forged one), the held sign-in, a plain sign-in refused.
+    answers["login 200 connect page"] = page = broker.login({"session": new_session("user-1")})
+    answers["login 403 connect form"] = broker.post_login(connect_form(page.body))
+    answers["login 400 connect form"] = broker.post_login("not a form")
+    answers["login 400 connect link"] = broker.login({"session": "A" * 43})
+    answers["callback 303 completion"] = broker.connect_through(new_session("user-1"), user_id=ADA)
+    assert complete(completion_code(answers["callback 303 completion"]), "user-1").status == 200
+    answers["callback 409 binding"] = broker.connect_through(new_session("user-2"), user_id=ADA)
+    answers["login 303 connect"] = broker.press_connect(broker.login({"session": new_session("user-1")}))
     broker.dynamodb.delete_table(TableName=broker.state_table)
     event = http_event("/login")
     event["requestContext"]["requestId"] = HOSTILE  # the reference a page shows
@@ -102,7 +112,7 @@ def test_every_answer_carries_the_security_headers_and_no_internals(
     assert {name: answer.status for name, answer in answers.items()} == expected_status
     for name, answer in answers.items():
         with subtests.test(answer=name):
-            assert_security_headers(answer.headers, name)
+            assert_security_headers(answer.headers, name, form_action=[broker.emulator.base_url])
             assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
             assert page_problems(answer.body) == []
             for internal in INTERNALS:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator
 from tests.support.events import LambdaContext, http_event, scheduled_event
@@ -16,6 +18,8 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 NONCE_COOKIE = "__Host-smartsheet-oauth-nonce"
+CONNECT_COOKIE = "__Host-smartsheet-oauth-connect"
+_HIDDEN_FIELD = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
 
 
 @dataclass
@@ -59,10 +63,21 @@ class Broker:
         self.env = env
 
     # -- handlers ------------------------------------------------------------------------------
-    def login(self, query: dict[str, str] | str | None = None) -> Answer:
+    def login(self, query: dict[str, str] | str | None = None, cookies: dict[str, str] | None = None) -> Answer:
         from authorize.app import lambda_handler
 
-        return answer_of(lambda_handler(http_event("/login", query), LambdaContext()))
+        return answer_of(lambda_handler(http_event("/login", query, cookies=cookies), LambdaContext()))
+
+    def post_login(self, form: dict[str, str] | str, cookies: dict[str, str] | None = None) -> Answer:
+        """POST /login as a browser submits a form (API Gateway hands HTTP APIs a form body base64-encoded)."""
+        from authorize.app import lambda_handler
+
+        body = form if isinstance(form, str) else urlencode(form)
+        event = http_event(
+            "/login", method="POST", cookies=cookies, headers={"content-type": "application/x-www-form-urlencoded"}
+        )
+        event["body"], event["isBase64Encoded"] = base64.b64encode(body.encode()).decode(), True
+        return answer_of(lambda_handler(event, LambdaContext()))
 
     def callback(self, query: dict[str, str] | str | None, nonce: str | None) -> Answer:
         from callback.app import lambda_handler
@@ -89,6 +104,20 @@ class Broker:
         """The emulated user clicks Allow/Deny; returns the callback's query parameters."""
         redirect = self.emulator.consent(authorize_url, user_id=user_id, allow=allow)
         return {k: v[0] for k, v in parse_qs(urlsplit(redirect).query).items()}
+
+    def press_connect(self, page: Answer) -> Answer:
+        """The user's click on a connect page: its form, with the browser key cookie the page set."""
+        assert page.status == 200, page.body
+        browser_key = page.cookie(CONNECT_COOKIE)
+        assert browser_key
+        return self.post_login(connect_form(page.body), {CONNECT_COOKIE: browser_key})
+
+    def connect_through(self, session: str, *, user_id: int | str, allow: bool = True) -> Answer:
+        """A connect link in a browser: the connect page, its button, Allow (or Deny) at Smartsheet, the callback."""
+        started = self.press_connect(self.login({"session": session}))
+        assert started.status == 303, started.body
+        nonce = started.cookie(NONCE_COOKIE)
+        return self.callback(self.consent(started.location, user_id=int(user_id), allow=allow), nonce)
 
     def sign_in(self, *, user_id: int | None = None) -> Answer:
         location, nonce = self.start()
@@ -133,6 +162,18 @@ class Broker:
 
 
 APP = DEFAULT_APP
+
+
+def connect_form(page: str) -> dict[str, str]:
+    """The hidden fields of a connect page's form."""
+    return dict(_HIDDEN_FIELD.findall(page))
+
+
+def completion_code(answer: Answer) -> str:
+    """The completion code a connect-session callback sends to return_to."""
+    assert answer.status == 303, answer.body
+    [code] = parse_qs(urlsplit(answer.location).query)["completion_code"]
+    return code
 
 
 def pending_tokens_key_arn() -> str:

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -78,7 +79,7 @@ def in_process_broker(
 
     from infra.local.aws import LocalAws
     from infra.local.smartsheet_emulator import DEFAULT_APP
-    from tests.support.broker import Broker
+    from tests.support.broker import Broker, pending_tokens_key_arn
 
     # moto in-process answers threads concurrently and its DynamoDB conditional writes are check-then-act, so two
     # threads can both "win" a lease or a state that real DynamoDB gives to one. Serve one request at a time, as
@@ -108,6 +109,8 @@ def in_process_broker(
             "SMARTSHEET_API_BASE_URL": emulator.api_base_url,
             "OAUTH_SCOPES": "READ_SHEETS WRITE_SHEETS",
             "ALLOWED_RETURN_TO": "https://app.example.com",
+            # The template gives every function the pending-tokens key (refresh and connect sessions seal with it).
+            "PENDING_TOKENS_KEY_ID": pending_tokens_key_arn(),
             "POWERTOOLS_SERVICE_NAME": "smartsheet-oauth-broker",
             "POWERTOOLS_LOG_LEVEL": "DEBUG",
         }
@@ -127,15 +130,44 @@ def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 
 # -- the local stack over HTTP -----------------------------------------------------------------
+INTEGRATOR_APP = "https://app.example.com"  # where connect sessions return in tests without a browser
+
+
+class _IntegratorPage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<!doctype html><html><head><title>Integrator app</title></head><body><p>Back.</p></body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the completion codes in these URLs are the test's business, not the log's."""
 
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[LocalStack]:
+def integrator_app() -> Iterator[str]:
+    """The integrator's app as a browser reaches it: every page answers 200 "Integrator app" (its backend's part, the
+    redemption of completion codes, is played by the tests). A loopback origin, the only http:// return_to allowed."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _IntegratorPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def stack(integrator_app: str) -> Iterator[LocalStack]:
     from infra.local.stack import LocalStack
 
     # Separate stack name from `make dev`'s, so a dev stack and the tests never share secrets' names.
     # The functions' logs go to logging: pytest shows them beside a failing test.
-    with LocalStack(stack_name=f"e2e-{os.getpid()}") as local:
+    allowed = f"{INTEGRATOR_APP} {integrator_app}"
+    with LocalStack(stack_name=f"e2e-{os.getpid()}", parameters={"AllowedReturnTo": allowed}) as local:
         yield local
 
 

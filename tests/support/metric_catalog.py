@@ -18,6 +18,8 @@ LOGIN: Final = frozenset(
         "login_bad_request",
         "login_storage_error",
         "login_internal_error",
+        "login_connect_page",  # a connect link's page (GET /login?session=)
+        "login_bad_connect_form",  # its button posted without the page's binding (POST /login)
     }
 )
 # GET /callback
@@ -34,6 +36,7 @@ CALLBACK: Final = frozenset(
         "callback_smartsheet_unavailable",
         "callback_storage_error",
         "callback_internal_error",
+        "callback_awaiting_confirmation",  # a connect-session sign-in held for the integrator's completion code
     }
 )
 # The sweep (smartsheet_oauth.sweep_metrics): refreshes by outcome, and its own figures
@@ -55,6 +58,7 @@ MANAGEMENT: Final = frozenset(
         "management_read",
         "management_disconnected",
         "management_connect_session_created",
+        "management_connect_session_completed",
         "management_no_iam_caller",
         *(f"management_refresh_{outcome}" for outcome in ("refreshed", "fresh", "resumed")),
         *(
@@ -76,6 +80,13 @@ MANAGEMENT: Final = frozenset(
                 "smartsheet_unavailable",
                 "storage_unavailable",
                 "internal_error",
+                # POST /connect-sessions/complete's refusals
+                "unknown_completion_code",
+                "completion_code_used",
+                "completion_code_expired",
+                "end_user_mismatch",
+                "binding_conflict",
+                "completion_in_progress",
             )
         ),
     }

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import boto3
 import pytest
@@ -18,10 +18,8 @@ from smartsheet_oauth import services
 
 from infra.local.template_model import PhysicalResource, Resolver, Template, synthesize_physical
 from infra.scripts.sam_translate import TEMPLATE, load_template, translate
-from tests.management.conftest import call_management
-
-if TYPE_CHECKING:
-    from tests.support.broker import Broker
+from tests.management.conftest import call_management, complete, new_session
+from tests.support.broker import NONCE_COOKIE, Broker, completion_code
 
 BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
 
@@ -43,6 +41,8 @@ SESSION_KEYS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["conne
 # The sweep lease and the shared pace's windows live there too, under keys of their own.
 SWEEP_LEASE_ONLY = {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["sweep:lease"]}}
 PACE_WINDOWS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["pace:*"]}}
+# ...and so do connect-session sign-ins held for the integrator's confirmation ("connect-completion:").
+COMPLETION_KEYS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["connect-completion:*"]}}
 ONLY_PENDING_PAIRS = {"StringEquals": {"kms:EncryptionContext:purpose": "pending-token-pair"}}
 TOKEN_KEY = {"Ref": "TokenKmsKeyArn"}
 VIA_SECRETS_MANAGER = {
@@ -79,8 +79,10 @@ CUSTOMER_TOKEN_KEY = grants(["kms:Decrypt", "kms:GenerateDataKey"], TOKEN_KEY, V
 
 EXPECTED: dict[str, set[Grant]] = {
     "AuthorizeFunction": grants(["dynamodb:PutItem"], STATE_TABLE)
-    | grants(["dynamodb:DeleteItem"], STATE_TABLE, SESSION_KEYS_ONLY),
+    | grants(["dynamodb:GetItem", "dynamodb:DeleteItem"], STATE_TABLE, SESSION_KEYS_ONLY),
     "CallbackFunction": grants(["dynamodb:DeleteItem"], STATE_TABLE)
+    | grants(["dynamodb:PutItem"], STATE_TABLE, COMPLETION_KEYS_ONLY)
+    | grants(["kms:GenerateDataKey"], PENDING_TOKENS_KEY, ONLY_PENDING_PAIRS)  # seals, never opens
     | grants(["dynamodb:UpdateItem", "dynamodb:GetItem"], CONNECTIONS_TABLE)
     | grants(["dynamodb:Query"], END_USER_INDEX)
     | READ_APP_CREDENTIALS
@@ -108,9 +110,16 @@ EXPECTED: dict[str, set[Grant]] = {
     | grants(["dynamodb:Query"], END_USER_INDEX)
     | grants(["dynamodb:PutItem"], STATE_TABLE, SESSION_KEYS_ONLY)
     | SHARE_THE_PACE
+    | grants(["dynamodb:UpdateItem", "dynamodb:GetItem"], STATE_TABLE, COMPLETION_KEYS_ONLY)
     | READ_APP_CREDENTIALS
     | grants(
-        ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue", "secretsmanager:DeleteSecret"],
+        [
+            "secretsmanager:GetSecretValue",
+            "secretsmanager:PutSecretValue",
+            "secretsmanager:DeleteSecret",
+            "secretsmanager:CreateSecret",
+            "secretsmanager:RestoreSecret",
+        ],
         TOKEN_SECRETS,
     )
     | SEAL_PENDING_PAIRS
@@ -219,6 +228,38 @@ def test_roles_carry_only_the_basic_logging_policy_and_no_wildcard() -> None:
         for grant in granted(role_statements(document, role, WITH_TOKEN_KEY)):
             assert "*" not in grant.action, f"{function}: {grant}"
             assert json.loads(grant.resource) != "*", f"{function}: {grant}"
+
+
+def api_route(route: str) -> dict[str, str]:
+    return {
+        "Fn::Sub": f"arn:${{AWS::Partition}}:execute-api:${{AWS::Region}}:${{AWS::AccountId}}:${{HttpApi}}/*/{route}"
+    }
+
+
+# The managed policies the integrator attaches to its own roles: exactly these routes and secrets.
+INTEGRATOR_POLICIES = {
+    "TokenConsumerPolicy": grants(["secretsmanager:GetSecretValue"], TOKEN_SECRETS)
+    | grants(["execute-api:Invoke"], api_route("POST/connections/*/refresh"))
+    | grants(["execute-api:Invoke"], api_route("GET/connections")),
+    "ConnectSessionPolicy": grants(["execute-api:Invoke"], api_route("POST/connect-sessions"))
+    | grants(["execute-api:Invoke"], api_route("POST/connect-sessions/complete")),
+}
+
+
+@pytest.mark.parametrize("policy", sorted(INTEGRATOR_POLICIES))
+def test_the_integrators_managed_policies_grant_exactly_their_routes(policy: str) -> None:
+    document = translated()
+    conditions = resolver(document, {}, stack_name="any")
+    statements = choose_branches(document["Resources"][policy]["Properties"]["PolicyDocument"], conditions)
+
+    actual = granted(as_list(statements["Statement"]))
+
+    assert actual == INTEGRATOR_POLICIES[policy]
+    # Completing connect sessions is the backend's (ConnectSessionPolicy) and no token consumer's.
+    api = "${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${HttpApi}"
+    invokable = [json.loads(g.resource)["Fn::Sub"].replace(api, "aws:execute-api:us-east-1:1:api") for g in actual]
+    completing = "arn:aws:execute-api:us-east-1:1:api/prod/POST/connect-sessions/complete"
+    assert any(fnmatchcase(completing, arn) for arn in invokable) == (policy == "ConnectSessionPolicy")
 
 
 def test_the_source_template_uses_inline_statements_not_sam_policy_templates() -> None:
@@ -458,6 +499,21 @@ GRACE = 6812335718217604
 ALAN = 9007199254740993
 
 
+def connect_through_a_session(broker: Broker, recorder: CallRecorder, user_id: int, redeemed_for: str) -> None:
+    """A connect session for user-1, each step acting as the function that serves it; the code is redeemed for
+    `redeemed_for` (another end user's redemption is refused, and its grant revoked)."""
+    with recorder.acting_as("ManagementFunction"):
+        session = new_session("user-1")
+    with recorder.acting_as("AuthorizeFunction"):
+        started = broker.press_connect(broker.login({"session": session}))
+    query = broker.consent(started.location, user_id=user_id)
+    with recorder.acting_as("CallbackFunction"):
+        landed = broker.callback(query, started.cookie(NONCE_COOKIE))
+    with recorder.acting_as("ManagementFunction"):
+        answer = complete(completion_code(landed), redeemed_for)
+    assert answer.status == (200 if redeemed_for == "user-1" else 409), answer.body
+
+
 @pytest.fixture
 def recorder() -> Iterator[CallRecorder]:
     recorder = CallRecorder()
@@ -493,6 +549,11 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
     with recorder.acting_as("ManagementFunction"):  # an on-demand refresh: the pace, the lease, the secret
         answer = call_management("POST", f"/connections/{ALAN}/refresh", body={"min_valid_seconds": 604800})
     assert answer.body["outcome"] == "refreshed", answer.body
+    connect_through_a_session(broker, recorder, ALAN, "user-1")  # held, then redeemed: bound, a new version
+    connect_through_a_session(broker, recorder, ALAN, "user-2")  # redeemed for another end user: void, revoked
+    with recorder.acting_as("ManagementFunction"):
+        assert call_management("DELETE", f"/connections/{ALAN}").status == 200
+    connect_through_a_session(broker, recorder, ALAN, "user-1")  # a disconnected account's secret is restored
 
     token_key = deployed.parameters.get("TokenKmsKeyArn")
     seen: dict[str, list[str]] = {}
@@ -512,16 +573,23 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
         seen["CallbackFunction"]
     )
     assert {"dynamodb:Query", "secretsmanager:PutSecretValue"} <= set(seen["RefreshFunction"])
-    # The sweep lease (put, deleted) and the shared pace (updated) in the state table, under their own keys.
+    # The sweep lease (put, deleted) and the shared pace (updated) in the state table, under their own keys; connect
+    # sessions (put) and completion codes (claimed and used up: updated) too.
     state_table = table_arn(broker.state_table)
     for function, actions in (
         ("RefreshFunction", {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:UpdateItem"}),
-        ("ManagementFunction", {"dynamodb:UpdateItem"}),
+        ("ManagementFunction", {"dynamodb:UpdateItem", "dynamodb:PutItem"}),
     ):
         on_state = {c.action for c in recorder.of(function) if resources_of(c) == [state_table]}
         assert on_state == actions, (function, on_state)
+    assert {"dynamodb:GetItem", "dynamodb:PutItem", "kms:GenerateDataKey"} <= set(
+        seen["AuthorizeFunction"] + seen["CallbackFunction"]
+    )
+    assert {"dynamodb:UpdateItem", "kms:Decrypt", "secretsmanager:CreateSecret", "secretsmanager:RestoreSecret"} <= set(
+        seen["ManagementFunction"]
+    )
     counts = {f: dict(Counter(c.action for c in recorder.of(f))) for f in seen}
-    print(f"AWS calls per function (3 sign-ins, 1 sweep of 2): {json.dumps(counts)}")
+    print(f"AWS calls per function (4 sign-ins, 1 sweep of 2, 1 refresh, 3 connect sessions): {json.dumps(counts)}")
 
 
 def test_a_call_outside_the_role_would_be_caught(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:

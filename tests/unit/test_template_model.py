@@ -151,12 +151,14 @@ def test_the_projects_template_has_the_broker_functions() -> None:
     routes = {route.route_key: route.authorizer for f in functions.values() for route in f.routes}
     assert routes == {
         "GET /login": "NONE",
+        "POST /login": "NONE",
         "GET /callback": "NONE",
         "GET /connections": "AWS_IAM",
         "GET /connections/{connection_id}": "AWS_IAM",
         "POST /connections/{connection_id}/refresh": "AWS_IAM",
         "DELETE /connections/{connection_id}": "AWS_IAM",
         "POST /connect-sessions": "AWS_IAM",
+        "POST /connect-sessions/complete": "AWS_IAM",
     }
     assert functions["RefreshFunction"].schedules[0].kind == "ScheduleV2"
     assert "REDIRECT_URI" not in functions["CallbackFunction"].environment  # !If ... AWS::NoValue
