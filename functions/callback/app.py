@@ -80,7 +80,8 @@ def _binding_conflict(exc: BindingConflict) -> Response:
             extra={"attempted_smartsheet_user_id": exc.smartsheet_user_id},
         )
     )
-    return html(409, pages.binding_conflict(), cookies=[_CLEAR_NONCE])
+    page = pages.bound_through_app() if exc.reason == "account_bound_to_an_end_user" else pages.binding_conflict()
+    return html(409, page, cookies=[_CLEAR_NONCE])
 
 
 @app.exception_handler(CodeRefused)

@@ -130,18 +130,22 @@ class ConnectionStore:
         end_user_id: str | None = None,
     ) -> bool:
         """Create or update the connection after a successful sign-in; it is active again, whatever it was.
-        Returns True when the connection is new. With an end_user_id the connection is bound to that end user;
-        ConditionFailed when it is bound to another one and not revoked (connect_sessions.check_binding looks
-        first; this closes the race of two sign-ins at once)."""
-        set_end_user = ""
-        binding: dict[str, Any] = {}
-        binding_values: dict[str, Any] = {}
+        Returns True when the connection is new. With an end_user_id (a confirmed connect session) the connection
+        is bound to that end user; ConditionFailed when it is bound to another one and not revoked
+        (connect_sessions.check_binding looks first; this closes the race of two sign-ins at once). Without one (a
+        plain /login), ConditionFailed when it is bound to any end user and not revoked: a binding changes, and a
+        bound connection comes back, only through a confirmed connect session of its end user."""
+        set_end_user, remove_end_user = "", ""
         if end_user_id is not None:
             set_end_user = ", end_user_id = :end_user"
-            binding["ConditionExpression"] = (
-                "attribute_not_exists(end_user_id) OR end_user_id = :end_user OR #status = :revoked"
-            )
+            condition = "attribute_not_exists(end_user_id) OR end_user_id = :end_user OR #status = :revoked"
             binding_values = {":end_user": {"S": end_user_id}, ":revoked": {"S": REVOKED}}
+        else:
+            # A revoked connection's binding ended with it (records revoked before disconnect cleared it still
+            # carry one): the plain sign-in makes it an unbound connection.
+            remove_end_user = ", end_user_id"
+            condition = "attribute_not_exists(end_user_id) OR #status = :revoked"
+            binding_values = {":revoked": {"S": REVOKED}}
         with storage("connections.sign_in"):
             answer = self._client.update_item(
                 TableName=self._table,
@@ -153,6 +157,7 @@ class ConnectionStore:
                     " created_at = if_not_exists(created_at, :now), updated_at = :now"
                     + set_end_user
                     + " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation"
+                    + remove_end_user
                 ),
                 ExpressionAttributeNames={"#status": "status", "#region": "region"},
                 ExpressionAttributeValues={
@@ -169,7 +174,7 @@ class ConnectionStore:
                     ":now": {"N": str(now)},
                     **binding_values,
                 },
-                **binding,
+                ConditionExpression=condition,
                 # ALL_OLD: no attributes back means there was no item. (UPDATED_OLD leaves out attributes whose
                 # value did not change, such as an if_not_exists created_at, in moto at least.)
                 ReturnValues="ALL_OLD",
@@ -445,15 +450,16 @@ class ConnectionStore:
             )
 
     def mark_revoked(self, connection_id: str, *, owner: str, reason: str, now: int) -> None:
-        """The connection is disconnected: out of the sweep for good, until the user signs in again. Needs the lease
-        taken with hold(); raises ConditionFailed if it was lost (e.g. the user signed in again meanwhile)."""
+        """The connection is disconnected: out of the sweep for good, until the user signs in again, and no longer
+        bound to its end user (a later sign-in cannot bring it back to them unless they confirm it again). Needs the
+        lease taken with hold(); raises ConditionFailed if it was lost (e.g. the user signed in again meanwhile)."""
         with storage("connections.revoke"):
             self._client.update_item(
                 TableName=self._table,
                 Key={"connection_id": {"S": connection_id}},
                 UpdateExpression=(
                     "SET #status = :revoked, last_error = :reason, updated_at = :now"
-                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard"
+                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard, end_user_id"
                 ),
                 ConditionExpression="lease_owner = :owner",
                 ExpressionAttributeNames={"#status": "status"},

@@ -173,6 +173,14 @@ def connect_form_rejected() -> str:
     )
 
 
+def bound_through_app() -> str:
+    return page(
+        "Reconnect from the app",
+        "This Smartsheet account is connected to an app account. To reconnect it, go back to the app and use its"
+        " connect button.",
+    )
+
+
 def anonymous_login_disabled() -> str:
     return page(
         "Connect from the app",

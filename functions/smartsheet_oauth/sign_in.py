@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
 from smartsheet_oauth.config import Config, is_loopback
-from smartsheet_oauth.errors import AccessDenied, BadRequest, CodeRefused, InvalidGrant, SignInRejected
+from smartsheet_oauth.errors import (
+    AccessDenied,
+    BadRequest,
+    BindingConflict,
+    CodeRefused,
+    ConditionFailed,
+    InvalidGrant,
+    SignInRejected,
+)
 from smartsheet_oauth.smartsheet import authorize_url
 
 if TYPE_CHECKING:
@@ -186,14 +194,26 @@ def finish_sign_in(
             now=now,
         )
     secret_arn = vault.save(user.id, tokens)
-    is_new = connections.record_sign_in(
-        connection_id=user.id,
-        secret_arn=secret_arn,
-        email=user.email,
-        scopes=scopes,
-        region=config.region,
-        access_expires_at=expires_at,
-        refresh_due_at=max(now, expires_at - config.refresh_window_seconds),
-        now=now,
-    )
+    try:
+        is_new = connections.record_sign_in(
+            connection_id=user.id,
+            secret_arn=secret_arn,
+            email=user.email,
+            scopes=scopes,
+            region=config.region,
+            access_expires_at=expires_at,
+            refresh_due_at=max(now, expires_at - config.refresh_window_seconds),
+            now=now,
+        )
+    except ConditionFailed:
+        # The account is bound to one of the integrator's end users: only a confirmed connect session of theirs
+        # may bring it back or change it, so its status and binding stay as they were. The pair just stored is a
+        # grant of this same Smartsheet user (nothing foreign in the secret), so it is not revoked.
+        bound = connections.get(user.id)
+        raise BindingConflict(
+            "account_bound_to_an_end_user",
+            end_user_id=(bound.end_user_id if bound else None) or "",
+            smartsheet_user_id=user.id,
+            existing_connection_id=user.id,
+        ) from None
     return SignedIn(connection_id=user.id, email=user.email, return_to=record.return_to, is_new=is_new)

@@ -13,6 +13,7 @@ from tests.management.conftest import (
     EventSink,
     call_management,
     complete,
+    connect,
     integrator_tokens,
     new_session,
 )
@@ -20,6 +21,16 @@ from tests.security.support import Capture, assert_security_headers, page_proble
 from tests.support.broker import CONNECT_COOKIE, NONCE_COOKIE, Answer, Broker, completion_code, connect_form
 
 ADA, GRACE = "4583173393803140", "6812335718217604"
+
+
+def mark_needs_reauth(broker: Broker, connection_id: str) -> None:
+    broker.dynamodb.update_item(
+        TableName=broker.connections_table,
+        Key={"connection_id": {"S": connection_id}},
+        UpdateExpression="SET #s = :s REMOVE due_shard, refresh_due_at",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": {"S": "needs_reauth"}},
+    )
 
 
 def sessions_left(broker: Broker) -> int:
@@ -54,6 +65,69 @@ def test_a_forwarded_connect_link_never_gives_the_victims_account_to_the_sender(
     assert broker.emulator.stats()["live_grants"] == grants  # Grace's grant from this sign-in was revoked
     [event] = event_sink.drain()
     assert event["detail"]["reason"] == "completed_by_another_end_user"
+
+
+# -- 2. a binding that outlives its disconnect, or is revived without its end user ------------------------------
+def test_disconnecting_ends_the_binding_and_a_plain_sign_in_later_does_not_restore_it(broker: Broker) -> None:
+    connect(broker, "user-1", ADA)
+    disconnected = call_management("DELETE", f"/connections/{ADA}")
+    assert disconnected.body["connection"]["end_user_id"] is None
+
+    assert broker.sign_in(user_id=int(ADA)).status == 200  # the same Smartsheet user, through a plain /login
+
+    record = broker.connection(ADA)
+    assert record is not None
+    assert record["status"] == "active"
+    assert "end_user_id" not in record
+    assert call_management("GET", "/connections", query={"end_user_id": "user-1"}).body["connections"] == []
+    with pytest.raises(ConnectionUnavailable):
+        integrator_tokens(broker).token(end_user_id="user-1")
+
+
+@pytest.mark.parametrize("status", ["active", "needs_reauth"])
+def test_a_plain_sign_in_never_revives_or_rebinds_a_bound_connection(
+    broker: Broker, event_sink: EventSink, status: str
+) -> None:
+    connect(broker, "user-1", ADA)
+    if status == "needs_reauth":
+        mark_needs_reauth(broker, ADA)
+    event_sink.drain()
+    before = broker.connection(ADA)
+
+    answer = broker.sign_in(user_id=int(ADA))
+
+    assert answer.status == 409
+    assert "Reconnect from the app" in answer.body
+    after = broker.connection(ADA)
+    assert after is not None
+    assert before is not None
+    assert (after["status"], after["end_user_id"], after["generation"]) == (status, "user-1", before["generation"])
+    [event] = event_sink.drain()
+    assert event["detail-type"] == "Connection Binding Conflict"
+    assert event["detail"]["reason"] == "account_bound_to_an_end_user"
+    assert event["detail"]["end_user_id"] == "user-1"
+    # Only a confirmed connect session of that end user brings it back.
+    assert connect(broker, "user-1", ADA).body["connection"]["status"] == "active"
+
+
+def test_a_record_revoked_before_disconnect_cleared_bindings_loses_its_binding_on_a_plain_sign_in(
+    broker: Broker,
+) -> None:
+    assert broker.sign_in(user_id=int(ADA)).status == 200
+    broker.dynamodb.update_item(  # as the previous version left a disconnected connection
+        TableName=broker.connections_table,
+        Key={"connection_id": {"S": ADA}},
+        UpdateExpression="SET #s = :revoked, end_user_id = :old REMOVE due_shard, refresh_due_at",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":revoked": {"S": "revoked"}, ":old": {"S": "user-1"}},
+    )
+
+    assert broker.sign_in(user_id=int(ADA)).status == 200
+
+    record = broker.connection(ADA)
+    assert record is not None
+    assert record["status"] == "active"
+    assert "end_user_id" not in record
 
 
 # -- 3. link scanners, and forms posted from elsewhere -----------------------------------------------------------

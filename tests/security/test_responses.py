@@ -95,6 +95,7 @@ def every_kind_of_answer(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> dic
     answers["callback 303 completion"] = broker.connect_through(new_session("user-1"), user_id=ADA)
     assert complete(completion_code(answers["callback 303 completion"]), "user-1").status == 200
     answers["callback 409 binding"] = broker.connect_through(new_session("user-2"), user_id=ADA)
+    answers["callback 409 bound"] = broker.sign_in(user_id=ADA)
     answers["login 303 connect"] = broker.press_connect(broker.login({"session": new_session("user-1")}))
     broker.dynamodb.delete_table(TableName=broker.state_table)
     event = http_event("/login")
