@@ -16,28 +16,32 @@ export SAM_CLI_TELEMETRY := 0
 export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
 export BC_SKIP_MAPPING := TRUE
 
-.PHONY: help venv deploy-venv iac-venv dev demo refresh test unit lint typecheck validate build deploy \
+.PHONY: help venv deploy-venv iac-venv lock dev demo refresh test unit lint typecheck validate build deploy \
         set-client-secret admin bench reliability fuzz clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
+# Every venv installs from a hash-locked file (make lock writes them from the *.in lists): pip refuses any file
+# whose hash the lock does not name, and wheels only, since an sdist's build dependencies escape hash checking.
+PIP_LOCKED := pip install --quiet --disable-pip-version-check --require-hashes --only-binary :all:
+
 $(VENV)/.installed: requirements.txt functions/requirements.txt
 	@py=$$(infra/scripts/find_python.sh) || exit 1; \
 	  [ -x $(PY) ] || "$$py" -m venv $(VENV); \
-	  $(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	  $(PY) -m $(PIP_LOCKED) -r requirements.txt
 	@touch $@
 
 $(DEPLOY_VENV)/.installed: requirements-deploy.txt
 	@py=$$(infra/scripts/find_python.sh) || exit 1; \
 	  [ -x $(DEPLOY_VENV)/bin/python ] || "$$py" -m venv $(DEPLOY_VENV); \
-	  $(DEPLOY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-deploy.txt
+	  $(DEPLOY_VENV)/bin/python -m $(PIP_LOCKED) -r requirements-deploy.txt
 	@touch $@
 
 $(IAC_VENV)/.installed: requirements-iac.txt
 	@py=$$(infra/scripts/find_python.sh) || exit 1; \
 	  [ -x $(IAC_VENV)/bin/python ] || "$$py" -m venv $(IAC_VENV); \
-	  $(IAC_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-iac.txt
+	  $(IAC_VENV)/bin/python -m $(PIP_LOCKED) -r requirements-iac.txt
 	@touch $@
 
 venv: $(VENV)/.installed ## create .venv with the pinned dependencies
@@ -45,6 +49,17 @@ venv: $(VENV)/.installed ## create .venv with the pinned dependencies
 deploy-venv: $(DEPLOY_VENV)/.installed ## create .venv-deploy with the SAM CLI
 
 iac-venv: $(IAC_VENV)/.installed ## create .venv-iac with the security IaC checker (checkov)
+
+# The Lambda artifact's lock is resolved for the functions' platform (template.yaml: python3.13, arm64; Amazon Linux
+# 2023's glibc 2.34) whatever machine runs this; the others for any platform. Each lock lists every file's hash of
+# each pinned release. The dev lock takes the runtime packages at the artifact's versions (-c in requirements.in).
+LOCK := $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.13 --custom-compile-command "make lock"
+
+lock: venv ## write the hash-locked requirements*.txt from the hand-edited *.in lists (ARGS=--upgrade moves every pin)
+	$(LOCK) $(ARGS) --python-platform aarch64-manylinux_2_34 -o functions/requirements.txt functions/requirements.in
+	$(LOCK) $(ARGS) --universal -o requirements.txt requirements.in
+	$(LOCK) $(ARGS) --universal -o requirements-deploy.txt requirements-deploy.in
+	$(LOCK) $(ARGS) --universal -o requirements-iac.txt requirements-iac.in
 
 dev: venv ## run the broker locally: embedded AWS + Smartsheet emulator on http://127.0.0.1:3000
 	$(PY) -m infra.local.dev $(ARGS)
@@ -89,9 +104,25 @@ bench: venv ## benchmarks, not in `make test` (~3 min on an idle machine): cold 
 validate: deploy-venv ## sam validate --lint
 	$(SAM) validate --lint --template template.yaml
 
-build: deploy-venv ## sam build (never in a container): .aws-sam/build
+# sam build (aws-lambda-builders' python_pip) runs pip twice on functions/requirements.txt: `pip download -r` for this
+# machine, which checks the lock's hashes, then again, by name==version alone, each package that needs an arm64
+# wheel, which checks nothing. So both passes may take files only from this folder (PIP_NO_INDEX), which pip fills
+# here with the lock's hashes required: this machine's wheels and the functions' (CPython 3.13, manylinux arm64).
+LAMBDA_WHEELS := .aws-sam/locked-wheels
+LAMBDA_PLATFORMS := $(foreach tag,manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_34,--platform $(tag)_aarch64)
+
+$(LAMBDA_WHEELS)/.checked: functions/requirements.txt
+	@py=$$(infra/scripts/find_python.sh) || exit 1; rm -rf $(LAMBDA_WHEELS); \
+	  download="$$py -m pip download --quiet --disable-pip-version-check --require-hashes --only-binary :all:"; \
+	  $$download --dest $(LAMBDA_WHEELS) -r functions/requirements.txt && \
+	  $$download --dest $(LAMBDA_WHEELS) $(LAMBDA_PLATFORMS) --implementation cp --python-version 3.13 \
+	    -r functions/requirements.txt
+	@touch $@
+
+build: deploy-venv $(LAMBDA_WHEELS)/.checked ## sam build (never in a container): .aws-sam/build
 	@py=$$(infra/scripts/find_python.sh) || exit 1; \
-	  PATH="$$(dirname "$$py"):$$PATH" $(SAM) build --template template.yaml && \
+	  PATH="$$(dirname "$$py"):$$PATH" PIP_NO_INDEX=1 PIP_FIND_LINKS="$(CURDIR)/$(LAMBDA_WHEELS)" \
+	  $(SAM) build --template template.yaml && \
 	  "$$py" -m infra.scripts.compile_bytecode .aws-sam/build
 # Lambda's /var/task is read-only, so without shipped bytecode every cold start recompiles every module
 # (make bench measured ~2x); compiled as /var/task, a traceback in Lambda shows its source lines.
