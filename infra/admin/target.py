@@ -28,6 +28,7 @@ from smartsheet_oauth.smartsheet import SmartsheetClient
 from smartsheet_oauth.token_vault import TokenVault
 
 from infra.local.aws import LOCAL_CREDENTIALS
+from infra.local.gateway import CONTROL_TOKEN_HEADER
 from infra.local.template_model import (
     DEFAULT_TEMPLATE,
     LOCAL_ACCOUNT_ID,
@@ -270,6 +271,14 @@ def _loopback_url(state: Mapping[str, Any], key: str, state_file: Path) -> str:
     return url.rstrip("/")
 
 
+def _control_token(state: Mapping[str, Any], state_file: Path) -> str:
+    """The dev gateway's /_local/ token (make dev writes a random one per run)."""
+    token = state.get("local_token")
+    if not isinstance(token, str) or not token:
+        raise TargetError(f"{state_file} holds no local_token (an older make dev wrote it); start `make dev` again.")
+    return token
+
+
 @cache
 def _local_session() -> boto3.session.Session:
     """The embedded AWS's fixed credentials; one session per process, so its service models load once."""
@@ -299,6 +308,7 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
     moto_url = _loopback_url(state, "moto_url", state_file)
     gateway_url = _loopback_url(state, "gateway_url", state_file)
     emulator_url = _loopback_url(state, "emulator_url", state_file) if state.get("emulator_url") else None
+    control_token = _control_token(state, state_file)
     session = _local_session()
 
     def client(service: str) -> Any:
@@ -323,7 +333,10 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
 
     def run_sweep() -> dict[str, Any]:
         request = urllib.request.Request(  # noqa: S310 - a loopback http URL, checked above
-            f"{gateway_url}/_local/schedule?function={REFRESH_FUNCTION}", method="POST", data=b""
+            f"{gateway_url}/_local/schedule?function={REFRESH_FUNCTION}",
+            method="POST",
+            data=b"",
+            headers={CONTROL_TOKEN_HEADER: control_token},
         )
         try:
             with urllib.request.urlopen(request, timeout=SWEEP_TIMEOUT_SECONDS) as response:  # noqa: S310

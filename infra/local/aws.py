@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import IO, TYPE_CHECKING, Any, Final, cast
 
 import boto3
+from moto.moto_server import werkzeug_app
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wsgi import LimitedStream
 
 from infra.local import moto_fidelity
+from infra.local.request_guard import LoopbackOnlyApplication
 from infra.local.template_model import (
     LOCAL_ACCOUNT_ID,
     LOCAL_REGION,
@@ -177,10 +179,16 @@ def _live_connections(server: object) -> set[socket.socket]:
 
 
 class _MotoServer:
-    """moto's server app on a loopback port, in a thread, one request at a time (see OneRequestAtATime)."""
+    """moto's server app on a loopback port, in a thread, one request at a time (see OneRequestAtATime), for this
+    machine's programs only: moto checks no signature, so any request it serves can read every secret."""
 
     def __init__(self, host: str, port: int) -> None:
-        app = OneRequestAtATime(DomainDispatcherApplication(create_backend_app))
+        # moto answers CORS for every origin (flask_cors on each service's app, made on its first request): a page
+        # anywhere could then read its answers. No page has any business here (LoopbackOnlyApplication).
+        werkzeug_app.DISABLE_GLOBAL_CORS = True  # type: ignore[attr-defined]
+        app = LoopbackOnlyApplication(
+            OneRequestAtATime(DomainDispatcherApplication(create_backend_app)), pages_elsewhere_link_here=False
+        )
         self._server: BaseWSGIServer = make_server(
             host, port, app, threaded=True, request_handler=_KeepAliveRequestHandler
         )

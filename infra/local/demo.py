@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
+from infra.local.gateway import CONTROL_TOKEN_HEADER
 from infra.local.stack import LocalStack
 
 
@@ -60,7 +61,12 @@ class BrokerClient:
 
     gateway_url: str
     emulator_url: str
+    control_token: str = field(repr=False)  # the gateway's /_local/ token (Gateway.control_token)
     http: requests.Session = field(default_factory=requests.Session)
+
+    @classmethod
+    def of(cls, stack: LocalStack) -> BrokerClient:
+        return cls(stack.url, stack.emulator.base_url, stack.gateway.control_token)
 
     def login(self) -> SignIn:
         answer = self.http.get(f"{self.gateway_url}/login", allow_redirects=False, timeout=30)
@@ -112,7 +118,8 @@ class BrokerClient:
         return len(self.emulator_admin("stats")["token_requests"])
 
     def run_schedule(self) -> list[dict[str, Any]]:
-        answer = self.http.post(f"{self.gateway_url}/_local/schedule", timeout=660)
+        headers = {CONTROL_TOKEN_HEADER: self.control_token}
+        answer = self.http.post(f"{self.gateway_url}/_local/schedule", headers=headers, timeout=660)
         check(answer.status_code == 200, f"/_local/schedule answered {answer.status_code}")
         runs: list[dict[str, Any]] = answer.json()["runs"]
         return runs
@@ -123,7 +130,7 @@ class Story:
 
     def __init__(self, stack: LocalStack, out: Callable[[str], None] = print, user_id: str | None = None) -> None:
         self.stack = stack
-        self.client = BrokerClient(stack.url, stack.emulator.base_url)
+        self.client = BrokerClient.of(stack)
         self.out = out
         self.first: SignIn | None = None
         # Smartsheet's user id is the connection id; the emulator's first user unless told otherwise.

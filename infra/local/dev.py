@@ -20,12 +20,14 @@ from types import FrameType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from infra.local.gateway import CONTROL_TOKEN_HEADER
 from infra.local.stack import DEFAULT_STACK_NAME, LocalStack, RealSmartsheet
 from infra.local.template_model import DEFAULT_TEMPLATE, TemplateError
 
 STATE_FILE: Final = Path(__file__).resolve().parents[2] / ".local" / "dev.json"
 SECRET_VARIABLE: Final = "SMARTSHEET_CLIENT_SECRET"  # noqa: S105 - the name, not a value
 REGIONS: Final = ("us", "eu", "gov", "au")
+LOOPBACK_HOSTS: Final = ("127.0.0.1", "localhost", "::1")  # where the state file's token may be sent
 
 log = logging.getLogger("infra.local.dev")
 
@@ -71,7 +73,7 @@ def build_refresh_parser() -> argparse.ArgumentParser:
         prog="python -m infra.local.dev refresh",
         description="Fire the scheduled refresh sweep now on the running `make dev` stack.",
     )
-    parser.add_argument("--url", help=f"the dev gateway (default: read from {STATE_FILE.name}, else port 3000)")
+    parser.add_argument("--url", help=f"the dev gateway (default: read from {STATE_FILE.name}, as its token is)")
     return parser
 
 
@@ -107,7 +109,8 @@ def _banner(stack: LocalStack) -> str:
     else:
         lines += [
             f"  Smartsheet:  REAL, region {stack.real_smartsheet.region}, client id {stack.real_smartsheet.client_id}",
-            "               register the callback above (or your HTTPS tunnel to it) as the app's redirect URL",
+            "               register the callback above as the app's redirect URL (or an HTTPS tunnel's to it:",
+            f"               the tunnel must send Host: 127.0.0.1:{stack.gateway.port}, as the gateway refuses others)",
         ]
     tables = ", ".join(stack.table_name(lid) for lid in aws.resources if lid.endswith("Table"))
     lines += [
@@ -180,16 +183,25 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _write_state(stack: LocalStack) -> None:
-    STATE_FILE.parent.mkdir(exist_ok=True)
+    """The running stack's endpoints and its /_local/ token, for make refresh and the admin CLI: readable by this
+    user only (written to a new 0600 file, then renamed over any old one, whatever that one's mode was)."""
+    STATE_FILE.parent.mkdir(mode=0o700, exist_ok=True)
     state = {
         "pid": os.getpid(),
         "gateway_url": stack.url,
+        "local_token": stack.gateway.control_token,
         "moto_url": stack.aws.endpoint_url,
         "emulator_url": stack.emulator.base_url if stack.real_smartsheet is None else None,
         "parameters": stack.parameters,  # the client id and overrides: the admin CLI rebuilds the configuration
         "started_at": int(time.time()),
     }
-    STATE_FILE.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+    fresh = STATE_FILE.with_name(f".{STATE_FILE.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        fresh.unlink()
+    descriptor = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.write(json.dumps(state, indent=2) + "\n")
+    fresh.replace(STATE_FILE)
 
 
 def _remove_state() -> None:
@@ -199,24 +211,42 @@ def _remove_state() -> None:
             STATE_FILE.unlink()
 
 
-def _dev_url(given: str | None) -> str:
-    if given:
-        return given.rstrip("/")
-    with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
-        url: str = json.loads(STATE_FILE.read_text(encoding="utf-8"))["gateway_url"]
-        return url
-    return "http://127.0.0.1:3000"
+def _dev_state() -> tuple[str, str] | None:
+    """The running dev stack's gateway URL and /_local/ token, from its state file (None without one)."""
+    try:
+        state = json.loads(STATE_FILE.read_text(encoding="utf-8"))
+        url, token = state["gateway_url"], state["local_token"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(url, str) or not isinstance(token, str):
+        return None
+    return url, token
 
 
 def refresh(args: argparse.Namespace) -> int:
-    url = _dev_url(args.url)
-    if urlsplit(url).scheme != "http":
-        print(f"error: {url} is not the http:// URL of a dev stack", file=sys.stderr)
+    found = _dev_state()
+    if found is None:
+        print(
+            f"error: no running dev stack ({STATE_FILE} is missing or stale); start one with `make dev`",
+            file=sys.stderr,
+        )
+        return 1
+    url = (args.url or found[0]).rstrip("/")
+    if urlsplit(url).scheme != "http" or urlsplit(url).hostname not in LOOPBACK_HOSTS:
+        print(f"error: {url} is not the http://127.0.0.1 URL of a dev stack", file=sys.stderr)
         return 2
-    request = urllib.request.Request(f"{url}/_local/schedule", method="POST", data=b"")  # noqa: S310 - checked
+    request = urllib.request.Request(  # noqa: S310 - checked above
+        f"{url}/_local/schedule", method="POST", data=b"", headers={CONTROL_TOKEN_HEADER: found[1]}
+    )
     try:
         with urllib.request.urlopen(request, timeout=660) as response:  # noqa: S310 - a loopback URL
             answer: dict[str, Any] = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        print(
+            f"error: the dev stack at {url} refused ({exc.code}): {exc.read().decode(errors='replace')}",
+            file=sys.stderr,
+        )
+        return 1
     except (urllib.error.URLError, ConnectionError) as exc:
         print(f"error: no dev stack answers at {url} ({exc}); start one with `make dev`", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from infra.local import sigv4
+from infra.local import request_guard, sigv4
 from infra.local.lambda_runtime import Invocation
 from infra.local.template_model import IAM_AUTHORIZER, FunctionSpec, HttpRoute, ScheduleSpec
 
@@ -27,6 +27,9 @@ log = logging.getLogger("infra.local.gateway")
 
 MAX_BODY_BYTES: Final = 10 * 1024 * 1024  # HTTP API's payload quota
 ADMIN_PREFIX: Final = "/_local/"  # loopback-only controls of the local stack; never a template route
+# /_local/ invokes any function with any event (an IAM caller included): only with this run's random token, which
+# `make dev` keeps in .local/dev.json (readable by its user only) for make refresh and the admin CLI.
+CONTROL_TOKEN_HEADER: Final = "X-Local-Token"  # noqa: S105 - a header name
 _HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "upgrade"})
 _TEXT_TYPES: Final = ("application/json", "application/javascript", "application/xml", "application/graphql")
 
@@ -316,8 +319,10 @@ class Gateway:
         account_id: str = "123456789012",
         region: str = "us-east-1",
         credentials: Mapping[str, str] | None = None,
+        control_token: str | None = None,
     ) -> None:
         self.routes = RouteTable(routes)
+        self.control_token = control_token or secrets.token_urlsafe(32)
         # access key id -> secret access key: who may call routes with AWS_IAM authorization (SigV4).
         self.credentials = dict(credentials or {})
         self.schedules = list(schedules)
@@ -498,6 +503,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if body is None:
             self._error(413, "Request Entity Too Large", request_id)
             return 413
+        refused = request_guard.refusal(
+            port=gateway.port,
+            host=self.headers.get("Host"),
+            origin=self.headers.get("Origin"),
+            fetch_site=self.headers.get("Sec-Fetch-Site"),
+            pages_elsewhere_link_here=True,  # /login, /callback: reached from other sites' links and redirects
+        )
+        if refused is not None:
+            self._error(403, refused, request_id)
+            return 403
         path = urlsplit(self.path).path or "/"
         if path.startswith(ADMIN_PREFIX):
             return self._admin(path, body, request_id)
@@ -573,6 +588,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
         gateway = self.server.gateway
         if not ipaddress.ip_address(self.client_address[0]).is_loopback:
             self._error(403, "Forbidden", request_id)
+            return 403
+        if not secrets.compare_digest(
+            self.headers.get(CONTROL_TOKEN_HEADER, "").encode(), gateway.control_token.encode()
+        ):
+            message = f"{ADMIN_PREFIX} needs this run's token in {CONTROL_TOKEN_HEADER} (.local/dev.json holds it)"
+            self._error(403, message, request_id)
             return 403
         query = dict(parse_qsl(urlsplit(self.path).query))
         answer: Any

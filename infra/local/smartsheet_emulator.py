@@ -28,6 +28,8 @@ from types import FrameType, TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from infra.local import request_guard
+
 __all__ = [
     "DEFAULT_APP",
     "DEFAULT_USERS",
@@ -1329,6 +1331,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return _json_reply(413, {"errorCode": 1008, "message": "Request body too large."})
+        refused = request_guard.refusal(
+            port=self.server.server_port,
+            host=self.headers.get("Host"),
+            origin=self.headers.get("Origin"),
+            fetch_site=self.headers.get("Sec-Fetch-Site"),
+            pages_elsewhere_link_here=True,  # the authorize page: the broker's /login redirects there
+        )
+        if refused is not None:
+            return _json_reply(403, {"errorCode": 1004, "message": refused})
         if parts.path.startswith(ADMIN_PREFIX + "/"):
             return emulator._admin(self.command, parts.path, parts.query, body)
         serve = _ROUTES.get((self.command, parts.path))

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from infra.local.gateway import Gateway
+from infra.local.gateway import CONTROL_TOKEN_HEADER, Gateway
 from infra.local.lambda_runtime import LocalFunction
 from infra.local.template_model import FunctionSpec, HttpRoute, ScheduleSpec
 
@@ -56,6 +56,11 @@ def lambda_handler(event, context):
 ECHO = HttpRoute("ANY", "/echo/{name}", "Echo", "Echo", "Api")
 LOGIN = HttpRoute("GET", "/login", "Echo", "Login", "Api")
 SCHEDULE = ScheduleSpec("Echo", "Tick", "ScheduleV2", "EchoTick", "rate(1 hour)", None)
+
+
+def control(gateway: Gateway) -> dict[str, str]:
+    """The header the gateway's /_local/ routes need: its run's token."""
+    return {CONTROL_TOKEN_HEADER: gateway.control_token}
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +203,7 @@ def test_concurrent_requests_get_their_own_environments(gateway: Gateway) -> Non
 
 
 def test_the_schedule_fires_on_demand_through_the_admin_route(gateway: Gateway) -> None:
-    answer = requests.post(f"{gateway.url}/_local/schedule?function=Echo", timeout=10)
+    answer = requests.post(f"{gateway.url}/_local/schedule?function=Echo", headers=control(gateway), timeout=10)
 
     assert answer.status_code == 200
     (run,) = answer.json()["runs"]
@@ -209,6 +214,6 @@ def test_the_schedule_fires_on_demand_through_the_admin_route(gateway: Gateway) 
 
 
 def test_the_admin_routes_do_not_shadow_404(gateway: Gateway) -> None:
-    answer = requests.get(f"{gateway.url}/_local/nothing", timeout=10)
+    answer = requests.get(f"{gateway.url}/_local/nothing", headers=control(gateway), timeout=10)
     assert answer.status_code == 404
     assert json.loads(answer.text) == {"message": "Not Found"}

@@ -11,6 +11,7 @@ import requests
 
 from infra.local import demo
 from infra.local.demo import BrokerClient
+from infra.local.gateway import CONTROL_TOKEN_HEADER
 from infra.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -89,7 +90,8 @@ def test_unknown_routes_answer_like_api_gateway(local_stack: LocalStack) -> None
 
 
 def test_every_template_route_is_served(local_stack: LocalStack) -> None:
-    health = requests.get(f"{local_stack.url}/_local/health", timeout=10).json()
+    token = {CONTROL_TOKEN_HEADER: local_stack.gateway.control_token}
+    health = requests.get(f"{local_stack.url}/_local/health", headers=token, timeout=10).json()
     assert set(health["routes"]) == {
         "GET /login",
         "POST /login",

@@ -98,7 +98,7 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     with LocalStack(stack_name=f"ops-{os.getpid()}", prewarm=False) as stack, pytest.MonkeyPatch.context() as patch:
         patch.setattr(dev, "STATE_FILE", state_file)
         dev._write_state(stack)  # exactly what `make dev` writes
-        client = BrokerClient(stack.url, stack.emulator.base_url)
+        client = BrokerClient.of(stack)
         yield Ops(stack, state_file, client)
         client.http.close()
 

@@ -199,6 +199,6 @@ def _provisioned(stack: LocalStack) -> bool:
 def client(local_stack: LocalStack) -> Iterator[BrokerClient]:
     from infra.local.demo import BrokerClient
 
-    broker = BrokerClient(local_stack.url, local_stack.emulator.base_url)
+    broker = BrokerClient.of(local_stack)
     yield broker
     broker.http.close()

@@ -124,13 +124,15 @@ def test_secrets_are_found_by_name_arn_and_partial_arn_and_gone_after_a_forced_d
     assert secrets.get_secret_value(SecretId="atomic/index/1")["SecretString"] == "two"
 
 
-LIST_TABLES = (
-    b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-amz-json-1.0\r\n"
-    b"X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 2\r\n"
-    # moto picks the service from the credential scope (it checks no signature)
-    b"Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/dynamodb/aws4_request,"
-    b" SignedHeaders=host, Signature=0\r\n"
-)
+def list_tables(port: int) -> bytes:
+    """A ListTables request's head, without its final empty line (a test adds headers)."""
+    return (
+        f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-amz-json-1.0\r\n".encode()
+        + b"X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 2\r\n"
+        # moto picks the service from the credential scope (it checks no signature)
+        + b"Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/dynamodb/aws4_request,"
+        + b" SignedHeaders=host, Signature=0\r\n"
+    )
 
 
 def read_answer(conn: socket.socket, buffered: bytes = b"") -> tuple[bytes, bytes, bytes]:
@@ -156,7 +158,7 @@ def test_a_request_expecting_100_continue_is_told_to_continue_before_it_sends_it
     port = urlsplit(local_aws.endpoint_url).port
     assert port is not None
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
-        conn.sendall(LIST_TABLES + b"Expect: 100-continue\r\n\r\n")
+        conn.sendall(list_tables(port) + b"Expect: 100-continue\r\n\r\n")
         interim = conn.recv(25)  # a timeout (5 s) here: the interim answer was held back
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         conn.sendall(b"{}")
@@ -171,11 +173,11 @@ def test_a_connection_serves_request_after_request_as_aws_does(local_aws: LocalA
     assert port is not None
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
         # Two requests sent at once: the first body must be read to its end, not into the second request.
-        conn.sendall((LIST_TABLES + b"\r\n{}") * 2)
+        conn.sendall((list_tables(port) + b"\r\n{}") * 2)
         first_head, first_body, rest = read_answer(conn)
         second_head, second_body, rest = read_answer(conn, rest)
         assert b"connection: close" not in first_head.lower()
-        conn.sendall(LIST_TABLES + b"Connection: close\r\n\r\n{}")
+        conn.sendall(list_tables(port) + b"Connection: close\r\n\r\n{}")
         third_head, third_body, rest = read_answer(conn, rest)
         while chunk := conn.recv(65536):  # a timeout (5 s) here: the connection was kept open
             rest += chunk
@@ -195,10 +197,10 @@ def test_a_failure_inside_moto_is_a_500_answer_and_the_connection_serves_on(
     assert port is not None
     with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
         monkeypatch.setattr(OneRequestAtATime, "__call__", broken)
-        conn.sendall(LIST_TABLES + b"\r\n{}")
+        conn.sendall(list_tables(port) + b"\r\n{}")
         failed_head, failed_body, rest = read_answer(conn)
         monkeypatch.undo()
-        conn.sendall(LIST_TABLES + b"\r\n{}")
+        conn.sendall(list_tables(port) + b"\r\n{}")
         head, body, _rest = read_answer(conn, rest)
     assert failed_head.startswith(b"HTTP/1.1 500 ")
     assert failed_body == b"the embedded AWS failed to answer: see its log"
