@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from smartsheet_oauth_client import is_connection_id
+
 from smartsheet_oauth import events
 from smartsheet_oauth.config import Config
 from smartsheet_oauth.connect_sessions import ConnectSessionStore, checked_end_user_id
@@ -119,8 +121,8 @@ def view(connection: Connection) -> dict[str, Any]:
 
 
 def checked_connection_id(raw: str) -> str:
-    # Connection ids are Smartsheet user ids: digits, beyond 2^53 but below 2^64.
-    if not raw.isascii() or not raw.isdigit() or len(raw) > 20:
+    # The token client's rule, so the integrators' side and the API never disagree on what an id is.
+    if not is_connection_id(raw):
         raise BadRequest("connection_id must be a Smartsheet user id (digits only)")
     return raw
 

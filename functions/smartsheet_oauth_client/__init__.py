@@ -42,6 +42,7 @@ __all__ = [
     "ConnectionUnavailable",
     "TokenError",
     "TokenProvider",
+    "is_connection_id",
 ]
 
 API_BASE_URLS = {
@@ -54,6 +55,9 @@ DEFAULT_MIN_VALID_SECONDS = 300
 DEFAULT_CACHE_SECONDS = 300.0
 MAX_MIN_VALID_SECONDS = 7 * 24 * 3600
 _EXECUTE_API_HOST = re.compile(r"[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?")
+# Connection ids are Smartsheet user ids: digits, beyond 2^53 but below 2^64. The broker's API holds them to this
+# rule too (smartsheet_oauth.management imports it from here, so this file stays one file to copy).
+CONNECTION_ID_MAX_DIGITS = 20
 
 # (method, url, headers, body, timeout) -> (status, body)
 Send = Callable[[str, str, dict[str, str], bytes, float], tuple[int, bytes]]
@@ -114,10 +118,26 @@ class _Cached:
     read_at: float
 
 
+def is_connection_id(value: object) -> bool:
+    """A connection id: the Smartsheet user id as a string of ASCII digits (str.isdigit alone also admits "²")."""
+    return isinstance(value, str) and 0 < len(value) <= CONNECTION_ID_MAX_DIGITS and value.isascii() and value.isdigit()
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The broker never redirects. urllib would follow a redirect with the request's headers, the SigV4 signature
+    and session token among them, to wherever it points: a 3xx is answered to the caller instead."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def _urllib_send(method: str, url: str, headers: dict[str, str], body: bytes, timeout: float) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body or None, headers=headers, method=method)  # noqa: S310 (https, or loopback)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 (the broker's own URL)
+        with _OPENER.open(request, timeout=timeout) as answer:  # the broker's own URL, never a redirect's
             return int(answer.status), answer.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
@@ -189,6 +209,9 @@ class TokenProvider:
             raise ValueError("give either a connection id or an end_user_id")
         if connection_id is None:
             connection_id = self.connection_of(end_user_id or "")
+        if not is_connection_id(connection_id):
+            # It names a secret and a URL path: refused before either is used.
+            raise ValueError("a connection id is the Smartsheet user id: 1 to 20 digits")
         with self._lock(connection_id):
             now = self._clock()
             cached = self._cache.get(connection_id)
@@ -224,6 +247,8 @@ class TokenProvider:
         active = [c["connection_id"] for c in body.get("connections", [])]
         if not active:
             raise ConnectionUnavailable(end_user_id, "not_found", "no active connection for this end user")
+        if not is_connection_id(active[0]):
+            raise TokenError(f"end user {end_user_id}: the broker answered a malformed connection id")
         self._end_users[end_user_id] = (active[0], self._clock())
         return str(active[0])
 
@@ -296,6 +321,9 @@ class TokenProvider:
         if status in (409, 429, 502, 503, 504):
             retry_after = body.get("retry_after")
             return BrokerUnavailable(f"{subject}: {message}", retry_after if isinstance(retry_after, int) else None)
+        if 300 <= status < 400:
+            # Never followed: the request's signature would travel to wherever the redirect points.
+            return TokenError(f"{subject}: the broker answered a redirect ({status}), not followed: check api_url")
         if status == 403:
             return TokenError(f"{subject}: the broker refused the caller ({message}): allow execute-api:Invoke")
         return TokenError(f"{subject}: the broker answered {status}: {message}")
