@@ -3,6 +3,7 @@ sessions and their completion."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
@@ -90,6 +91,13 @@ def complete_connect_session() -> Response:
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True, log_event=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # The IAM caller below is whatever the event says: trusted only in an event API Gateway plausibly sent.
+    forged = api.not_from_api_gateway(event, function_arn=context.invoked_function_arn, now=time.time())
+    if forged is not None:
+        logger.error("event not from API Gateway", extra={"outcome": "not_from_api_gateway", "reason": forged})
+        api.count("not_from_api_gateway")
+        refusal = {"error": "forbidden", "message": "This function serves the broker's HTTP API only."}
+        return api.answer(403, refusal).proxy_result()
     caller = api.caller_arn(event)
     if caller is None:
         # Every route is AWS_IAM-authorized in template.yaml; a request without a caller means a route lost its

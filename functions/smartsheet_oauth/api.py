@@ -45,6 +45,31 @@ def caller_arn(event: dict[str, Any]) -> str | None:
     return arn if isinstance(arn, str) and arn else None
 
 
+# API Gateway refuses a SigV4 request dated more than 5 minutes off, so no event it sends the function is older.
+EVENT_MAX_AGE_SECONDS = 300
+
+
+def not_from_api_gateway(event: dict[str, Any], *, function_arn: str, now: float) -> str | None:
+    """Why `event` cannot be a request API Gateway (HTTP API, payload 2.0) is waiting on, or None.
+
+    Only what every such event carries: the payload version, the account of the API (the function's own: the
+    template's API is in the stack's account), and the request's time (now, give or take the signature's 5 minutes).
+    A hand-made event, a sample, a stored one replayed, or one from another account's API fails. Whoever may call
+    lambda:InvokeFunction on this function can still write all of it (nothing in an event is secret): that
+    permission must stay with API Gateway alone (SECURITY.md). The API's own id cannot be checked: the function's
+    environment cannot name the API whose routes name the function (a circular dependency in CloudFormation)."""
+    context = event.get("requestContext")
+    if event.get("version") != "2.0" or not isinstance(context, dict):
+        return "not an API Gateway HTTP API event (payload format 2.0)"
+    own_account = function_arn.split(":")[4] if function_arn.count(":") >= 5 else ""
+    if not own_account or context.get("accountId") != own_account:
+        return "requestContext.accountId is not the function's account"
+    epoch = context.get("timeEpoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or abs(now - epoch / 1000) > EVENT_MAX_AGE_SECONDS:
+        return f"requestContext.timeEpoch is not within {EVENT_MAX_AGE_SECONDS} s of now"
+    return None
+
+
 def json_body(app: Router, *, required: bool) -> dict[str, Any]:
     """The request's JSON object; an empty body is {} unless one is required."""
     event = app.current_event
