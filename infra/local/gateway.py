@@ -503,13 +503,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if body is None:
             self._error(413, "Request Entity Too Large", request_id)
             return 413
-        refused = request_guard.refusal(
-            port=gateway.port,
-            host=self.headers.get("Host"),
-            origin=self.headers.get("Origin"),
-            fetch_site=self.headers.get("Sec-Fetch-Site"),
-            pages_elsewhere_link_here=True,  # /login, /callback: reached from other sites' links and redirects
-        )
+        # /login and /callback are reached from other sites' links and redirects: pages elsewhere link here.
+        refused = request_guard.refusal_of(self.headers, port=gateway.port, pages_elsewhere_link_here=True)
         if refused is not None:
             self._error(403, refused, request_id)
             return 403

@@ -16,7 +16,7 @@ Programs (boto3, urllib, requests, the functions) send none of the browser heade
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -58,6 +58,21 @@ def refusal(
     if not pages_elsewhere_link_here and fetch_site is not None and fetch_site.lower() not in _OWN_FETCH_SITES:
         return "requests that web pages start are refused: the local stack serves this machine's programs only"
     return None
+
+
+class _Headers(Protocol):
+    def get(self, name: str, /) -> str | None: ...
+
+
+def refusal_of(headers: _Headers, *, port: int, pages_elsewhere_link_here: bool) -> str | None:
+    """`refusal` for an http.server request's headers."""
+    return refusal(
+        port=port,
+        host=headers.get("Host"),
+        origin=headers.get("Origin"),
+        fetch_site=headers.get("Sec-Fetch-Site"),
+        pages_elsewhere_link_here=pages_elsewhere_link_here,
+    )
 
 
 class LoopbackOnlyApplication:

@@ -1331,13 +1331,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return _json_reply(413, {"errorCode": 1008, "message": "Request body too large."})
-        refused = request_guard.refusal(
-            port=self.server.server_port,
-            host=self.headers.get("Host"),
-            origin=self.headers.get("Origin"),
-            fetch_site=self.headers.get("Sec-Fetch-Site"),
-            pages_elsewhere_link_here=True,  # the authorize page: the broker's /login redirects there
-        )
+        # The broker's /login redirects browsers to the authorize page: pages elsewhere link here.
+        refused = request_guard.refusal_of(self.headers, port=self.server.server_port, pages_elsewhere_link_here=True)
         if refused is not None:
             return _json_reply(403, {"errorCode": 1004, "message": refused})
         if parts.path.startswith(ADMIN_PREFIX + "/"):
