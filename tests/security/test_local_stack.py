@@ -21,7 +21,7 @@ import requests
 from infra.local import dev
 from infra.local.demo import BrokerClient
 from infra.local.stack import LocalStack
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.support.events import http_event
 
 pytestmark = pytest.mark.e2e
