@@ -60,6 +60,7 @@ MANAGEMENT: Final = frozenset(
         "management_connect_session_created",
         "management_connect_session_completed",
         "management_no_iam_caller",
+        "management_not_from_api_gateway",
         *(f"management_refresh_{outcome}" for outcome in ("refreshed", "fresh", "resumed")),
         *(
             f"management_{code}"
