@@ -109,7 +109,10 @@ class SmartsheetRejected(SmartsheetError):
 
 
 class TransientSmartsheetError(SmartsheetError):
-    """Rate limited (429/4003), a server error (5xx, 4001/4002/4004), a timeout or a dropped connection."""
+    """Rate limited (429/4003), a server error (5xx, 4001/4002/4004), a timeout or a dropped connection.
+
+    `outcome_unknown`: Smartsheet may have carried the request out (its answer never came, or was a server error
+    that does not say). For a refresh that means the pair may have been rotated: the attempt stays "in flight"."""
 
     def __init__(
         self,
@@ -120,9 +123,25 @@ class TransientSmartsheetError(SmartsheetError):
         error_code: int | None = None,
         oauth_error: str | None = None,
         ref_id: str | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
         super().__init__(message, status=status, error_code=error_code, oauth_error=oauth_error, ref_id=ref_id)
         self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
+
+    @property
+    def reason(self) -> str:
+        if self.outcome_unknown and (self.status is None or self.status < 500):
+            # No answer came (or only a refusal of what an attempt whose answer was lost had already done).
+            return "no_answer"
+        if self.status is None and self.error_code is None:
+            return "unreachable"
+        return super().reason
+
+
+class NoTimeToRefresh(BrokerError):
+    """A token request was not sent: its answer and the save of the new pair would not fit before the refresh's
+    deadline (refresh_window.py). Nothing reached Smartsheet."""
 
 
 class MalformedResponse(SmartsheetError):

@@ -13,6 +13,7 @@ from smartsheet_oauth.errors import (
     InvalidClient,
     InvalidGrant,
     MalformedResponse,
+    NoTimeToRefresh,
     SmartsheetError,
     SmartsheetRejected,
     TransientSmartsheetError,
@@ -33,6 +34,7 @@ _INVALID_GRANT_CODES = frozenset({1069, 1071, 1132})
 # a bad secret rotation, so it is a credentials problem like 1238.
 _INVALID_CLIENT_CODES = frozenset({1067, 1072, 1236, 1237, 1238})
 _TRANSIENT_CODES = frozenset({4001, 4002, 4003, 4004})
+_SERVER_ERROR_CODES = frozenset({4001, 4002, 4004})
 _TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 # Bodies larger than this are not a token answer; refuse to parse them.
 _MAX_BODY_BYTES = 64 * 1024
@@ -70,14 +72,22 @@ class Timeouts:
     connect: float = 3.05
     read: float = 10.0
 
+    @property
+    def attempt_seconds(self) -> float:
+        """The longest one attempt can wait for its answer once it is under way: after this it gives up."""
+        return self.connect + self.read
+
 
 class Reply(NamedTuple):
-    """What the client keeps of an answer: its status, its body (read up to the size limit) and Retry-After.
-    repr leaves the body out: a token answer carries tokens."""
+    """What the client keeps of an answer: its status, its body (read up to the size limit), Retry-After, and whether
+    an earlier attempt of the same call may have been carried out without its answer reaching us (then a refusal of
+    this one may be Smartsheet refusing what it already did). repr leaves the body out: a token answer carries
+    tokens."""
 
     status: int
     content: bytes
     retry_after: str
+    after_unknown_attempt: bool = False
 
     def __repr__(self) -> str:
         return f"Reply(status={self.status}, content=<{len(self.content)} bytes>, retry_after={self.retry_after!r})"
@@ -135,17 +145,23 @@ def _safe_retry() -> Retry:
     )
 
 
-def _refresh_retry() -> Retry:
+# The refresh's retries: at most this many, each after a pause of at most REFRESH_RETRY_PAUSE_SECONDS (the backoff's
+# cap plus its jitter, or Retry-After's cap, whichever is longer).
+REFRESH_RETRIES = 2
+REFRESH_RETRY_PAUSE_SECONDS = 2.25
+
+
+def _refresh_retry(total: int = REFRESH_RETRIES) -> Retry:
     """A refresh must not be repeated once Smartsheet may have processed it: it rotates the refresh token, so
     a blind retry after a 5xx or a read timeout could spend the new pair and kill the grant. Retry only
     what Smartsheet cannot have processed: a refused connection and a 429."""
     from urllib3.util.retry import Retry  # noqa: PLC0415 (cold-start cost)
 
     return Retry(
-        total=2,
-        connect=2,
+        total=total,
+        connect=min(2, total),
         read=0,
-        status=1,
+        status=min(1, total),
         other=0,
         status_forcelist=(429,),
         allowed_methods=frozenset({"POST"}),
@@ -188,14 +204,28 @@ class SmartsheetClient:
             form["redirect_uri"] = redirect_uri
         return _token_grant(self._post_token(self._pool, form))
 
-    def refresh(self, refresh_token: str) -> TokenGrant:
+    @property
+    def timeouts(self) -> Timeouts:
+        return self._timeouts
+
+    def refresh(self, refresh_token: str, *, answer_within: float | None = None) -> TokenGrant:
+        """Rotate the pair. With `answer_within` (seconds from now), no attempt is sent that could still be waiting
+        for its answer after that: the first must fit (else NoTimeToRefresh, and nothing is sent), and only as many
+        retries as fit are allowed (refresh_window.py says why)."""
         form = {
             "grant_type": "refresh_token",
             "client_id": self.client_id,
             "refresh_token": refresh_token,
             "hash": request_hash(self._secret, refresh_token),
         }
-        return _token_grant(self._post_token(self._refresh_pool, form))
+        retries = None
+        if answer_within is not None:
+            attempt = self._timeouts.attempt_seconds
+            if answer_within < attempt:
+                raise NoTimeToRefresh(f"{answer_within:.1f} s left for an answer; one attempt may need {attempt:.2f} s")
+            fit = int((answer_within - attempt) // (attempt + REFRESH_RETRY_PAUSE_SECONDS))
+            retries = _refresh_retry(min(REFRESH_RETRIES, fit))
+        return _token_grant(self._post_token(self._refresh_pool, form, retries=retries))
 
     def current_user(self, access_token: str) -> SmartsheetUser:
         response = self._send(
@@ -234,19 +264,27 @@ class SmartsheetClient:
         )
         _json_object(response)
 
-    def _post_token(self, pool: PoolManager, form: dict[str, str]) -> dict[str, Any]:
+    def _post_token(self, pool: PoolManager, form: dict[str, str], *, retries: Retry | None = None) -> dict[str, Any]:
         # Form-encoded body: the documented form (never JSON).
         response = self._send(
-            pool, "POST", f"{self._base}/token", headers={"Content-Type": _FORM}, body=urlencode(form)
+            pool, "POST", f"{self._base}/token", headers={"Content-Type": _FORM}, body=urlencode(form), retries=retries
         )
         return _json_object(response)
 
     def _send(
-        self, pool: PoolManager, method: str, url: str, *, headers: dict[str, str], body: str | None = None
+        self,
+        pool: PoolManager,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        body: str | None = None,
+        retries: Retry | None = None,
     ) -> Reply:
         from urllib3 import Timeout  # noqa: PLC0415 (loaded with the pool; a dict lookup here)
         from urllib3.exceptions import DecodeError, HTTPError, MaxRetryError  # noqa: PLC0415
 
+        options: dict[str, Any] = {} if retries is None else {"retries": retries}
         try:
             # Never follow a redirect: a 307 would re-send the code and its hash, a 302 the bearer token.
             response = pool.request(
@@ -257,28 +295,57 @@ class SmartsheetClient:
                 timeout=Timeout(connect=self._timeouts.connect, read=self._timeouts.read),
                 redirect=False,
                 preload_content=False,
+                **options,
             )
         except MaxRetryError as exc:  # connection refused or reset, timeouts: retried as far as the policy allows
-            raise TransientSmartsheetError(f"Smartsheet unreachable: {type(exc.reason).__name__}") from exc
+            raise TransientSmartsheetError(
+                f"Smartsheet unreachable: {type(exc.reason).__name__}", outcome_unknown=_may_have_been_sent(exc.reason)
+            ) from exc
         except (HTTPError, OSError) as exc:
-            raise TransientSmartsheetError(f"request to Smartsheet failed: {type(exc).__name__}") from exc
+            raise TransientSmartsheetError(
+                f"request to Smartsheet failed: {type(exc).__name__}", outcome_unknown=_may_have_been_sent(exc)
+            ) from exc
         try:
             content = response.read(_MAX_BODY_BYTES + 1, decode_content=True)
         except DecodeError as exc:  # a Content-Encoding the body does not match
             raise MalformedResponse("Smartsheet's answer could not be decoded", status=response.status) from exc
         except (HTTPError, OSError) as exc:  # short body, broken chunks, a read timeout mid-body
-            raise TransientSmartsheetError("Smartsheet's answer was cut off") from exc
+            raise TransientSmartsheetError("Smartsheet's answer was cut off", outcome_unknown=True) from exc
         finally:
             # A body read to its end has already given its connection back to the pool; one left unread closes it.
             response.close()
         if len(content) > _MAX_BODY_BYTES:
             raise MalformedResponse("Smartsheet's answer is too large", status=response.status)
-        reply = Reply(response.status, content, response.headers.get("Retry-After", ""))
+        history = response.retries.history if response.retries is not None else ()
+        reply = Reply(
+            response.status,
+            content,
+            response.headers.get("Retry-After", ""),
+            after_unknown_attempt=any(_attempt_outcome_unknown(earlier) for earlier in history),
+        )
         if reply.status >= 400:
             raise _error_from(reply)
         if reply.status >= 300:
             raise SmartsheetRejected(f"Smartsheet answered {reply.status}", status=reply.status)
         return reply
+
+
+def _may_have_been_sent(error: BaseException | None) -> bool:
+    """False only for failures that happen before a request leaves (no connection, no TLS session, no proxy): then
+    Smartsheet cannot have carried it out. Anything else (a read timeout, a connection cut while waiting) may have
+    reached it, and its outcome is unknown."""
+    from urllib3.exceptions import ConnectTimeoutError, ProxyError, SSLError  # noqa: PLC0415
+
+    # NewConnectionError (refused, unresolvable) is a ConnectTimeoutError in urllib3 2.
+    return not isinstance(error, ConnectTimeoutError | ProxyError | SSLError)
+
+
+def _attempt_outcome_unknown(earlier: Any) -> bool:
+    """An earlier attempt of a call (urllib3's retry history) that Smartsheet may have carried out: it failed after
+    the request may have left, or was answered with a server error, which does not say."""
+    if earlier.error is not None:
+        return _may_have_been_sent(earlier.error)
+    return earlier.status is not None and earlier.status >= 500
 
 
 def _json_object(response: Reply) -> dict[str, Any]:
@@ -343,8 +410,16 @@ def _error_from(response: Reply) -> SmartsheetError:
         "ref_id": ref_id,
     }
     if status in _TRANSIENT_STATUSES or error_code in _TRANSIENT_CODES or status >= 500:
-        return TransientSmartsheetError(label, retry_after=_retry_after(response), **fields)
+        # A rate limit was refused unprocessed; a server error does not say whether the request was carried out.
+        unknown = status >= 500 or error_code in _SERVER_ERROR_CODES
+        return TransientSmartsheetError(label, retry_after=_retry_after(response), outcome_unknown=unknown, **fields)
     if error_code in _INVALID_GRANT_CODES or (error_code is None and oauth_error == "invalid_grant"):
+        if response.after_unknown_attempt:
+            # A retried code exchange whose first attempt's answer was lost: Smartsheet refuses the code because it
+            # already used it, for a grant whose tokens never reached us. Not the user's code at fault.
+            return TransientSmartsheetError(
+                f"{label} after an attempt whose answer was lost", outcome_unknown=True, **fields
+            )
         return InvalidGrant(label, **fields)
     if error_code in _INVALID_CLIENT_CODES or oauth_error == "invalid_client":
         return InvalidClient(label, **fields)
