@@ -10,13 +10,14 @@ from smartsheet_oauth import scheduled_sweep, services, snapstart
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.observability import logger, metrics
 from smartsheet_oauth.refresh import RefreshDeps
+from smartsheet_oauth.refresh_window import SWEEP_MARGIN_SECONDS
 
 get_config()  # a bad configuration fails the cold start, naming the variable
 snapstart.register()  # SnapStart hooks; nothing is registered off Lambda
 
-# Stop dispatching this long before the Lambda timeout: one in-flight refresh (connect + read timeouts,
-# a save with retries, a commit) must still fit.
-SAFETY_MARGIN_SECONDS = 30.0
+# Stop dispatching this long before the Lambda timeout: a refresh dispatched just before still has time to lease,
+# send its token request, and save the answer (refresh_window.py); one that would not is not sent.
+SAFETY_MARGIN_SECONDS = float(SWEEP_MARGIN_SECONDS)
 
 
 def refresh_deps() -> RefreshDeps:

@@ -15,12 +15,15 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
 # Standard retry mode retries throttling and 5xx with backoff; short timeouts keep a request inside its budget.
+_CONNECT_SECONDS, _READ_SECONDS = 2, 5
 _BOTO_CONFIG = BotoConfig(
     retries={"mode": "standard", "max_attempts": 3},
-    connect_timeout=2,
-    read_timeout=5,
+    connect_timeout=_CONNECT_SECONDS,
+    read_timeout=_READ_SECONDS,
     max_pool_connections=64,
 )
+# The longest one attempt of a DynamoDB, Secrets Manager or KMS call waits before it gives up (refresh_window.py).
+ATTEMPT_SECONDS = float(_CONNECT_SECONDS + _READ_SECONDS)
 
 # Events are best-effort beside a sign-in or a refresh: tight timeouts bound what a slow EventBridge can cost.
 _EVENTS_CONFIG = BotoConfig(

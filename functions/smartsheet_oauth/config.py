@@ -11,6 +11,7 @@ from functools import cache
 from urllib.parse import urlsplit
 
 from smartsheet_oauth.errors import ConfigError
+from smartsheet_oauth.refresh_window import MIN_LEASE_SECONDS
 
 KNOWN_SCOPES = frozenset(
     {
@@ -113,7 +114,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         refresh_window_seconds=_int(environ, "REFRESH_WINDOW_SECONDS", 172800, low=600, high=604800),
         refresh_concurrency=_int(environ, "REFRESH_CONCURRENCY", 8, low=1, high=64),
         allowed_return_to=_allowed_return_to(environ.get("ALLOWED_RETURN_TO", "")),
-        lease_seconds=_int(environ, "REFRESH_LEASE_SECONDS", 120, low=10, high=900),
+        # A lease must outlast a refresh's whole window (refresh_window.py), or none could ever be sent.
+        lease_seconds=_int(environ, "REFRESH_LEASE_SECONDS", 120, low=MIN_LEASE_SECONDS, high=900),
         app_credentials_max_age_seconds=_int(environ, "APP_CREDENTIALS_MAX_AGE_SECONDS", 300, low=0, high=86400),
         token_kms_key_id=environ.get("TOKEN_KMS_KEY_ID", "").strip() or None,
         event_bus_name=_event_bus(environ.get("EVENT_BUS_NAME", "")),

@@ -20,6 +20,8 @@ END_USER_INDEX = "by-end-user"
 DUE_SHARD = "due"
 
 ACTIVE, NEEDS_REAUTH, REVOKED = "active", "needs_reauth", "revoked"
+# The record's in-flight marker (see Connection.in_flight_attempt), removed together.
+IN_FLIGHT = "in_flight_attempt, in_flight_since"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,11 @@ class Connection:
     pending: PendingPair | None = None
     # When a refresh was last committed (a new secret version): on-demand refreshes wait a cooldown after it.
     refreshed_at: int | None = None
+    # A refresh attempt that may have reached Smartsheet and whose answer was never used (its worker died, or the
+    # answer never came): the lease owner of the earliest such attempt, and when it started. Set with the lease,
+    # gone once the grant's fate is known (refreshed, needs_reauth, signed in again). See refusals.py.
+    in_flight_attempt: str | None = None
+    in_flight_since: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,8 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         end_user_id=_s(item, "end_user_id"),
         pending=_pending(item),
         refreshed_at=_n(item, "refreshed_at"),
+        in_flight_attempt=_s(item, "in_flight_attempt"),
+        in_flight_since=_n(item, "in_flight_since"),
     )
 
 
@@ -156,7 +165,8 @@ class ConnectionStore:
                     " generation = if_not_exists(generation, :zero) + :one, failures = :zero,"
                     " created_at = if_not_exists(created_at, :now), updated_at = :now"
                     + set_end_user
-                    + " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation"
+                    + " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation,"
+                    + IN_FLIGHT
                     + remove_end_user
                 ),
                 ExpressionAttributeNames={"#status": "status", "#region": "region"},
@@ -223,12 +233,20 @@ class ConnectionStore:
         self, connection_id: str, *, generation: int, owner: str, now: int, lease_seconds: int
     ) -> Connection:
         """Take the refresh lease: only one worker refreshes a connection at a time. Raises ConditionFailed when
-        another worker holds it, the connection was refreshed meanwhile (generation moved), or is not active."""
+        another worker holds it, the connection was refreshed meanwhile (generation moved), or is not active.
+
+        The same write marks this attempt in flight, unless an earlier one still is (its marker stays: it is the one
+        that may have spent the grant). Whatever ends the attempt removes the marker only once the grant's fate is
+        known, so a worker that dies anywhere after this leaves the record saying so, at no extra write."""
         with storage("connections.lease"):
             answer = self._client.update_item(
                 TableName=self._table,
                 Key={"connection_id": {"S": connection_id}},
-                UpdateExpression="SET lease_until = :until, lease_owner = :owner",
+                UpdateExpression=(
+                    "SET lease_until = :until, lease_owner = :owner,"
+                    " in_flight_attempt = if_not_exists(in_flight_attempt, :owner),"
+                    " in_flight_since = if_not_exists(in_flight_since, :now)"
+                ),
                 ConditionExpression=(
                     "#status = :active AND generation = :gen AND refresh_due_at <= :now"
                     " AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
@@ -264,7 +282,8 @@ class ConnectionStore:
                 UpdateExpression=(
                     "SET access_expires_at = :exp, refresh_due_at = :due, generation = :next, failures = :zero,"
                     " updated_at = :now, refreshed_at = :now"
-                    " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation"
+                    " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation,"
+                    + IN_FLIGHT
                 ),
                 ConditionExpression="lease_owner = :owner AND generation = :gen",
                 ExpressionAttributeValues={
@@ -302,10 +321,19 @@ class ConnectionStore:
             )
 
     def record_transient_failure(
-        self, connection_id: str, *, generation: int, owner: str, retry_at: int, reason: str, now: int
+        self,
+        connection_id: str,
+        *,
+        generation: int,
+        owner: str,
+        retry_at: int,
+        reason: str,
+        now: int,
+        settled: bool = False,
     ) -> int:
         """Keep the connection active, count the failure, and come back to it at retry_at (a kept pair stays).
-        Returns the count."""
+        `settled`: the attempt marked in flight is this one and it never reached Smartsheet, so the marker goes;
+        otherwise it stays. Returns the count."""
         with storage("connections.failure"):
             answer = self._client.update_item(
                 TableName=self._table,
@@ -313,6 +341,7 @@ class ConnectionStore:
                 UpdateExpression=(
                     "SET refresh_due_at = :retry, failures = if_not_exists(failures, :zero) + :one,"
                     " last_error = :reason, updated_at = :now REMOVE lease_until, lease_owner"
+                    + (", " + IN_FLIGHT if settled else "")
                 ),
                 ConditionExpression="lease_owner = :owner AND generation = :gen",
                 ExpressionAttributeValues={
@@ -336,7 +365,7 @@ class ConnectionStore:
                 Key={"connection_id": {"S": connection_id}},
                 UpdateExpression=(
                     "SET #status = :status, last_error = :reason, updated_at = :now"
-                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard"
+                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard, " + IN_FLIGHT
                 ),
                 ConditionExpression="lease_owner = :owner AND generation = :gen",
                 ExpressionAttributeNames={"#status": "status"},
@@ -438,13 +467,14 @@ class ConnectionStore:
             )
         return connection_from_item(answer["Attributes"])
 
-    def release(self, connection_id: str, *, owner: str) -> None:
-        """Give a held lease back unchanged (an operator action that did not go through)."""
+    def release(self, connection_id: str, *, owner: str, settled: bool = False) -> None:
+        """Give a held lease back unchanged (an operator action that did not go through, a refresh that sent
+        nothing). `settled`: the in-flight marker is the releasing attempt's own, and it goes too."""
         with storage("connections.release"):
             self._client.update_item(
                 TableName=self._table,
                 Key={"connection_id": {"S": connection_id}},
-                UpdateExpression="REMOVE lease_until, lease_owner",
+                UpdateExpression="REMOVE lease_until, lease_owner" + (", " + IN_FLIGHT if settled else ""),
                 ConditionExpression="lease_owner = :owner",
                 ExpressionAttributeValues={":owner": {"S": owner}},
             )
@@ -459,7 +489,7 @@ class ConnectionStore:
                 Key={"connection_id": {"S": connection_id}},
                 UpdateExpression=(
                     "SET #status = :revoked, last_error = :reason, updated_at = :now"
-                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard, end_user_id"
+                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard, end_user_id, " + IN_FLIGHT
                 ),
                 ConditionExpression="lease_owner = :owner",
                 ExpressionAttributeNames={"#status": "status"},

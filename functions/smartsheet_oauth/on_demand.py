@@ -9,7 +9,19 @@ from typing import Any
 from smartsheet_oauth.connection_store import ACTIVE, REVOKED, Connection, DueConnection
 from smartsheet_oauth.errors import BadRequest, BrokerError, ConditionFailed, Conflict
 from smartsheet_oauth.management import ManagementDeps, existing, view
-from smartsheet_oauth.refresh import KEPT, LEASE_BUSY, LOST, RACED, REFRESHED, RESUMED, TRANSIENT, refresh_connection
+from smartsheet_oauth.refresh import (
+    DEFERRED,
+    KEPT,
+    LEASE_BUSY,
+    LOST,
+    LOST_IN_FLIGHT,
+    RACED,
+    REFRESHED,
+    RESUMED,
+    TRANSIENT,
+    refresh_connection,
+)
+from smartsheet_oauth.refresh_window import seconds_to_spare
 
 DEFAULT_MIN_VALID_SECONDS = 300
 MAX_MIN_VALID_SECONDS = 7 * 24 * 3600
@@ -24,8 +36,10 @@ KEPT_RETRY_AFTER_SECONDS = 30
 # one waits this long, and a caller that needs more than the current pair gives is told when to ask again.
 ON_DEMAND_COOLDOWN_SECONDS = 600
 # How long an on-demand refresh waits for a slot of the pace every refresher shares (one window is 6 s at most
-# paces) before it answers 429.
+# paces) before it answers 429; never so long that its token request could no longer be sent (refresh_window.py).
 PACE_WAIT_SECONDS = 10.0
+# What an on-demand refresh does between the pace and the token request: expedite, lease, read the secret.
+BEFORE_SEND_SECONDS = 2.0
 
 
 class RefreshFailed(Conflict):
@@ -95,7 +109,7 @@ def _refresh_on_demand(
     if not _kept_waiting(before):  # storing a kept pair sends nothing to Smartsheet
         _check_cooldown(before, now=now)
         if deps.pace is not None:
-            deps.pace.take_one(max_wait=min(PACE_WAIT_SECONDS, time_left() if time_left else PACE_WAIT_SECONDS))
+            deps.pace.take_one(max_wait=_pace_wait(deps, time_left))
     try:
         deps.connections.expedite(before.connection_id, generation=before.generation, now=now)
     except ConditionFailed:
@@ -117,10 +131,20 @@ def _refresh_on_demand(
         raise _kept()
     if outcome == LOST:
         raise _lost()
+    if outcome == LOST_IN_FLIGHT:
+        raise _lost_in_flight()
     after = existing(deps, connection_id)
-    if outcome == TRANSIENT:
+    if outcome in (TRANSIENT, DEFERRED):
         raise _transient(after, now)
     raise _unusable(after)
+
+
+def _pace_wait(deps: ManagementDeps, time_left: Callable[[], float] | None) -> float:
+    """How long this request may wait for the pace and still send its token request in time."""
+    if time_left is None:
+        return PACE_WAIT_SECONDS
+    spare = seconds_to_spare(time_left(), deps.smartsheet().timeouts, before_send=BEFORE_SEND_SECONDS)
+    return max(0.0, min(PACE_WAIT_SECONDS, spare))
 
 
 def _check_cooldown(connection: Connection, *, now: int) -> None:
@@ -159,8 +183,16 @@ def _kept() -> RefreshFailed:
 def _lost() -> RefreshLost:
     return RefreshLost(
         "Smartsheet rotated this connection's tokens but the new pair could be neither stored nor kept (AWS storage"
-        " failed). Its user must sign in again; the next refresh marks the connection needs_reauth. The incident is"
-        " logged: quote the reference to support."
+        " failed). Its user must sign in again; the connection is marked needs_reauth (or will be by its next"
+        " refresh, if AWS refused that too). The incident is logged: quote the reference to support."
+    )
+
+
+def _lost_in_flight() -> RefreshLost:
+    return RefreshLost(
+        "An earlier refresh of this connection reached Smartsheet, which rotated its tokens, and ended before the new"
+        " pair was stored (its worker stopped, or Smartsheet's answer never arrived). The grant is gone: its user must"
+        " sign in again. The connection is marked needs_reauth; the incident is logged: quote the reference to support."
     )
 
 

@@ -1,55 +1,69 @@
 """Refreshing one connection under its lease, rotating the refresh token: the steps the sweep, on-demand refreshes and
-the admin CLI share (the sweep itself, over the due index, is sweep.py)."""
+the admin CLI share (the sweep itself, over the due index, is sweep.py; what a refusal means, refusals.py; when a token
+request may be sent, refresh_window.py)."""
 
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smartsheet_oauth import connection_store, events
+from smartsheet_oauth import connection_store, events, refusals, steps
 from smartsheet_oauth.config import Config
 from smartsheet_oauth.connection_store import Connection, ConnectionStore, DueConnection, PendingPair
 from smartsheet_oauth.errors import (
     ConditionFailed,
     InvalidClient,
     InvalidGrant,
+    NoTimeToRefresh,
     SmartsheetError,
     StorageError,
     TransientSmartsheetError,
 )
 from smartsheet_oauth.observability import logger
-from smartsheet_oauth.smartsheet import SmartsheetClient
+from smartsheet_oauth.refresh_outcomes import (
+    DEFERRED,
+    KEPT,
+    LEASE_BUSY,
+    LOST,
+    LOST_IN_FLIGHT,
+    NEEDS_REAUTH,
+    OUTCOMES,
+    RACED,
+    REFRESHED,
+    RESUMED,
+    TRANSIENT,
+)
+from smartsheet_oauth.refresh_window import FINAL_MARGIN_SECONDS, LEASE_MARGIN_SECONDS, answer_within
+from smartsheet_oauth.refusals import GrantGuard
+from smartsheet_oauth.smartsheet import SmartsheetClient, TokenGrant
+from smartsheet_oauth.steps import StepWatcher
 from smartsheet_oauth.token_vault import TokenSet, TokenVault, pending_binding
 
-REFRESHED = "ok"
-TRANSIENT = "transient"
-NEEDS_REAUTH = "needs_reauth"
-LEASE_BUSY = "lease_busy"
-RACED = "raced"
-# Smartsheet rotated the pair but its secret could not be written in time: the pair waits, sealed, on the record.
-KEPT = "kept"
-# A kept pair was written to its secret (after a save that kept failing, or a worker that died).
-RESUMED = "resumed"
-# A rotated pair could be neither written nor kept: the grant is gone and the user must sign in again.
-LOST = "lost"
-OUTCOMES = (REFRESHED, TRANSIENT, NEEDS_REAUTH, LEASE_BUSY, RACED, KEPT, RESUMED, LOST)
+__all__ = [
+    "DEFERRED",
+    "KEPT",
+    "LEASE_BUSY",
+    "LOST",
+    "LOST_IN_FLIGHT",
+    "NEEDS_REAUTH",
+    "OUTCOMES",
+    "RACED",
+    "REFRESHED",
+    "RESUMED",
+    "TRANSIENT",
+    "GrantGuard",
+    "RefreshDeps",
+    "backoff_seconds",
+    "refresh_connection",
+]
 
 BACKOFF_BASE_SECONDS = 300
 BACKOFF_CAP_SECONDS = 3600
 SAVE_RETRY_BASE_SECONDS = 0.2
 SAVE_RETRY_CAP_SECONDS = 5.0
-# Writes of a new pair stop this long before the lease runs out (after it, another worker may hold the
-# connection) and this long before the invocation ends.
-LEASE_MARGIN_SECONDS = 15.0
-FINAL_MARGIN_SECONDS = 5.0
-# invalid_grant ends one user's grant. The same answer for connection after connection, with few or no refreshes
-# working, points at a cause that is not the users' (an app credential Smartsheet refuses as 1071, an incident
-# at Smartsheet): past this many in one sweep, more are not made final while refusals outnumber refreshes.
-INVALID_GRANT_GUARD = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,28 +79,8 @@ class RefreshDeps:
     events: events.EventPublisher | None = None
     # Measures waits and deadlines; `sleep` must advance it.
     monotonic: Callable[[], float] = time.monotonic
-
-
-class GrantGuard:
-    """Counts one sweep's refusals (invalid_grant) and refreshes, and says whether one more refusal may mark its
-    connection needs_reauth. A refusal it holds back is retried later with backoff: a false alarm costs a delay,
-    while marking every user of a healthy app needs_reauth would cost every grant."""
-
-    def __init__(self, threshold: int | None = None) -> None:
-        self._threshold = INVALID_GRANT_GUARD if threshold is None else threshold
-        self._lock = threading.Lock()
-        self._refused = 0
-        self._refreshed = 0
-
-    def refreshed(self) -> None:
-        with self._lock:
-            self._refreshed += 1
-
-    def may_mark(self) -> bool:
-        """Count a refusal; True if it may be taken as final."""
-        with self._lock:
-            self._refused += 1
-            return self._refused <= self._threshold or self._refreshed >= self._refused
+    # Told of each step boundary a refresh passes (steps.py): tests and benchmarks only.
+    steps: StepWatcher | None = None
 
 
 def backoff_seconds(failures: int, retry_after: float | None, rng: random.Random) -> int:
@@ -112,6 +106,7 @@ def refresh_connection(
     owner = uuid.uuid4().hex
     now = int(deps.clock())
     started = deps.monotonic()
+    steps.passed(deps.steps, steps.REFRESH_LEASING, due.connection_id)
     try:
         leased = deps.connections.acquire_lease(
             due.connection_id,
@@ -128,7 +123,9 @@ def refresh_connection(
             extra={"connection_id": due.connection_id, "outcome": TRANSIENT, "reason": exc.code},
         )
         return TRANSIENT
+    steps.passed(deps.steps, steps.REFRESH_LEASED, due.connection_id)
 
+    # refresh_window.py: the new pair's writes, and every token request's answer and save, fit before this.
     write_deadline = started + deps.config.lease_seconds - LEASE_MARGIN_SECONDS
     if time_left is not None:
         write_deadline = min(write_deadline, deps.monotonic() + time_left() - FINAL_MARGIN_SECONDS)
@@ -146,30 +143,25 @@ def _refresh_leased(
     deadline: float,
     guard: GrantGuard | None = None,
 ) -> str:
+    # The in-flight marker the lease set is this attempt's own unless an earlier attempt left one: then only this
+    # attempt's answer can tell what became of the grant, and the marker stays until it does.
+    own_marker = leased.in_flight_attempt == owner
     try:
         current = deps.vault.load(leased.secret_arn)
     except StorageError as exc:
-        return _transient(leased, owner, deps, rng, reason=f"vault:{exc.code}", retry_after=None)
+        return _transient(leased, owner, deps, rng, reason=f"vault:{exc.code}", retry_after=None, settled=own_marker)
 
     if deps.vault.sealer is not None:
         try:
             deps.vault.sealer.prepare()
         except StorageError as exc:
             # Without a data key the new pair could not be kept if its save failed: do not rotate it now.
-            return _transient(leased, owner, deps, rng, reason=f"kms:{exc.code}", retry_after=None)
+            return _transient(leased, owner, deps, rng, reason=f"kms:{exc.code}", retry_after=None, settled=own_marker)
 
-    try:
-        grant = deps.smartsheet.refresh(current.refresh_token)
-    except InvalidGrant as exc:
-        return _invalid_grant(leased, owner, current, deps, exc, rng=rng, guard=guard)
-    except TransientSmartsheetError as exc:
-        return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=exc.retry_after)
-    except SmartsheetError as exc:
-        # invalid_client, malformed answers, other 4xx: not the user's fault, so the grant is not given up.
-        # invalid_client (incl. 1072, a hash made with the wrong secret) needs an operator: log it as an error.
-        level = logger.error if isinstance(exc, InvalidClient) or exc.status in (401, 403) else logger.warning
-        level("refresh refused", extra={"connection_id": leased.connection_id, "reason": exc.reason})
-        return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=None)
+    grant = _rotate(leased, owner, current, deps, rng=rng, deadline=deadline, guard=guard)
+    if isinstance(grant, str):
+        return grant
+    steps.passed(deps.steps, steps.REFRESH_ANSWERED, leased.connection_id)
 
     refreshed_at = int(deps.clock())
     new_tokens = TokenSet(
@@ -197,14 +189,62 @@ def _refresh_leased(
             "new token pair could be neither stored nor kept: the grant is lost",
             extra={"connection_id": leased.connection_id, "outcome": LOST, "reason": reason},
         )
+        # Never left active with a dead token: marked needs_reauth now if the record takes it, else the in-flight
+        # marker makes the next refresh of this connection find the grant lost.
+        if refusals.end_grant(leased, owner, deps, outcome=LOST, reason=f"lost:{reason}") == LOST:
+            return LOST
         return _transient(leased, owner, deps, rng, reason=f"lost:{reason}", retry_after=None, outcome=LOST)
-    _commit(leased, owner, new_tokens, deps)
+    if _commit(leased, owner, new_tokens, deps):
+        steps.passed(deps.steps, steps.REFRESH_COMMITTED, leased.connection_id)
     if guard is not None:
         guard.refreshed()
     if leased.failures:
         events.emit(deps.events, events.about(events.RECOVERED, leased, status=connection_store.ACTIVE))
     logger.info("connection refreshed", extra={"connection_id": leased.connection_id, "outcome": REFRESHED})
     return REFRESHED
+
+
+def _rotate(
+    leased: Connection,
+    owner: str,
+    current: TokenSet,
+    deps: RefreshDeps,
+    *,
+    rng: random.Random,
+    deadline: float,
+    guard: GrantGuard | None,
+) -> TokenGrant | str:
+    """Send the refresh, if its answer and the new pair's save fit before the deadline (refresh_window.py). Returns
+    Smartsheet's new pair, or the outcome of a refresh that got none."""
+    own_marker = leased.in_flight_attempt == owner
+    within = answer_within(deadline - deps.monotonic())
+    if within < deps.smartsheet.timeouts.attempt_seconds:
+        return _defer(leased, owner, deps, settled=own_marker, seconds_left=deadline - deps.monotonic())
+    steps.passed(deps.steps, steps.REFRESH_SENDING, leased.connection_id)
+    try:
+        return deps.smartsheet.refresh(current.refresh_token, answer_within=within)
+    except NoTimeToRefresh:
+        return _defer(leased, owner, deps, settled=own_marker, seconds_left=deadline - deps.monotonic())
+    except InvalidGrant as exc:
+        return _refused(leased, owner, current, deps, exc, rng=rng, guard=guard)
+    except TransientSmartsheetError as exc:
+        if exc.outcome_unknown:
+            # Smartsheet may have rotated the pair: the attempt stays in flight, and the next refresh of this
+            # connection learns what became of the grant (refusals.py).
+            logger.warning(
+                "refresh answer lost: Smartsheet may have rotated the pair; the next refresh finds out",
+                extra={"connection_id": leased.connection_id, "reason": exc.reason},
+            )
+        settled = own_marker and not exc.outcome_unknown
+        return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=exc.retry_after, settled=settled)
+    except SmartsheetError as exc:
+        # invalid_client, malformed answers, other 4xx: not the user's fault, so the grant is not given up.
+        # invalid_client (incl. 1072, a hash made with the wrong secret) needs an operator: log it as an error.
+        level = logger.error if isinstance(exc, InvalidClient) or exc.status in (401, 403) else logger.warning
+        level("refresh refused", extra={"connection_id": leased.connection_id, "reason": exc.reason})
+        # A malformed 2xx answer may carry a rotation we cannot read: that attempt stays in flight.
+        settled = own_marker and exc.status is not None and exc.status >= 400
+        return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=None, settled=settled)
 
 
 def _write_pair(
@@ -231,6 +271,8 @@ def _write_pair(
     while True:
         try:
             deps.vault.save(leased.connection_id, tokens, known_arn=leased.secret_arn, version_id=version_id)
+            if keep and not kept:  # a fresh pair's first durable write: the window closes here
+                steps.passed(deps.steps, steps.REFRESH_STORED, leased.connection_id)
             return True, kept, ""
         except StorageError as exc:
             reason = f"vault:{exc.code}"
@@ -248,6 +290,7 @@ def _write_pair(
                     now=int(deps.clock()),
                 )
                 kept = True
+                steps.passed(deps.steps, steps.REFRESH_STORED, leased.connection_id)
             except StorageError as exc:
                 logger.warning(
                     "could not keep the new pair on the record",
@@ -264,7 +307,7 @@ def _write_pair(
         attempt += 1
 
 
-def _commit(leased: Connection, owner: str, tokens: TokenSet, deps: RefreshDeps) -> None:
+def _commit(leased: Connection, owner: str, tokens: TokenSet, deps: RefreshDeps) -> bool:
     try:
         deps.connections.commit_refresh(
             leased.connection_id,
@@ -279,6 +322,8 @@ def _commit(leased: Connection, owner: str, tokens: TokenSet, deps: RefreshDeps)
         # writes the same version again (a no-op) and commits; if not, the next refresh starts from the
         # stored new pair. Nothing is lost either way.
         logger.warning("commit failed after save", extra={"connection_id": leased.connection_id, "reason": exc.code})
+        return False
+    return True
 
 
 def _resume_kept_pair(
@@ -315,7 +360,10 @@ def _transient(
     reason: str,
     retry_after: float | None,
     outcome: str = TRANSIENT,
+    settled: bool = False,
 ) -> str:
+    """Keep the connection active and come back to it later. `settled`: this attempt's in-flight marker goes (it
+    is its own, and the request never reached Smartsheet or was refused unprocessed)."""
     now = int(deps.clock())
     retry_at = now + backoff_seconds(leased.failures, retry_after, rng)
     try:
@@ -326,6 +374,7 @@ def _transient(
             retry_at=retry_at,
             reason=reason,
             now=now,
+            settled=settled,
         )
     except StorageError as exc:
         # The lease runs out by itself; the connection comes back in a later sweep.
@@ -347,7 +396,23 @@ def _transient(
     return outcome
 
 
-def _invalid_grant(
+def _defer(leased: Connection, owner: str, deps: RefreshDeps, *, settled: bool, seconds_left: float) -> str:
+    """Too little time is left for a token request's answer and the new pair's save (refresh_window.py): send
+    nothing, give the lease back, leave the connection due."""
+    logger.info(
+        "refresh not sent: too little time left for the answer and the save",
+        extra={"connection_id": leased.connection_id, "outcome": DEFERRED, "seconds_left": round(seconds_left, 1)},
+    )
+    try:
+        deps.connections.release(leased.connection_id, owner=owner, settled=settled)
+    except StorageError as exc:  # the lease runs out by itself
+        logger.warning(
+            "could not give the lease back", extra={"connection_id": leased.connection_id, "reason": exc.code}
+        )
+    return DEFERRED
+
+
+def _refused(
     leased: Connection,
     owner: str,
     used: TokenSet,
@@ -355,59 +420,15 @@ def _invalid_grant(
     exc: InvalidGrant,
     *,
     rng: random.Random,
-    guard: GrantGuard | None = None,
+    guard: GrantGuard | None,
 ) -> str:
-    """invalid_grant is final only if nobody else refreshed meanwhile: a moved generation, a pair kept on the
-    record, or a stored refresh token other than the one we sent, means we raced another worker and the grant
-    is alive. (Revoked tokens, 1132, arrive here too: revoked is as final as expired.)"""
-    try:
-        latest = deps.connections.get(leased.connection_id)
-        stored = deps.vault.load(leased.secret_arn)
-    except StorageError as storage_exc:
-        logger.warning(
-            "could not re-check after invalid_grant",
-            extra={"connection_id": leased.connection_id, "reason": storage_exc.code},
-        )
-        return TRANSIENT
-    if (
-        latest is None
-        or latest.generation != leased.generation
-        or latest.pending is not None
-        or stored.refresh_token != used.refresh_token
-    ):
-        logger.info(
-            "invalid_grant after a concurrent refresh; grant is alive",
-            extra={"connection_id": leased.connection_id, "outcome": RACED},
-        )
-        return RACED
-    if guard is not None and not guard.may_mark():
-        logger.critical(
-            "Smartsheet refuses grant after grant in this sweep: not marking users needs_reauth; check the app's"
-            " credentials and Smartsheet's status",
-            extra={"connection_id": leased.connection_id, "outcome": TRANSIENT, "reason": exc.reason},
-        )
-        return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=None)
-    try:
-        deps.connections.mark_needs_reauth(
-            leased.connection_id,
-            generation=leased.generation,
-            owner=owner,
-            reason=exc.reason,
-            now=int(deps.clock()),
-        )
-    except ConditionFailed:
-        return RACED
-    except StorageError as storage_exc:
-        logger.warning(
-            "could not mark needs_reauth",
-            extra={"connection_id": leased.connection_id, "reason": storage_exc.code},
-        )
-        return TRANSIENT
-    logger.warning(
-        "grant revoked or expired at Smartsheet; user must sign in again",
-        extra={"connection_id": leased.connection_id, "outcome": NEEDS_REAUTH, "reason": exc.reason},
-    )
-    events.emit(
-        deps.events, events.about(events.NEEDS_REAUTH, leased, status=connection_store.NEEDS_REAUTH, reason=exc.reason)
-    )
-    return NEEDS_REAUTH
+    """Smartsheet refused the stored refresh token: refusals.py says what that means; act on it."""
+    verdict = refusals.judge(leased, owner, used, deps, exc, guard=guard)
+    if verdict == refusals.HELD_BACK:
+        own_marker = leased.in_flight_attempt == owner  # a refusal is an answer: this attempt rotated nothing
+        return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=None, settled=own_marker)
+    if verdict == NEEDS_REAUTH:
+        return refusals.end_grant(leased, owner, deps, outcome=NEEDS_REAUTH, reason=exc.reason)
+    if verdict == LOST_IN_FLIGHT:
+        return refusals.end_grant(leased, owner, deps, outcome=LOST_IN_FLIGHT, reason=LOST_IN_FLIGHT)
+    return verdict

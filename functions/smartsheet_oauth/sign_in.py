@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
+from smartsheet_oauth import steps
 from smartsheet_oauth.config import Config, is_loopback
 from smartsheet_oauth.errors import (
     AccessDenied,
@@ -131,6 +132,7 @@ def finish_sign_in(
     connections: ConnectionStore,
     now: int,
     completions: Callable[[], CompletionStore],
+    watcher: steps.StepWatcher | None = None,
 ) -> SignedIn | AwaitingConfirmation:
     """Check the state and the browser binding before anything reaches Smartsheet; then exchange the code,
     learn who signed in, store the pair, and record the connection (in that order: the record never points
@@ -144,6 +146,7 @@ def finish_sign_in(
     if not state:
         raise SignInRejected("missing_state")
     record = states.consume(state, now=now)
+    steps.passed(watcher, steps.CALLBACK_STATE_CONSUMED)
     if not record.matches(nonce):
         raise SignInRejected("nonce_mismatch")
     if record.end_user_id is not None and record.return_to is None:
@@ -162,6 +165,7 @@ def finish_sign_in(
             anonymous_login=config.anonymous_login,
         )
         raise CodeRefused(exc.reason, start_again=start_again) from None
+    steps.passed(watcher, steps.CALLBACK_CODE_EXCHANGED)
     user = smartsheet.current_user(grant.access_token)
     if record.end_user_id is not None:
         bind_or_refuse(
@@ -194,6 +198,7 @@ def finish_sign_in(
             now=now,
         )
     secret_arn = vault.save(user.id, tokens)
+    steps.passed(watcher, steps.CALLBACK_STORED, user.id)
     try:
         is_new = connections.record_sign_in(
             connection_id=user.id,
@@ -216,4 +221,5 @@ def finish_sign_in(
             smartsheet_user_id=user.id,
             existing_connection_id=user.id,
         ) from None
+    steps.passed(watcher, steps.CALLBACK_RECORDED, user.id)
     return SignedIn(connection_id=user.id, email=user.email, return_to=record.return_to, is_new=is_new)

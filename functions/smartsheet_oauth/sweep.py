@@ -15,10 +15,23 @@ from smartsheet_oauth.connection_store import DueConnection
 from smartsheet_oauth.errors import StorageError
 from smartsheet_oauth.observability import logger
 from smartsheet_oauth.pace import LocalPace, Pace
-from smartsheet_oauth.refresh import KEPT, LOST, OUTCOMES, TRANSIENT, GrantGuard, RefreshDeps, refresh_connection
+from smartsheet_oauth.refresh import (
+    DEFERRED,
+    KEPT,
+    LOST,
+    LOST_IN_FLIGHT,
+    OUTCOMES,
+    TRANSIENT,
+    GrantGuard,
+    RefreshDeps,
+    refresh_connection,
+)
 
 # Outcomes that mean "Smartsheet or AWS is struggling": a long run of them stops the sweep (see sweep()).
 _STRUGGLING = frozenset({TRANSIENT, KEPT, LOST})
+# Outcomes that say nothing of how Smartsheet and AWS are doing now (a refresh not sent for lack of time, a loss in
+# flight found out now but caused earlier): they neither extend nor end a run of struggling ones.
+_NEUTRAL = frozenset({DEFERRED, LOST_IN_FLIGHT})
 # This many struggling outcomes in a row stop the sweep: an outage is waited out, not hammered.
 BREAKER_THRESHOLD = 25
 DUE_QUERY_ATTEMPTS = 3
@@ -66,7 +79,8 @@ class _Tally:
                 logger.error("refresh crashed", extra={"error_type": type(exc).__name__})
                 outcome = "error"
             self.report.outcomes[outcome] += 1
-            self._struggling = self._struggling + 1 if outcome in _STRUGGLING else 0
+            if outcome not in _NEUTRAL:
+                self._struggling = self._struggling + 1 if outcome in _STRUGGLING else 0
         if self._struggling >= BREAKER_THRESHOLD and not self.report.breaker_open:
             self.report.breaker_open = True
             logger.error("refreshes keep failing; the sweep stops for now", extra={"in_a_row": self._struggling})

@@ -12,11 +12,14 @@ from collections.abc import Callable
 from smartsheet_oauth.connection_store import ConnectionStore
 from smartsheet_oauth.errors import StorageError
 from smartsheet_oauth.observability import add_metric_safely, flush_metrics_now, logger
-from smartsheet_oauth.refresh import LEASE_BUSY, NEEDS_REAUTH, REFRESHED, TRANSIENT
+from smartsheet_oauth.refresh import LEASE_BUSY, LOST, LOST_IN_FLIGHT, NEEDS_REAUTH, REFRESHED, TRANSIENT
 from smartsheet_oauth.sweep import SweepReport
 
 # Emitted by every sweep, zeros included: an alarm's ratio and the dashboard need a datapoint, not a gap.
 REFRESH_OUTCOMES = (REFRESHED, TRANSIENT, NEEDS_REAUTH, LEASE_BUSY)
+# Each outcome is counted as refresh_<outcome>, but a grant lost in flight is a lost grant like any other: it goes to
+# refresh_lost, the metric the refresh-lost alarm watches (the log's `outcome` still tells the two apart).
+METRIC_OF = {LOST_IN_FLIGHT: f"refresh_{LOST}"}
 # The backlog is counted on the due index, a page (about 1 MB of entries) at a time: at most this many pages (tens of
 # thousands of connections), and a page after the first only while this much time is left. Past either, the figure
 # is a lower bound, which is all the backlog alarm (> 0) needs.
@@ -41,11 +44,12 @@ class SweepFigures:
 
     def progress(self, report: SweepReport) -> None:
         """The outcomes and dispatches added since the last flush (zeros included), and the lag once, printed now."""
-        totals: Counter[str] = Counter(dict.fromkeys(REFRESH_OUTCOMES, 0))
-        totals.update(report.outcomes)
-        for outcome, count in totals.items():
-            add_metric_safely(f"refresh_{outcome}", "Count", count - self._sent[f"refresh_{outcome}"])
-            self._sent[f"refresh_{outcome}"] = count
+        totals: Counter[str] = Counter({f"refresh_{outcome}": 0 for outcome in REFRESH_OUTCOMES})
+        for outcome, count in report.outcomes.items():
+            totals[METRIC_OF.get(outcome, f"refresh_{outcome}")] += count
+        for name, count in totals.items():
+            add_metric_safely(name, "Count", count - self._sent[name])
+            self._sent[name] = count
         add_metric_safely("sweep_dispatched", "Count", report.dispatched - self._sent["sweep_dispatched"])
         self._sent["sweep_dispatched"] = report.dispatched
         if report.oldest_due_at is not None and not self._lag_sent:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from smartsheet_oauth import aws, refresh, services
+from smartsheet_oauth import aws, refusals, services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.connection_store import DueConnection
 from smartsheet_oauth.errors import StorageError, TransientSmartsheetError
@@ -263,8 +263,8 @@ def test_a_sweep_where_grant_after_grant_is_refused_stops_marking_users_needs_re
     refresher: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every refresh refused as invalid_grant (1071) with none working: past the guard's threshold (1 here, 5 by
-    default) the refusals are held back as transient, the users stay active, a critical line names the cause."""
-    monkeypatch.setattr(refresh, "INVALID_GRANT_GUARD", 1)
+    default) the refusals are held back as transient, the users stay active, a critical line says what is known."""
+    monkeypatch.setattr(refusals, "INVALID_GRANT_GUARD", 1)
     signed_in_and_due(refresher, ADA, GRACE, ALAN)
     refresher.emulator.expire_tokens(refresh=True)
 
@@ -359,7 +359,7 @@ class Answers(SmartsheetClient):
         super().__init__(api_base_url="https://api.smartsheet.com/2.0", client_id="id", client_secret="secret")
         self.error = error
 
-    def refresh(self, refresh_token: str) -> TokenGrant:
+    def refresh(self, refresh_token: str, *, answer_within: float | None = None) -> TokenGrant:
         raise self.error
 
 
@@ -436,7 +436,7 @@ def test_invalid_grant_after_a_concurrent_refresh_is_not_marked(refresher: Broke
     class OtherWorkerFirst(SmartsheetClient):
         """Another worker (whose lease this one took over after it expired) rotates and commits first."""
 
-        def refresh(self, refresh_token: str) -> TokenGrant:
+        def refresh(self, refresh_token: str, *, answer_within: float | None = None) -> TokenGrant:
             newer = real.refresh(refresh_token)
             stored = dataclasses.replace(
                 TokenSet.from_json(json.dumps(stale)),
@@ -674,7 +674,8 @@ def test_a_kept_pair_is_bound_to_its_connection(refresher: Broker) -> None:
 
 
 def test_a_pair_that_can_be_neither_saved_nor_kept_is_reported_lost(refresher: Broker) -> None:
-    """The one way a grant is lost: no secret write and no record write. Loud, and then honest: needs_reauth."""
+    """A grant lost after its answer: no secret write and no keep on the record. Loud, and honest at once:
+    needs_reauth."""
     signed_in_and_due(refresher, ADA)
     vault = FailingVault(services.token_vault())
     fake = FakeTime()
@@ -695,9 +696,10 @@ def test_a_pair_that_can_be_neither_saved_nor_kept_is_reported_lost(refresher: B
     assert outcome == LOST
     record = refresher.connection(ADA)
     assert record is not None
-    assert record["last_error"].startswith("lost:")
-    refresher.make_due(ADA)
-    assert refresher.sweep()["outcomes"][NEEDS_REAUTH] == 1
+    # Never left active with a dead token: the record takes the news at once (only its keep write was failing).
+    assert (record["status"], record["last_error"]) == ("needs_reauth", "lost:vault:ServiceUnavailable")
+    assert "refresh_due_at" not in record
+    assert "in_flight_attempt" not in record
 
 
 def test_without_a_sealing_key_a_failed_save_is_lost(refresher: Broker, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -460,3 +460,45 @@ def test_a_connect_session_answers_a_one_time_login_link_and_bad_requests_store_
     items = broker.dynamodb.scan(TableName=broker.state_table)["Items"]
     assert len(items) == 1
     assert token not in json.dumps(items)  # only its hash is stored
+
+
+# ----------------------------------------------------------------------------------- a grant lost in flight
+def test_an_on_demand_refresh_that_finds_a_grant_lost_in_flight_is_a_500_incident_and_marks_it(
+    sealing: Broker,
+) -> None:
+    """An earlier refresh reached Smartsheet (which rotated the pair) and its worker died before storing the answer:
+    the on-demand caller is told the grant is gone, and the connection says so."""
+    broker = sealing
+    signed_in(broker, ADA)
+    store = services.connection_store()
+    record = broker.connection(ADA)
+    assert record is not None
+    broker.make_due(ADA)
+    store.acquire_lease(
+        ADA, generation=record["generation"], owner="dead-worker", now=int(time.time()) - 600, lease_seconds=60
+    )
+    services.smartsheet_client().refresh(broker.tokens(ADA)["refresh_token"])  # the dead worker's rotation
+
+    lost = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 604800})
+
+    assert lost.status == 500
+    assert lost.body["error"] == "refresh_lost"
+    assert "sign in again" in lost.body["message"]
+    assert (broker.connection(ADA) or {}).get("status") == "needs_reauth"
+    assert (broker.connection(ADA) or {}).get("last_error") == "lost_in_flight"
+
+
+def test_an_on_demand_refresh_waits_for_the_pace_only_as_long_as_it_can_still_send() -> None:
+    from smartsheet_oauth import on_demand
+    from smartsheet_oauth.smartsheet import Timeouts
+
+    class Deps:
+        @staticmethod
+        def smartsheet() -> Any:
+            return type("Client", (), {"timeouts": Timeouts()})()
+
+    full_request = API_TIMEOUT_SECONDS - API_MARGIN_SECONDS
+    waits = [on_demand._pace_wait(Deps(), lambda left=left: left) for left in (full_request, 24.0, 10.0)]  # type: ignore[arg-type]
+
+    assert 0 < waits[0] < on_demand.PACE_WAIT_SECONDS  # a whole request: a few seconds, not the 10 s it would like
+    assert waits[1:] == [0.0, 0.0]  # later in the request: no wait at all (a 429 with Retry-After instead)

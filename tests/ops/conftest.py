@@ -38,6 +38,7 @@ GROUPS = (
         "refresh_needs_reauth",
         "refresh_lease_busy",
         "refresh_raced",
+        "refresh_lost_in_flight",
         "sweep_out_of_time",
         "refresh_error",
     ),

@@ -221,7 +221,7 @@ def refresh_raced(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     _due_connection(broker)
     original = SmartsheetClient.refresh
 
-    def rotated_first(self: SmartsheetClient, refresh_token: str) -> TokenGrant:
+    def rotated_first(self: SmartsheetClient, refresh_token: str, *, answer_within: float | None = None) -> TokenGrant:
         grant = original(self, refresh_token)  # the other worker's refresh...
         vault = services.token_vault()
         name = vault.secret_name(str(ADA))
@@ -230,6 +230,19 @@ def refresh_raced(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(SmartsheetClient, "refresh", rotated_first)
     assert outcomes(broker.sweep()) == {"raced": 1}
+
+
+def refresh_lost_in_flight(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
+    """A worker died after its refresh reached Smartsheet (which rotated the pair): the next refresh's refusal is a
+    grant lost by us, counted under refresh_lost."""
+    _due_connection(broker)
+    record = broker.connection(ADA)
+    assert record is not None
+    services.connection_store().acquire_lease(
+        str(ADA), generation=record["generation"], owner="dead-worker", now=int(time.time()) - 600, lease_seconds=60
+    )
+    services.smartsheet_client().refresh(broker.tokens(ADA)["refresh_token"])
+    assert outcomes(broker.sweep()) == {"lost_in_flight": 1}
 
 
 def _with_pair(tokens: TokenSet, grant: TokenGrant) -> TokenSet:
@@ -304,6 +317,7 @@ SCENARIOS: dict[str, Scenario] = {
     "refresh_needs_reauth": refresh_needs_reauth,
     "refresh_lease_busy": refresh_lease_busy,
     "refresh_raced": refresh_raced,
+    "refresh_lost_in_flight": refresh_lost_in_flight,
     "refresh_error": refresh_error,
     "sweep_backlog": sweep_with_backlog,
     "sweep_out_of_time": sweep_out_of_time,

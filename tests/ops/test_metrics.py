@@ -31,6 +31,7 @@ CASES = [
     ("refresh_needs_reauth", QUIET | {"refresh_needs_reauth": 1}),
     ("refresh_lease_busy", QUIET | {"refresh_lease_busy": 1}),
     ("refresh_raced", QUIET | {"refresh_raced": 1}),
+    ("refresh_lost_in_flight", QUIET | {"refresh_lost": 1}),
     ("refresh_error", QUIET | {"refresh_error": 1}),
 ]
 
