@@ -534,6 +534,8 @@ class SmartsheetEmulator:
         self._by_refresh: dict[str, _Grant] = {}
         self._windows: dict[str, _Window] = {}
         self._counts: Counter[str] = Counter()
+        # API requests received and not yet answered (waiting out latency, being held, being carried out).
+        self._in_progress: Counter[str] = Counter()
         self._token_log: deque[dict[str, Any]] = deque(maxlen=_TOKEN_LOG_LIMIT)
 
         self._server: _Server | None = None
@@ -671,6 +673,13 @@ class SmartsheetEmulator:
         """A copy: `<endpoint>` totals and `<endpoint>.<outcome>` (ok, an errorCode, timeout, ...)."""
         with self._lock:
             return Counter(self._counts)
+
+    @property
+    def in_progress(self) -> Counter[str]:
+        """A copy: API requests by operation (`token.refresh`, `users_me`, ...) received and not yet answered. A
+        refresh counted here is carried out whether or not its client is still there to read the answer."""
+        with self._lock:
+            return +self._in_progress
 
     @property
     def token_requests(self) -> list[dict[str, Any]]:
@@ -1406,6 +1415,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         process: Callable[[], tuple[_Reply, str]],
     ) -> tuple[_Reply | None, str]:
         """Latency, then the fault draw, then the real work; counts one outcome per request."""
+        with emulator._lock:
+            emulator._in_progress[operation] += 1
+        try:
+            return self._api_in_progress(emulator, endpoint, operation, process)
+        finally:
+            with emulator._lock:
+                emulator._in_progress[operation] -= 1
+
+    def _api_in_progress(
+        self,
+        emulator: SmartsheetEmulator,
+        endpoint: str,
+        operation: str,
+        process: Callable[[], tuple[_Reply, str]],
+    ) -> tuple[_Reply | None, str]:
         emulator._pause(emulator._latency_seconds(endpoint))
         fault = emulator._draw_fault(endpoint)
         if isinstance(fault, int):

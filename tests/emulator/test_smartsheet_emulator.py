@@ -835,6 +835,24 @@ def test_a_timeout_that_processes_loses_the_rotated_tokens(emulator, session) ->
     assert not emulator.refresh_token_is_live(grant["refresh_token"])
 
 
+def test_a_refresh_waiting_out_its_latency_is_in_progress_and_is_carried_out_after_its_client_left(
+    emulator, session
+) -> None:
+    """What a worker killed mid-request leaves behind: Smartsheet carries the refresh out anyway."""
+    grant = emulator.issue_grant()
+    emulator.set_faults(latency_ms=400, latency_token_only=True)
+
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        session.post(emulator.api_base_url + "/token", data=refresh_form(grant["refresh_token"]), timeout=0.1)
+    during = emulator.in_progress["token.refresh"]
+
+    assert during == 1
+    assert wait_for(lambda: emulator.in_progress["token.refresh"] == 0)
+    assert emulator.counts["token.refresh.ok"] == 1
+    assert not emulator.refresh_token_is_live(grant["refresh_token"])
+    assert "token.refresh" not in emulator.in_progress
+
+
 def test_a_bounded_hold_answers_a_patient_client(emulator, session) -> None:
     grant = emulator.issue_grant()
     emulator.set_faults(timeout_rate=1.0, timeout_ms=150)
