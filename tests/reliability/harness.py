@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config as BotoConfig
+from smartsheet_oauth import steps
 from smartsheet_oauth.config import Config, load_config
 from smartsheet_oauth.connection_store import ConnectionStore
-from smartsheet_oauth.errors import StorageError
 from smartsheet_oauth.refresh import OUTCOMES, RefreshDeps
 from smartsheet_oauth.smartsheet import SmartsheetClient, Timeouts
 from smartsheet_oauth.sweep import SweepReport, sweep
@@ -60,10 +60,11 @@ class WorldSpec:
     api_base_url: str
     client_id: str
     client_secret: str = field(repr=False)
+    state_table: str = "unused"
 
     def environment(self, **overrides: str) -> dict[str, str]:
         return {
-            "STATE_TABLE_NAME": "unused",
+            "STATE_TABLE_NAME": self.state_table,
             "CONNECTIONS_TABLE_NAME": self.connections_table,
             "SMARTSHEET_CLIENT_ID": self.client_id,
             "APP_CREDENTIALS_SECRET_ARN": "unused",
@@ -93,6 +94,7 @@ def _serve_aws(pipe: Pipe) -> None:
             {
                 "endpoint": aws.endpoint_url,
                 "table": aws.table_name("ConnectionsTable"),
+                "state_table": aws.table_name("StateTable"),
                 "key": aws.kms_key_arn("PendingTokensKey"),
             }
         )
@@ -162,9 +164,13 @@ def aws_client(service: str, endpoint: str) -> Any:
 
 
 @contextmanager
-def world(connections: int, *, seed: int = 1) -> Iterator[World]:
-    """The embedded AWS, an emulator with `connections` users, and that many signed-in, due connections."""
-    with aws_server() as aws, SmartsheetEmulator(users=users(connections), seed=seed).start() as emulator:
+def world(connections: int, *, seed: int = 1, strangers: int = 0) -> Iterator[World]:
+    """The embedded AWS, an emulator with `connections` users, and that many signed-in, due connections; plus
+    `strangers`, emulator users who have not signed in yet (after the others in `users()`'s order)."""
+    with (
+        aws_server() as aws,
+        SmartsheetEmulator(users=users(connections + strangers), seed=seed).start() as emulator,
+    ):
         spec = WorldSpec(
             aws_endpoint=aws["endpoint"],
             connections_table=aws["table"],
@@ -172,6 +178,7 @@ def world(connections: int, *, seed: int = 1) -> Iterator[World]:
             api_base_url=emulator.api_base_url,
             client_id=DEFAULT_APP.client_id,
             client_secret=DEFAULT_APP.client_secret,
+            state_table=aws["state_table"],
         )
         here = World(spec, emulator)
         here.ids = seed_connections(here, connections)
@@ -249,6 +256,36 @@ class FakeMonotonic:
             self._now += seconds
 
 
+class StepLog:
+    """What a refresher really did, as it did it (its step watcher): the connections whose token request it sent,
+    and those whose answer it received. A grant whose request was sent and whose answer never came may have been
+    rotated by Smartsheet: such losses are told apart from any other by this record, never by a timing guess."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.answered: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, step: str, connection_id: str) -> None:
+        with self._lock:
+            if step == steps.REFRESH_SENDING:
+                self.sent[connection_id] += 1
+            elif step == steps.REFRESH_ANSWERED:
+                self.answered[connection_id] += 1
+
+    def merge(self, sent: dict[str, int], answered: dict[str, int]) -> None:
+        """Add what a refresher in another process recorded."""
+        with self._lock:
+            self.sent.update(sent)
+            self.answered.update(answered)
+
+
+def answers_lost(emulator: SmartsheetEmulator, log: StepLog) -> int:
+    """Refreshes Smartsheet carried out (rotating the pair) whose answer never reached the refresher that sent them:
+    the emulator's own count less the answers the refreshers recorded."""
+    return emulator.counts["token.refresh.ok"] - sum(log.answered.values())
+
+
 def build_deps(
     spec: WorldSpec,
     *,
@@ -258,6 +295,7 @@ def build_deps(
     sleep: Callable[[float], None] = time.sleep,
     read_timeout: float = 5.0,
     environment: dict[str, str] | None = None,
+    watcher: steps.StepWatcher | None = None,
 ) -> RefreshDeps:
     """The refresh library wired to the world, as the refresh function wires it (its own boto3 clients)."""
     config: Config = load_config(spec.environment(REFRESH_CONCURRENCY=str(concurrency), **(environment or {})))
@@ -283,6 +321,7 @@ def build_deps(
         clock=clock,
         sleep=sleep,
         monotonic=monotonic,
+        steps=watcher,
     )
 
 
@@ -352,6 +391,8 @@ class Audit:
     lost: list[str] = field(default_factory=list)  # active connections whose stored refresh token does not
     generations: Counter[int] = field(default_factory=Counter)
     needs_reauth_ids: set[str] = field(default_factory=set)
+    needs_reauth_reasons: Counter[str] = field(default_factory=Counter)
+    in_flight: set[str] = field(default_factory=set)  # records marking an attempt in flight
 
 
 def audit(here: World, *, now: float | None = None) -> Audit:
@@ -380,9 +421,12 @@ def audit(here: World, *, now: float | None = None) -> Audit:
         result.generations[int(item["generation"]["N"])] += 1
         if "pending_pair" in item:
             result.kept += 1
+        if "in_flight_attempt" in item:
+            result.in_flight.add(connection_id)
         if status == "needs_reauth":
             result.needs_reauth += 1
             result.needs_reauth_ids.add(connection_id)
+            result.needs_reauth_reasons[item.get("last_error", {}).get("S", "")] += 1
             continue
         result.active += status == "active"
         if status == "active" and "refresh_due_at" in item and int(item["refresh_due_at"]["N"]) <= now:
@@ -411,42 +455,15 @@ def outcome_figures(outcomes: Counter[str]) -> dict[str, int]:
 
 
 def sweep_in_process(spec: WorldSpec, concurrency: int, start: Any, results: Any, ready: Any) -> None:
-    """Child process: get ready, wait for the start signal, sweep once, report the outcomes."""
+    """Child process: get ready, wait for the start signal, sweep once, report the outcomes, how many refreshes it
+    dispatched and what its step log recorded."""
     os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-    deps = build_deps(spec, concurrency=concurrency)
+    log = StepLog()
+    deps = build_deps(spec, concurrency=concurrency, watcher=log)
     ready.put("process")
     start.wait(120)
     report = run_sweep(deps)
-    results.put(dict(report.outcomes))
-
-
-KILL_POINTS = ("after_answer", "after_save")
-
-
-def refresh_until_killed(spec: WorldSpec, clock_offset: float, kill_point: str, kill_at: int) -> None:
-    """Child process: sweep one connection at a time and die (SIGKILL, no cleanup) at `kill_point` of the
-    `kill_at`-th refresh: after Smartsheet answered and the secret write failed (so the pair was kept), before
-    the write is retried ("after_answer"); or after the secret was written, before the record is committed
-    ("after_save")."""
-    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-    deps = build_deps(spec, concurrency=1, clock=SimClock(clock_offset))
-    real_save = deps.vault.save
-    saves = 0
-
-    def save(*args: Any, **kwargs: Any) -> str:
-        nonlocal saves
-        saves += 1
-        if kill_point == "after_answer" and saves == kill_at:
-            raise StorageError("vault.put", "ThrottlingException", transient=True)
-        if kill_point == "after_answer" and saves == kill_at + 1:
-            os.kill(os.getpid(), signal.SIGKILL)
-        arn = real_save(*args, **kwargs)
-        if kill_point == "after_save" and saves == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return arn
-
-    deps.vault.save = save  # type: ignore[method-assign]
-    run_sweep(deps)
+    results.put((dict(report.outcomes), report.dispatched, dict(log.sent), dict(log.answered)))
 
 
 def spawn(target: Callable[..., None], *args: Any) -> multiprocessing.process.BaseProcess:
