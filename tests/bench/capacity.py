@@ -38,11 +38,13 @@ def schedule_interval_seconds(expression: str) -> int:
 
 
 def safety_margin_seconds() -> float:
-    """The refresh handler's SAFETY_MARGIN_SECONDS: it stops dispatching this long before the timeout."""
-    found = re.search(r"^SAFETY_MARGIN_SECONDS = ([0-9.]+)", REFRESH_APP.read_text(encoding="utf-8"), re.MULTILINE)
-    if found is None:
+    """The refresh handler's SAFETY_MARGIN_SECONDS: it stops dispatching this long before the timeout. The handler
+    takes it from refresh_window.SWEEP_MARGIN_SECONDS (tests/unit/test_refresh_window.py holds the two together)."""
+    from smartsheet_oauth.refresh_window import SWEEP_MARGIN_SECONDS
+
+    if "SAFETY_MARGIN_SECONDS = float(SWEEP_MARGIN_SECONDS)" not in REFRESH_APP.read_text(encoding="utf-8"):
         raise ValueError(f"{REFRESH_APP} no longer sets SAFETY_MARGIN_SECONDS: teach tests/bench/capacity.py")
-    return float(found.group(1))
+    return float(SWEEP_MARGIN_SECONDS)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -497,8 +497,11 @@ def test_an_on_demand_refresh_waits_for_the_pace_only_as_long_as_it_can_still_se
         def smartsheet() -> Any:
             return type("Client", (), {"timeouts": Timeouts()})()
 
+    def left(seconds: float) -> Callable[[], float]:
+        return lambda: seconds
+
     full_request = API_TIMEOUT_SECONDS - API_MARGIN_SECONDS
-    waits = [on_demand._pace_wait(Deps(), lambda left=left: left) for left in (full_request, 24.0, 10.0)]  # type: ignore[arg-type]
+    waits = [on_demand._pace_wait(Deps(), left(seconds)) for seconds in (full_request, 24.0, 10.0)]  # type: ignore[arg-type]
 
     assert 0 < waits[0] < on_demand.PACE_WAIT_SECONDS  # a whole request: a few seconds, not the 10 s it would like
     assert waits[1:] == [0.0, 0.0]  # later in the request: no wait at all (a 429 with Retry-After instead)

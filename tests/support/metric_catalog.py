@@ -43,7 +43,7 @@ CALLBACK: Final = frozenset(
 SWEEP: Final = frozenset(
     {
         *(f"refresh_{outcome}" for outcome in ("ok", "transient", "needs_reauth", "lease_busy", "raced", "error")),
-        *(f"refresh_{outcome}" for outcome in ("kept", "resumed", "lost")),
+        *(f"refresh_{outcome}" for outcome in ("kept", "resumed", "lost", "deferred")),  # lost_in_flight: lost
         "sweep_dispatched",  # first a 0 as each sweep starts (its heartbeat), then the dispatches as they go
         "sweep_duration",
         "sweep_backlog",

@@ -21,6 +21,7 @@ BASE = {
     "APP_CREDENTIALS_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf",
     "TOKEN_SECRET_PREFIX": "broker/connections/",
     "OAUTH_SCOPES": "READ_SHEETS",
+    "SMARTSHEET_CLIENT_ID": "app",
 }
 DEFAULT = Timeouts()
 
@@ -38,7 +39,7 @@ def test_the_window_is_one_attempts_answer_and_one_save() -> None:
     assert DEFAULT.attempt_seconds == DEFAULT.connect + DEFAULT.read
     # One attempt of the AWS clients' calls, as botocore's configuration has them.
     config = aws._BOTO_CONFIG
-    assert refresh_window.SAVE_SECONDS == config.connect_timeout + config.read_timeout
+    assert getattr(config, "connect_timeout") + getattr(config, "read_timeout") == refresh_window.SAVE_SECONDS  # noqa: B009
     assert refresh_window.window_seconds(DEFAULT) == DEFAULT.attempt_seconds + refresh_window.SAVE_SECONDS
 
 
@@ -48,7 +49,7 @@ def test_a_lease_outlasts_its_margin_the_work_before_the_send_and_the_window() -
         + refresh_window.BEFORE_SEND_SECONDS
         + refresh_window.window_seconds(DEFAULT)
     )
-    assert refresh_window.MIN_LEASE_SECONDS >= needed
+    assert needed <= refresh_window.MIN_LEASE_SECONDS
     assert load_config(BASE).lease_seconds >= refresh_window.MIN_LEASE_SECONDS  # the default
     assert load_config({**BASE, "REFRESH_LEASE_SECONDS": str(refresh_window.MIN_LEASE_SECONDS)}).lease_seconds > 0
     with pytest.raises(ConfigError, match="REFRESH_LEASE_SECONDS"):
@@ -66,7 +67,7 @@ def test_the_sweep_stops_dispatching_early_enough_for_the_last_refresh_to_send_a
     get_config.cache_clear()
 
     assert SAFETY_MARGIN_SECONDS == refresh_window.SWEEP_MARGIN_SECONDS
-    assert SAFETY_MARGIN_SECONDS >= refresh_window.FINAL_MARGIN_SECONDS + refresh_window.window_seconds(DEFAULT)
+    assert refresh_window.FINAL_MARGIN_SECONDS + refresh_window.window_seconds(DEFAULT) <= SAFETY_MARGIN_SECONDS
     # The refresh function lives long enough to dispatch at all, past its margin.
     assert shortest_timeout("RefreshFunction") > 2 * SAFETY_MARGIN_SECONDS
 
