@@ -197,6 +197,8 @@ def cmd_show(target: Target, args: argparse.Namespace, out: Output) -> int:
         ("failures", str(connection.failures)),
         ("last error", connection.last_error or "-"),
         ("lease held until", when(connection.lease_until, out.now)),
+        # An attempt that reached Smartsheet (maybe) and never came to an end: the next refresh tells its fate.
+        ("refresh in flight since", when(connection.in_flight_since, out.now)),
         ("created", when(connection.created_at, out.now)),
         ("updated", when(connection.updated_at, out.now)),
         ("secret", connection.secret_arn),

@@ -136,6 +136,7 @@ def test_show_tells_the_state_of_a_connection_but_never_its_tokens(ada: Ops) -> 
     assert shown.code == 0
     assert "active" in shown.out
     assert "next refresh" in shown.out
+    assert "refresh in flight since" in shown.out
     assert as_json.json()["connection"]["generation"] == ada.record(ADA)["generation"]
     for output in (shown.out, as_json.out):
         assert tokens["access_token"] not in output
