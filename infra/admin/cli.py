@@ -222,6 +222,8 @@ _REFRESH_VERDICT = {
     "needs_reauth": "Smartsheet refused the refresh token (invalid_grant): the user must sign in again",
     "lease_busy": "another worker took it first; it is being refreshed",
     "raced": "another worker refreshed it meanwhile; the grant is alive",
+    "lost_in_flight": "the grant was lost by an earlier refresh that reached Smartsheet and never stored its answer"
+    " (docs/operations.md, refresh-lost): the user must sign in again",
 }
 
 
