@@ -241,19 +241,19 @@ class SimClock:
 
 
 class FakeMonotonic:
-    """A monotonic clock that sleeping moves (shared by threads): retries over minutes pass at once."""
+    """A monotonic clock that sleeping moves, so retries over minutes pass at once. Each thread's sleeps move its own
+    reading only: threads sleep side by side, as they do in real time (a shared sum would make one refresh's retries
+    use up the others' leases)."""
 
     def __init__(self) -> None:
-        self._now = 0.0
-        self._lock = threading.Lock()
+        self._slept = threading.local()
 
     def __call__(self) -> float:
-        with self._lock:
-            return self._now
+        slept: float = getattr(self._slept, "seconds", 0.0)
+        return slept
 
     def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
+        self._slept.seconds = getattr(self._slept, "seconds", 0.0) + seconds
 
 
 class StepLog:

@@ -31,18 +31,21 @@ REFRESH_HANDLER = "refresh.app.lambda_handler"
 TOKEN_LATENCY_MS = 800
 
 
-def refresh_workers() -> list[int]:
-    """The processes of this test's local refresh function, as `ps` would show them to an operator."""
+def refresh_workers(stack: LocalStack) -> list[int]:
+    """The processes of this stack's local refresh function, as `ps` would show them to an operator (other stacks of
+    the test session have refresh workers of their own: this one's reach its embedded AWS)."""
+    endpoint = f"AWS_ENDPOINT_URL={stack.aws.endpoint_url}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             command = (entry / "cmdline").read_bytes().split(b"\0")
+            environment = (entry / "environ").read_bytes().split(b"\0")
             parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if parent == os.getpid() and REFRESH_HANDLER.encode() in command:
+        if parent == os.getpid() and REFRESH_HANDLER.encode() in command and endpoint in environment:
             found.append(int(entry.name))
     return found
 
@@ -114,7 +117,7 @@ def test_kill_the_refresh_worker_mid_flight(mid_flight_users: int, figures: Call
 
         # kill -9 the busy refresh worker while token requests are at Smartsheet.
         wait_until(lambda: emulator.in_progress["token.refresh"] >= 1)
-        [worker] = refresh_workers()
+        [worker] = refresh_workers(stack)
         at_smartsheet = emulator.in_progress["token.refresh"]
         os.kill(worker, signal.SIGKILL)
         sweep.join(120)
