@@ -50,10 +50,19 @@ def add_metric_safely(name: str, unit: str, value: float) -> None:
 
 def flush_metrics_now() -> None:
     """Print the metrics added so far as one EMF document now, instead of when the handler returns: a sweep that
-    Lambda ends at its timeout never returns, and its log keeps only what was printed before."""
+    Lambda ends at its timeout never returns, and its log keeps only what was printed before.
+
+    It prints under the Logger's own lock: the sweep's worker threads log while its main thread flushes, and print()
+    writes the document and its newline separately, so a log record could land between the two and share the
+    document's line, which CloudWatch then reads as neither (refresh_lost among the metrics lost with it)."""
     with metrics_lock:
         if metrics.metric_set:
-            metrics.flush_metrics()
+            handler = logger.registered_handler
+            handler.acquire()
+            try:
+                metrics.flush_metrics()
+            finally:
+                handler.release()
 
 
 # botocore's wire logs dump whole request and response bodies at DEBUG: token secrets, the app credentials.
