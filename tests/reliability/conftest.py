@@ -21,8 +21,8 @@ class Scale:
     race_processes: int
     race_concurrency: int
     fault_connections: int
-    crash_connections: int
-    crash_rounds: int
+    crash_kills_per_point: int  # workers killed at each crash point (crashes/test_crash_points.py)
+    crash_mid_flight_users: int  # users signed in before the refresh worker is killed (crashes/test_kill_mid_flight.py)
     outage_connections: int
     revocation_connections: int
     revoked: int
@@ -33,8 +33,8 @@ class Scale:
 # infra.local.aws.OneRequestAtATime), about 5 calls per refresh: the default sizes keep `make test` near a minute, the
 # large ones are the figures and beyond.
 SCALES = {
-    "default": Scale("default", 100, 4, 4, 4, 200, 20, 4, 40, 100, 10, 20),
-    "large": Scale("large", 500, 4, 4, 4, 1000, 100, 10, 200, 1000, 100, 500),
+    "default": Scale("default", 100, 4, 4, 4, 200, 1, 12, 40, 100, 10, 20),
+    "large": Scale("large", 500, 4, 4, 4, 1000, 5, 48, 200, 1000, 100, 500),
 }
 
 _rows: list[dict[str, Any]] = []

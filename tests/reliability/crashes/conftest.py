@@ -1,17 +1,10 @@
-"""Sizes of the crash scenarios, and the crash-point table printed at the end of the run (after the figures).
-
-`make test` kills one worker at each point; `make reliability` (RELIABILITY_SCALE=large) several."""
+"""The crash-point table, printed at the end of the run (after the figures). Sizes are the reliability suite's
+(Scale.crash_*): `make test` kills one worker at each point, `make reliability` (RELIABILITY_SCALE=large) five."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
-
-import pytest
-
-# Workers killed at each crash point; users signed in through the local stack for the kill-mid-flight reproduction.
-KILLS_PER_POINT = {"default": 1, "large": 5}
-MID_FLIGHT_USERS = {"default": 12, "large": 48}
 
 _table: list[dict[str, str]] = []
 COLUMNS = (
@@ -22,23 +15,6 @@ COLUMNS = (
     ("lost, unaccounted", "lost, unaccounted"),
     ("how", "how"),
 )
-
-
-def scale_name() -> str:
-    name = os.environ.get("RELIABILITY_SCALE", "default")
-    if name not in KILLS_PER_POINT:
-        raise pytest.UsageError(f"RELIABILITY_SCALE must be one of {', '.join(KILLS_PER_POINT)}, got {name!r}")
-    return name
-
-
-@pytest.fixture(scope="session")
-def kills_per_point() -> int:
-    return KILLS_PER_POINT[scale_name()]
-
-
-@pytest.fixture(scope="session")
-def mid_flight_users() -> int:
-    return MID_FLIGHT_USERS[scale_name()]
 
 
 def keep_rows(rows: list[dict[str, str]]) -> None:
@@ -57,6 +33,7 @@ def format_table(rows: list[dict[str, str]]) -> list[str]:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _table:
         return
-    terminalreporter.section(f"crash points ({scale_name()} sizes): a worker process killed (SIGKILL) at each")
+    sizes = os.environ.get("RELIABILITY_SCALE", "default")
+    terminalreporter.section(f"crash points ({sizes} sizes): a worker process killed (SIGKILL) at each")
     for line in format_table(_table):
         terminalreporter.write_line(line)

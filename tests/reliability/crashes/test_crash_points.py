@@ -26,6 +26,7 @@ from smartsheet_oauth.sweep_lease import SweepLeases
 
 from tests.management.conftest import make_sink
 from tests.ops.support import emf_blobs, metric_totals
+from tests.reliability.conftest import Scale
 from tests.reliability.crashes.conftest import format_table, keep_rows
 from tests.reliability.crashes.verdicts import (
     ACCOUNTED,
@@ -142,7 +143,8 @@ def recover(here: World, clock: SimClock) -> tuple[Counter[str], str]:
     return outcomes, printed.getvalue()
 
 
-def test_crash_points(kills_per_point: int) -> None:
+def test_crash_points(scale: Scale) -> None:
+    kills_per_point = scale.crash_kills_per_point
     refreshes = sum(1 for point in POINTS if point.kind == "refresh" or point.returning_user) * kills_per_point
     first_sign_ins = sum(1 for point in POINTS if point.kind == "callback" and not point.returning_user)
     with world(refreshes, seed=51, strangers=first_sign_ins * kills_per_point) as here:

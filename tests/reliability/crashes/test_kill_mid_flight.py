@@ -25,6 +25,7 @@ from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator
 from infra.local.stack import LocalStack
 from tests.management.conftest import make_sink
 from tests.ops.support import emf_blobs, metric_totals
+from tests.reliability.conftest import Scale
 from tests.reliability.harness import users
 
 REFRESH_HANDLER = "refresh.app.lambda_handler"
@@ -86,8 +87,8 @@ class Store:
         )
 
 
-def test_kill_the_refresh_worker_mid_flight(mid_flight_users: int, figures: Callable[..., None]) -> None:
-    n = mid_flight_users
+def test_kill_the_refresh_worker_mid_flight(scale: Scale, figures: Callable[..., None]) -> None:
+    n = scale.crash_mid_flight_users
     emulator = SmartsheetEmulator(users=users(n), seed=61)
     with LocalStack(emulator=emulator, log_sink=lambda _function, _line: None) as stack:
         client = BrokerClient(stack.url, emulator.base_url)
