@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smartsheet_oauth.config import load_config
+from smartsheet_oauth.connect_completions import CompletionStore
 from smartsheet_oauth.connection_store import ACTIVE, NEEDS_REAUTH, ConnectionStore
 from smartsheet_oauth.refresh import LOST_IN_FLIGHT
 from smartsheet_oauth.sign_in import finish_sign_in
@@ -104,6 +105,7 @@ def sign_in_again(here: World, connection_id: str) -> bool:
         vault=TokenVault(here.secrets, SECRET_PREFIX),
         connections=ConnectionStore(here.dynamodb, here.spec.connections_table),
         now=now,
+        completions=lambda: CompletionStore(here.dynamodb, here.spec.state_table),
     )
     return holds_live_grant(here, connection_id)
 

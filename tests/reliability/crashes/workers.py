@@ -96,9 +96,10 @@ def work(spec: WorldSpec, clock_offset: float, pipe: Pipe) -> None:
             vault=deps.vault,
             connections=deps.connections,
             now=int(deps.clock()),
+            completions=lambda: _completion_store(deps),
             watcher=_watcher(pipe, assignment),
         )
-        outcome = signed_in.connection_id
+        outcome = str(getattr(signed_in, "connection_id", ""))
     pipe.send(("done", outcome))
 
 
@@ -113,6 +114,13 @@ def _state_store(deps: Any) -> Any:
 
     connections: ConnectionStore = deps.connections
     return StateStore(connections._client, deps.config.state_table_name, deps.config.state_ttl_seconds)
+
+
+def _completion_store(deps: Any) -> Any:
+    from smartsheet_oauth.connect_completions import CompletionStore
+
+    connections: ConnectionStore = deps.connections
+    return CompletionStore(connections._client, deps.config.state_table_name)
 
 
 def _fail_first_save(deps: Any) -> None:
