@@ -91,7 +91,7 @@ def test_kill_the_refresh_worker_mid_flight(scale: Scale, figures: Callable[...,
     n = scale.crash_mid_flight_users
     emulator = SmartsheetEmulator(users=users(n), seed=61)
     with LocalStack(emulator=emulator, log_sink=lambda _function, _line: None) as stack:
-        client = BrokerClient(stack.url, emulator.base_url)
+        client = BrokerClient.of(stack)
         store = Store(stack)
         session = boto3.session.Session(
             aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
