@@ -27,7 +27,7 @@ from smartsheet_oauth.services import client_secret_of
 from smartsheet_oauth.smartsheet import SmartsheetClient
 from smartsheet_oauth.token_vault import TokenVault
 
-from infra.local.aws import LOCAL_CREDENTIALS
+from infra.admin.stack_facts import StackFacts
 from infra.local.gateway import CONTROL_TOKEN_HEADER
 from infra.local.template_model import (
     DEFAULT_TEMPLATE,
@@ -73,6 +73,7 @@ class Target:
     dead_letters: Callable[[], int]  # messages waiting in the refresh dead-letter queue (ticks not delivered)
     failed_sweeps: Callable[[], int | None]  # records in FailedSweepQueue (sweeps that failed); None: no such queue
     alarms_firing: Callable[[], list[str] | None]  # names of alarms in ALARM; None where there are none (local)
+    stack: StackFacts  # its name, outputs, parameters and AWS clients (make doctor reads the rest through them)
 
 
 @contextmanager
@@ -170,6 +171,7 @@ def deployed(
         stacks = session.client("cloudformation", config=_QUICK).describe_stacks(StackName=stack_name)["Stacks"]
     stack = stacks[0]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    parameters = {p["ParameterKey"]: p.get("ParameterValue", "") for p in stack.get("Parameters", [])}
     missing = [name for name in REQUIRED_OUTPUTS if name not in outputs]
     if missing:
         raise TargetError(
@@ -243,6 +245,14 @@ def deployed(
         dead_letters=dead_letters,
         failed_sweeps=failed_sweeps,
         alarms_firing=alarms_firing,
+        stack=StackFacts(
+            name=stack_name,
+            region=session.region_name,
+            outputs=outputs,
+            parameters=parameters,
+            client=lambda service: session.client(service, config=_QUICK),  # type: ignore[call-overload]
+            local=False,
+        ),
     )
 
 
@@ -282,6 +292,8 @@ def _control_token(state: Mapping[str, Any], state_file: Path) -> str:
 @cache
 def _local_session() -> boto3.session.Session:
     """The embedded AWS's fixed credentials; one session per process, so its service models load once."""
+    from infra.local.aws import LOCAL_CREDENTIALS  # noqa: PLC0415 - moto and werkzeug: never for a deployed stack
+
     return boto3.session.Session(
         aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
@@ -370,7 +382,30 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
         dead_letters=lambda: waiting(queue_url, "refresh dead-letter queue"),
         failed_sweeps=lambda: None if failed_queue is None else waiting(failed_queue.ref, "failed sweep queue"),
         alarms_firing=lambda: None,
+        stack=StackFacts(
+            name=stack_name,
+            region=LOCAL_REGION,
+            outputs=_local_outputs(gateway_url, physical, config),
+            parameters=_parameters(state, state_file),
+            client=client,
+            local=True,
+        ),
     )
+
+
+def _local_outputs(gateway_url: str, physical: Mapping[str, PhysicalResource], config: Config) -> dict[str, str]:
+    """What CloudFormation's outputs would say, for the parts make dev has (no schedule, alarms or topic locally)."""
+    outputs = {
+        "LoginUrl": f"{gateway_url}/login",
+        "CallbackUrl": f"{gateway_url}/callback",
+        "AppCredentialsSecretArn": physical["AppCredentialsSecret"].ref,
+        "ConnectionsTableName": config.connections_table_name,
+        "TokenSecretPrefix": config.token_secret_prefix,
+        "RefreshDeadLetterQueueUrl": physical["RefreshDeadLetterQueue"].ref,
+    }
+    if "FailedSweepQueue" in physical:
+        outputs["FailedSweepQueueUrl"] = physical["FailedSweepQueue"].ref
+    return outputs
 
 
 def _local_resources(
