@@ -10,6 +10,12 @@ several times per call, so with thousands of secrets (the refresh bench seeds 10
 and the local stack measures moto's scan instead of the broker. The store gets an index by name and ARN; keys it
 does not know (partial ARNs, names never stored) take moto's own path, so answers do not change, only their cost.
 
+SNS lists a subscription whose endpoint has not confirmed it (email, email-json, http, https: AWS mails or posts a
+link first) with SubscriptionArn "PendingConfirmation"; moto 5 confirms every subscription at once, so a topic nobody
+hears would look heard. Such subscriptions stay pending here (moto cannot deliver the confirmation, so they stay so).
+CloudWatch starts a new alarm in INSUFFICIENT_DATA and keeps an updated one's state; moto 5 puts both in OK.
+`make doctor` reads both.
+
 moto's server dispatcher lists its package folder (listdir + isdir per entry) on every request to tell a service
 name from a host name; the installed package does not change while it runs, so it is listed once.
 
@@ -23,14 +29,18 @@ from collections.abc import Callable
 from typing import Any
 
 from moto import backends as moto_backends
+from moto.cloudwatch.models import CloudWatchBackend
 from moto.secretsmanager.exceptions import InvalidRequestException
 from moto.secretsmanager.models import FakeSecret, ReplicaSecret, SecretsManagerBackend, SecretsStore
 from moto.secretsmanager.utils import get_secret_name_from_partial_arn
+from moto.sns.models import SNSBackend, Subscription
 
 _Secret = FakeSecret | ReplicaSecret
 
 _applied = False
 _lock = threading.Lock()
+CONFIRMED_BY_ENDPOINT = frozenset({"email", "email-json", "http", "https"})
+PENDING_CONFIRMATION = "PendingConfirmation"
 SCHEDULED_FOR_DELETION = (
     "You can't perform this operation on the secret because it was marked for deletion."  # AWS's wording
 )
@@ -111,6 +121,40 @@ def _indexed_store() -> None:
     SecretsStore.pop = pop  # type: ignore[method-assign]
 
 
+def _subscriptions_wait_for_their_endpoint() -> None:
+    subscribe = SNSBackend.subscribe
+
+    def subscribing(self: SNSBackend, topic_arn: str, endpoint: str, protocol: str) -> Subscription:
+        known = self._find_subscription(topic_arn, endpoint, protocol)
+        subscription = subscribe(self, topic_arn, endpoint, protocol)
+        if known is None and protocol in CONFIRMED_BY_ENDPOINT:
+            subscription.attributes["PendingConfirmation"] = True
+        return subscription
+
+    def listed_arn(self: Subscription) -> str:
+        # What ListSubscriptions(ByTopic) shows as SubscriptionArn (moto's serializer looks this name up first).
+        return PENDING_CONFIRMATION if self.attributes.get("PendingConfirmation") is True else str(self.arn)
+
+    SNSBackend.subscribe = subscribing  # type: ignore[method-assign]
+    Subscription.subscription_arn = property(listed_arn)  # type: ignore[attr-defined]
+
+
+def _new_alarms_lack_data() -> None:
+    put = CloudWatchBackend.put_metric_alarm
+
+    def putting(self: CloudWatchBackend, *args: Any, **kwargs: Any) -> Any:
+        before = self.alarms.get(kwargs["name"] if "name" in kwargs else args[0])
+        alarm = put(self, *args, **kwargs)
+        if before is None:
+            alarm.state_value = "INSUFFICIENT_DATA"
+        else:  # an update keeps the alarm's state (moto 5 makes a new alarm, in OK)
+            alarm.state_value, alarm.state_reason = before.state_value, before.state_reason
+            alarm.state_updated_timestamp = before.state_updated_timestamp
+        return alarm
+
+    CloudWatchBackend.put_metric_alarm = putting  # type: ignore[method-assign]
+
+
 def apply() -> None:
     """Patch moto's Secrets Manager backend and its server's module listing (idempotent)."""
     global _applied  # noqa: PLW0603 (once per process)
@@ -124,6 +168,8 @@ def apply() -> None:
             SecretsManagerBackend.create_secret, "name"
         )
         _indexed_store()
+        _subscriptions_wait_for_their_endpoint()
+        _new_alarms_lack_data()
         modules = tuple(moto_backends.list_of_moto_modules())
         moto_backends.list_of_moto_modules = lambda: modules
         _applied = True
