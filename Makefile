@@ -17,7 +17,7 @@ export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
 export BC_SKIP_MAPPING := TRUE
 
 .PHONY: help venv deploy-venv iac-venv lock dev demo refresh test unit lint typecheck validate build deploy \
-        set-client-secret admin bench reliability fuzz clean
+        set-client-secret admin doctor bench reliability fuzz clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -72,6 +72,10 @@ refresh: venv ## trigger the scheduled refresh sweep on the running `make dev` s
 
 admin: venv ## operate a broker: ARGS="[--stack NAME] list|show ID|refresh ID|disconnect ID|sweep|health"
 	PYTHONPATH=functions $(PY) -m infra.admin $(if $(STACK),--stack $(STACK)) $(ARGS)
+
+doctor: venv ## after a deploy: is the stack working? a checklist with fixes (STACK=name; none: make dev's)
+	PYTHONPATH=functions $(PY) -m infra.admin $(if $(STACK),--stack $(STACK)) doctor $(ARGS)
+# make exits 2 whenever a recipe fails; its "Error N" line carries the doctor's own status (0-3, see ARGS=--help).
 
 lint: venv iac-venv ## ruff, mypy, cfn-lint and checkov (on template.yaml and its SAM translation)
 	$(VENV)/bin/ruff check .

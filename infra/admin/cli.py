@@ -18,8 +18,9 @@ from smartsheet_oauth.connection_store import Connection
 from smartsheet_oauth.errors import StorageError
 from smartsheet_oauth.observability import logger
 
-from infra.admin import actions
+from infra.admin import actions, doctor
 from infra.admin.actions import ActionError
+from infra.admin.doctor.checklist import render
 from infra.admin.target import DEV_STATE_FILE, Target, TargetError, deployed, local
 
 # Exit statuses: 0 done (health: healthy), 1 the action failed or health needs attention, 2 usage or target errors.
@@ -36,9 +37,11 @@ examples:
   make admin ARGS="--stack broker-prod --region eu-west-1 list --status needs_reauth"
   make admin ARGS="--stack broker-prod refresh 4583173393803140"
   make admin ARGS="--stack broker-prod disconnect 4583173393803140 --yes"
+  make doctor STACK=broker-prod            (python -m infra.admin --stack broker-prod doctor)
 
 exit status: 0 done (health: nothing needs attention), 1 the action failed (health: something needs
-attention), 2 the stack cannot be used (credentials, name, not running) or a usage error.
+attention), 2 the stack cannot be used (credentials, name, not running) or a usage error; doctor: see
+`doctor --help`.
 """
 
 
@@ -92,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("sweep", parents=[common], help="run the refresh sweep now and print its report")
     commands.add_parser(
         "health", parents=[common], help="connections by status, due, failing, dead letters, alarms firing"
+    )
+    commands.add_parser(
+        "doctor",
+        parents=[common],
+        help="after a deploy: is the stack really working? a checklist with a fix for each failure",
+        description="Check a deployed (or the local) broker end to end without a user, and say how to fix what fails.",
+        epilog=doctor.HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return parser
 
@@ -321,12 +332,22 @@ def cmd_health(target: Target, _args: argparse.Namespace, out: Output) -> int:
     return OK
 
 
+def cmd_doctor(target: Target, _args: argparse.Namespace, out: Output) -> int:
+    examination = doctor.examine(target)
+    if out.as_json:
+        out.json(examination.as_dict())
+    else:
+        render(examination, out.out)
+    return examination.exit_status
+
+
 COMMANDS: dict[str, Callable[[Target, argparse.Namespace, Output], int]] = {
     "list": cmd_list,
     "show": cmd_show,
     "refresh": cmd_refresh,
     "sweep": cmd_sweep,
     "health": cmd_health,
+    "doctor": cmd_doctor,
 }
 
 
