@@ -11,12 +11,13 @@ PYTEST_ARGS ?=
 ARGS        ?=
 STACK       ?=
 TRANSLATED  := .aws-sam/translated/template.json
+IAM_SIM     := tests/support/iam_simulate
 # The SAM CLI never sends telemetry from here; checkov neither phones home nor checks for updates.
 export SAM_CLI_TELEMETRY := 0
 export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
 export BC_SKIP_MAPPING := TRUE
 
-.PHONY: help venv deploy-venv iac-venv lock dev demo refresh test unit lint typecheck validate build deploy \
+.PHONY: help venv deploy-venv iac-venv iam-simulate lock dev demo refresh test unit lint typecheck validate build deploy \
         set-client-secret admin doctor bench reliability fuzz clean
 
 help: ## list the commands
@@ -44,7 +45,16 @@ $(IAC_VENV)/.installed: requirements-iac.txt
 	  $(IAC_VENV)/bin/python -m $(PIP_LOCKED) -r requirements-iac.txt
 	@touch $@
 
+# Test-only: the IAM policy simulator the policy tests evaluate the template with (tests/support/iam_simulator.py),
+# installed from its lockfile with every package's integrity hash checked and no install scripts run.
+$(IAM_SIM)/node_modules/.installed: $(IAM_SIM)/package.json $(IAM_SIM)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js 20+) is needed for the IAM policy tests: apt-get install nodejs npm"; exit 1; }
+	cd $(IAM_SIM) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
 venv: $(VENV)/.installed ## create .venv with the pinned dependencies
+
+iam-simulate: $(IAM_SIM)/node_modules/.installed ## install the IAM policy simulator the policy tests use (Node.js, npm ci)
 
 deploy-venv: $(DEPLOY_VENV)/.installed ## create .venv-deploy with the SAM CLI
 
@@ -89,11 +99,11 @@ lint: venv iac-venv ## ruff, mypy, cfn-lint and checkov (on template.yaml and it
 typecheck: venv
 	$(VENV)/bin/mypy functions infra tests
 
-test: venv lint ## every check and every test (unit, integration, e2e, browser, reliability)
+test: venv iam-simulate lint ## every check and every test (unit, integration, e2e, browser, reliability)
 	@infra/scripts/check_chromium.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-unit: venv ## the fast tests only (no servers, no browser)
+unit: venv iam-simulate ## the fast tests only (no servers, no browser)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 fuzz: venv ## the security property tests with thousands of examples each (make test runs 120 per property)
@@ -138,4 +148,4 @@ set-client-secret: venv ## put the Smartsheet client secret into the deployed st
 	$(PY) -m infra.scripts.set_client_secret $(if $(STACK),--stack $(STACK)) $(ARGS)
 
 clean: ## remove the venvs and build output
-	rm -rf $(VENV) $(DEPLOY_VENV) $(IAC_VENV) .aws-sam .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(DEPLOY_VENV) $(IAC_VENV) $(IAM_SIM)/node_modules .aws-sam .mypy_cache .ruff_cache .hypothesis

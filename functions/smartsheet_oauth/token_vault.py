@@ -27,6 +27,9 @@ _NONCE_BYTES = 12
 # Secrets Manager's answer to any write to a secret scheduled for deletion (CreateSecret of its name included).
 _SCHEDULED_FOR_DELETION = "InvalidRequestException"
 _DATA_KEY_CONTEXT = {"purpose": "pending-token-pair", "service": "smartsheet-oauth-broker"}
+# Tags every token secret gets at creation, so your code's policies can scope by them (secretsmanager:ResourceTag/...).
+PREFIX_TAG = "smartsheet-oauth-broker:secret-prefix"
+CONNECTION_TAG = "smartsheet-oauth-broker:connection-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,10 @@ class TokenVault:
                     "Name": name,
                     "SecretString": tokens.to_json(),
                     "Description": f"Smartsheet OAuth tokens of connection {connection_id}",
+                    "Tags": [
+                        {"Key": PREFIX_TAG, "Value": self._prefix},
+                        {"Key": CONNECTION_TAG, "Value": connection_id},
+                    ],
                 }
                 if self._kms_key_id:
                     kwargs["KmsKeyId"] = self._kms_key_id

@@ -104,6 +104,8 @@ def in_process_broker(
             "SMARTSHEET_CLIENT_ID": DEFAULT_APP.client_id,
             "APP_CREDENTIALS_SECRET_ARN": aws.secret_arn("AppCredentialsSecret"),
             "TOKEN_SECRET_PREFIX": f"{stack_name}/connections/",
+            # As the template sets it by default: new token secrets under the stack's own key.
+            "TOKEN_KMS_KEY_ID": aws.kms_key_arn("TokenSecretsKey"),
             "SMARTSHEET_REGION": "us",
             "SMARTSHEET_AUTHORIZE_URL": emulator.authorize_url,
             "SMARTSHEET_API_BASE_URL": emulator.api_base_url,

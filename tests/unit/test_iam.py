@@ -74,7 +74,8 @@ READ_APP_CREDENTIALS = grants(["secretsmanager:GetSecretValue"], APP_CREDENTIALS
 PUBLISH_EVENTS = grants(["events:PutEvents"], EVENT_BUS)
 SHARE_THE_PACE = grants(["dynamodb:UpdateItem"], STATE_TABLE, PACE_WINDOWS_ONLY)
 SEAL_PENDING_PAIRS = grants(["kms:GenerateDataKey", "kms:Decrypt"], PENDING_TOKENS_KEY, ONLY_PENDING_PAIRS)
-# Only with the TokenKmsKeyArn parameter: Secrets Manager uses the customer key on the function's behalf.
+# Only with the TokenKmsKeyArn parameter: Secrets Manager uses the customer key on the function's behalf. The
+# stack's own token key needs no IAM grant: its key policy names these roles (tests/unit/test_token_access.py).
 CUSTOMER_TOKEN_KEY = grants(["kms:Decrypt", "kms:GenerateDataKey"], TOKEN_KEY, VIA_SECRETS_MANAGER)
 
 EXPECTED: dict[str, set[Grant]] = {
@@ -91,6 +92,7 @@ EXPECTED: dict[str, set[Grant]] = {
             "secretsmanager:CreateSecret",
             "secretsmanager:PutSecretValue",
             "secretsmanager:RestoreSecret",
+            "secretsmanager:TagResource",  # CreateSecret with Tags
         ],
         TOKEN_SECRETS,
     )
@@ -203,7 +205,7 @@ def test_every_function_has_an_explicit_list_and_its_own_role() -> None:
     assert len(set(roles.values())) == len(roles), "functions share a role"
 
 
-@pytest.mark.parametrize("parameters", [{}, WITH_TOKEN_KEY], ids=["aws-managed-token-key", "customer-token-key"])
+@pytest.mark.parametrize("parameters", [{}, WITH_TOKEN_KEY], ids=["stack-token-key", "customer-token-key"])
 @pytest.mark.parametrize("function", sorted(EXPECTED))
 def test_each_function_is_granted_exactly_its_list(function: str, parameters: dict[str, str]) -> None:
     document = translated(parameters)
@@ -432,6 +434,8 @@ def needed(
     if call.service == "dynamodb" and attribute and attribute in item_key:
         context["dynamodb:LeadingKeys"] = [next(iter(item_key[attribute].values()))]
     checks = [(call.action, resource, context) for resource in resources_of(call)]
+    if call.service == "secretsmanager" and call.operation == "CreateSecret" and call.params.get("Tags"):
+        checks += [("secretsmanager:TagResource", resource, context) for resource in resources_of(call)]
     secret = call.params.get("SecretId") or call.params.get("Name") or ""
     if token_key and call.service == "secretsmanager" and f"secret:{STACK}/connections/" in secret_arn(secret):
         via = {"kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com"}
@@ -482,7 +486,9 @@ def deploy(broker: Broker, monkeypatch: pytest.MonkeyPatch, *, customer_token_ke
     parameters: dict[str, str] = {}
     if customer_token_key:
         parameters["TokenKmsKeyArn"] = kms.create_key(Description="customer token key")["KeyMetadata"]["Arn"]
-        monkeypatch.setenv("TOKEN_KMS_KEY_ID", parameters["TokenKmsKeyArn"])
+    # Token secrets go under the stack's TokenSecretsKey unless TokenKmsKeyArn names another key.
+    token_key = parameters.get("TokenKmsKeyArn") or physical["TokenSecretsKey"].attributes["Arn"]
+    monkeypatch.setenv("TOKEN_KMS_KEY_ID", token_key)
     if "EVENT_BUS_NAME" in broker.env:
         parameters["EventBusName"] = broker.env["EVENT_BUS_NAME"]
     services.reset()
@@ -522,7 +528,7 @@ def recorder() -> Iterator[CallRecorder]:
     recorder.stop()
 
 
-@pytest.mark.parametrize("customer_token_key", [False, True], ids=["aws-managed-token-key", "customer-token-key"])
+@pytest.mark.parametrize("customer_token_key", [False, True], ids=["stack-token-key", "customer-token-key"])
 def test_every_call_the_handlers_make_is_allowed_for_that_function(
     broker: Broker, recorder: CallRecorder, monkeypatch: pytest.MonkeyPatch, customer_token_key: bool
 ) -> None:
@@ -573,6 +579,13 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
         seen["CallbackFunction"]
     )
     assert {"dynamodb:Query", "secretsmanager:PutSecretValue"} <= set(seen["RefreshFunction"])
+    # New token secrets go under the token key (the stack's, or TokenKmsKeyArn), tagged for consumers' conditions.
+    created = [c.params for c in recorder.of("CallbackFunction") if c.operation == "CreateSecret"]
+    assert created
+    expected_key = token_key or deployed.physical["TokenSecretsKey"].attributes["Arn"]
+    assert {params["KmsKeyId"] for params in created} == {expected_key}
+    prefix_tag = {"Key": "smartsheet-oauth-broker:secret-prefix", "Value": f"{STACK}/connections/"}
+    assert all(prefix_tag in params["Tags"] for params in created)
     # The sweep lease (put, deleted) and the shared pace (updated) in the state table, under their own keys; connect
     # sessions (put) and completion codes (claimed and used up: updated) too.
     state_table = table_arn(broker.state_table)

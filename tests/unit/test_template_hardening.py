@@ -77,7 +77,7 @@ def test_every_log_group_expires_its_logs() -> None:
     assert retention["Default"] in retention["AllowedValues"]
 
 
-def test_token_secrets_use_the_customer_key_only_when_one_is_given() -> None:
+def test_token_secrets_use_the_stack_key_unless_a_customer_key_is_given() -> None:
     parameter = TEMPLATE["Parameters"]["TokenKmsKeyArn"]
     assert parameter["Default"] == ""
     pattern = parameter["AllowedPattern"]
@@ -89,7 +89,7 @@ def test_token_secrets_use_the_customer_key_only_when_one_is_given() -> None:
     for logical_id, function in of_type("AWS::Lambda::Function").items():
         variables = function["Properties"]["Environment"]["Variables"]
         assert variables["TOKEN_KMS_KEY_ID"] == {
-            "Fn::If": ["HasTokenKmsKey", {"Ref": "TokenKmsKeyArn"}, {"Ref": "AWS::NoValue"}]
+            "Fn::If": ["HasTokenKmsKey", {"Ref": "TokenKmsKeyArn"}, {"Fn::GetAtt": ["TokenSecretsKey", "Arn"]}]
         }, logical_id
 
 

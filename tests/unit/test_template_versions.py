@@ -35,6 +35,7 @@ OTHER_VALUES = {
     "RedirectUri": "https://broker.example.com/callback",
     "AllowedReturnTo": "https://app.example.com",
     "TokenKmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    "TokenReaderArns": "arn:aws:iam::123456789012:role/integration-worker",
     "EventBusName": "integration-events",
     "RefreshSchedule": "rate(15 minutes)",
     "AlarmEmail": "ops@example.com",
