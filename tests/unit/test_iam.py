@@ -121,6 +121,7 @@ EXPECTED: dict[str, set[Grant]] = {
             "secretsmanager:DeleteSecret",
             "secretsmanager:CreateSecret",
             "secretsmanager:RestoreSecret",
+            "secretsmanager:TagResource",  # CreateSecret with Tags
         ],
         TOKEN_SECRETS,
     )
@@ -242,7 +243,10 @@ def api_route(route: str) -> dict[str, str]:
 INTEGRATOR_POLICIES = {
     "TokenConsumerPolicy": grants(["secretsmanager:GetSecretValue"], TOKEN_SECRETS)
     | grants(["execute-api:Invoke"], api_route("POST/connections/*/refresh"))
-    | grants(["execute-api:Invoke"], api_route("GET/connections")),
+    | grants(["execute-api:Invoke"], api_route("GET/connections"))
+    # The stack's token key (by default); its own policy must name the role as well (TokenReaderArns:
+    # tests/unit/test_token_access.py).
+    | grants(["kms:Decrypt"], {"Fn::GetAtt": ["TokenSecretsKey", "Arn"]}, VIA_SECRETS_MANAGER),
     "ConnectSessionPolicy": grants(["execute-api:Invoke"], api_route("POST/connect-sessions"))
     | grants(["execute-api:Invoke"], api_route("POST/connect-sessions/complete")),
 }
@@ -259,7 +263,11 @@ def test_the_integrators_managed_policies_grant_exactly_their_routes(policy: str
     assert actual == INTEGRATOR_POLICIES[policy]
     # Completing connect sessions is the backend's (ConnectSessionPolicy) and no token consumer's.
     api = "${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${HttpApi}"
-    invokable = [json.loads(g.resource)["Fn::Sub"].replace(api, "aws:execute-api:us-east-1:1:api") for g in actual]
+    invokable = [
+        json.loads(g.resource)["Fn::Sub"].replace(api, "aws:execute-api:us-east-1:1:api")
+        for g in actual
+        if g.action == "execute-api:Invoke"
+    ]
     completing = "arn:aws:execute-api:us-east-1:1:api/prod/POST/connect-sessions/complete"
     assert any(fnmatchcase(completing, arn) for arn in invokable) == (policy == "ConnectSessionPolicy")
 
