@@ -12,6 +12,7 @@ ARGS        ?=
 STACK       ?=
 TRANSLATED  := .aws-sam/translated/template.json
 IAM_SIM     := tests/support/iam_simulate
+FRONT_DOOR  := infra/front-door/web-acl.yaml
 # The SAM CLI never sends telemetry from here; checkov neither phones home nor checks for updates.
 export SAM_CLI_TELEMETRY := 0
 export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
@@ -91,10 +92,10 @@ lint: venv iac-venv ## ruff, mypy, cfn-lint and checkov (on template.yaml and it
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy functions infra tests
-	$(VENV)/bin/cfn-lint template.yaml
+	$(VENV)/bin/cfn-lint template.yaml $(FRONT_DOOR)
 	$(PY) -m infra.scripts.sam_translate template.yaml --output $(TRANSLATED)
 	$(VENV)/bin/cfn-lint $(TRANSLATED)
-	$(IAC_VENV)/bin/checkov --config-file infra/checkov.yaml --file template.yaml --file $(TRANSLATED)
+	$(IAC_VENV)/bin/checkov --config-file infra/checkov.yaml --file template.yaml --file $(TRANSLATED) --file $(FRONT_DOOR)
 
 typecheck: venv
 	$(VENV)/bin/mypy functions infra tests

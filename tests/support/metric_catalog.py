@@ -95,7 +95,11 @@ MANAGEMENT: Final = frozenset(
 # Connection events sent to the integrator's bus (smartsheet_oauth.events)
 EVENTS: Final = frozenset({"events_published", "events_publish_failed"})
 
-EMITTED: Final = LOGIN | CALLBACK | SWEEP | MANAGEMENT | EVENTS
+# Not the code's: the API's access log through the template's metric filter (ApiThrottledMetricFilter): requests API
+# Gateway refused with 429 because their route's limit was used up
+ACCESS_LOG: Final = frozenset({"api_throttled"})
+
+EMITTED: Final = LOGIN | CALLBACK | SWEEP | MANAGEMENT | EVENTS | ACCESS_LOG
 
 WHERE_TO_ADD: Final = (
     "add it to tests/support/metric_catalog.py, then alarm it (an AWS::CloudWatch::Alarm in template.yaml) or show "

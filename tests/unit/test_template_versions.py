@@ -36,6 +36,9 @@ OTHER_VALUES = {
     "AllowedReturnTo": "https://app.example.com",
     "TokenKmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
     "TokenReaderArns": "arn:aws:iam::123456789012:role/integration-worker",
+    "FrontDoorWebAclArn": (
+        "arn:aws:wafv2:us-east-1:123456789012:global/webacl/front-door/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
+    ),
     "EventBusName": "integration-events",
     "RefreshSchedule": "rate(15 minutes)",
     "AlarmEmail": "ops@example.com",
