@@ -78,6 +78,9 @@ class Config:
     token_kms_key_id: str | None
     # Connections as a product (events, management API, connect sessions): defaults keep older callers working.
     event_bus_name: str = "default"
+    # Off unless the stack says so: events fan out to every rule's targets, and code that needs a connection's e-mail
+    # can ask the IAM-authorized API (EventsIncludeEmail parameter).
+    events_include_email: bool = False
     anonymous_login: bool = True
     connect_session_ttl_seconds: int = 600
     # Refresh: the KMS key a new pair is sealed with while it waits on the record for its secret, and the
@@ -119,6 +122,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         app_credentials_max_age_seconds=_int(environ, "APP_CREDENTIALS_MAX_AGE_SECONDS", 300, low=0, high=86400),
         token_kms_key_id=environ.get("TOKEN_KMS_KEY_ID", "").strip() or None,
         event_bus_name=_event_bus(environ.get("EVENT_BUS_NAME", "")),
+        events_include_email=_switch(environ, "EVENTS_INCLUDE_EMAIL", default=False),
         anonymous_login=_switch(environ, "ANONYMOUS_LOGIN", default=True),
         connect_session_ttl_seconds=_int(environ, "CONNECT_SESSION_TTL_SECONDS", 600, low=60, high=3600),
         pending_tokens_key_id=environ.get("PENDING_TOKENS_KEY_ID", "").strip() or None,

@@ -93,12 +93,14 @@ class EventPublisher:
         client: EventBridgeClient,
         bus_name: str,
         *,
+        include_email: bool = False,
         attempts: int = PUBLISH_ATTEMPTS,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._client = client
         self._bus = bus_name
+        self._include_email = include_email
         self._attempts = max(1, attempts)
         self._clock = clock
         self._sleep = sleep
@@ -109,10 +111,13 @@ class EventPublisher:
 
     def publish(self, event: ConnectionEvent) -> bool:
         try:
+            detail = event.detail(int(self._clock()))
+            if not self._include_email:
+                detail["email"] = None  # the field stays, so consumers' parsing does not change with the setting
             entry: PutEventsRequestEntryTypeDef = {
                 "Source": SOURCE,
                 "DetailType": event.detail_type,
-                "Detail": json.dumps(event.detail(int(self._clock())), separators=(",", ":")),
+                "Detail": json.dumps(detail, separators=(",", ":")),
                 "EventBusName": self._bus,
                 "Resources": [],
             }

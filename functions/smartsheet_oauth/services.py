@@ -131,7 +131,8 @@ def completion_store() -> CompletionStore:
 def event_publisher() -> EventPublisher:
     from smartsheet_oauth.events import EventPublisher  # noqa: PLC0415
 
-    return EventPublisher(aws.events(), get_config().event_bus_name)
+    config = get_config()
+    return EventPublisher(aws.events(), config.event_bus_name, include_email=config.events_include_email)
 
 
 @cache

@@ -126,7 +126,7 @@ def _smartsheet_factory(secrets: Any, config: Config) -> Callable[[], Smartsheet
 def _events_factory(client: Callable[[], Any], config: Config) -> Callable[[], EventPublisher]:
     @cache
     def build() -> EventPublisher:
-        return EventPublisher(client(), config.event_bus_name)
+        return EventPublisher(client(), config.event_bus_name, include_email=config.events_include_email)
 
     return build
 

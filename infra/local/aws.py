@@ -46,6 +46,7 @@ TABLE_TYPES: Final = ("AWS::DynamoDB::Table", "AWS::DynamoDB::GlobalTable", "AWS
 SECRET_TYPE: Final = "AWS::SecretsManager::Secret"  # noqa: S105 - a resource type
 QUEUE_TYPE: Final = "AWS::SQS::Queue"
 KMS_KEY_TYPE: Final = "AWS::KMS::Key"
+EVENT_BUS_TYPE: Final = "AWS::Events::EventBus"
 
 
 def _random_suffix(length: int = 12) -> str:
@@ -590,10 +591,21 @@ def _provision_kms_key(aws: LocalAws, logical_id: str, props: Mapping[str, Any])
     return PhysicalResource(ref=metadata["KeyId"], attributes={"Arn": metadata["Arn"], "KeyId": metadata["KeyId"]})
 
 
+def _provision_event_bus(aws: LocalAws, logical_id: str, props: Mapping[str, Any]) -> PhysicalResource:
+    name = props.get("Name") or aws.physical_name(logical_id, 256)
+    events = aws.client("events")
+    arn = events.create_event_bus(Name=name)["EventBusArn"]
+    if props.get("Policy"):
+        policy = props["Policy"]
+        events.put_permission(EventBusName=name, Policy=policy if isinstance(policy, str) else json.dumps(policy))
+    return PhysicalResource(ref=name, attributes={"Arn": arn, "Name": name})
+
+
 Provisioner = Callable[[LocalAws, str, Mapping[str, Any]], PhysicalResource]
 PROVISIONERS: Final[Mapping[str, Provisioner]] = {
     **dict.fromkeys(TABLE_TYPES, _provision_table),
     SECRET_TYPE: _provision_secret,
     QUEUE_TYPE: _provision_queue,
     KMS_KEY_TYPE: _provision_kms_key,
+    EVENT_BUS_TYPE: _provision_event_bus,
 }

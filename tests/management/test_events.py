@@ -60,7 +60,7 @@ def test_first_sign_in_emits_created_then_a_second_one_reconnected(broker: Broke
     detail = created["detail"]
     assert set(detail) == DETAIL_KEYS
     assert detail["connection_id"] == detail["smartsheet_user_id"] == ADA
-    assert detail["email"] == "ada@example.com"
+    assert detail["email"] is None  # EventsIncludeEmail is off by default (test below)
     assert detail["region"] == "us"
     assert detail["status"] == "active"
     assert detail["end_user_id"] is None
@@ -68,6 +68,23 @@ def test_first_sign_in_emits_created_then_a_second_one_reconnected(broker: Broke
     secrets = secrets_of(broker, ADA)
     assert len(secrets) == 4  # two sign-ins, two pairs
     assert_no_secret(json.dumps([created, reconnected]), secrets)
+
+
+def test_events_carry_no_email_unless_the_stack_says_so(
+    broker: Broker, event_sink: EventSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events fan out to every rule's targets (queues, logs, other accounts): the user's e-mail is personal data that
+    code allowed to ask the management API can get there."""
+    broker.sign_in()
+    [by_default] = event_sink.drain()
+    monkeypatch.setenv("EVENTS_INCLUDE_EMAIL", "enabled")  # the EventsIncludeEmail parameter
+    services.reset()
+    broker.sign_in()
+    [included] = event_sink.drain()
+
+    assert "ada@example.com" not in json.dumps(by_default), by_default["detail"]
+    assert set(by_default["detail"]) == DETAIL_KEYS  # the field stays, empty
+    assert included["detail"]["email"] == "ada@example.com"
 
 
 def test_a_transient_refresh_failure_emits_failed_with_the_attempt_then_recovered_then_nothing(
@@ -89,7 +106,7 @@ def test_a_transient_refresh_failure_emits_failed_with_the_attempt_then_recovere
     assert failed["detail"]["status"] == "active"
     assert failed["detail"]["attempt"] == 1
     assert failed["detail"]["reason"] == "error:4004"
-    assert failed["detail"]["email"] == "ada@example.com"
+    assert failed["detail"]["email"] is None
     assert recovered["detail-type"] == "Connection Recovered"
     assert recovered["detail"]["status"] == "active"
     assert_no_secret(json.dumps([failed, recovered]), secrets_of(broker, ADA))

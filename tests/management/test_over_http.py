@@ -117,7 +117,7 @@ def test_the_functions_publish_connection_events_without_tokens(local_stack: Loc
     events = [e for e in sink.drain() if e["detail"]["connection_id"] == ADA]
     [event] = events  # the sign-in's; a refresh that succeeds first time is no news
     assert event["detail-type"] in ("Connection Created", "Connection Reconnected")
-    assert event["detail"]["email"] == "ada@example.com"
+    assert event["detail"]["email"] is None  # EventsIncludeEmail: disabled by default
     record = signed("GET", f"{local_stack.url}/connections/{ADA}").json()
     secret = local_stack.aws.secretsmanager.get_secret_value(SecretId=record["secret_arn"])
     tokens = json.loads(secret["SecretString"])

@@ -27,6 +27,8 @@ def test_defaults_follow_the_design() -> None:
     assert config.state_ttl_seconds == 600
     assert config.refresh_window_seconds == 172800
     assert config.allowed_return_to == ()
+    assert config.events_include_email is False  # EventsIncludeEmail: personal data stays out of events
+    assert load_config({**BASE, "EVENTS_INCLUDE_EMAIL": "enabled"}).events_include_email is True
 
 
 @pytest.mark.parametrize("region", sorted(REGIONS))
@@ -72,6 +74,7 @@ def test_a_missing_variable_is_named(name: str) -> None:
         ("REDIRECT_URI", "http://example.com/callback", "https://"),
         ("ALLOWED_RETURN_TO", "https://user@app.example.com", "userinfo"),
         ("ALLOWED_RETURN_TO", "javascript:alert(1)", "https://"),
+        ("EVENTS_INCLUDE_EMAIL", "yes", "'enabled' or 'disabled'"),
     ],
 )
 def test_a_malformed_variable_is_named(name: str, value: str, problem: str) -> None:

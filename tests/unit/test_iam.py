@@ -33,6 +33,7 @@ TOKEN_SECRETS = {
     "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:secret:"
     "${AWS::StackName}/connections/*"
 }
+# The configured bus (EventBusName); with StackEventBus the stack's own: tests/unit/test_event_bus.py.
 EVENT_BUS = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"}
 PENDING_TOKENS_KEY = {"Fn::GetAtt": ["PendingTokensKey", "Arn"]}
 FAILED_SWEEP_QUEUE = {"Fn::GetAtt": ["FailedSweepQueue", "Arn"]}
