@@ -113,6 +113,7 @@ class DeployedBroker:
     outputs: dict[str, str]
     functions: dict[str, str]  # logical id -> function name
     schedule: str
+    alarms: list[str] = field(default_factory=list)  # template.yaml's alarms as this stack has them
     created: dict[str, Any] = field(default_factory=dict)
 
     def client(self, service: str) -> Any:
@@ -278,13 +279,13 @@ def deployed_broker(
             Target={"Arn": alias, "RoleArn": role},
             State="ENABLED",
         )
-        _template_alarms(aws, session.client("cloudwatch"), topic)
+        alarms = _template_alarms(aws, session.client("cloudwatch"), topic)
         inbox = session.client("sqs").create_queue(QueueName="ops-alarms")["QueueUrl"]
         inbox_arn = session.client("sqs").get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])
         session.client("sns").subscribe(  # same-account SQS: confirmed at once, in AWS too
             TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn["Attributes"]["QueueArn"]
         )
-        broker = DeployedBroker(session, login, outputs, functions, schedule)
+        broker = DeployedBroker(session, login, outputs, functions, schedule, alarms)
         if last_sweep is not None:
             broker.heartbeat(last_sweep)  # the last sweep's first metric, as it started
         yield broker
