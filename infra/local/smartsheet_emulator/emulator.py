@@ -1618,6 +1618,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("Smartsheet emulator stopped", flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
