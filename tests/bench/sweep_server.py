@@ -24,7 +24,7 @@ def seed(aws: LocalAws, env: dict[str, str], emulator: SmartsheetEmulator, count
     from moto.secretsmanager.models import secretsmanager_backends
 
     started = time.monotonic()
-    # Secrets are looked up in constant time (infra/local/moto_fidelity.py indexes moto's store, as AWS would).
+    # Secrets are looked up in constant time (infra/local/aws/moto_fidelity.py indexes moto's store, as AWS would).
     secrets_backend = secretsmanager_backends[aws.account_id][aws.region]
     dynamodb_backend = dynamodb_backends[aws.account_id][aws.region]
     table, prefix = env["CONNECTIONS_TABLE_NAME"], env["TOKEN_SECRET_PREFIX"]

@@ -20,7 +20,7 @@ from werkzeug.exceptions import ClientDisconnected
 from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wsgi import LimitedStream
 
-from infra.local import moto_fidelity
+from infra.local.aws import moto_fidelity
 from infra.local.request_guard import LoopbackOnlyApplication
 from infra.local.template_model import (
     LOCAL_ACCOUNT_ID,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("infra.local.aws")
 
 # moto accepts any credentials; these make it obvious nothing real is used.
 LOCAL_CREDENTIALS: Final = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
