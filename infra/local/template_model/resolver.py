@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import yaml
 
-DEFAULT_TEMPLATE: Final = Path(__file__).resolve().parents[2] / "template.yaml"
+DEFAULT_TEMPLATE: Final = Path(__file__).resolve().parents[3] / "template.yaml"
 LOCAL_ACCOUNT_ID: Final = "123456789012"  # moto's default account
 LOCAL_REGION: Final = "us-east-1"
 

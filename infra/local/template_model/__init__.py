@@ -1,0 +1,38 @@
+"""The SAM template as the local stack reads it (CFN-aware YAML, intrinsics, functions, routes, schedules), as the
+local stack, the admin CLI and tests import it."""
+
+from infra.local.template_model.resolver import (
+    DEFAULT_TEMPLATE,
+    IAM_AUTHORIZER,
+    LOCAL_ACCOUNT_ID,
+    LOCAL_REGION,
+    NOTHING,
+    FunctionSpec,
+    HttpRoute,
+    PhysicalResource,
+    Resolver,
+    ScheduleSpec,
+    Template,
+    TemplateError,
+    load_yaml,
+    merge_globals,
+    synthesize_physical,
+)
+
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "IAM_AUTHORIZER",
+    "LOCAL_ACCOUNT_ID",
+    "LOCAL_REGION",
+    "NOTHING",
+    "FunctionSpec",
+    "HttpRoute",
+    "PhysicalResource",
+    "Resolver",
+    "ScheduleSpec",
+    "Template",
+    "TemplateError",
+    "load_yaml",
+    "merge_globals",
+    "synthesize_physical",
+]
