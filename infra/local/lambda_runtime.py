@@ -3,14 +3,11 @@
 # Like Lambda, a function gets execution environments (processes here): each imports the handler once
 # (the cold start, with the function's environment variables) and then serves one invocation at a time;
 # more concurrent invocations start more environments. Nothing of the caller's process (sys.modules,
-# os.environ, moto's state) leaks into a handler. The bottom half of this file is the bootstrap that runs
-# inside a worker: standard library only, because a worker's sys.path is the function's CodeUri (Lambda's
-# /var/task) and site-packages.
+# os.environ, moto's state) leaks into a handler. What runs inside a worker is lambda_bootstrap.py.
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -20,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -34,7 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("infra.local.lambda")
 
 INIT_TIMEOUT_SECONDS: Final = 30.0  # Lambda allows 10 s; a busy 2-core CI box needs more for imports
-MAX_RESPONSE_BYTES: Final = 6 * 1024 * 1024  # Lambda's synchronous response payload limit
+
+_BOOTSTRAP: Final = Path(__file__).resolve().with_name("lambda_bootstrap.py")
 
 LogSink = Callable[[str, str], None]  # (function logical id, one line the function printed)
 
@@ -92,7 +89,7 @@ class _Worker:
             sys.executable,
             "-I",  # isolated: no PYTHON* variables, no user site, no script folder on sys.path
             "-u",
-            str(Path(__file__).resolve()),
+            str(_BOOTSTRAP),
             str(spec.code_dir),
             spec.handler,
             str(request_read),
@@ -338,89 +335,3 @@ class LocalFunction:
             self._available.notify_all()
         for worker in idle:
             worker.stop()
-
-
-# ================================================================ inside a worker: standard library only
-class LambdaContext:
-    """The context object Lambda passes to a Python handler."""
-
-    def __init__(self, request_id: str, deadline_ms: int) -> None:
-        env = os.environ
-        self.aws_request_id = request_id
-        self.function_name = env.get("AWS_LAMBDA_FUNCTION_NAME", "")
-        self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        self.memory_limit_in_mb = int(env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
-        self.log_group_name = env.get("AWS_LAMBDA_LOG_GROUP_NAME", "")
-        self.log_stream_name = env.get("AWS_LAMBDA_LOG_STREAM_NAME", "")
-        self.invoked_function_arn = env.get("LOCAL_LAMBDA_FUNCTION_ARN", "")
-        self.identity = None
-        self.client_context = None
-        self.tenant_id = None
-        self._deadline_ms = deadline_ms
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, self._deadline_ms - int(time.time() * 1000))
-
-
-def _error(exc: BaseException, error_type: str | None = None) -> dict[str, Any]:
-    return {
-        "type": "error",
-        "errorType": error_type or type(exc).__name__,
-        "errorMessage": str(exc),
-        "stackTrace": traceback.format_tb(exc.__traceback__),
-    }
-
-
-def _print_error(exc: BaseException) -> None:
-    # The same shape the Lambda Python runtime writes to the function's log.
-    print(f"[ERROR] {type(exc).__name__}: {exc}", file=sys.stderr)
-    traceback.print_exception(exc, file=sys.stderr)
-
-
-def _bootstrap(code_dir: str, handler_name: str, request_fd: int, response_fd: int) -> int:
-    responses = os.fdopen(response_fd, "wb", buffering=0)
-    requests = os.fdopen(request_fd, "rb")
-
-    def answer(message: Mapping[str, Any]) -> None:
-        responses.write(json.dumps(message).encode() + b"\n")
-
-    # Ctrl-C in a terminal reaches the whole process group; like a Lambda environment, the worker
-    # ignores it and ends when its caller closes the request pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.path.insert(0, code_dir)
-    module_name, _, attribute = handler_name.rpartition(".")
-    started = time.monotonic()
-    try:
-        handler = getattr(importlib.import_module(module_name), attribute)
-    except Exception as exc:
-        _print_error(exc)
-        answer(_error(exc, "Runtime.ImportModuleError") | {"type": "init_error"})
-        return 1
-    answer({"type": "ready", "init_ms": round((time.monotonic() - started) * 1000, 1)})
-    for line in requests:
-        request = json.loads(line)
-        context = LambdaContext(request["request_id"], request["deadline_ms"])
-        try:
-            result = handler(request["event"], context)
-        except Exception as exc:
-            _print_error(exc)
-            answer(_error(exc))
-            continue
-        finally:
-            sys.stdout.flush()
-        try:
-            payload = json.dumps({"type": "result", "payload": result})
-        except (TypeError, ValueError) as exc:
-            _print_error(exc)
-            answer(_error(exc, "Runtime.MarshalError"))
-            continue
-        if len(payload) > MAX_RESPONSE_BYTES:
-            print("[ERROR] Function.ResponseSizeTooLarge", file=sys.stderr)
-            answer({"type": "error", "errorType": "Function.ResponseSizeTooLarge", "errorMessage": ""})
-            continue
-        responses.write(payload.encode() + b"\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_bootstrap(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))

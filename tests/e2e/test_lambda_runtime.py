@@ -22,7 +22,7 @@ from infra.local.template_model import FunctionSpec, HttpRoute
 
 pytestmark = pytest.mark.e2e
 
-# The worker's argv is [runtime, code dir, handler, request fd, response fd] (see lambda_runtime._bootstrap).
+# The worker's argv is [runtime, code dir, handler, request fd, response fd] (see infra/local/lambda_bootstrap.py).
 HANDLER = """
 import os
 import signal
