@@ -20,8 +20,9 @@ from smartsheet_oauth.observability import logger
 
 from infra.admin import actions, doctor
 from infra.admin.actions import ActionError
+from infra.admin.deployed_target import deployed
 from infra.admin.doctor.checklist import render
-from infra.admin.target import DEV_STATE_FILE, Target, TargetError, deployed, local
+from infra.admin.target import DEV_STATE_FILE, Target, TargetError
 
 # Exit statuses: 0 done (health: healthy), 1 the action failed or health needs attention, 2 usage or target errors.
 OK, FAILED, UNUSABLE = 0, 1, 2
@@ -383,6 +384,8 @@ def main(
         else:
             if args.region or args.profile:
                 parser.error("--region and --profile need --stack (the local stack needs neither)")
+            from infra.admin.local_target import local  # noqa: PLC0415 - the local stack's modules: only for it
+
             target = local(args.state_file)
     except TargetError as exc:
         print(f"error: {exc}", file=err)

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 import boto3
 
-from infra.admin import cli, target
+from infra.admin import cli, deployed_target
 from infra.admin.target import LIVE_ALIAS
 from infra.local.template_model import Template
 
@@ -123,7 +123,7 @@ class DeployedBroker:
         """`make doctor STACK=broker-prod`, in this session: a session loads AWS's service models once, and how the
         CLI makes one from the operator's configuration is tests/ops/test_admin_deployed.py's."""
         out, err = io.StringIO(), io.StringIO()
-        with mock.patch.object(cli, "deployed", partial(target.deployed, session=self.session)):
+        with mock.patch.object(cli, "deployed", partial(deployed_target.deployed, session=self.session)):
             code = cli.main(["--stack", STACK, "doctor", *args], out=out, err=err)
         return Run(code, out.getvalue(), err.getvalue())
 
