@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from urllib.parse import parse_qs, urlsplit
 
 from smartsheet_oauth.smartsheet import Reply, TokenGrant, authorize_url, request_hash
@@ -35,10 +36,11 @@ def test_redirect_uri_is_sent_only_when_configured() -> None:
     assert parse_qs(urlsplit(url).query)["redirect_uri"] == ["https://x.example/callback"]
 
 
-def test_hash_is_sha256_of_secret_pipe_value() -> None:
-    expected = hashlib.sha256(b"my-secret|the-code").hexdigest()
-    assert request_hash("my-secret", "the-code") == expected
-    assert expected == expected.lower()
+def test_hash_is_the_lowercase_hex_sha256_of_secret_pipe_value_in_utf8() -> None:
+    answer = request_hash("my-secret", "the-code")
+    assert answer == hashlib.sha256(b"my-secret|the-code").hexdigest()
+    assert re.fullmatch(r"[0-9a-f]{64}", answer), answer
+    assert request_hash("sécret", "côde") == hashlib.sha256("sécret|côde".encode()).hexdigest()
 
 
 def test_token_grant_repr_hides_tokens() -> None:
