@@ -1,5 +1,10 @@
 """The admin CLI against a "deployed" stack: found by name through CloudFormation outputs, in moto's mock_aws,
-with the Smartsheet emulator on loopback; and the errors an operator sees without credentials or stack."""
+with the Smartsheet emulator on loopback; and the errors an operator sees without credentials or stack.
+
+The stack's RefreshFunction here is a stub: moto's Lambda runs no code without docker and answers an invocation with
+the event it was given. So `sweep` proves the CLI's side (which function, which alias, which event, how the answer is
+read), not a sweep; the real refresh function run by `sweep` is tested on make dev's stack (test_admin_local.py).
+`list`, `refresh` and `health` run the broker's own code in this process against the stack's AWS resources."""
 
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ class Deployed:
         return code, out.getvalue(), err.getvalue()
 
 
-def _function_zip() -> bytes:
+def _stub_function_zip() -> bytes:
+    """A refresh function that does nothing (moto would not run it anyway)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("app.py", "def lambda_handler(event, context):\n    return {}\n")
@@ -82,7 +88,7 @@ def deployed(emulator_server: SmartsheetEmulator) -> Iterator[Deployed]:
             Runtime="python3.13",
             Role=role,
             Handler="app.lambda_handler",
-            Code={"ZipFile": _function_zip()},
+            Code={"ZipFile": _stub_function_zip()},
             Environment={"Variables": environment},
         )
         # What the schedule runs is the live alias's version; $LATEST may hold a configuration not yet published
@@ -177,9 +183,10 @@ def test_health_lists_this_stacks_firing_alarms_and_dead_letters(deployed: Deplo
     assert "ATTENTION" in out
 
 
-def test_sweep_invokes_the_stacks_refresh_function_through_its_live_alias(
+def test_sweep_invokes_the_stub_refresh_function_through_its_live_alias_with_an_admin_event(
     deployed: Deployed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The CLI's call only: the function is moto's stub, which echoes the event (see the module's docstring)."""
     invoked: list[dict[str, Any]] = []
     original = BaseClient._make_api_call  # type: ignore[attr-defined]
 
