@@ -1,5 +1,5 @@
-"""The integrators' token helper (smartsheet_oauth_client): cached secret reads, the broker asked (signed) only
-when the token is expired or close to it, clear errors when the connection is gone."""
+"""The integrators' token helper (smartsheet_oauth_client): cached secret reads (and invalidate), the broker asked
+(signed) only when the token is expired or close to it, clear errors when the connection is gone, each region's API."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from smartsheet_oauth_client import BrokerUnavailable, ConnectionUnavailable, TokenProvider
+from smartsheet_oauth.config import REGIONS
+from smartsheet_oauth_client import API_BASE_URLS, AccessToken, BrokerUnavailable, ConnectionUnavailable, TokenProvider
 
 API = "https://abc123.execute-api.eu-west-1.amazonaws.com"
 PREFIX = "stack/connections/"
@@ -218,3 +219,36 @@ def test_a_refresh_cooldown_leaves_the_current_token_in_use_and_the_broker_unask
     with pytest.raises(BrokerUnavailable) as failure:
         needs_a_day.token(ADA)
     assert failure.value.retry_after == 500
+
+
+def test_invalidate_makes_the_next_token_read_the_secret_again(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "first", NOW + 3 * 86400)
+    provider.token(ADA)
+    secrets.put(ADA, "second", NOW + 3 * 86400)  # rotated meanwhile (Smartsheet answered 401 to "first")
+
+    cached = provider.token(ADA)
+    provider.invalidate(ADA)
+    after = provider.token(ADA)
+    provider.invalidate("6812335718217604")  # never read: nothing to forget, nothing raised
+
+    assert cached.access_token == "first"
+    assert after.access_token == "second"
+    assert secrets.reads == 2
+    assert broker.calls == []
+
+
+@pytest.mark.parametrize("region", sorted(REGIONS))
+def test_a_tokens_api_base_url_is_the_brokers_for_its_region(world: Any, region: str) -> None:
+    """The client is one file to copy and cannot import the broker: its region table is held to the broker's here."""
+    provider, secrets, _, _ = world
+    secrets.put(ADA, "tok", NOW + 3 * 86400)
+    secrets.documents[f"{PREFIX}{ADA}"]["region"] = region
+
+    assert provider.token(ADA).api_base_url == REGIONS[region][1]
+
+
+def test_the_clients_regions_are_the_brokers_and_an_unknown_one_is_us() -> None:
+    assert {region: api_base_url for region, (_, api_base_url) in REGIONS.items()} == API_BASE_URLS
+    unknown = AccessToken(access_token="tok", expires_at=0, connection_id=ADA, email="", region="mars")
+    assert unknown.api_base_url == REGIONS["us"][1]
