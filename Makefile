@@ -12,14 +12,17 @@ ARGS        ?=
 STACK       ?=
 TRANSLATED  := .aws-sam/translated/template.json
 IAM_SIM     := tests/support/iam_simulate
+# What the tests need from the system, not PyPI (Chromium; Node.js and npm): installed from Debian's packages when this
+# user may (root, or sudo without a prompt), else the step prints the exact command to run and fails.
+SYSTEM_TOOLS := infra/scripts/system_tools.sh
 FRONT_DOOR  := infra/front-door/web-acl.yaml
 # The SAM CLI never sends telemetry from here; checkov neither phones home nor checks for updates.
 export SAM_CLI_TELEMETRY := 0
 export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
 export BC_SKIP_MAPPING := TRUE
 
-.PHONY: help venv deploy-venv iac-venv iam-simulate lock dev demo refresh test unit lint typecheck validate build deploy \
-        set-client-secret admin doctor bench reliability fuzz clean
+.PHONY: help venv deploy-venv iac-venv iam-simulate chromium lock dev demo refresh test unit lint typecheck validate build \
+        deploy set-client-secret admin doctor bench reliability fuzz clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -49,13 +52,16 @@ $(IAC_VENV)/.installed: requirements-iac.txt
 # Test-only: the IAM policy simulator the policy tests evaluate the template with (tests/support/iam_simulator.py),
 # installed from its lockfile with every package's integrity hash checked and no install scripts run.
 $(IAM_SIM)/node_modules/.installed: $(IAM_SIM)/package.json $(IAM_SIM)/package-lock.json
-	@command -v npm >/dev/null || { echo "npm (Node.js 20+) is needed for the IAM policy tests: apt-get install nodejs npm"; exit 1; }
+	@$(SYSTEM_TOOLS) npm
 	cd $(IAM_SIM) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
 venv: $(VENV)/.installed ## create .venv with the pinned dependencies
 
 iam-simulate: $(IAM_SIM)/node_modules/.installed ## install the IAM policy simulator the policy tests use (Node.js, npm ci)
+
+chromium: ## the system's Chromium for the browser tests (Debian's package; installed if missing, or says how)
+	@$(SYSTEM_TOOLS) chromium
 
 deploy-venv: $(DEPLOY_VENV)/.installed ## create .venv-deploy with the SAM CLI
 
@@ -100,8 +106,7 @@ lint: venv iac-venv ## ruff, mypy, cfn-lint and checkov (on template.yaml and it
 typecheck: venv
 	$(VENV)/bin/mypy functions infra tests
 
-test: venv iam-simulate lint ## every check and every test (unit, integration, e2e, browser, reliability)
-	@infra/scripts/check_chromium.sh
+test: venv iam-simulate chromium lint ## every check and every test (unit, integration, e2e, browser, reliability)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv iam-simulate ## the fast tests only (no servers, no browser)

@@ -25,7 +25,11 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not Path(CHROMIUM).is_file():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)")
+        # Never a skip: a browser test that did not run has proven nothing. `make test` installs it first.
+        pytest.fail(
+            f"no Chromium at {CHROMIUM}: `make chromium` installs Debian's (make test does), or set CHROMIUM_PATH",
+            pytrace=False,
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
