@@ -12,8 +12,8 @@ broker (SigV4-signed POST /connections/{id}/refresh) and reads the secret again.
     requests.get(f"{token.api_base_url}/sheets", headers={"Authorization": f"Bearer {token.access_token}"})
 
 Your code's role needs secretsmanager:GetSecretValue on <TokenSecretPrefix>* and execute-api:Invoke on the
-broker's refresh route (and GET /connections to look up end users): see the README's "Using connections from
-your code".
+broker's refresh route (and GET /connections to look up end users): see docs/integrating.md in the broker's
+repository.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ One sweep runs at a time (a sweep lease); it dispatches until its safety margin 
 rate that binds (on Lambda, its share of the pace towards Smartsheet: REFRESH_RATE_PER_MINUTE less what each window
 keeps for on-demand refreshes), once per schedule interval. A
 connection comes due once per (token lifetime - refresh window): that is the steady state; "all due at once" is what
-the sweeps get through within one refresh window. The README's figures and `make bench` both come from here
-(tests/unit/test_readme.py holds the README to them)."""
+the sweeps get through within one refresh window. docs/performance.md's figures and `make bench` both come from here
+(tests/unit/test_docs.py holds the page to them)."""
 
 from __future__ import annotations
 

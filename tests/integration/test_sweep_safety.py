@@ -289,7 +289,7 @@ def test_the_scheduled_sweep_takes_its_slots_from_the_shared_pace(
 def test_the_template_keeps_refresh_writes_within_a_fifth_of_the_regions_secret_write_quota() -> None:
     """Every refresh (sweep or on-demand) writes one secret version and takes one slot of the shared pace, so the
     broker's refresh writes per second are at most the pace / 60. AWS's quota for PutSecretValue and the writes
-    that share it is 50 a second per Region and account: the broker keeps to a fifth of it (README, operations)."""
+    that share it is 50 a second per Region and account: the broker keeps to a fifth of it (docs/performance.md)."""
     template = load_template(TEMPLATE)
     configured = template["Globals"]["Function"]["Environment"]["Variables"].get("REFRESH_RATE_PER_MINUTE")
     if isinstance(configured, dict):  # a parameter: the highest pace it accepts

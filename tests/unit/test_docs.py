@@ -1,4 +1,5 @@
-"""The README is part of the product: its configuration tables and commands must match the code."""
+"""The README and docs/ are part of the product: the configuration tables, the make commands they name and the
+capacity figures must match the code, every link must lead somewhere, and the README stays a five-minute read."""
 
 from __future__ import annotations
 
@@ -12,13 +13,18 @@ from tests.bench.capacity import Settings, capacity, safety_margin_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = {path.name: path.read_text(encoding="utf-8") for path in sorted((ROOT / "docs").glob("*.md"))}
+PAGES = {"README.md": README, "SECURITY.md": (ROOT / "SECURITY.md").read_text(encoding="utf-8")} | {
+    f"docs/{name}": text for name, text in DOCS.items()
+}
 CONFIG_SOURCE = (ROOT / "functions" / "smartsheet_oauth" / "config.py").read_text(encoding="utf-8")
+README_MAX_LINES = 200  # the README is read in five minutes; the reference lives in docs/
 
 
-def _section(title: str) -> str:
-    start = README.index(f"## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start : end if end != -1 else None]
+def _section(page: str, title: str) -> str:
+    start = page.index(f"## {title}\n")
+    end = page.find("\n## ", start + 1)
+    return page[start : end if end != -1 else None]
 
 
 def _first_column(section: str) -> set[str]:
@@ -30,12 +36,12 @@ def _first_column(section: str) -> set[str]:
 
 
 def test_every_template_parameter_is_documented_and_nothing_else() -> None:
-    documented = _first_column(_section("Configuration").split("The functions read")[0])
+    documented = _first_column(_section(DOCS["configuration.md"], "Template parameters"))
     assert documented == set(Template.load().parameters)
 
 
 def test_documented_defaults_are_the_templates() -> None:
-    table = _section("Configuration").split("The functions read")[0]
+    table = _section(DOCS["configuration.md"], "Template parameters")
     for name, spec in Template.load().parameters.items():
         [row] = [line for line in table.splitlines() if line.startswith(f"| `{name}` |")]
         default = row.split("|")[2].strip()
@@ -49,22 +55,61 @@ def test_documented_defaults_are_the_templates() -> None:
 def test_every_environment_variable_the_config_reads_is_documented() -> None:
     # Every upper-case string literal in config.py is a variable it reads, except the scope names.
     names = set(re.findall(r'"([A-Z][A-Z_]{3,})"', CONFIG_SOURCE)) - KNOWN_SCOPES
-    documented = _first_column(_section("Configuration").split("The functions read")[1])
+    documented = _first_column(_section(DOCS["configuration.md"], "The functions' environment"))
     assert names, "the config reads no variables? the pattern is stale"
     assert names <= documented, sorted(names - documented)
 
 
-def test_every_make_command_the_readme_names_exists() -> None:
+def _make_commands(text: str) -> set[str]:
+    """The make targets a page names as commands: in code blocks and `code` spans (prose may "make it" anything)."""
+    code = re.findall(r"^```.*?^```|`[^`\n]+`", text, flags=re.MULTILINE | re.DOTALL)
+    return {target for block in code for target in re.findall(r"\bmake ([a-z][a-z-]+)", block)}
+
+
+def test_every_make_command_the_readme_and_the_docs_name_exists() -> None:
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     targets = set(re.findall(r"^([a-z][a-z-]*):", makefile, re.MULTILINE))
-    named = set(re.findall(r"\bmake ([a-z][a-z-]+)", README))
-    assert {"dev", "test", "demo", "deploy"} <= named
-    assert named <= targets, sorted(named - targets)
+    # The README's promise: two commands to run it and test it, and deploy's four steps.
+    assert {"dev", "test", "deploy", "set-client-secret", "doctor"} <= _make_commands(README)
+    for name, text in PAGES.items():
+        assert _make_commands(text) <= targets, (name, sorted(_make_commands(text) - targets))
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation but hyphens and underscores dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    outside_code = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return {_anchor(line.lstrip("#")) for line in outside_code.splitlines() if re.match(r"#{1,6} ", line)}
+
+
+def test_every_relative_link_leads_to_a_file_and_a_heading_there() -> None:
+    for name, text in PAGES.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https://..., mailto:
+            path, _, anchor = target.partition("#")
+            resolved = (ROOT / name).parent / path if path else ROOT / name
+            assert resolved.exists(), (name, target)
+            if anchor:
+                assert anchor in _anchors(resolved.read_text(encoding="utf-8")), (name, target)
+
+
+def test_the_readme_is_short_and_leads_to_every_docs_page() -> None:
+    assert len(README.splitlines()) <= README_MAX_LINES
+    linked = set(re.findall(r"\]\(docs/([^)#]+\.md)", README))
+    assert linked == set(DOCS), sorted(set(DOCS) ^ linked)
 
 
 def _performance_row(label_start: str) -> str:
-    rows = [line for line in _section("Performance: `make bench`").splitlines() if line.startswith(f"| {label_start}")]
-    assert len(rows) == 1, f"the README's bench table needs one row starting with {label_start!r}"
+    rows = [
+        line
+        for line in _section(DOCS["performance.md"], "`make bench`").splitlines()
+        if line.startswith(f"| {label_start}")
+    ]
+    assert len(rows) == 1, f"docs/performance.md's bench table needs one row starting with {label_start!r}"
     return rows[0]
 
 

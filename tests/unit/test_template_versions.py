@@ -23,7 +23,7 @@ from tests.unit.test_template_hardening import parameters_read
 PARAMETERS: dict[str, dict[str, Any]] = load_template()["Parameters"]
 CONDITIONS: dict[str, Any] = load_template().get("Conditions", {})
 # Parameters whose values can be longer than a version's Description holds (256 characters): a change of one of them
-# alone reaches the live alias with the next deploy that publishes a version (README, "Configuration").
+# alone reaches the live alias with the next deploy that publishes a version (docs/configuration.md).
 TOO_LONG_FOR_THE_DESCRIPTION = frozenset(
     {"OAuthScopes", "RedirectUri", "AllowedReturnTo", "EventBusName", "TokenKmsKeyArn"}
 )
@@ -156,7 +156,7 @@ def test_a_code_change_still_publishes_a_new_version(tmp_path: Path) -> None:
     assert all(before[f] != after[f] for f in before), "a new package would not be published"
 
 
-def test_the_parameters_too_long_for_the_description_are_the_ones_the_readme_names() -> None:
-    readme = (TEMPLATE_PATH.parent / "README.md").read_text(encoding="utf-8")
-    [note] = [line for line in readme.splitlines() if "next deploy that publishes a version" in line]
+def test_the_parameters_too_long_for_the_description_are_the_ones_the_docs_name() -> None:
+    configuration = (TEMPLATE_PATH.parent / "docs" / "configuration.md").read_text(encoding="utf-8")
+    [note] = [line for line in configuration.splitlines() if "next deploy that publishes a version" in line]
     assert all(f"`{name}`" in note for name in TOO_LONG_FOR_THE_DESCRIPTION), note

@@ -1,5 +1,5 @@
 """The live-alias check: each function's `live` alias runs the configuration its $LATEST has. A deploy that changes
-only one of the five long parameters (README, Configuration) updates $LATEST and publishes no version, so the alias
+only one of the five long parameters (docs/configuration.md) updates $LATEST and publishes no version, so the alias
 keeps the old values until the next published version; this finds that drift. Values are never shown, only names."""
 
 from __future__ import annotations
@@ -97,6 +97,6 @@ def check_live_versions(reader: StackReader) -> Check:
         f"{len(drifted)} function(s) run an older configuration than the stack's: "
         f"{', '.join(logical_id for logical_id, _, _ in drifted)}",
         f"publish $LATEST and point {LIVE_ALIAS} at it: {publish}. A deploy publishes a version only when the code "
-        "or a parameter in the version description changes; the five long ones are not (README, Configuration)",
+        "or a parameter in the version description changes; the five long ones are not (docs/configuration.md)",
         *(note for _, _, note in drifted),
     )
