@@ -8,12 +8,16 @@ set -u
 tool="${1:-}"
 debian_chromium="${DEBIAN_CHROMIUM:-/usr/bin/chromium}"  # where Debian's package puts it (tests move it)
 browser="${CHROMIUM_PATH:-$debian_chromium}"
+# A shared library the dynamic loader knows (ldconfig is in /sbin, off a user's PATH on Debian).
+has_library() { "$(command -v ldconfig || echo /sbin/ldconfig)" -p 2>/dev/null | grep -q "[[:space:]]$1 "; }
 case "$tool" in
   chromium)
-    packages="chromium"
-    purpose="the browser tests need Chromium at $browser"
-    present() { [ -x "$browser" ]; }
-    if [ "$browser" != "$debian_chromium" ] && ! present; then
+    # Playwright drives Chromium through its own Node.js driver, which needs libatomic (not a dependency of
+    # Debian's chromium, nor on a minimal Debian).
+    packages="chromium libatomic1"
+    purpose="the browser tests need Chromium at $browser and libatomic.so.1"
+    present() { [ -x "$browser" ] && has_library libatomic.so.1; }
+    if [ "$browser" != "$debian_chromium" ] && ! [ -x "$browser" ]; then
       echo "error: CHROMIUM_PATH=$browser: no Chromium there. Point it at one, or unset it to use Debian's." >&2
       exit 1
     fi

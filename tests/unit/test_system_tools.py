@@ -21,6 +21,7 @@ if [ "$1" = install ]; then
   for package in "$@"; do
     case "$package" in
       chromium) printf '#!/bin/sh\\n' > "$INSTALL_ROOT/chromium"; chmod +x "$INSTALL_ROOT/chromium" ;;
+      libatomic1) : > "$INSTALL_ROOT/libatomic.so.1" ;;
       npm|nodejs) printf '#!/bin/sh\\n' > "$BIN/$package"; chmod +x "$BIN/$package" ;;
     esac
   done
@@ -30,6 +31,12 @@ exit 0
 """
 FAKE_ID = """#!/bin/sh
 echo "$FAKE_UID"
+"""
+# The loader's cache as `ldconfig -p` prints it: libatomic once the fake apt-get has installed it.
+FAKE_LDCONFIG = """#!/bin/sh
+echo "2 libs found in cache"
+[ -e "$INSTALL_ROOT/libatomic.so.1" ] && printf '\\tlibatomic.so.1 (libc6,x86-64) => /lib/libatomic.so.1\\n'
+printf '\\tlibc.so.6 (libc6,x86-64) => /lib/libc.so.6\\n'
 """
 # sudo -n true answers whether sudo works without a password; sudo -n COMMAND runs it.
 FAKE_SUDO = """#!/bin/sh
@@ -62,12 +69,13 @@ def machine(tmp_path: Path) -> Machine:
     bin_dir, root = tmp_path / "bin", tmp_path / "usr-bin"
     bin_dir.mkdir()
     root.mkdir()
-    for name in ("cat", "chmod", "env", "mv", "printf", "sh"):
+    for name in ("cat", "chmod", "env", "grep", "mv", "printf", "sh"):
         found = shutil.which(name)
         assert found is not None, name
         (bin_dir / name).symlink_to(found)
-    (bin_dir / "id").write_text(FAKE_ID)
-    (bin_dir / "id").chmod(0o755)
+    for name, text in (("id", FAKE_ID), ("ldconfig", FAKE_LDCONFIG)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
     calls = tmp_path / "calls"
     env = {
         "PATH": str(bin_dir),
@@ -90,11 +98,24 @@ def test_a_tool_that_is_there_is_left_alone(machine: Machine) -> None:
     with_tool(machine, "apt-get", FAKE_APT_GET)
     machine.chromium.write_text("#!/bin/sh\n")
     machine.chromium.chmod(0o755)
+    (machine.chromium.parent / "libatomic.so.1").touch()
 
     answer = machine.run("chromium")
 
     assert (answer.returncode, answer.stdout, answer.stderr) == (0, "", "")
     assert machine.recorded() == []
+
+
+def test_chromium_without_the_playwright_drivers_libatomic_is_completed(machine: Machine) -> None:
+    with_tool(machine, "apt-get", FAKE_APT_GET)
+    machine.env["FAKE_UID"] = "0"
+    machine.chromium.write_text("#!/bin/sh\n")
+    machine.chromium.chmod(0o755)
+
+    answer = machine.run("chromium")
+
+    assert answer.returncode == 0, answer.stderr
+    assert "apt-get install -y --no-install-recommends chromium libatomic1 -q" in machine.recorded()
 
 
 def test_as_root_chromium_is_installed_from_debians_packages(machine: Machine) -> None:
@@ -106,10 +127,10 @@ def test_as_root_chromium_is_installed_from_debians_packages(machine: Machine) -
     assert answer.returncode == 0, answer.stderr
     assert machine.recorded() == [
         "apt-get update -q",
-        "apt-get install -y --no-install-recommends chromium -q",
+        "apt-get install -y --no-install-recommends chromium libatomic1 -q",
     ]
     assert os.access(machine.chromium, os.X_OK)
-    assert "installing Debian's chromium" in answer.stdout
+    assert "installing Debian's chromium libatomic1" in answer.stdout
 
 
 def test_with_sudo_that_asks_nothing_node_and_npm_are_installed_through_it(machine: Machine) -> None:
@@ -137,7 +158,9 @@ def test_without_root_or_sudo_the_exact_command_is_printed_and_nothing_runs(mach
     chromium, npm = machine.run("chromium"), machine.run("npm")
 
     assert chromium.returncode == npm.returncode == 1
-    assert "  su -c 'apt-get update && apt-get install -y --no-install-recommends chromium'\n" in chromium.stderr
+    assert "  su -c 'apt-get update && apt-get install -y --no-install-recommends chromium libatomic1'\n" in (
+        chromium.stderr
+    )
     assert "  su -c 'apt-get update && apt-get install -y --no-install-recommends nodejs npm'\n" in npm.stderr
     assert machine.recorded() == []
 
@@ -150,7 +173,9 @@ def test_with_sudo_that_would_ask_for_a_password_the_sudo_command_is_printed(mac
 
     assert answer.returncode == 1
     assert "needs root (or sudo without a password prompt)" in answer.stderr
-    assert "  sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium\n" in answer.stderr
+    assert "  sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium libatomic1\n" in (
+        answer.stderr
+    )
     assert machine.recorded() == ["sudo -n true"]
 
 
@@ -162,7 +187,7 @@ def test_a_failed_install_fails_the_step(machine: Machine) -> None:
     answer = machine.run("chromium")
 
     assert answer.returncode == 1
-    assert "apt-get could not install chromium" in answer.stderr
+    assert "apt-get could not install chromium libatomic1" in answer.stderr
 
 
 def test_without_apt_get_it_says_to_use_the_systems_package_manager(machine: Machine) -> None:
