@@ -1156,7 +1156,7 @@ def test_cli_serves_until_interrupted() -> None:
             {"client_id": "cli-client", "name": DEFAULT_APP.name, "redirect_uri": "http://127.0.0.1:3999/cb"}
         ]
         process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=10)
+        out, err = process.communicate(timeout=30)
     finally:
         process.kill()
     assert process.returncode == 0, err

@@ -105,31 +105,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (OSError, ValueError, TypeError, KeyError) as exc:
         parser.error(str(exc))
+    # Ctrl-C (SIGINT) and SIGTERM only set an event, from before the server starts: a signal that arrives while the
+    # banner is still being printed (a loaded machine can deliver it there) stops the emulator the same orderly way.
+    stopped = threading.Event()
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stopped.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         emulator.start(args.host, args.port)
     except OSError as exc:
         print(f"smartsheet-emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    print(f"Smartsheet emulator listening on {emulator.base_url}")
-    print(f"  authorize URL: {emulator.authorize_url}")
-    print(f"  API base URL:  {emulator.api_base_url}")
-    for app in emulator.apps:
-        print(f"  app: {app.name!r} client_id={app.client_id} redirect_uri={app.redirect_uri}")
-    for user in emulator.users:
-        print(f"  user: {user.id} {user.email}")
-    print(f"  admin: {emulator.base_url}{ADMIN_PREFIX}/stats  (Ctrl-C stops)", flush=True)
-
-    stopped = threading.Event()
-
-    def on_sigterm(_signum: int, _frame: FrameType | None) -> None:
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
     try:
+        print(f"Smartsheet emulator listening on {emulator.base_url}")
+        print(f"  authorize URL: {emulator.authorize_url}")
+        print(f"  API base URL:  {emulator.api_base_url}")
+        for app in emulator.apps:
+            print(f"  app: {app.name!r} client_id={app.client_id} redirect_uri={app.redirect_uri}")
+        for user in emulator.users:
+            print(f"  user: {user.id} {user.email}")
+        print(f"  admin: {emulator.base_url}{ADMIN_PREFIX}/stats  (Ctrl-C stops)", flush=True)
         while not stopped.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         emulator.stop()
     print("Smartsheet emulator stopped", flush=True)
