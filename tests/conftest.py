@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from smartsheet_oauth import services
-from smartsheet_oauth.observability import metrics
+from smartsheet_oauth.platform.observability import metrics
 
 # The `broker` (in-process) and `stack`/`local_stack`/`client` (loopback HTTP) fixtures, for every suite.
 pytest_plugins = ["tests.support.fixtures"]

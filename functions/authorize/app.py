@@ -13,13 +13,15 @@ from urllib.parse import urlsplit
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import pages, services, snapstart
+from smartsheet_oauth import services
 from smartsheet_oauth.config import Config, get_config
-from smartsheet_oauth.errors import AnonymousLoginDisabled, ConnectFormRejected, ConnectLinkRejected
-from smartsheet_oauth.observability import logger, metrics
-from smartsheet_oauth.router import Cookie, Response
-from smartsheet_oauth.sign_in import NONCE_COOKIE, begin_sign_in
-from smartsheet_oauth.web import count, form_params, html, query_params, redirect, resolver
+from smartsheet_oauth.domain.errors import AnonymousLoginDisabled, ConnectFormRejected, ConnectLinkRejected
+from smartsheet_oauth.edge import pages
+from smartsheet_oauth.edge.router import Cookie, Response
+from smartsheet_oauth.edge.web import count, form_params, html, query_params, redirect, resolver
+from smartsheet_oauth.flows.sign_in import NONCE_COOKIE, begin_sign_in
+from smartsheet_oauth.platform import snapstart
+from smartsheet_oauth.platform.observability import logger, metrics
 
 # The connect page's browser key: __Host- (Secure, Path=/, no Domain: no subdomain can plant one), HttpOnly.
 CONNECT_COOKIE = "__Host-smartsheet-oauth-connect"

@@ -7,13 +7,16 @@ from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import events, pages, services, snapstart
+from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
-from smartsheet_oauth.errors import BindingConflict, CodeRefused
-from smartsheet_oauth.observability import logger, metrics
-from smartsheet_oauth.router import Cookie, Response
-from smartsheet_oauth.sign_in import NONCE_COOKIE, SignedIn, finish_sign_in
-from smartsheet_oauth.web import count, html, query_params, redirect, resolver
+from smartsheet_oauth.domain.errors import BindingConflict, CodeRefused
+from smartsheet_oauth.edge import pages
+from smartsheet_oauth.edge.router import Cookie, Response
+from smartsheet_oauth.edge.web import count, html, query_params, redirect, resolver
+from smartsheet_oauth.flows.sign_in import NONCE_COOKIE, SignedIn, finish_sign_in
+from smartsheet_oauth.platform import snapstart
+from smartsheet_oauth.platform.observability import logger, metrics
+from smartsheet_oauth.stores import events
 
 get_config()  # a bad configuration fails the cold start, naming the variable
 snapstart.register()  # SnapStart hooks; nothing is registered off Lambda

@@ -6,11 +6,13 @@ from typing import Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from smartsheet_oauth import scheduled_sweep, services, snapstart
+from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
-from smartsheet_oauth.observability import logger, metrics
-from smartsheet_oauth.refresh import RefreshDeps
-from smartsheet_oauth.refresh_window import SWEEP_MARGIN_SECONDS
+from smartsheet_oauth.flows import scheduled_sweep
+from smartsheet_oauth.flows.refresh import RefreshDeps
+from smartsheet_oauth.flows.refresh_window import SWEEP_MARGIN_SECONDS
+from smartsheet_oauth.platform import snapstart
+from smartsheet_oauth.platform.observability import logger, metrics
 
 get_config()  # a bad configuration fails the cold start, naming the variable
 snapstart.register()  # SnapStart hooks; nothing is registered off Lambda

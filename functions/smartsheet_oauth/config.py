@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from functools import cache
 from urllib.parse import urlsplit
 
-from smartsheet_oauth.errors import ConfigError
-from smartsheet_oauth.refresh_window import MIN_LEASE_SECONDS
+from smartsheet_oauth.domain.errors import ConfigError
+from smartsheet_oauth.flows.refresh_window import MIN_LEASE_SECONDS
 
 KNOWN_SCOPES = frozenset(
     {

@@ -9,21 +9,21 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
-from smartsheet_oauth import aws
 from smartsheet_oauth.config import Config, get_config
-from smartsheet_oauth.errors import ConfigError
-from smartsheet_oauth.storage_errors import storage
+from smartsheet_oauth.domain.errors import ConfigError
+from smartsheet_oauth.platform import aws
+from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
-    from smartsheet_oauth.connect_completions import CompletionStore
-    from smartsheet_oauth.connect_sessions import ConnectSessionStore
-    from smartsheet_oauth.connection_store import ConnectionStore
-    from smartsheet_oauth.events import EventPublisher
-    from smartsheet_oauth.pace import SharedPace
-    from smartsheet_oauth.smartsheet import SmartsheetClient
-    from smartsheet_oauth.state_store import StateStore
-    from smartsheet_oauth.sweep_lease import SweepLeases
-    from smartsheet_oauth.token_vault import TokenVault
+    from smartsheet_oauth.flows.connect import CompletionStore
+    from smartsheet_oauth.smartsheet.client import SmartsheetClient
+    from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
+    from smartsheet_oauth.stores.connections import ConnectionStore
+    from smartsheet_oauth.stores.events import EventPublisher
+    from smartsheet_oauth.stores.pace import SharedPace
+    from smartsheet_oauth.stores.states import StateStore
+    from smartsheet_oauth.stores.sweep_lease import SweepLeases
+    from smartsheet_oauth.stores.token_vault import TokenVault
 
 # Each factory imports its collaborator's module itself: a function's cold start imports only what it uses
 # (/login: no token vault, connection store or events; the sweep: no state or connect-session store).
@@ -87,7 +87,7 @@ def client_secret_of(text: str | None) -> str:
 
 @cache
 def state_store() -> StateStore:
-    from smartsheet_oauth.state_store import StateStore  # noqa: PLC0415
+    from smartsheet_oauth.stores.states import StateStore  # noqa: PLC0415
 
     config = get_config()
     return StateStore(aws.dynamodb(), config.state_table_name, config.state_ttl_seconds)
@@ -95,14 +95,14 @@ def state_store() -> StateStore:
 
 @cache
 def connection_store() -> ConnectionStore:
-    from smartsheet_oauth.connection_store import ConnectionStore  # noqa: PLC0415
+    from smartsheet_oauth.stores.connections import ConnectionStore  # noqa: PLC0415
 
     return ConnectionStore(aws.dynamodb(), get_config().connections_table_name)
 
 
 @cache
 def token_vault() -> TokenVault:
-    from smartsheet_oauth.token_vault import PairSealer, TokenVault  # noqa: PLC0415
+    from smartsheet_oauth.stores.token_vault import PairSealer, TokenVault  # noqa: PLC0415
 
     config = get_config()
     # The KMS client is made on the first seal (refresh only): sign-in never pays for it.
@@ -114,7 +114,7 @@ def token_vault() -> TokenVault:
 
 @cache
 def connect_sessions() -> ConnectSessionStore:
-    from smartsheet_oauth.connect_sessions import ConnectSessionStore  # noqa: PLC0415
+    from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore  # noqa: PLC0415
 
     config = get_config()
     return ConnectSessionStore(aws.dynamodb(), config.state_table_name, config.connect_session_ttl_seconds)
@@ -122,14 +122,14 @@ def connect_sessions() -> ConnectSessionStore:
 
 @cache
 def completion_store() -> CompletionStore:
-    from smartsheet_oauth.connect_completions import CompletionStore  # noqa: PLC0415
+    from smartsheet_oauth.flows.connect import CompletionStore  # noqa: PLC0415
 
     return CompletionStore(aws.dynamodb(), get_config().state_table_name)
 
 
 @cache
 def event_publisher() -> EventPublisher:
-    from smartsheet_oauth.events import EventPublisher  # noqa: PLC0415
+    from smartsheet_oauth.stores.events import EventPublisher  # noqa: PLC0415
 
     config = get_config()
     return EventPublisher(aws.events(), config.event_bus_name, include_email=config.events_include_email)
@@ -137,7 +137,7 @@ def event_publisher() -> EventPublisher:
 
 @cache
 def sweep_leases() -> SweepLeases:
-    from smartsheet_oauth.sweep_lease import SweepLeases  # noqa: PLC0415
+    from smartsheet_oauth.stores.sweep_lease import SweepLeases  # noqa: PLC0415
 
     return SweepLeases(aws.dynamodb(), get_config().state_table_name)
 
@@ -145,7 +145,7 @@ def sweep_leases() -> SweepLeases:
 def shared_pace() -> SharedPace:
     """A new view of the pace every refresher shares (it holds the slots this caller claimed, so one per sweep or
     request, not per container)."""
-    from smartsheet_oauth.pace import PaceWindows, SharedPace  # noqa: PLC0415
+    from smartsheet_oauth.stores.pace import PaceWindows, SharedPace  # noqa: PLC0415
 
     config = get_config()
     return SharedPace(PaceWindows(aws.dynamodb(), config.state_table_name), config.refresh_rate_per_minute)
@@ -158,7 +158,7 @@ _client: tuple[AppCredentials, SmartsheetClient] | None = None
 def smartsheet_client() -> SmartsheetClient:
     """One client (and its connection pool) per container; rebuilt only when the app credentials change."""
     global _client  # noqa: PLW0603 (a per-container singleton)
-    from smartsheet_oauth.smartsheet import SmartsheetClient  # noqa: PLC0415
+    from smartsheet_oauth.smartsheet.client import SmartsheetClient  # noqa: PLC0415
 
     credentials = app_credentials()
     with _client_lock:

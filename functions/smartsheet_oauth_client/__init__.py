@@ -56,7 +56,7 @@ DEFAULT_CACHE_SECONDS = 300.0
 MAX_MIN_VALID_SECONDS = 7 * 24 * 3600
 _EXECUTE_API_HOST = re.compile(r"[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?")
 # Connection ids are Smartsheet user ids: digits, beyond 2^53 but below 2^64. The broker's API holds them to this
-# rule too (smartsheet_oauth.management imports it from here, so this file stays one file to copy).
+# rule too (smartsheet_oauth.flows.management imports it from here, so this file stays one file to copy).
 CONNECTION_ID_MAX_DIGITS = 20
 
 # (method, url, headers, body, timeout) -> (status, body)

@@ -6,10 +6,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from smartsheet_oauth import management
-from smartsheet_oauth.connect_sessions import ConnectSessionStore
-from smartsheet_oauth.connection_store import ACTIVE, NEEDS_REAUTH, REVOKED, Connection, DueConnection
-from smartsheet_oauth.errors import (
+from smartsheet_oauth.domain.errors import (
     BadRequest,
     ConditionFailed,
     Conflict,
@@ -18,9 +15,12 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.on_demand import PACE_WAIT_SECONDS
-from smartsheet_oauth.pace import PaceExhausted, PaceWindows, SharedPace
-from smartsheet_oauth.refresh import RefreshDeps, refresh_connection
+from smartsheet_oauth.flows import management
+from smartsheet_oauth.flows.on_demand import PACE_WAIT_SECONDS
+from smartsheet_oauth.flows.refresh import RefreshDeps, refresh_connection
+from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
+from smartsheet_oauth.stores.connections import ACTIVE, NEEDS_REAUTH, REVOKED, Connection, DueConnection
+from smartsheet_oauth.stores.pace import PaceExhausted, PaceWindows, SharedPace
 
 from infra.admin.counts import count_by_status
 from infra.admin.target import Target

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from smartsheet_oauth.connection_store import Connection
-from smartsheet_oauth.errors import StorageError
-from smartsheet_oauth.observability import logger
+from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.platform.observability import logger
+from smartsheet_oauth.stores.connections import Connection
 
 from infra.admin import actions, doctor
 from infra.admin.actions import ActionError

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from smartsheet_oauth.connection_store import ACTIVE, NEEDS_REAUTH, REVOKED
-from smartsheet_oauth.storage_errors import storage
+from smartsheet_oauth.stores.connections import ACTIVE, NEEDS_REAUTH, REVOKED
+from smartsheet_oauth.stores.storage_errors import storage
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ from typing import Any, Final
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import NoCredentialsError, ProfileNotFound
-from smartsheet_oauth.connection_store import ConnectionStore
-from smartsheet_oauth.token_vault import TokenVault
+from smartsheet_oauth.stores.connections import ConnectionStore
+from smartsheet_oauth.stores.token_vault import TokenVault
 
 from infra.admin.stack_facts import StackFacts
 from infra.admin.target import (

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 import boto3
 from smartsheet_oauth.config import Config, is_loopback
-from smartsheet_oauth.connection_store import ConnectionStore
-from smartsheet_oauth.token_vault import TokenVault
+from smartsheet_oauth.stores.connections import ConnectionStore
+from smartsheet_oauth.stores.token_vault import TokenVault
 
 from infra.admin.stack_facts import StackFacts
 from infra.admin.target import (

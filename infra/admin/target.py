@@ -13,12 +13,12 @@ from typing import Any, Final
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from smartsheet_oauth.config import Config, load_config
-from smartsheet_oauth.connection_store import ConnectionStore
-from smartsheet_oauth.errors import ConfigError
-from smartsheet_oauth.events import EventPublisher
+from smartsheet_oauth.stores.connections import ConnectionStore
+from smartsheet_oauth.domain.errors import ConfigError
+from smartsheet_oauth.stores.events import EventPublisher
 from smartsheet_oauth.services import client_secret_of
-from smartsheet_oauth.smartsheet import SmartsheetClient
-from smartsheet_oauth.token_vault import TokenVault
+from smartsheet_oauth.smartsheet.client import SmartsheetClient
+from smartsheet_oauth.stores.token_vault import TokenVault
 
 from infra.admin.stack_facts import StackFacts
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from smartsheet_oauth.pace import Windows
+from smartsheet_oauth.stores.pace import Windows
 
 from infra.local.template_model import Resolver, Template
 
@@ -40,7 +40,7 @@ def schedule_interval_seconds(expression: str) -> int:
 def safety_margin_seconds() -> float:
     """The refresh handler's SAFETY_MARGIN_SECONDS: it stops dispatching this long before the timeout. The handler
     takes it from refresh_window.SWEEP_MARGIN_SECONDS (tests/unit/test_refresh_window.py holds the two together)."""
-    from smartsheet_oauth.refresh_window import SWEEP_MARGIN_SECONDS
+    from smartsheet_oauth.flows.refresh_window import SWEEP_MARGIN_SECONDS
 
     if "SAFETY_MARGIN_SECONDS = float(SWEEP_MARGIN_SECONDS)" not in REFRESH_APP.read_text(encoding="utf-8"):
         raise ValueError(f"{REFRESH_APP} no longer sets SAFETY_MARGIN_SECONDS: teach tests/bench/capacity.py")

@@ -115,7 +115,7 @@ class _Inputs:
     """Fresh, valid input for each function's first invocation: a state + code, a due connection."""
 
     def __init__(self, aws: Any, envs: dict[str, dict[str, str]], emulator: SmartsheetEmulator) -> None:
-        from smartsheet_oauth.state_store import nonce_hash
+        from smartsheet_oauth.stores.states import nonce_hash
 
         self._nonce_hash = nonce_hash
         self.aws = aws

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smartsheet_oauth.refresh_window import SWEEP_MARGIN_SECONDS, window_seconds
-from smartsheet_oauth.smartsheet import Timeouts
+from smartsheet_oauth.flows.refresh_window import SWEEP_MARGIN_SECONDS, window_seconds
+from smartsheet_oauth.smartsheet.client import Timeouts
 
 from tests.bench import world
 from tests.bench.capacity import Settings, capacity

@@ -53,9 +53,9 @@ def main(result_path: str) -> int:
     counter.install()
     socket.socket.recv_into = _timed_recv_into  # type: ignore[method-assign,assignment]
     import refresh.app
-    import smartsheet_oauth.scheduled_sweep as scheduled_module
-    import smartsheet_oauth.sweep as sweep_module
-    from smartsheet_oauth import steps
+    import smartsheet_oauth.flows.scheduled_sweep as scheduled_module
+    import smartsheet_oauth.flows.sweep as sweep_module
+    from smartsheet_oauth.flows import steps
 
     moto_port = urlsplit(os.environ["AWS_ENDPOINT_URL"]).port
     emulator_port = urlsplit(os.environ["SMARTSHEET_API_BASE_URL"]).port

@@ -91,7 +91,7 @@ class _HttpPools:
 
 class Bench:
     def __init__(self, aws: Any, env: dict[str, str], emulator: SmartsheetEmulator, counter: AwsCalls) -> None:
-        from smartsheet_oauth.state_store import nonce_hash
+        from smartsheet_oauth.stores.states import nonce_hash
 
         self.aws = aws
         self.env = env

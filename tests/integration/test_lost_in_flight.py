@@ -12,8 +12,9 @@ from contextlib import redirect_stdout
 from typing import Any
 
 import pytest
-from smartsheet_oauth import refusals, services
-from smartsheet_oauth.refresh import (
+from smartsheet_oauth import services
+from smartsheet_oauth.flows import refusals
+from smartsheet_oauth.flows.refresh import (
     DEFERRED,
     LOST,
     LOST_IN_FLIGHT,
@@ -22,8 +23,8 @@ from smartsheet_oauth.refresh import (
     TRANSIENT,
     refresh_connection,
 )
-from smartsheet_oauth.smartsheet import SmartsheetClient, Timeouts
-from smartsheet_oauth.sweep_metrics import SweepFigures
+from smartsheet_oauth.flows.sweep_metrics import SweepFigures
+from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
 
 from infra.local.smartsheet_emulator import DEFAULT_APP
 from tests.integration.test_refresh import FailingVault, FakeTime, deps, due_now, refreshes, signed_in_and_due
@@ -237,7 +238,7 @@ def test_a_failure_before_the_request_left_takes_its_own_marker_away_but_never_a
     reads = vault.load
 
     def failing_load(secret_id: str) -> Any:
-        from smartsheet_oauth.errors import StorageError
+        from smartsheet_oauth.domain.errors import StorageError
 
         raise StorageError("vault.load", "ThrottlingException", transient=True)
 
@@ -262,7 +263,7 @@ def test_a_pair_lost_when_the_record_refuses_its_needs_reauth_too_is_found_out_n
     fake = FakeTime()
 
     def refused(*args: Any, **kwargs: Any) -> Any:
-        from smartsheet_oauth.errors import StorageError
+        from smartsheet_oauth.domain.errors import StorageError
 
         raise StorageError("connections", "ThrottlingException", transient=True)
 
@@ -327,7 +328,7 @@ def test_with_time_for_it_a_rate_limited_refresh_is_retried_within_the_call(refr
 
 
 def test_the_sweep_counts_a_lost_in_flight_grant_under_refresh_lost_and_a_deferred_refresh_apart() -> None:
-    from smartsheet_oauth.sweep import SweepReport
+    from smartsheet_oauth.flows.sweep import SweepReport
 
     report = SweepReport()
     report.outcomes.update({LOST: 1, LOST_IN_FLIGHT: 2, DEFERRED: 3})

@@ -12,11 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from smartsheet_oauth import aws, refusals, services
+from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
-from smartsheet_oauth.connection_store import DueConnection
-from smartsheet_oauth.errors import StorageError, TransientSmartsheetError
-from smartsheet_oauth.refresh import (
+from smartsheet_oauth.domain.errors import StorageError, TransientSmartsheetError
+from smartsheet_oauth.flows import refusals
+from smartsheet_oauth.flows.refresh import (
     KEPT,
     LEASE_BUSY,
     LOST,
@@ -30,9 +30,11 @@ from smartsheet_oauth.refresh import (
     RefreshDeps,
     refresh_connection,
 )
-from smartsheet_oauth.smartsheet import SmartsheetClient, TokenGrant
-from smartsheet_oauth.sweep import BREAKER_THRESHOLD, sweep
-from smartsheet_oauth.token_vault import TokenSet, TokenVault, pending_binding
+from smartsheet_oauth.flows.sweep import BREAKER_THRESHOLD, sweep
+from smartsheet_oauth.platform import aws
+from smartsheet_oauth.smartsheet.client import SmartsheetClient, TokenGrant
+from smartsheet_oauth.stores.connections import DueConnection
+from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault, pending_binding
 
 from tests.support.broker import Broker, pending_tokens_key_arn
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from smartsheet_oauth.config import get_config
-from smartsheet_oauth.state_store import nonce_hash
+from smartsheet_oauth.stores.states import nonce_hash
 
 from tests.support.broker import NONCE_COOKIE, Broker
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.config import REQUIRED, load_config
-from smartsheet_oauth.errors import StorageError
-from smartsheet_oauth.pace import PaceExhausted, PaceWindows, SharedPace, Windows
-from smartsheet_oauth.sweep_lease import LEASE_KEY, SweepLeases
+from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.stores.pace import PaceExhausted, PaceWindows, SharedPace, Windows
+from smartsheet_oauth.stores.sweep_lease import LEASE_KEY, SweepLeases
 
 from infra.scripts.sam_translate import TEMPLATE, load_template
 from tests.integration.test_refresh import refreshes, signed_in_and_due
@@ -107,7 +107,7 @@ def test_a_sweep_that_crashes_gives_the_lease_back(broker: Broker, monkeypatch: 
 
     # monkeypatch.context(), not undo(): undo() would also take back the broker fixture's environment.
     with monkeypatch.context() as patch:
-        patch.setattr("smartsheet_oauth.scheduled_sweep.sweep", crash)
+        patch.setattr("smartsheet_oauth.flows.scheduled_sweep.sweep", crash)
         with pytest.raises(ZeroDivisionError):
             broker.sweep()  # a Lambda error: the function-errors alarm, and Lambda's retries
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-from smartsheet_oauth.errors import InvalidGrant, NoTimeToRefresh, TransientSmartsheetError
-from smartsheet_oauth.smartsheet import REFRESH_RETRY_PAUSE_SECONDS, SmartsheetClient, Timeouts
+from smartsheet_oauth.domain.errors import InvalidGrant, NoTimeToRefresh, TransientSmartsheetError
+from smartsheet_oauth.smartsheet.client import REFRESH_RETRY_PAUSE_SECONDS, SmartsheetClient, Timeouts
 
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator
 

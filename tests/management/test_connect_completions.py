@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from smartsheet_oauth import services
-from smartsheet_oauth.connect_completions import CLAIM_SECONDS, KEY_PREFIX, CompletionStore
-from smartsheet_oauth.errors import ConditionFailed, StorageError
-from smartsheet_oauth.observability import metrics
+from smartsheet_oauth.domain.errors import ConditionFailed, StorageError
+from smartsheet_oauth.flows.connect import CLAIM_SECONDS, KEY_PREFIX, CompletionStore
+from smartsheet_oauth.platform.observability import metrics
 
 from tests.management.conftest import ApiAnswer, EventSink, call_management, complete, connect, new_session
 from tests.support.broker import Broker, completion_code

@@ -167,7 +167,7 @@ def _statements(resource: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_the_event_clock_allows_what_api_gateways_signature_check_allows() -> None:
-    from smartsheet_oauth.api import EVENT_MAX_AGE_SECONDS, not_from_api_gateway
+    from smartsheet_oauth.edge.management_api import EVENT_MAX_AGE_SECONDS, not_from_api_gateway
 
     arn = LambdaContext().invoked_function_arn
     event = listing_as_a_made_up_admin()

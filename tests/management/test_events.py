@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 import pytest
-from smartsheet_oauth import events, services
-from smartsheet_oauth.events import ConnectionEvent, EventPublisher
+from smartsheet_oauth import services
+from smartsheet_oauth.stores import events
+from smartsheet_oauth.stores.events import ConnectionEvent, EventPublisher
 
 from tests.management.conftest import EventSink
 from tests.support.broker import Broker

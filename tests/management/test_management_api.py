@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from smartsheet_oauth import services
-from smartsheet_oauth.errors import StorageError
-from smartsheet_oauth.management import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
-from smartsheet_oauth.pace import PaceWindows, Windows
+from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.flows.management import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
+from smartsheet_oauth.stores.pace import PaceWindows, Windows
 
 from tests.integration.test_refresh import FailingVault, FakeTime
 from tests.management.conftest import EventSink, call_management
@@ -489,8 +489,8 @@ def test_an_on_demand_refresh_that_finds_a_grant_lost_in_flight_is_a_500_inciden
 
 
 def test_an_on_demand_refresh_waits_for_the_pace_only_as_long_as_it_can_still_send() -> None:
-    from smartsheet_oauth import on_demand
-    from smartsheet_oauth.smartsheet import Timeouts
+    from smartsheet_oauth.flows import on_demand
+    from smartsheet_oauth.smartsheet.client import Timeouts
 
     class Deps:
         @staticmethod

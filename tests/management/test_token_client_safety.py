@@ -12,8 +12,8 @@ from typing import Any
 
 import boto3
 import pytest
-from smartsheet_oauth.errors import BadRequest
-from smartsheet_oauth.management import checked_connection_id
+from smartsheet_oauth.domain.errors import BadRequest
+from smartsheet_oauth.flows.management import checked_connection_id
 from smartsheet_oauth_client import TokenError, TokenProvider, is_connection_id
 
 from tests.management.test_token_client import ADA, NOW, PREFIX, Clock, FakeBroker, FakeSecrets

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smartsheet_oauth.sweep_lease import SweepLeases
+from smartsheet_oauth.stores.sweep_lease import SweepLeases
 
 from infra.admin.cli import main
 from infra.local import dev

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from smartsheet_oauth.observability import metrics
+from smartsheet_oauth.platform.observability import metrics
 
 from infra.local.template_model import Template
 from tests.ops.conftest import Recorded

@@ -311,8 +311,8 @@ def spec_group(r: Resolver, function: str) -> str:
 
 # -- literal metric names in the functions' source ------------------------------------------------------------------
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
-# The emitters and the name each makes: web.count(operation, outcome), api.count(code) (management_<code>),
-# api's error(status, code, ...) and the management errors carrying a code, and add_metric(name=...) itself.
+# The emitters and the name each makes: web.count(operation, outcome), management_api.count(code) (management_<code>),
+# management_api's error(status, code, ...) and the management errors carrying a code, and add_metric(name=...) itself.
 MANAGEMENT_CODE_CALLS = {"error": 1, "Conflict": 0, "RefreshFailed": 0}
 # web.resolver's handlers serve both pages; /login's path raises only these (a declined or stale sign-in and
 # Smartsheet's answers come back on /callback: sign_in.finish_sign_in).
@@ -352,10 +352,11 @@ def literal_metric_names() -> set[str]:
 
 
 def _is_api_count(function: ast.expr, path: Path) -> bool:
-    """api.count(code) from a handler, or count(code) inside api.py; not str.count(":") and the like."""
+    """management_api.count(code) from a handler, or count(code) inside management_api.py; not str.count(":") and the
+    like."""
     if isinstance(function, ast.Attribute):
-        return isinstance(function.value, ast.Name) and function.value.id == "api"
-    return path.name == "api.py"
+        return isinstance(function.value, ast.Name) and function.value.id == "management_api"
+    return path.name == "management_api.py"
 
 
 def test_every_alarm_has_its_row_in_the_operations_runbook() -> None:

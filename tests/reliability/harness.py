@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config as BotoConfig
-from smartsheet_oauth import steps
 from smartsheet_oauth.config import Config, load_config
-from smartsheet_oauth.connection_store import ConnectionStore
-from smartsheet_oauth.refresh import OUTCOMES, RefreshDeps
-from smartsheet_oauth.smartsheet import SmartsheetClient, Timeouts
-from smartsheet_oauth.sweep import SweepReport, sweep
-from smartsheet_oauth.token_vault import PairSealer, TokenSet, TokenVault
+from smartsheet_oauth.flows import steps
+from smartsheet_oauth.flows.refresh import OUTCOMES, RefreshDeps
+from smartsheet_oauth.flows.sweep import SweepReport, sweep
+from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
+from smartsheet_oauth.stores.connections import ConnectionStore
+from smartsheet_oauth.stores.token_vault import PairSealer, TokenSet, TokenVault
 
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator, User
 

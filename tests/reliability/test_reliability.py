@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from smartsheet_oauth.refresh import (
+from smartsheet_oauth.flows.refresh import (
     KEPT,
     LEASE_BUSY,
     LOST,
@@ -25,7 +25,7 @@ from smartsheet_oauth.refresh import (
     REFRESHED,
     RESUMED,
 )
-from smartsheet_oauth.sweep import SweepReport
+from smartsheet_oauth.flows.sweep import SweepReport
 
 from tests.reliability.conftest import Scale
 from tests.reliability.harness import (

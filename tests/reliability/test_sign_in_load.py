@@ -23,7 +23,7 @@ from tests.reliability.browsers import BrowserRun, percentile, sign_in_all
 from tests.reliability.conftest import Scale
 from tests.reliability.harness import SPAWN
 
-# The status the callback answers with, by the outcome it logs (smartsheet_oauth/web.py, callback/app.py).
+# The status the callback answers with, by the outcome it logs (smartsheet_oauth/edge/web.py, callback/app.py).
 STATUS_OF_OUTCOME = {
     "success": 200,
     "bad_request": 400,

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
-from smartsheet_oauth.observability import logger
+from smartsheet_oauth.platform.observability import logger
 
 from tests.management.conftest import event_sink  # noqa: F401 (the connect-link tests watch events too)
 from tests.security.support import Capture

@@ -133,7 +133,7 @@ def invoke(path: str, event: dict[str, Any]) -> Any:
 
 
 def within_limits(query: dict[str, str]) -> bool:
-    """What /callback reads at all (the query size limits of smartsheet_oauth.web)."""
+    """What /callback reads at all (the query size limits of smartsheet_oauth.edge.web)."""
     if len(urlencode(query, errors="surrogatepass")) > 4096:
         return False
     return all(len(name) <= 64 and len(value) <= 2048 for name, value in query.items())

@@ -7,8 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from smartsheet_oauth import services
-from smartsheet_oauth.errors import BadRequest
-from smartsheet_oauth.sign_in import checked_return_to
+from smartsheet_oauth.domain.errors import BadRequest
+from smartsheet_oauth.flows.sign_in import checked_return_to
 
 from tests.security.support import assert_security_headers, header
 from tests.support.broker import Broker

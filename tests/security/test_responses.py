@@ -8,8 +8,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from smartsheet_oauth import pages, services
-from smartsheet_oauth.smartsheet import SmartsheetClient
+from smartsheet_oauth import services
+from smartsheet_oauth.edge import pages
+from smartsheet_oauth.smartsheet.client import SmartsheetClient
 
 from infra.local.smartsheet_emulator import DEFAULT_APP
 from tests.management.conftest import complete, new_session

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.client import BaseClient
 from smartsheet_oauth import services
-from smartsheet_oauth.smartsheet import SmartsheetClient, request_hash
+from smartsheet_oauth.smartsheet.client import SmartsheetClient, request_hash
 
 from infra.local.smartsheet_emulator import DEFAULT_APP
 from infra.local.template_model import Template
@@ -257,7 +257,7 @@ def test_powertools_debug_switches_do_not_print_requests(
 ) -> None:
     """POWERTOOLS_DEV / POWERTOOLS_EVENT_HANDLER_DEBUG make a default resolver print every event (with the code,
     the state and the nonce cookie) and put tracebacks in answers: the broker's resolvers stay quiet."""
-    from smartsheet_oauth.web import resolver
+    from smartsheet_oauth.edge.web import resolver
 
     from tests.support.events import LambdaContext, http_event
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from smartsheet_oauth.observability import metrics
-from smartsheet_oauth.state_store import nonce_hash
+from smartsheet_oauth.platform.observability import metrics
+from smartsheet_oauth.stores.states import nonce_hash
 
 from tests.security.support import Capture, b64url_bytes, smartsheet_api_calls, state_of
 from tests.support.broker import NONCE_COOKIE, Broker
@@ -84,7 +84,7 @@ def test_the_cookie_is_compared_in_constant_time(broker: Broker, monkeypatch: py
         comparisons.append((a, b))
         return real_compare(a, b)
 
-    # state_store calls hmac.compare_digest through the module: the spy sees every comparison it makes.
+    # stores/states.py calls hmac.compare_digest through the module: the spy sees every comparison it makes.
     monkeypatch.setattr(hmac, "compare_digest", spy)
     location, nonce = broker.start()
     almost = nonce[:-1] + ("A" if nonce[-1] != "A" else "B")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Final
 
-# GET /login (smartsheet_oauth.web.count("login", outcome) and its resolver's error handlers)
+# GET /login (smartsheet_oauth.edge.web.count("login", outcome) and its resolver's error handlers)
 LOGIN: Final = frozenset(
     {
         "login_started",
@@ -39,7 +39,7 @@ CALLBACK: Final = frozenset(
         "callback_awaiting_confirmation",  # a connect-session sign-in held for the integrator's completion code
     }
 )
-# The sweep (smartsheet_oauth.sweep_metrics): refreshes by outcome, and its own figures
+# The sweep (smartsheet_oauth.flows.sweep_metrics): refreshes by outcome, and its own figures
 SWEEP: Final = frozenset(
     {
         *(f"refresh_{outcome}" for outcome in ("ok", "transient", "needs_reauth", "lease_busy", "raced", "error")),
@@ -51,7 +51,8 @@ SWEEP: Final = frozenset(
         "sweep_skipped",
     }
 )
-# The management API (smartsheet_oauth.api.count): answers by route, on-demand refreshes by outcome, errors by code
+# The management API (smartsheet_oauth.edge.management_api.count): answers by route, on-demand refreshes by outcome,
+# errors by code
 MANAGEMENT: Final = frozenset(
     {
         "management_listed",
@@ -92,7 +93,7 @@ MANAGEMENT: Final = frozenset(
         ),
     }
 )
-# Connection events sent to the integrator's bus (smartsheet_oauth.events)
+# Connection events sent to the integrator's bus (smartsheet_oauth.stores.events)
 EVENTS: Final = frozenset({"events_published", "events_publish_failed"})
 
 # Not the code's: the API's access log through the template's metric filter (ApiThrottledMetricFilter): requests API

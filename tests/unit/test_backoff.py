@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from smartsheet_oauth.refresh import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_seconds
+from smartsheet_oauth.flows.refresh import BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, backoff_seconds
 
 
 def test_grows_with_failures_and_is_capped() -> None:

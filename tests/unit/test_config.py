@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from smartsheet_oauth.config import REGIONS, load_config
-from smartsheet_oauth.errors import ConfigError
+from smartsheet_oauth.domain.errors import ConfigError
 
 BASE = {
     "STATE_TABLE_NAME": "states",

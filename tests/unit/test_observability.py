@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aws_lambda_powertools import Logger
-from smartsheet_oauth.observability import add_metric_safely, debug_sampling_rate, flush_metrics_now, logger
+from smartsheet_oauth.platform.observability import add_metric_safely, debug_sampling_rate, flush_metrics_now, logger
 
 from tests.support.events import LambdaContext
 

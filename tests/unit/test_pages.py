@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from smartsheet_oauth import pages
+from smartsheet_oauth.edge import pages
 
 
 def test_echoed_values_are_escaped() -> None:

@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from smartsheet_oauth import aws, on_demand, refresh_window
 from smartsheet_oauth.config import get_config, load_config
-from smartsheet_oauth.errors import ConfigError
-from smartsheet_oauth.management import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
-from smartsheet_oauth.smartsheet import REFRESH_RETRY_PAUSE_SECONDS, Timeouts, _refresh_retry
+from smartsheet_oauth.domain.errors import ConfigError
+from smartsheet_oauth.flows import on_demand, refresh_window
+from smartsheet_oauth.flows.management import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
+from smartsheet_oauth.platform import aws
+from smartsheet_oauth.smartsheet.client import REFRESH_RETRY_PAUSE_SECONDS, Timeouts, _refresh_retry
 
 from infra.scripts.sam_translate import TEMPLATE, load_template
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from urllib.parse import quote_plus
 
 import pytest
-from smartsheet_oauth.errors import BadRequest
-from smartsheet_oauth.sign_in import checked_return_to, start_again_url
+from smartsheet_oauth.domain.errors import BadRequest
+from smartsheet_oauth.flows.sign_in import checked_return_to, start_again_url
 
 ALLOWED = ("https://app.example.com", "https://other.example.com/exact/path")
 

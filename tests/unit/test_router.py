@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from smartsheet_oauth.router import Cookie, NotFoundError, Response, Router
+from smartsheet_oauth.edge.router import Cookie, NotFoundError, Response, Router
 
 from tests.security.support import smartsheet_api_calls
 from tests.support.broker import NONCE_COOKIE, Broker, answer_of
@@ -387,7 +387,7 @@ def test_the_route_can_read_the_lambda_context() -> None:
 def test_the_handlers_answer_an_event_without_a_request_context_with_their_not_found_answer(broker: Broker) -> None:
     from authorize.app import lambda_handler as login
     from callback.app import lambda_handler as callback
-    from smartsheet_oauth import pages
+    from smartsheet_oauth.edge import pages
 
     for handler, path in ((login, "/login"), (callback, "/callback")):
         event = http_event(path, {"state": "s", "code": "c"})
@@ -402,7 +402,7 @@ def test_the_handlers_answer_an_event_without_a_request_context_with_their_not_f
 def test_the_handlers_read_around_mistyped_headers_and_cookies(broker: Broker) -> None:
     from authorize.app import lambda_handler as login
     from callback.app import lambda_handler as callback
-    from smartsheet_oauth import pages
+    from smartsheet_oauth.edge import pages
 
     event = http_event("/login")
     event["headers"] = ["host: broker.example.com"]

@@ -20,8 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from smartsheet_oauth.errors import TransientSmartsheetError
-from smartsheet_oauth.smartsheet import SmartsheetClient, Timeouts
+from smartsheet_oauth.domain.errors import TransientSmartsheetError
+from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
 
 GRANT = {"access_token": "a" * 26, "refresh_token": "r" * 26, "token_type": "bearer", "expires_in": 604799}
 

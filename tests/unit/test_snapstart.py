@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from smartsheet_oauth import aws, snapstart
+from smartsheet_oauth.platform import aws, snapstart
 
 from infra.local.template_model import Template
 
@@ -124,6 +124,6 @@ def test_every_function_of_the_template_registers_both_hooks_at_import(function:
     lines = record.read_text(encoding="utf-8").splitlines() if record.exists() else []
     registered = [json.loads(line) for line in lines]
     assert registered == [
-        ["before", "smartsheet_oauth.snapstart", "before_snapshot"],
-        ["after", "smartsheet_oauth.snapstart", "after_restore"],
+        ["before", "smartsheet_oauth.platform.snapstart", "before_snapshot"],
+        ["after", "smartsheet_oauth.platform.snapstart", "after_restore"],
     ], f"{function} ({handler}) must call snapstart.register() at import"

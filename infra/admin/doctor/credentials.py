@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from smartsheet_oauth.errors import ConfigError
+from smartsheet_oauth.domain.errors import ConfigError
 from smartsheet_oauth.services import PLACEHOLDER_KEY, client_secret_of
 
 from infra.admin.doctor.checklist import Check, failed, passed, unchecked

@@ -16,13 +16,13 @@ from contextlib import redirect_stdout
 from dataclasses import dataclass
 
 import boto3
-from smartsheet_oauth import scheduled_sweep, steps
-from smartsheet_oauth.events import EventPublisher
-from smartsheet_oauth.observability import flush_metrics_now
-from smartsheet_oauth.pace import PaceWindows, SharedPace
-from smartsheet_oauth.refresh import LOST_IN_FLIGHT
-from smartsheet_oauth.state_store import StateStore
-from smartsheet_oauth.sweep_lease import SweepLeases
+from smartsheet_oauth.flows import scheduled_sweep, steps
+from smartsheet_oauth.flows.refresh import LOST_IN_FLIGHT
+from smartsheet_oauth.platform.observability import flush_metrics_now
+from smartsheet_oauth.stores.events import EventPublisher
+from smartsheet_oauth.stores.pace import PaceWindows, SharedPace
+from smartsheet_oauth.stores.states import StateStore
+from smartsheet_oauth.stores.sweep_lease import SweepLeases
 
 from tests.management.conftest import make_sink
 from tests.ops.support import emf_blobs, metric_totals

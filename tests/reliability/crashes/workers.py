@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection as Pipe
 from typing import Any
 
-from smartsheet_oauth import steps
-from smartsheet_oauth.connection_store import ConnectionStore, DueConnection
-from smartsheet_oauth.errors import StorageError
-from smartsheet_oauth.refresh import refresh_connection
-from smartsheet_oauth.sign_in import finish_sign_in
+from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.flows import steps
+from smartsheet_oauth.flows.refresh import refresh_connection
+from smartsheet_oauth.flows.sign_in import finish_sign_in
+from smartsheet_oauth.stores.connections import ConnectionStore, DueConnection
 
 from infra.local.smartsheet_emulator import SmartsheetEmulator
 from tests.reliability.harness import SPAWN, SimClock, WorldSpec, build_deps
@@ -110,14 +110,14 @@ def _with_watcher(deps: Any, watcher: steps.StepWatcher) -> Any:
 
 
 def _state_store(deps: Any) -> Any:
-    from smartsheet_oauth.state_store import StateStore
+    from smartsheet_oauth.stores.states import StateStore
 
     connections: ConnectionStore = deps.connections
     return StateStore(connections._client, deps.config.state_table_name, deps.config.state_ttl_seconds)
 
 
 def _completion_store(deps: Any) -> Any:
-    from smartsheet_oauth.connect_completions import CompletionStore
+    from smartsheet_oauth.flows.connect import CompletionStore
 
     connections: ConnectionStore = deps.connections
     return CompletionStore(connections._client, deps.config.state_table_name)

@@ -8,8 +8,8 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from smartsheet_oauth.errors import ConditionFailed, SignInRejected
-from smartsheet_oauth.storage_errors import storage
+from smartsheet_oauth.domain.errors import ConditionFailed, SignInRejected
+from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

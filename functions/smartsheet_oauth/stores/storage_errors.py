@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from smartsheet_oauth.errors import ConditionFailed, StorageError
+from smartsheet_oauth.domain.errors import ConditionFailed, StorageError
 
 _TRANSIENT_CODES = frozenset(
     {

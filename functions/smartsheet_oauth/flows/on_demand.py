@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from smartsheet_oauth.connection_store import ACTIVE, REVOKED, Connection, DueConnection
-from smartsheet_oauth.errors import BadRequest, BrokerError, ConditionFailed, Conflict
-from smartsheet_oauth.management import ManagementDeps, existing, view
-from smartsheet_oauth.refresh import (
+from smartsheet_oauth.domain.errors import BadRequest, BrokerError, ConditionFailed, Conflict
+from smartsheet_oauth.flows.management import ManagementDeps, existing, view
+from smartsheet_oauth.flows.refresh import (
     DEFERRED,
     KEPT,
     LEASE_BUSY,
@@ -21,7 +20,8 @@ from smartsheet_oauth.refresh import (
     TRANSIENT,
     refresh_connection,
 )
-from smartsheet_oauth.refresh_window import seconds_to_spare
+from smartsheet_oauth.flows.refresh_window import seconds_to_spare
+from smartsheet_oauth.stores.connections import ACTIVE, REVOKED, Connection, DueConnection
 
 DEFAULT_MIN_VALID_SECONDS = 300
 MAX_MIN_VALID_SECONDS = 7 * 24 * 3600

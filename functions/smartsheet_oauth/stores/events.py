@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from smartsheet_oauth.observability import add_metric_safely, logger
+from smartsheet_oauth.platform.observability import add_metric_safely, logger
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
 
-    from smartsheet_oauth.connection_store import Connection
+    from smartsheet_oauth.stores.connections import Connection
 
 SOURCE = "smartsheet-oauth-broker"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
-from smartsheet_oauth.errors import (
+from smartsheet_oauth.domain.errors import (
     InvalidClient,
     InvalidGrant,
     MalformedResponse,

@@ -10,10 +10,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smartsheet_oauth import connection_store, events, refusals, steps
 from smartsheet_oauth.config import Config
-from smartsheet_oauth.connection_store import Connection, ConnectionStore, DueConnection, PendingPair
-from smartsheet_oauth.errors import (
+from smartsheet_oauth.domain.errors import (
     ConditionFailed,
     InvalidClient,
     InvalidGrant,
@@ -22,8 +20,7 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.observability import logger
-from smartsheet_oauth.refresh_outcomes import (
+from smartsheet_oauth.domain.vocabulary import (
     DEFERRED,
     KEPT,
     LEASE_BUSY,
@@ -36,11 +33,15 @@ from smartsheet_oauth.refresh_outcomes import (
     RESUMED,
     TRANSIENT,
 )
-from smartsheet_oauth.refresh_window import FINAL_MARGIN_SECONDS, LEASE_MARGIN_SECONDS, answer_within
-from smartsheet_oauth.refusals import GrantGuard
-from smartsheet_oauth.smartsheet import SmartsheetClient, TokenGrant
-from smartsheet_oauth.steps import StepWatcher
-from smartsheet_oauth.token_vault import TokenSet, TokenVault, pending_binding
+from smartsheet_oauth.flows import refusals, steps
+from smartsheet_oauth.flows.refresh_window import FINAL_MARGIN_SECONDS, LEASE_MARGIN_SECONDS, answer_within
+from smartsheet_oauth.flows.refusals import GrantGuard
+from smartsheet_oauth.flows.steps import StepWatcher
+from smartsheet_oauth.platform.observability import logger
+from smartsheet_oauth.smartsheet.client import SmartsheetClient, TokenGrant
+from smartsheet_oauth.stores import connections, events
+from smartsheet_oauth.stores.connections import Connection, ConnectionStore, DueConnection, PendingPair
+from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault, pending_binding
 
 __all__ = [
     "DEFERRED",
@@ -199,7 +200,7 @@ def _refresh_leased(
     if guard is not None:
         guard.refreshed()
     if leased.failures:
-        events.emit(deps.events, events.about(events.RECOVERED, leased, status=connection_store.ACTIVE))
+        events.emit(deps.events, events.about(events.RECOVERED, leased, status=connections.ACTIVE))
     logger.info("connection refreshed", extra={"connection_id": leased.connection_id, "outcome": REFRESHED})
     return REFRESHED
 
@@ -346,7 +347,7 @@ def _resume_kept_pair(
     if not saved:
         return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, outcome=KEPT)
     _commit(leased, owner, tokens, deps)
-    events.emit(deps.events, events.about(events.RECOVERED, leased, status=connection_store.ACTIVE))
+    events.emit(deps.events, events.about(events.RECOVERED, leased, status=connections.ACTIVE))
     logger.info("kept token pair stored", extra={"connection_id": leased.connection_id, "outcome": RESUMED})
     return RESUMED
 
@@ -391,7 +392,7 @@ def _transient(
     )
     events.emit(
         deps.events,
-        events.about(events.REFRESH_FAILED, leased, status=connection_store.ACTIVE, reason=reason, attempt=failures),
+        events.about(events.REFRESH_FAILED, leased, status=connections.ACTIVE, reason=reason, attempt=failures),
     )
     return outcome
 

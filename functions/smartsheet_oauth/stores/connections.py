@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from smartsheet_oauth.storage_errors import storage
+from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from smartsheet_oauth.errors import BrokerError, ConditionFailed
-from smartsheet_oauth.storage_errors import storage
+from smartsheet_oauth.domain.errors import BrokerError, ConditionFailed
+from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

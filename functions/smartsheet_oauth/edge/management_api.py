@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from smartsheet_oauth.config import is_loopback
-from smartsheet_oauth.errors import (
+from smartsheet_oauth.domain.errors import (
     BadRequest,
     CompletionRefused,
     Conflict,
@@ -17,10 +17,10 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.observability import log_unexpected, logger, metrics
-from smartsheet_oauth.on_demand import RefreshCooldown, RefreshFailed, RefreshLost
-from smartsheet_oauth.pace import PaceExhausted
-from smartsheet_oauth.router import NotFoundError, Response, Router
+from smartsheet_oauth.edge.router import NotFoundError, Response, Router
+from smartsheet_oauth.flows.on_demand import RefreshCooldown, RefreshFailed, RefreshLost
+from smartsheet_oauth.platform.observability import log_unexpected, logger, metrics
+from smartsheet_oauth.stores.pace import PaceExhausted
 
 JSON = "application/json"
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}

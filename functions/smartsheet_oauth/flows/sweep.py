@@ -11,11 +11,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from smartsheet_oauth.connection_store import DueConnection
-from smartsheet_oauth.errors import StorageError
-from smartsheet_oauth.observability import logger
-from smartsheet_oauth.pace import LocalPace, Pace
-from smartsheet_oauth.refresh import (
+from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.flows.refresh import (
     DEFERRED,
     KEPT,
     LOST,
@@ -26,6 +23,9 @@ from smartsheet_oauth.refresh import (
     RefreshDeps,
     refresh_connection,
 )
+from smartsheet_oauth.platform.observability import logger
+from smartsheet_oauth.stores.connections import DueConnection
+from smartsheet_oauth.stores.pace import LocalPace, Pace
 
 # Outcomes that mean "Smartsheet or AWS is struggling": a long run of them stops the sweep (see sweep()).
 _STRUGGLING = frozenset({TRANSIENT, KEPT, LOST})

@@ -13,15 +13,15 @@ from collections.abc import Callable
 # pays, not a request).
 PRELOADED_MODULES = (
     "urllib3.util.retry",
-    "smartsheet_oauth.state_store",
-    "smartsheet_oauth.connection_store",
-    "smartsheet_oauth.connect_sessions",
-    "smartsheet_oauth.connect_completions",
-    "smartsheet_oauth.token_vault",
-    "smartsheet_oauth.events",
-    "smartsheet_oauth.smartsheet",
-    "smartsheet_oauth.sweep_lease",
-    "smartsheet_oauth.pace",
+    "smartsheet_oauth.stores.states",
+    "smartsheet_oauth.stores.connections",
+    "smartsheet_oauth.stores.connect_sessions",
+    "smartsheet_oauth.flows.connect",
+    "smartsheet_oauth.stores.token_vault",
+    "smartsheet_oauth.stores.events",
+    "smartsheet_oauth.smartsheet.client",
+    "smartsheet_oauth.stores.sweep_lease",
+    "smartsheet_oauth.stores.pace",
 )
 
 
@@ -32,7 +32,7 @@ def before_snapshot() -> None:
     call; under SnapStart botocore gets refreshable container credentials). Nothing unique: no state, nonce,
     token or random value is made here, no secret is read and no connection is opened, since all of it would
     be cloned into every environment restored from the snapshot."""
-    from smartsheet_oauth import aws  # noqa: PLC0415 (only under SnapStart)
+    from smartsheet_oauth.platform import aws  # noqa: PLC0415 (only under SnapStart)
 
     for name in PRELOADED_MODULES:
         importlib.import_module(name)

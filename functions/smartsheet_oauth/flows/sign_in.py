@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
 
-from smartsheet_oauth import steps
 from smartsheet_oauth.config import Config, is_loopback
-from smartsheet_oauth.errors import (
+from smartsheet_oauth.domain.errors import (
     AccessDenied,
     BadRequest,
     BindingConflict,
@@ -18,14 +17,15 @@ from smartsheet_oauth.errors import (
     InvalidGrant,
     SignInRejected,
 )
-from smartsheet_oauth.smartsheet import authorize_url
+from smartsheet_oauth.flows import steps
+from smartsheet_oauth.smartsheet.client import authorize_url
 
 if TYPE_CHECKING:
-    from smartsheet_oauth.connect_completions import AwaitingConfirmation, CompletionStore
-    from smartsheet_oauth.connection_store import ConnectionStore
-    from smartsheet_oauth.smartsheet import SmartsheetClient
-    from smartsheet_oauth.state_store import StateStore
-    from smartsheet_oauth.token_vault import TokenVault
+    from smartsheet_oauth.flows.connect import AwaitingConfirmation, CompletionStore
+    from smartsheet_oauth.smartsheet.client import SmartsheetClient
+    from smartsheet_oauth.stores.connections import ConnectionStore
+    from smartsheet_oauth.stores.states import StateStore
+    from smartsheet_oauth.stores.token_vault import TokenVault
 
 # __Host- : the browser only accepts it Secure, with Path=/ and no Domain, so no subdomain can plant one.
 NONCE_COOKIE = "__Host-smartsheet-oauth-nonce"
@@ -137,10 +137,10 @@ def finish_sign_in(
     """Check the state and the browser binding before anything reaches Smartsheet; then exchange the code,
     learn who signed in, store the pair, and record the connection (in that order: the record never points
     at tokens that were not stored). A connect-session sign-in stores nothing yet: its pair is held for the
-    integrator to confirm (connect_completions)."""
+    integrator to confirm (flows/connect.py)."""
     # Only the callback finishes a sign-in: /login does not import what finishing needs (cold start).
-    from smartsheet_oauth.connect_sessions import bind_or_refuse  # noqa: PLC0415
-    from smartsheet_oauth.token_vault import TokenSet  # noqa: PLC0415
+    from smartsheet_oauth.stores.connect_sessions import bind_or_refuse  # noqa: PLC0415
+    from smartsheet_oauth.stores.token_vault import TokenSet  # noqa: PLC0415
 
     state = query.get("state")
     if not state:
@@ -186,7 +186,7 @@ def finish_sign_in(
         obtained_at=obtained_at,
     )
     if record.end_user_id is not None and record.return_to is not None:
-        from smartsheet_oauth.connect_completions import hold_for_confirmation  # noqa: PLC0415
+        from smartsheet_oauth.flows.connect import hold_for_confirmation  # noqa: PLC0415
 
         return hold_for_confirmation(
             completions(),

@@ -8,15 +8,21 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from smartsheet_oauth.connection_store import REVOKED, ConnectionStore
-from smartsheet_oauth.errors import BadRequest, BindingConflict, ConditionFailed, ConnectLinkRejected, SmartsheetError
-from smartsheet_oauth.observability import logger
-from smartsheet_oauth.storage_errors import storage
+from smartsheet_oauth.domain.errors import (
+    BadRequest,
+    BindingConflict,
+    ConditionFailed,
+    ConnectLinkRejected,
+    SmartsheetError,
+)
+from smartsheet_oauth.platform.observability import logger
+from smartsheet_oauth.stores.connections import REVOKED, ConnectionStore
+from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-    from smartsheet_oauth.smartsheet import SmartsheetClient
+    from smartsheet_oauth.smartsheet.client import SmartsheetClient
 
 SESSION_TOKEN_BYTES = 32  # 256 bits, URL-safe base64: 43 characters
 # Sessions share the state table with pending sign-ins. Their keys carry a ':' that a state never has, so the

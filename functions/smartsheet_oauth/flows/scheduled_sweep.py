@@ -7,13 +7,13 @@ import math
 import time
 from collections.abc import Callable
 
-from smartsheet_oauth.errors import StorageError
-from smartsheet_oauth.observability import logger
-from smartsheet_oauth.pace import Pace
-from smartsheet_oauth.refresh import RefreshDeps
-from smartsheet_oauth.sweep import sweep
-from smartsheet_oauth.sweep_lease import SweepLeases, SweepRunning
-from smartsheet_oauth.sweep_metrics import SweepFigures
+from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.flows.refresh import RefreshDeps
+from smartsheet_oauth.flows.sweep import sweep
+from smartsheet_oauth.flows.sweep_metrics import SweepFigures
+from smartsheet_oauth.platform.observability import logger
+from smartsheet_oauth.stores.pace import Pace
+from smartsheet_oauth.stores.sweep_lease import SweepLeases, SweepRunning
 
 
 def run(

@@ -10,15 +10,15 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from smartsheet_oauth import connection_store, events
-from smartsheet_oauth.errors import ConditionFailed, InvalidGrant, StorageError
-from smartsheet_oauth.observability import logger
-from smartsheet_oauth.refresh_outcomes import LOST_IN_FLIGHT, NEEDS_REAUTH, RACED, TRANSIENT
+from smartsheet_oauth.domain.errors import ConditionFailed, InvalidGrant, StorageError
+from smartsheet_oauth.domain.vocabulary import LOST_IN_FLIGHT, NEEDS_REAUTH, RACED, TRANSIENT
+from smartsheet_oauth.platform.observability import logger
+from smartsheet_oauth.stores import connections, events
 
 if TYPE_CHECKING:
-    from smartsheet_oauth.connection_store import Connection
-    from smartsheet_oauth.refresh import RefreshDeps
-    from smartsheet_oauth.token_vault import TokenSet
+    from smartsheet_oauth.flows.refresh import RefreshDeps
+    from smartsheet_oauth.stores.connections import Connection
+    from smartsheet_oauth.stores.token_vault import TokenSet
 
 # invalid_grant ends one user's grant. The same answer for connection after connection, with few or no refreshes
 # working, points at a cause that is not the users' (an app credential Smartsheet refuses as 1071, an incident
@@ -160,7 +160,5 @@ def end_grant(leased: Connection, owner: str, deps: RefreshDeps, *, outcome: str
                 "in_flight_for_seconds": None if since is None else max(0, now - since),
             },
         )
-    events.emit(
-        deps.events, events.about(events.NEEDS_REAUTH, leased, status=connection_store.NEEDS_REAUTH, reason=reason)
-    )
+    events.emit(deps.events, events.about(events.NEEDS_REAUTH, leased, status=connections.NEEDS_REAUTH, reason=reason))
     return outcome

@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from smartsheet_oauth.connection_store import ConnectionStore
-from smartsheet_oauth.errors import StorageError
-from smartsheet_oauth.observability import add_metric_safely, flush_metrics_now, logger
-from smartsheet_oauth.refresh import LEASE_BUSY, LOST, LOST_IN_FLIGHT, NEEDS_REAUTH, REFRESHED, TRANSIENT
-from smartsheet_oauth.sweep import SweepReport
+from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.flows.refresh import LEASE_BUSY, LOST, LOST_IN_FLIGHT, NEEDS_REAUTH, REFRESHED, TRANSIENT
+from smartsheet_oauth.flows.sweep import SweepReport
+from smartsheet_oauth.platform.observability import add_metric_safely, flush_metrics_now, logger
+from smartsheet_oauth.stores.connections import ConnectionStore
 
 # Emitted by every sweep, zeros included: an alarm's ratio and the dashboard need a datapoint, not a gap.
 REFRESH_OUTCOMES = (REFRESHED, TRANSIENT, NEEDS_REAUTH, LEASE_BUSY)

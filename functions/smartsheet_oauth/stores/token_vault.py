@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from smartsheet_oauth.errors import StorageError
-from smartsheet_oauth.storage_errors import storage
+from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
     from mypy_boto3_kms import KMSClient

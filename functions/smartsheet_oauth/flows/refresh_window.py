@@ -12,7 +12,7 @@ window cannot be closed. What the broker controls is that nothing of its own end
 2. No attempt is sent unless its answer and one save of the new pair fit before the refresh's deadline:
    `attempt_seconds + SAVE_SECONDS` (SAVE_SECONDS: one attempt of the AWS client, connect 2 + read 5). The first
    that does not fit is not sent at all (outcome `deferred`: the connection stays due); retries that do not fit are
-   not made (smartsheet.py counts them from `answer_within`).
+   not made (smartsheet/client.py counts them from `answer_within`).
 3. The deadline is the earlier of the lease's end less LEASE_MARGIN_SECONDS (after it another worker may take the
    connection and refresh with the token ours just spent; the margin covers clocks that disagree) and the
    invocation's end less FINAL_MARGIN_SECONDS (Lambda ends the process at its timeout).
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import math
 
-from smartsheet_oauth.aws import ATTEMPT_SECONDS
-from smartsheet_oauth.smartsheet import Timeouts
+from smartsheet_oauth.platform.aws import ATTEMPT_SECONDS
+from smartsheet_oauth.smartsheet.client import Timeouts
 
 # One attempt at the first durable write of a new pair (PutSecretValue, or the keep on the record if that fails).
 SAVE_SECONDS = ATTEMPT_SECONDS

@@ -22,10 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from smartsheet_oauth import events
-from smartsheet_oauth.connect_sessions import check_binding, checked_end_user_id
-from smartsheet_oauth.connection_store import ACTIVE, Connection
-from smartsheet_oauth.errors import (
+from smartsheet_oauth.domain.errors import (
     BadRequest,
     BindingConflict,
     CompletionRefused,
@@ -33,15 +30,18 @@ from smartsheet_oauth.errors import (
     SmartsheetError,
     StorageError,
 )
-from smartsheet_oauth.observability import logger
-from smartsheet_oauth.storage_errors import storage
-from smartsheet_oauth.token_vault import PairSealer, TokenSet
+from smartsheet_oauth.platform.observability import logger
+from smartsheet_oauth.stores import events
+from smartsheet_oauth.stores.connect_sessions import check_binding, checked_end_user_id
+from smartsheet_oauth.stores.connections import ACTIVE, Connection
+from smartsheet_oauth.stores.storage_errors import storage
+from smartsheet_oauth.stores.token_vault import PairSealer, TokenSet
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-    from smartsheet_oauth.management import ManagementDeps
-    from smartsheet_oauth.smartsheet import SmartsheetClient
+    from smartsheet_oauth.flows.management import ManagementDeps
+    from smartsheet_oauth.smartsheet.client import SmartsheetClient
 
 COMPLETION_CODE_BYTES = 32  # 256 bits, URL-safe base64: 43 characters
 # The browser lands on return_to at once; the integrator may first have to sign its user in again.

@@ -13,17 +13,8 @@ from typing import Any
 
 from smartsheet_oauth_client import is_connection_id
 
-from smartsheet_oauth import events
 from smartsheet_oauth.config import Config
-from smartsheet_oauth.connect_sessions import ConnectSessionStore, checked_end_user_id
-from smartsheet_oauth.connection_store import (
-    ACTIVE,
-    NEEDS_REAUTH,
-    REVOKED,
-    Connection,
-    ConnectionStore,
-)
-from smartsheet_oauth.errors import (
+from smartsheet_oauth.domain.errors import (
     BadRequest,
     ConditionFailed,
     Conflict,
@@ -34,13 +25,22 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.pace import SharedPace
-from smartsheet_oauth.refresh import (
+from smartsheet_oauth.flows.refresh import (
     RefreshDeps,
 )
-from smartsheet_oauth.sign_in import checked_return_to
-from smartsheet_oauth.smartsheet import SmartsheetClient
-from smartsheet_oauth.token_vault import TokenSet, TokenVault
+from smartsheet_oauth.flows.sign_in import checked_return_to
+from smartsheet_oauth.smartsheet.client import SmartsheetClient
+from smartsheet_oauth.stores import events
+from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore, checked_end_user_id
+from smartsheet_oauth.stores.connections import (
+    ACTIVE,
+    NEEDS_REAUTH,
+    REVOKED,
+    Connection,
+    ConnectionStore,
+)
+from smartsheet_oauth.stores.pace import SharedPace
+from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault
 
 STATUSES = (ACTIVE, NEEDS_REAUTH, REVOKED)
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 100

@@ -6,8 +6,7 @@ import base64
 import binascii
 from urllib.parse import parse_qsl
 
-from smartsheet_oauth import pages
-from smartsheet_oauth.errors import (
+from smartsheet_oauth.domain.errors import (
     AccessDenied,
     BadRequest,
     InvalidClient,
@@ -16,8 +15,9 @@ from smartsheet_oauth.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.observability import log_unexpected, logger, metrics
-from smartsheet_oauth.router import Cookie, NotFoundError, Response, Router
+from smartsheet_oauth.edge import pages
+from smartsheet_oauth.edge.router import Cookie, NotFoundError, Response, Router
+from smartsheet_oauth.platform.observability import log_unexpected, logger, metrics
 
 HTML = "text/html; charset=utf-8"
 MAX_QUERY_LENGTH = 4096

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from smartsheet_oauth.errors import BrokerError, ConditionFailed
-from smartsheet_oauth.storage_errors import storage
+from smartsheet_oauth.domain.errors import BrokerError, ConditionFailed
+from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

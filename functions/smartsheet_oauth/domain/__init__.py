@@ -1,0 +1,1 @@
+"""The broker's words: connection statuses, refresh outcomes, event types, the errors."""

@@ -1,0 +1,1 @@
+"""Smartsheet's OAuth API as the broker uses it."""
