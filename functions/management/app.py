@@ -13,7 +13,7 @@ from smartsheet_oauth.config import get_config
 from smartsheet_oauth.edge import management_api
 from smartsheet_oauth.edge.router import Response
 from smartsheet_oauth.flows import connect, management, on_demand
-from smartsheet_oauth.flows.management import ManagementDeps
+from smartsheet_oauth.flows.deps import ManagementDeps
 from smartsheet_oauth.platform import snapstart
 from smartsheet_oauth.platform.observability import logger, metrics
 

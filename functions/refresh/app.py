@@ -9,7 +9,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.flows import scheduled_sweep
-from smartsheet_oauth.flows.refresh import RefreshDeps
+from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.refresh_window import SWEEP_MARGIN_SECONDS
 from smartsheet_oauth.platform import snapstart
 from smartsheet_oauth.platform.observability import logger, metrics

@@ -15,8 +15,8 @@ from smartsheet_oauth.platform import aws
 from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
-    from smartsheet_oauth.flows.connect import CompletionStore
     from smartsheet_oauth.smartsheet.client import SmartsheetClient
+    from smartsheet_oauth.stores.completions import CompletionStore
     from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
     from smartsheet_oauth.stores.connections import ConnectionStore
     from smartsheet_oauth.stores.events import EventPublisher
@@ -122,7 +122,7 @@ def connect_sessions() -> ConnectSessionStore:
 
 @cache
 def completion_store() -> CompletionStore:
-    from smartsheet_oauth.flows.connect import CompletionStore  # noqa: PLC0415
+    from smartsheet_oauth.stores.completions import CompletionStore  # noqa: PLC0415
 
     return CompletionStore(aws.dynamodb(), get_config().state_table_name)
 

@@ -16,8 +16,9 @@ from smartsheet_oauth.domain.errors import (
     TransientSmartsheetError,
 )
 from smartsheet_oauth.flows import management
+from smartsheet_oauth.flows.deps import ManagementDeps, RefreshDeps
 from smartsheet_oauth.flows.on_demand import PACE_WAIT_SECONDS
-from smartsheet_oauth.flows.refresh import RefreshDeps, refresh_connection
+from smartsheet_oauth.flows.refresh import refresh_connection
 from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
 from smartsheet_oauth.stores.connections import ACTIVE, NEEDS_REAUTH, REVOKED, Connection, DueConnection
 from smartsheet_oauth.stores.pace import PaceExhausted, PaceWindows, SharedPace
@@ -99,7 +100,7 @@ def disconnect(target: Target, connection_id: str) -> DisconnectResult:
     """The management API's disconnect (the library's one implementation): revoke the grant at Smartsheet, mark the
     connection revoked, schedule its secret's deletion, tell the integrator (Connection Revoked). Nothing changes
     when Smartsheet cannot confirm the revoke; running it again is harmless."""
-    deps = management.ManagementDeps(
+    deps = ManagementDeps(
         config=target.config,
         connections=target.connections,
         vault=target.vault,

@@ -16,6 +16,7 @@ from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.domain.errors import StorageError, TransientSmartsheetError
 from smartsheet_oauth.flows import refusals
+from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.refresh import (
     KEPT,
     LEASE_BUSY,
@@ -27,7 +28,6 @@ from smartsheet_oauth.flows.refresh import (
     RESUMED,
     TRANSIENT,
     GrantGuard,
-    RefreshDeps,
     refresh_connection,
 )
 from smartsheet_oauth.flows.sweep import BREAKER_THRESHOLD, sweep

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.domain.errors import ConditionFailed, StorageError
-from smartsheet_oauth.flows.connect import CLAIM_SECONDS, KEY_PREFIX, CompletionStore
 from smartsheet_oauth.platform.observability import metrics
+from smartsheet_oauth.stores.completions import CLAIM_SECONDS, KEY_PREFIX, CompletionStore
 
 from tests.management.conftest import ApiAnswer, EventSink, call_management, complete, connect, new_session
 from tests.support.broker import Broker, completion_code

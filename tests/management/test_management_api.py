@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.domain.errors import StorageError
-from smartsheet_oauth.flows.management import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
+from smartsheet_oauth.flows.deps import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
 from smartsheet_oauth.stores.pace import PaceWindows, Windows
 
 from tests.integration.test_refresh import FailingVault, FakeTime

@@ -24,7 +24,8 @@ import boto3
 from botocore.config import Config as BotoConfig
 from smartsheet_oauth.config import Config, load_config
 from smartsheet_oauth.flows import steps
-from smartsheet_oauth.flows.refresh import OUTCOMES, RefreshDeps
+from smartsheet_oauth.flows.deps import RefreshDeps
+from smartsheet_oauth.flows.refresh import OUTCOMES
 from smartsheet_oauth.flows.sweep import SweepReport, sweep
 from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
 from smartsheet_oauth.stores.connections import ConnectionStore

@@ -10,7 +10,7 @@ import pytest
 from smartsheet_oauth.config import get_config, load_config
 from smartsheet_oauth.domain.errors import ConfigError
 from smartsheet_oauth.flows import on_demand, refresh_window
-from smartsheet_oauth.flows.management import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
+from smartsheet_oauth.flows.deps import API_MARGIN_SECONDS, API_TIMEOUT_SECONDS
 from smartsheet_oauth.platform import aws
 from smartsheet_oauth.smartsheet.client import REFRESH_RETRY_PAUSE_SECONDS, Timeouts, _refresh_retry
 

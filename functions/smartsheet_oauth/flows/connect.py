@@ -1,11 +1,13 @@
-"""Completion codes: a connect-session sign-in is held, its token pair sealed, until the integrator's backend confirms
-that the browser which finished it is its own signed-in end user; only then is the connection bound and announced.
+"""Connect sessions, after the link: the binding checks (one Smartsheet account, one end user, never merged) and
+completion codes (a connect-session sign-in is held, its token pair sealed, until the integrator's backend confirms
+that the browser which finished it is its own signed-in end user; only then is the connection bound and announced).
 
 A connect link is a bearer link: whoever opens it signs in. So the callback binds nothing. It seals the new pair on a
-completion item (state table, key = hash of a 256-bit code, lifetime COMPLETION_TTL_SECONDS) and sends the browser
-to the session's return_to with the code. The integrator's backend, inside its own authenticated session, redeems the
-code for the end user signed in there (POST /connect-sessions/complete); a code redeemed for anyone else than the
-session's end user is void and its grant revoked, so a forwarded link never binds the victim's account to the sender.
+completion item (stores/completions.py: state table, key = hash of a 256-bit code, lifetime COMPLETION_TTL_SECONDS) and
+sends the browser to the session's return_to with the code. The integrator's backend, inside its own authenticated
+session, redeems the code for the end user signed in there (POST /connect-sessions/complete); a code redeemed for anyone
+else than the session's end user is void and its grant revoked, so a forwarded link never binds the victim's account to
+the sender.
 
 Until the code is redeemed nothing else changes: no connection record, no secret version, no event. The account's
 existing connection (if any) keeps its tokens. A code works once: the first redeem claims it (a conditional write),
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import secrets
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,30 +33,16 @@ from smartsheet_oauth.domain.errors import (
 )
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import events
-from smartsheet_oauth.stores.connect_sessions import check_binding, checked_end_user_id
-from smartsheet_oauth.stores.connections import ACTIVE, Connection
-from smartsheet_oauth.stores.storage_errors import storage
+from smartsheet_oauth.stores.completions import BOUND, VOIDED, CompletionStore, HeldCompletion
+from smartsheet_oauth.stores.connections import ACTIVE, REVOKED, Connection, ConnectionStore
 from smartsheet_oauth.stores.token_vault import PairSealer, TokenSet
 
 if TYPE_CHECKING:
-    from mypy_boto3_dynamodb import DynamoDBClient
-
-    from smartsheet_oauth.flows.management import ManagementDeps
+    from smartsheet_oauth.flows.deps import ManagementDeps
     from smartsheet_oauth.smartsheet.client import SmartsheetClient
 
-COMPLETION_CODE_BYTES = 32  # 256 bits, URL-safe base64: 43 characters
-# The browser lands on return_to at once; the integrator may first have to sign its user in again.
-COMPLETION_TTL_SECONDS = 600
-# A redeem in progress holds the code this long: past API Gateway's 30 s, so a crashed redeem frees it soon after.
-CLAIM_SECONDS = 60
-# Shares the state table with sign-ins and connect sessions; the ':' keeps the three kinds of key apart.
-KEY_PREFIX = "connect-completion:"
-KIND = "connect_completion"
 CODE_PARAMETER = "completion_code"  # the query parameter of return_to that carries the code
 _CODE = re.compile(r"[A-Za-z0-9_-]{43}")
-SEAL_FORMAT = 1
-
-BOUND, VOIDED = "bound", "voided"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,41 +61,11 @@ class AwaitingConfirmation:
 
 
 @dataclass(frozen=True, slots=True)
-class HeldCompletion:
-    """A claimed completion item: whom the sign-in was for, which account finished it, its sealed pair."""
-
-    key: str
-    end_user_id: str
-    smartsheet_user_id: str
-    sealed: bytes
-    expires_at: int
-
-    def __repr__(self) -> str:
-        return (
-            f"HeldCompletion(end_user_id={self.end_user_id!r}, smartsheet_user_id={self.smartsheet_user_id!r},"
-            f" expires_at={self.expires_at}, sealed=<hidden>)"
-        )
-
-    @property
-    def binding(self) -> str:
-        return _binding(self.key, self.smartsheet_user_id, self.end_user_id)
-
-
-@dataclass(frozen=True, slots=True)
 class Completed:
     """A redeemed code: the connection now bound to the end user, and whether it is new."""
 
     connection: Connection
     is_new: bool
-
-
-def _key(code: str) -> str:
-    return KEY_PREFIX + hashlib.sha256(code.encode()).hexdigest()
-
-
-def _binding(key: str, smartsheet_user_id: str, end_user_id: str) -> str:
-    """What a sealed pair is bound to (authenticated, not encrypted): this code, this account, this end user."""
-    return f"connect-completion/v{SEAL_FORMAT}/{key}/{smartsheet_user_id}/{end_user_id}"
 
 
 def completion_url(return_to: str, code: str) -> str:
@@ -118,118 +75,63 @@ def completion_url(return_to: str, code: str) -> str:
     return urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
 
 
-class CompletionStore:
-    def __init__(self, client: DynamoDBClient, table_name: str, ttl_seconds: int = COMPLETION_TTL_SECONDS) -> None:
-        self._client = client
-        self._table = table_name
-        self._ttl = ttl_seconds
+# ------------------------------------------------------------------------------------------------- binding checks
+END_USER_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
 
-    def hold(self, tokens: TokenSet, *, end_user_id: str, sealer: PairSealer | None, now: int) -> str:
-        """Keep the pair sealed under a new code and return the code (only its hash is stored)."""
-        if sealer is None:  # the template always sets PENDING_TOKENS_KEY_ID; without a key, nothing is held
-            raise StorageError("completions.seal", "NoSealingKey", transient=False)
-        code = secrets.token_urlsafe(COMPLETION_CODE_BYTES)
-        key = _key(code)
-        item: dict[str, Any] = {
-            "state": {"S": key},
-            "kind": {"S": KIND},
-            "end_user_id": {"S": end_user_id},
-            "smartsheet_user_id": {"S": tokens.user_id},
-            "sealed_pair": {"B": sealer.seal(tokens, binding=_binding(key, tokens.user_id, end_user_id))},
-            "created_at": {"N": str(now)},
-            "expires_at": {"N": str(now + self._ttl)},
-        }
-        with storage("completions.hold"):
-            self._client.put_item(
-                TableName=self._table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(#s)",
-                ExpressionAttributeNames={"#s": "state"},
-            )
-        return code
 
-    def claim(self, code: str, *, owner: str, now: int) -> HeldCompletion:
-        """Take the code for one redeem, atomically: two redeems of one code never both go on. Raises
-        CompletionRefused when it is unknown, used, or being redeemed right now."""
-        key = _key(code)
-        try:
-            with storage("completions.claim"):
-                answer = self._client.update_item(
-                    TableName=self._table,
-                    Key={"state": {"S": key}},
-                    UpdateExpression="SET claim_until = :until, claim_owner = :owner",
-                    ConditionExpression=(
-                        "attribute_exists(#s) AND kind = :kind AND attribute_not_exists(used_at)"
-                        " AND (attribute_not_exists(claim_until) OR claim_until <= :now)"
-                    ),
-                    ExpressionAttributeNames={"#s": "state"},
-                    ExpressionAttributeValues={
-                        ":until": {"N": str(now + CLAIM_SECONDS)},
-                        ":owner": {"S": owner},
-                        ":kind": {"S": KIND},
-                        ":now": {"N": str(now)},
-                    },
-                    ReturnValues="ALL_NEW",
+def checked_end_user_id(raw: object) -> str:
+    """The integrator's id of its own user: 1-128 characters of letters, digits and . _ : @ + = -"""
+    if not isinstance(raw, str) or not END_USER_ID.fullmatch(raw):
+        raise BadRequest("end_user_id must be 1 to 128 characters of letters, digits and . _ : @ + = -")
+    return raw
+
+
+def check_binding(connections: ConnectionStore, *, end_user_id: str, smartsheet_user_id: str) -> None:
+    """Refuse to bind when it would merge two identities: the Smartsheet account is bound to another end user,
+    or the end user already has a different Smartsheet account connected. Revoked connections do not count:
+    their binding ended with them. The same end user with the same account simply reconnects."""
+    existing = connections.get(smartsheet_user_id)
+    if existing is not None and existing.status != REVOKED and existing.end_user_id not in (None, end_user_id):
+        raise BindingConflict(
+            "smartsheet_account_bound_to_another_end_user",
+            end_user_id=end_user_id,
+            smartsheet_user_id=smartsheet_user_id,
+            existing_connection_id=existing.connection_id,
+        )
+    start_key = None
+    while True:
+        page, start_key = connections.page(limit=25, end_user_id=end_user_id, start_key=start_key)
+        for other in page:
+            if other.connection_id != smartsheet_user_id and other.status != REVOKED:
+                raise BindingConflict(
+                    "end_user_has_another_smartsheet_account",
+                    end_user_id=end_user_id,
+                    smartsheet_user_id=smartsheet_user_id,
+                    existing_connection_id=other.connection_id,
                 )
-        except ConditionFailed:
-            raise self._why_not_claimed(key, now) from None
-        item = answer["Attributes"]
-        return HeldCompletion(
-            key=key,
-            end_user_id=item["end_user_id"]["S"],
-            smartsheet_user_id=item["smartsheet_user_id"]["S"],
-            sealed=bytes(item["sealed_pair"]["B"]),
-            expires_at=int(item["expires_at"]["N"]),
-        )
+        if not start_key:
+            return
 
-    def _why_not_claimed(self, key: str, now: int) -> CompletionRefused:
-        with storage("completions.get"):
-            item = self._client.get_item(TableName=self._table, Key={"state": {"S": key}}, ConsistentRead=True).get(
-                "Item"
-            )
-        if not item or item.get("kind", {}).get("S") != KIND:
-            return CompletionRefused(
-                "unknown_completion_code",
-                "No such completion code: it was never issued, or it expired long ago.",
-                status=404,
-            )
-        if "used_at" in item:
-            return CompletionRefused(
-                "completion_code_used", "This completion code was already redeemed; a code works once."
-            )
-        wait = max(1, int(item.get("claim_until", {}).get("N", now)) - now)
-        return CompletionRefused(
-            "completion_in_progress",
-            "This completion code is being redeemed by another request right now.",
-            retry_after=wait,
-        )
 
-    def finish(self, held: HeldCompletion, *, owner: str, outcome: str, now: int) -> None:
-        """Use the code up: its sealed pair goes; what is left answers a replay with completion_code_used until the
-        item's TTL removes it."""
-        with storage("completions.finish"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"state": {"S": held.key}},
-                UpdateExpression="SET used_at = :now, outcome = :outcome REMOVE sealed_pair, claim_until, claim_owner",
-                ConditionExpression="claim_owner = :owner",
-                ExpressionAttributeValues={
-                    ":now": {"N": str(now)},
-                    ":outcome": {"S": outcome},
-                    ":owner": {"S": owner},
-                },
-            )
-
-    def release(self, held: HeldCompletion, *, owner: str) -> None:
-        """Give the claim back unchanged (AWS storage failed mid-way): the same code can be redeemed again."""
-        with storage("completions.release"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"state": {"S": held.key}},
-                UpdateExpression="REMOVE claim_until, claim_owner",
-                ConditionExpression="claim_owner = :owner",
-                ExpressionAttributeValues={":owner": {"S": owner}},
-            )
+def bind_or_refuse(
+    connections: ConnectionStore,
+    smartsheet: SmartsheetClient,
+    access_token: str,
+    *,
+    end_user_id: str,
+    smartsheet_user_id: str,
+) -> None:
+    """Before anything is stored: refuse a binding that would merge two identities, and revoke the grant this
+    sign-in just got, so no token outlives the refusal. Only that grant: the account's other connection (if
+    any) keeps its own."""
+    try:
+        check_binding(connections, end_user_id=end_user_id, smartsheet_user_id=smartsheet_user_id)
+    except BindingConflict:
+        try:
+            smartsheet.revoke(access_token)
+        except SmartsheetError as exc:
+            logger.warning("could not revoke the refused grant", extra={"reason": exc.reason})
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- redeeming a code

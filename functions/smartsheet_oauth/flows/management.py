@@ -5,15 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from smartsheet_oauth_client import is_connection_id
 
-from smartsheet_oauth.config import Config
 from smartsheet_oauth.domain.errors import (
     BadRequest,
     ConditionFailed,
@@ -25,74 +21,24 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.flows.refresh import (
-    RefreshDeps,
-)
+from smartsheet_oauth.flows.connect import checked_end_user_id
+from smartsheet_oauth.flows.deps import ManagementDeps
 from smartsheet_oauth.flows.sign_in import checked_return_to
-from smartsheet_oauth.smartsheet.client import SmartsheetClient
 from smartsheet_oauth.stores import events
-from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore, checked_end_user_id
 from smartsheet_oauth.stores.connections import (
     ACTIVE,
     NEEDS_REAUTH,
     REVOKED,
     Connection,
-    ConnectionStore,
 )
-from smartsheet_oauth.stores.pace import SharedPace
-from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault
+from smartsheet_oauth.stores.token_vault import TokenSet
 
 STATUSES = (ACTIVE, NEEDS_REAUTH, REVOKED)
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
-# API Gateway (HTTP API) gives an integration 30 s; a request's work (a failing save's retries included) ends this
-# long before that, or before the function's own timeout, whichever comes first.
-API_TIMEOUT_SECONDS = 30.0
-API_MARGIN_SECONDS = 2.0
 SECRET_RECOVERY_DAYS = 7
 DISCONNECTED = "disconnected"
 # Secrets Manager's codes for a secret that is gone or scheduled for deletion.
 _SECRET_GONE = frozenset({"ResourceNotFoundException", "InvalidRequestException"})
-
-
-@dataclass(frozen=True, slots=True)
-class ManagementDeps:
-    """What the management API works with: configuration, stores, Smartsheet (built on first use), events."""
-
-    config: Config
-    connections: ConnectionStore
-    vault: TokenVault
-    sessions: ConnectSessionStore
-    smartsheet: Callable[[], SmartsheetClient]  # built on first use: reads the app credentials
-    events: events.EventPublisher | None = None
-    clock: Callable[[], float] = time.time
-    sleep: Callable[[float], None] = time.sleep
-    # Measures waits and deadlines; `sleep` must advance it.
-    monotonic: Callable[[], float] = time.monotonic
-    # The pace every refresher shares (the sweep too); None only for tools that refresh nothing.
-    pace: SharedPace | None = None
-
-    def refresh_deps(self) -> RefreshDeps:
-        return RefreshDeps(
-            config=self.config,
-            connections=self.connections,
-            vault=self.vault,
-            smartsheet=self.smartsheet(),
-            clock=self.clock,
-            sleep=self.sleep,
-            events=self.events,
-            monotonic=self.monotonic,
-        )
-
-    def request_time_left(self, function_time_left: Callable[[], float]) -> Callable[[], float]:
-        """Seconds a request started now may still work: the least of API Gateway's 30 s and the function's own
-        time left (Lambda's context), less a margin to answer in."""
-        started = self.monotonic()
-
-        def time_left() -> float:
-            api_left = API_TIMEOUT_SECONDS - (self.monotonic() - started)
-            return min(api_left, function_time_left()) - API_MARGIN_SECONDS
-
-        return time_left
 
 
 class SmartsheetRefused(SmartsheetError):

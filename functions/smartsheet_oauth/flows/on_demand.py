@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from smartsheet_oauth.domain.errors import BadRequest, BrokerError, ConditionFailed, Conflict
-from smartsheet_oauth.flows.management import ManagementDeps, existing, view
+from smartsheet_oauth.flows.deps import ManagementDeps
+from smartsheet_oauth.flows.management import existing, view
 from smartsheet_oauth.flows.refresh import (
     DEFERRED,
     KEPT,

@@ -5,12 +5,9 @@ request may be sent, refresh_window.py)."""
 from __future__ import annotations
 
 import random
-import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from smartsheet_oauth.config import Config
 from smartsheet_oauth.domain.errors import (
     ConditionFailed,
     InvalidClient,
@@ -34,14 +31,14 @@ from smartsheet_oauth.domain.vocabulary import (
     TRANSIENT,
 )
 from smartsheet_oauth.flows import refusals, steps
+from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.refresh_window import FINAL_MARGIN_SECONDS, LEASE_MARGIN_SECONDS, answer_within
 from smartsheet_oauth.flows.refusals import GrantGuard
-from smartsheet_oauth.flows.steps import StepWatcher
 from smartsheet_oauth.platform.observability import logger
-from smartsheet_oauth.smartsheet.client import SmartsheetClient, TokenGrant
+from smartsheet_oauth.smartsheet.client import TokenGrant
 from smartsheet_oauth.stores import connections, events
-from smartsheet_oauth.stores.connections import Connection, ConnectionStore, DueConnection, PendingPair
-from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault, pending_binding
+from smartsheet_oauth.stores.connections import Connection, DueConnection, PendingPair
+from smartsheet_oauth.stores.token_vault import TokenSet, pending_binding
 
 __all__ = [
     "DEFERRED",
@@ -56,7 +53,6 @@ __all__ = [
     "RESUMED",
     "TRANSIENT",
     "GrantGuard",
-    "RefreshDeps",
     "backoff_seconds",
     "refresh_connection",
 ]
@@ -65,23 +61,6 @@ BACKOFF_BASE_SECONDS = 300
 BACKOFF_CAP_SECONDS = 3600
 SAVE_RETRY_BASE_SECONDS = 0.2
 SAVE_RETRY_CAP_SECONDS = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshDeps:
-    """What a refresh works with: configuration, stores, Smartsheet, events, and the clocks (tests set them)."""
-
-    config: Config
-    connections: ConnectionStore
-    vault: TokenVault
-    smartsheet: SmartsheetClient
-    clock: Callable[[], float] = time.time
-    sleep: Callable[[float], None] = time.sleep
-    events: events.EventPublisher | None = None
-    # Measures waits and deadlines; `sleep` must advance it.
-    monotonic: Callable[[], float] = time.monotonic
-    # Told of each step boundary a refresh passes (steps.py): tests and benchmarks only.
-    steps: StepWatcher | None = None
 
 
 def backoff_seconds(failures: int, retry_after: float | None, rng: random.Random) -> int:

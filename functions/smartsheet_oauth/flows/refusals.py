@@ -16,7 +16,7 @@ from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import connections, events
 
 if TYPE_CHECKING:
-    from smartsheet_oauth.flows.refresh import RefreshDeps
+    from smartsheet_oauth.flows.deps import RefreshDeps
     from smartsheet_oauth.stores.connections import Connection
     from smartsheet_oauth.stores.token_vault import TokenSet
 

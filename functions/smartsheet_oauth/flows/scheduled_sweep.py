@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 
 from smartsheet_oauth.domain.errors import StorageError
-from smartsheet_oauth.flows.refresh import RefreshDeps
+from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.sweep import sweep
 from smartsheet_oauth.flows.sweep_metrics import SweepFigures
 from smartsheet_oauth.platform.observability import logger

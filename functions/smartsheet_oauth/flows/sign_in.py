@@ -21,8 +21,9 @@ from smartsheet_oauth.flows import steps
 from smartsheet_oauth.smartsheet.client import authorize_url
 
 if TYPE_CHECKING:
-    from smartsheet_oauth.flows.connect import AwaitingConfirmation, CompletionStore
+    from smartsheet_oauth.flows.connect import AwaitingConfirmation
     from smartsheet_oauth.smartsheet.client import SmartsheetClient
+    from smartsheet_oauth.stores.completions import CompletionStore
     from smartsheet_oauth.stores.connections import ConnectionStore
     from smartsheet_oauth.stores.states import StateStore
     from smartsheet_oauth.stores.token_vault import TokenVault
@@ -139,7 +140,7 @@ def finish_sign_in(
     at tokens that were not stored). A connect-session sign-in stores nothing yet: its pair is held for the
     integrator to confirm (flows/connect.py)."""
     # Only the callback finishes a sign-in: /login does not import what finishing needs (cold start).
-    from smartsheet_oauth.stores.connect_sessions import bind_or_refuse  # noqa: PLC0415
+    from smartsheet_oauth.flows.connect import bind_or_refuse  # noqa: PLC0415
     from smartsheet_oauth.stores.token_vault import TokenSet  # noqa: PLC0415
 
     state = query.get("state")

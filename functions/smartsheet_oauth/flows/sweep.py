@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.refresh import (
     DEFERRED,
     KEPT,
@@ -20,7 +21,6 @@ from smartsheet_oauth.flows.refresh import (
     OUTCOMES,
     TRANSIENT,
     GrantGuard,
-    RefreshDeps,
     refresh_connection,
 )
 from smartsheet_oauth.platform.observability import logger

@@ -9,13 +9,14 @@ import sys
 from collections.abc import Callable
 
 # What the first request would otherwise import: the HTTP client's retry policy (urllib3 itself comes with
-# botocore), and the collaborators services.py imports on first use (a superset of any one function's: the snapshot
-# pays, not a request).
+# botocore), the collaborators services.py imports on first use, and what a callback imports when it finishes a sign-in
+# (a superset of any one function's: the snapshot pays, not a request).
 PRELOADED_MODULES = (
     "urllib3.util.retry",
     "smartsheet_oauth.stores.states",
     "smartsheet_oauth.stores.connections",
     "smartsheet_oauth.stores.connect_sessions",
+    "smartsheet_oauth.stores.completions",
     "smartsheet_oauth.flows.connect",
     "smartsheet_oauth.stores.token_vault",
     "smartsheet_oauth.stores.events",

@@ -1,4 +1,5 @@
-"""Connect sessions: one-time login links that bind the connection made through them to an integrator's end user."""
+"""Connect sessions in the state table: one-time login links that bind the connection made through them to an
+integrator's end user (what the binding allows: flows/connect.py)."""
 
 from __future__ import annotations
 
@@ -8,35 +9,18 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from smartsheet_oauth.domain.errors import (
-    BadRequest,
-    BindingConflict,
-    ConditionFailed,
-    ConnectLinkRejected,
-    SmartsheetError,
-)
-from smartsheet_oauth.platform.observability import logger
-from smartsheet_oauth.stores.connections import REVOKED, ConnectionStore
+from smartsheet_oauth.domain.errors import ConditionFailed, ConnectLinkRejected
 from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-    from smartsheet_oauth.smartsheet.client import SmartsheetClient
 
 SESSION_TOKEN_BYTES = 32  # 256 bits, URL-safe base64: 43 characters
 # Sessions share the state table with pending sign-ins. Their keys carry a ':' that a state never has, so the
 # callback cannot consume a session as a state, nor /login a state as a session.
 KEY_PREFIX = "connect-session:"
-END_USER_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
-
-
-def checked_end_user_id(raw: object) -> str:
-    """The integrator's id of its own user: 1-128 characters of letters, digits and . _ : @ + = -"""
-    if not isinstance(raw, str) or not END_USER_ID.fullmatch(raw):
-        raise BadRequest("end_user_id must be 1 to 128 characters of letters, digits and . _ : @ + = -")
-    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,51 +124,3 @@ def _session(item: dict[str, Any], *, now: int) -> ConnectSession:
         return_to=item["return_to"]["S"],
         expires_at=int(item["expires_at"]["N"]),
     )
-
-
-def check_binding(connections: ConnectionStore, *, end_user_id: str, smartsheet_user_id: str) -> None:
-    """Refuse to bind when it would merge two identities: the Smartsheet account is bound to another end user,
-    or the end user already has a different Smartsheet account connected. Revoked connections do not count:
-    their binding ended with them. The same end user with the same account simply reconnects."""
-    existing = connections.get(smartsheet_user_id)
-    if existing is not None and existing.status != REVOKED and existing.end_user_id not in (None, end_user_id):
-        raise BindingConflict(
-            "smartsheet_account_bound_to_another_end_user",
-            end_user_id=end_user_id,
-            smartsheet_user_id=smartsheet_user_id,
-            existing_connection_id=existing.connection_id,
-        )
-    start_key = None
-    while True:
-        page, start_key = connections.page(limit=25, end_user_id=end_user_id, start_key=start_key)
-        for other in page:
-            if other.connection_id != smartsheet_user_id and other.status != REVOKED:
-                raise BindingConflict(
-                    "end_user_has_another_smartsheet_account",
-                    end_user_id=end_user_id,
-                    smartsheet_user_id=smartsheet_user_id,
-                    existing_connection_id=other.connection_id,
-                )
-        if not start_key:
-            return
-
-
-def bind_or_refuse(
-    connections: ConnectionStore,
-    smartsheet: SmartsheetClient,
-    access_token: str,
-    *,
-    end_user_id: str,
-    smartsheet_user_id: str,
-) -> None:
-    """Before anything is stored: refuse a binding that would merge two identities, and revoke the grant this
-    sign-in just got, so no token outlives the refusal. Only that grant: the account's other connection (if
-    any) keeps its own."""
-    try:
-        check_binding(connections, end_user_id=end_user_id, smartsheet_user_id=smartsheet_user_id)
-    except BindingConflict:
-        try:
-            smartsheet.revoke(access_token)
-        except SmartsheetError as exc:
-            logger.warning("could not revoke the refused grant", extra={"reason": exc.reason})
-        raise

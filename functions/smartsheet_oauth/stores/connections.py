@@ -141,7 +141,7 @@ class ConnectionStore:
         """Create or update the connection after a successful sign-in; it is active again, whatever it was.
         Returns True when the connection is new. With an end_user_id (a confirmed connect session) the connection
         is bound to that end user; ConditionFailed when it is bound to another one and not revoked
-        (connect_sessions.check_binding looks first; this closes the race of two sign-ins at once). Without one (a
+        (flows/connect.check_binding looks first; this closes the race of two sign-ins at once). Without one (a
         plain /login), ConditionFailed when it is bound to any end user and not revoked: a binding changes, and a
         bound connection comes back, only through a confirmed connect session of its end user."""
         set_end_user, remove_end_user = "", ""

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smartsheet_oauth.config import load_config
-from smartsheet_oauth.flows.connect import CompletionStore
 from smartsheet_oauth.flows.refresh import LOST_IN_FLIGHT
 from smartsheet_oauth.flows.sign_in import finish_sign_in
 from smartsheet_oauth.smartsheet.client import SmartsheetClient
+from smartsheet_oauth.stores.completions import CompletionStore
 from smartsheet_oauth.stores.connections import ACTIVE, NEEDS_REAUTH, ConnectionStore
 from smartsheet_oauth.stores.states import StateStore
 from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault

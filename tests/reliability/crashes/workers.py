@@ -117,7 +117,7 @@ def _state_store(deps: Any) -> Any:
 
 
 def _completion_store(deps: Any) -> Any:
-    from smartsheet_oauth.flows.connect import CompletionStore
+    from smartsheet_oauth.stores.completions import CompletionStore
 
     connections: ConnectionStore = deps.connections
     return CompletionStore(connections._client, deps.config.state_table_name)
