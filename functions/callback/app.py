@@ -10,6 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.domain.errors import BindingConflict, CodeRefused
+from smartsheet_oauth.domain.vocabulary import BINDING_REFUSED, ConnectionStatus, DetailType
 from smartsheet_oauth.edge import pages
 from smartsheet_oauth.edge.router import Cookie, Response
 from smartsheet_oauth.edge.web import count, html, query_params, redirect, resolver
@@ -52,9 +53,9 @@ def callback() -> Response:
     count("callback", "success")
     services.event_publisher().publish(
         events.ConnectionEvent(
-            detail_type=events.CREATED if signed_in.is_new else events.RECONNECTED,
+            detail_type=DetailType.CREATED if signed_in.is_new else DetailType.RECONNECTED,
             connection_id=signed_in.connection_id,
-            status="active",
+            status=ConnectionStatus.ACTIVE,
             region=config.region,
             email=signed_in.email,
         )
@@ -74,9 +75,9 @@ def _binding_conflict(exc: BindingConflict) -> Response:
     count("callback", "binding_conflict")
     services.event_publisher().publish(
         events.ConnectionEvent(
-            detail_type=events.BINDING_CONFLICT,
+            detail_type=DetailType.BINDING_CONFLICT,
             connection_id=exc.existing_connection_id,
-            status="refused",
+            status=BINDING_REFUSED,
             region=get_config().region,
             end_user_id=exc.end_user_id,
             reason=exc.reason,

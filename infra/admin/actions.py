@@ -15,12 +15,13 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
     TransientSmartsheetError,
 )
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus, RefreshOutcome
 from smartsheet_oauth.flows import management
 from smartsheet_oauth.flows.deps import ManagementDeps, RefreshDeps
 from smartsheet_oauth.flows.on_demand import PACE_WAIT_SECONDS
 from smartsheet_oauth.flows.refresh import refresh_connection
 from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
-from smartsheet_oauth.stores.connections import ACTIVE, NEEDS_REAUTH, REVOKED, Connection, DueConnection
+from smartsheet_oauth.stores.connections import Connection, DueConnection
 from smartsheet_oauth.stores.pace import PaceExhausted, PaceWindows, SharedPace
 
 from infra.admin.counts import count_by_status
@@ -39,7 +40,7 @@ def _lease_message(connection: Connection | None, now: int) -> str:
 # ------------------------------------------------------------------------------------------------ refresh now
 @dataclass(frozen=True)
 class RefreshResult:
-    outcome: str  # the sweep's outcome names: ok, transient, needs_reauth, lease_busy, raced
+    outcome: RefreshOutcome  # how the refresh ended, as the sweep counts it
     before: Connection
     after: Connection | None
 
@@ -52,7 +53,7 @@ def refresh_now(target: Target, connection_id: str) -> RefreshResult:
         before = target.connections.get(connection_id)
         if before is None:
             raise ActionError(f"no connection {connection_id}")
-        if before.status == REVOKED:
+        if before.status == ConnectionStatus.REVOKED:
             raise ActionError(f"connection {connection_id} is disconnected (revoked): its user must sign in again")
         # The pace every refresher shares (the sweep's, the management API's): a loop of these stays within it too.
         pace = SharedPace(
@@ -154,7 +155,11 @@ def health(target: Target, *, worst: int = 10) -> Health:
         counts = asdict(count_by_status(target.dynamodb, target.config.connections_table_name, now=now))
         due_now, _ = target.connections.count_due(now=now)
         failing = sorted(
-            (c for c in target.connections.scan(status=ACTIVE) if c.failures > 0 or c.access_expires_at <= now),
+            (
+                c
+                for c in target.connections.scan(status=ConnectionStatus.ACTIVE)
+                if c.failures > 0 or c.access_expires_at <= now
+            ),
             key=lambda c: (-c.failures, c.access_expires_at),
         )
     except StorageError as exc:
@@ -198,6 +203,3 @@ def health(target: Target, *, worst: int = 10) -> Health:
     if report.alarms_firing:
         report.attention.append(f"alarms firing: {', '.join(report.alarms_firing)}")
     return report
-
-
-STATUSES = (ACTIVE, NEEDS_REAUTH, REVOKED)

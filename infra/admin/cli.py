@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores.connections import Connection
 
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser("list", parents=[common], help="list connections (all, or of one status)")
-    listing.add_argument("--status", choices=actions.STATUSES, help="only connections of this status")
+    listing.add_argument("--status", choices=tuple(ConnectionStatus), help="only connections of this status")
     listing.add_argument("--ids", action="store_true", help="print only the ids, one a line (for scripts)")
 
     show = commands.add_parser(
@@ -229,7 +230,7 @@ def cmd_show(target: Target, args: argparse.Namespace, out: Output) -> int:
 
 
 _REFRESH_VERDICT = {
-    "ok": "refreshed: a new token pair is stored",
+    "refreshed": "a new token pair is stored",
     "transient": "not refreshed this time (Smartsheet or AWS unavailable); the sweep retries it with backoff",
     "needs_reauth": "Smartsheet refused the refresh token (invalid_grant): the user must sign in again",
     "lease_busy": "another worker took it first; it is being refreshed",
@@ -251,7 +252,7 @@ def cmd_refresh(target: Target, args: argparse.Namespace, out: Output) -> int:
             out.line(f"  access token expires {when(after.access_expires_at, out.now)}")
             if after.last_error:
                 out.line(f"  last error: {after.last_error}")
-    return OK if result.outcome in ("ok", "raced", "lease_busy") else FAILED
+    return OK if result.outcome in ("refreshed", "raced", "lease_busy") else FAILED
 
 
 def cmd_disconnect(target: Target, args: argparse.Namespace, out: Output, ask: Callable[[str], str]) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from smartsheet_oauth.stores.connections import ACTIVE, NEEDS_REAUTH, REVOKED
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.stores.storage_errors import storage
 
 
@@ -28,17 +28,17 @@ def count_by_status(dynamodb: Any, table_name: str, *, now: int) -> StatusCounts
         "ProjectionExpression": "#status, access_expires_at, failures",
         "ExpressionAttributeNames": {"#status": "status"},
     }
-    counts = dict.fromkeys(("active", "needs_reauth", "revoked", "expired", "failing"), 0)
+    counts = dict.fromkeys((*(status.value for status in ConnectionStatus), "expired", "failing"), 0)
     while True:
         with storage("connections.count"):
             answer = dynamodb.scan(**kwargs)
         for item in answer.get("Items", []):
             status = item.get("status", {}).get("S", "")
-            if status in (ACTIVE, NEEDS_REAUTH, REVOKED):
+            if status in ConnectionStatus:
                 counts[status] += 1
-            if status == ACTIVE and int(item.get("access_expires_at", {}).get("N", "0")) <= now:
+            if status == ConnectionStatus.ACTIVE and int(item.get("access_expires_at", {}).get("N", "0")) <= now:
                 counts["expired"] += 1
-            if status == ACTIVE and int(item.get("failures", {}).get("N", "0")) > 0:
+            if status == ConnectionStatus.ACTIVE and int(item.get("failures", {}).get("N", "0")) > 0:
                 counts["failing"] += 1
         if not answer.get("LastEvaluatedKey"):
             return StatusCounts(**counts)

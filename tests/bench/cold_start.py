@@ -164,7 +164,7 @@ def _check_answer(kind: str, result: dict[str, Any]) -> None:
         raise RuntimeError(f"cold /login answered {result['status']}")
     if kind == "callback" and result["status"] != 200:
         raise RuntimeError(f"cold /callback answered {result['status']}")
-    if kind == "refresh" and (result.get("answer") or {}).get("outcomes", {}).get("ok") != 1:
+    if kind == "refresh" and (result.get("answer") or {}).get("outcomes", {}).get("refreshed") != 1:
         raise RuntimeError(f"cold refresh sweep did not refresh its one connection: {result.get('answer')}")
 
 

@@ -136,7 +136,7 @@ def _rows(
 ) -> tuple[list[Row], dict[str, Any]]:
     answer, sweep = result["answer"], result["sweep"]
     outcomes = answer["outcomes"]
-    refreshed = max(int(outcomes.get("ok", 0)), 1)
+    refreshed = max(int(outcomes.get("refreshed", 0)), 1)
     concurrency = int(env.get("REFRESH_CONCURRENCY") or 8)
     latency = server.latency_ms / 1000
     seconds = float(sweep["seconds"])

@@ -178,7 +178,7 @@ class Bench:
         answer: dict[str, Any] = self.refresh_handler(
             world.scheduled_event(), world.LambdaContext(timeout_seconds=self.refresh_timeout)
         )
-        assert answer["outcomes"].get("ok") == expected, answer
+        assert answer["outcomes"].get("refreshed") == expected, answer
         return answer
 
     # ------------------------------------------------------------------------------ raw calls

@@ -13,16 +13,9 @@ from typing import Any
 
 import pytest
 from smartsheet_oauth import services
+from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows import refusals
-from smartsheet_oauth.flows.refresh import (
-    DEFERRED,
-    LOST,
-    LOST_IN_FLIGHT,
-    NEEDS_REAUTH,
-    REFRESHED,
-    TRANSIENT,
-    refresh_connection,
-)
+from smartsheet_oauth.flows.refresh import refresh_connection
 from smartsheet_oauth.flows.sweep_metrics import SweepFigures
 from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
 
@@ -107,7 +100,7 @@ def test_a_timed_out_refresh_stays_in_flight_and_the_next_refusal_is_a_grant_los
 
     record = refresher.connection(ADA)
     assert record is not None
-    assert first == TRANSIENT
+    assert first == RefreshOutcome.TRANSIENT
     assert (record["status"], record["last_error"]) == ("active", "no_answer")
     assert record["in_flight_attempt"]  # Smartsheet may have rotated: the record says an attempt is in flight
     assert refresher.emulator.counts["token.refresh.ok"] == 1  # and it did
@@ -116,8 +109,8 @@ def test_a_timed_out_refresh_stays_in_flight_and_the_next_refusal_is_a_grant_los
     refresher.make_due(ADA)
     report, printed = sweep_printing(refresher)
 
-    assert report["outcomes"][LOST_IN_FLIGHT] == 1
-    assert report["outcomes"][NEEDS_REAUTH] == 0
+    assert report["outcomes"][RefreshOutcome.LOST_IN_FLIGHT] == 1
+    assert report["outcomes"][RefreshOutcome.NEEDS_REAUTH] == 0
     record = refresher.connection(ADA)
     assert record is not None
     assert (record["status"], record["last_error"]) == ("needs_reauth", "lost_in_flight")
@@ -127,7 +120,7 @@ def test_a_timed_out_refresh_stays_in_flight_and_the_next_refusal_is_a_grant_los
     assert (event["detail-type"], event["detail"]["reason"]) == ("Connection Needs Reauth", "lost_in_flight")
     assert metric_totals(emf_blobs(printed))["refresh_lost"] == 1
     [critical] = [line for line in log_lines(caplog) if line["level"] == "CRITICAL"]
-    assert (critical["outcome"], critical["connection_id"]) == (LOST_IN_FLIGHT, str(ADA))
+    assert (critical["outcome"], critical["connection_id"]) == (RefreshOutcome.LOST_IN_FLIGHT, str(ADA))
 
 
 def test_a_timed_out_refresh_smartsheet_never_carried_out_is_refreshed_next_time_and_the_mark_goes(
@@ -136,7 +129,10 @@ def test_a_timed_out_refresh_smartsheet_never_carried_out_is_refreshed_next_time
     signed_in_and_due(refresher, ADA)
     refresher.emulator.set_faults(next_outcomes=["timeout"], timeout_processes=False)
     try:
-        assert refresh_connection(due_now(refresher, ADA), deps(smartsheet=impatient(refresher))) == TRANSIENT
+        assert (
+            refresh_connection(due_now(refresher, ADA), deps(smartsheet=impatient(refresher)))
+            == RefreshOutcome.TRANSIENT
+        )
     finally:
         refresher.emulator.reset_faults()
     assert (refresher.connection(ADA) or {}).get("in_flight_attempt")
@@ -144,7 +140,7 @@ def test_a_timed_out_refresh_smartsheet_never_carried_out_is_refreshed_next_time
     refresher.make_due(ADA)
     report = refresher.sweep()
 
-    assert report["outcomes"][REFRESHED] == 1
+    assert report["outcomes"][RefreshOutcome.REFRESHED] == 1
     record = refresher.connection(ADA)
     assert record is not None
     assert record["status"] == "active"
@@ -162,7 +158,7 @@ def test_a_worker_that_died_after_smartsheet_rotated_is_found_out_by_the_first_r
 
     outcome = refresh_connection(due_now(refresher, ADA), deps())
 
-    assert outcome == LOST_IN_FLIGHT
+    assert outcome == RefreshOutcome.LOST_IN_FLIGHT
     record = refresher.connection(ADA)
     assert record is not None
     assert (record["status"], record["last_error"]) == ("needs_reauth", "lost_in_flight")
@@ -174,7 +170,7 @@ def test_a_worker_that_died_before_its_request_left_loses_nothing(refresher: Bro
 
     outcome = refresh_connection(due_now(refresher, ADA), deps())
 
-    assert outcome == REFRESHED
+    assert outcome == RefreshOutcome.REFRESHED
     record = refresher.connection(ADA)
     assert record is not None
     assert record["status"] == "active"
@@ -187,7 +183,7 @@ def test_a_revoked_grant_after_a_dead_worker_is_the_users_doing_not_ours(refresh
     died_in_flight(refresher, ADA, rotated=False)
     refresher.emulator.revoke_user(ADA)
 
-    assert refresh_connection(due_now(refresher, ADA), deps()) == NEEDS_REAUTH
+    assert refresh_connection(due_now(refresher, ADA), deps()) == RefreshOutcome.NEEDS_REAUTH
     assert (refresher.connection(ADA) or {}).get("last_error") == "invalid_grant:1132"
 
 
@@ -203,8 +199,8 @@ def test_losses_in_flight_never_count_toward_the_grant_guard(
 
     report, printed = sweep_printing(refresher)
 
-    assert report["outcomes"][LOST_IN_FLIGHT] == 3
-    assert report["outcomes"][TRANSIENT] == 0
+    assert report["outcomes"][RefreshOutcome.LOST_IN_FLIGHT] == 3
+    assert report["outcomes"][RefreshOutcome.TRANSIENT] == 0
     assert [(refresher.connection(u) or {}).get("status") for u in (ADA, GRACE, ALAN)] == ["needs_reauth"] * 3
     assert not [line for line in log_lines(caplog) if "held back" in line["message"]]
     assert metric_totals(emf_blobs(printed))["refresh_lost"] == 3
@@ -243,8 +239,8 @@ def test_a_failure_before_the_request_left_takes_its_own_marker_away_but_never_a
         raise StorageError("vault.load", "ThrottlingException", transient=True)
 
     vault.load = failing_load  # type: ignore[method-assign]
-    assert refresh_connection(due_now(refresher, ADA), deps(vault=vault)) == TRANSIENT
-    assert refresh_connection(due_now(refresher, GRACE), deps(vault=vault)) == TRANSIENT
+    assert refresh_connection(due_now(refresher, ADA), deps(vault=vault)) == RefreshOutcome.TRANSIENT
+    assert refresh_connection(due_now(refresher, GRACE), deps(vault=vault)) == RefreshOutcome.TRANSIENT
     vault.load = reads  # type: ignore[method-assign]
 
     assert "in_flight_attempt" not in (refresher.connection(ADA) or {})
@@ -275,7 +271,7 @@ def test_a_pair_lost_when_the_record_refuses_its_needs_reauth_too_is_found_out_n
         )
     finally:
         store.keep_pending, store.mark_needs_reauth, store.record_transient_failure = saved  # type: ignore[method-assign]
-    assert outcome == LOST
+    assert outcome == RefreshOutcome.LOST
     assert (refresher.connection(ADA) or {}).get("status") == "active"
 
     # Its lease runs out; the next sweep finds the grant lost.
@@ -285,7 +281,7 @@ def test_a_pair_lost_when_the_record_refuses_its_needs_reauth_too_is_found_out_n
         UpdateExpression="SET lease_until = :past",
         ExpressionAttributeValues={":past": {"N": "0"}},
     )
-    assert refresher.sweep()["outcomes"][LOST_IN_FLIGHT] == 1
+    assert refresher.sweep()["outcomes"][RefreshOutcome.LOST_IN_FLIGHT] == 1
     assert (refresher.connection(ADA) or {}).get("status") == "needs_reauth"
 
 
@@ -298,7 +294,7 @@ def test_a_refresh_with_too_little_time_left_sends_nothing_and_stays_due(refresh
 
     outcome = refresh_connection(due_now(refresher, ADA), deps(), time_left=lambda: 20.0)
 
-    assert outcome == DEFERRED
+    assert outcome == RefreshOutcome.DEFERRED
     assert window.counts["token.refresh"] == 0
     record = refresher.connection(ADA)
     assert record is not None
@@ -314,7 +310,7 @@ def test_a_refresh_with_just_enough_time_is_sent_once_without_retries(refresher:
 
     outcome = refresh_connection(due_now(refresher, ADA), deps(), time_left=lambda: 27.0)
 
-    assert outcome == TRANSIENT
+    assert outcome == RefreshOutcome.TRANSIENT
     assert refresher.emulator.counts["token.refresh"] == 1
     assert "in_flight_attempt" not in (refresher.connection(ADA) or {})  # a 429 was refused unprocessed
 
@@ -323,7 +319,7 @@ def test_with_time_for_it_a_rate_limited_refresh_is_retried_within_the_call(refr
     signed_in_and_due(refresher, ADA)
     refresher.emulator.set_faults(next_outcomes=[4003])
 
-    assert refresh_connection(due_now(refresher, ADA), deps(), time_left=lambda: 300.0) == REFRESHED
+    assert refresh_connection(due_now(refresher, ADA), deps(), time_left=lambda: 300.0) == RefreshOutcome.REFRESHED
     assert refresher.emulator.counts["token.refresh"] == 2
 
 
@@ -331,7 +327,7 @@ def test_the_sweep_counts_a_lost_in_flight_grant_under_refresh_lost_and_a_deferr
     from smartsheet_oauth.flows.sweep import SweepReport
 
     report = SweepReport()
-    report.outcomes.update({LOST: 1, LOST_IN_FLIGHT: 2, DEFERRED: 3})
+    report.outcomes.update({RefreshOutcome.LOST: 1, RefreshOutcome.LOST_IN_FLIGHT: 2, RefreshOutcome.DEFERRED: 3})
     printed = io.StringIO()
     with redirect_stdout(printed):
         SweepFigures(started_at=0).progress(report)

@@ -15,21 +15,10 @@ import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.domain.errors import StorageError, TransientSmartsheetError
+from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows import refusals
 from smartsheet_oauth.flows.deps import RefreshDeps
-from smartsheet_oauth.flows.refresh import (
-    KEPT,
-    LEASE_BUSY,
-    LOST,
-    NEEDS_REAUTH,
-    OUTCOMES,
-    RACED,
-    REFRESHED,
-    RESUMED,
-    TRANSIENT,
-    GrantGuard,
-    refresh_connection,
-)
+from smartsheet_oauth.flows.refresh import GrantGuard, refresh_connection
 from smartsheet_oauth.flows.sweep import BREAKER_THRESHOLD, sweep
 from smartsheet_oauth.platform import aws
 from smartsheet_oauth.smartsheet.client import SmartsheetClient, TokenGrant
@@ -154,7 +143,7 @@ def test_rotation_stores_the_new_pair_and_the_next_refresh_uses_it(refresher: Br
 
     report = refresher.sweep()
 
-    assert report["outcomes"][REFRESHED] == 1
+    assert report["outcomes"][RefreshOutcome.REFRESHED] == 1
     second = refresher.tokens(ADA)
     assert second["refresh_token"] != first["refresh_token"]
     assert refresher.tokens(ADA, "AWSPREVIOUS") == first
@@ -174,7 +163,7 @@ def test_rotation_stores_the_new_pair_and_the_next_refresh_uses_it(refresher: Br
     report = refresher.sweep()
 
     # The second refresh was made with the second pair: with the first it would have been refused (1071).
-    assert report["outcomes"][REFRESHED] == 1
+    assert report["outcomes"][RefreshOutcome.REFRESHED] == 1
     assert [r["outcome"] for r in refresher.emulator.token_requests if r["grant_type"] == "refresh_token"] == [
         "ok",
         "ok",
@@ -187,7 +176,7 @@ def test_the_sweep_reports_every_outcome_even_when_zero(refresher: Broker) -> No
     report = refresher.sweep()
 
     assert report["dispatched"] == 0
-    assert report["outcomes"] == dict.fromkeys(OUTCOMES, 0)
+    assert report["outcomes"] == dict.fromkeys(RefreshOutcome, 0)
 
 
 def test_a_connection_that_is_not_due_is_untouched(refresher: Broker) -> None:
@@ -211,7 +200,7 @@ def test_invalid_grant_marks_needs_reauth_and_leaves_the_due_index(refresher: Br
 
     report = refresher.sweep()
 
-    assert report["outcomes"][NEEDS_REAUTH] == 1
+    assert report["outcomes"][RefreshOutcome.NEEDS_REAUTH] == 1
     record = refresher.connection(ADA)
     assert record is not None
     assert record["status"] == "needs_reauth"
@@ -229,8 +218,8 @@ def test_a_revoked_token_1132_marks_needs_reauth(refresher: Broker) -> None:
 
     report = refresher.sweep()
 
-    assert report["outcomes"][NEEDS_REAUTH] == 1
-    assert report["outcomes"][REFRESHED] == 1
+    assert report["outcomes"][RefreshOutcome.NEEDS_REAUTH] == 1
+    assert report["outcomes"][RefreshOutcome.REFRESHED] == 1
     ada, grace = refresher.connection(ADA), refresher.connection(GRACE)
     assert ada is not None
     assert grace is not None
@@ -251,8 +240,8 @@ def test_a_wrong_client_secret_never_marks_a_user_needs_reauth(refresher: Broker
 
     report = refresher.sweep()
 
-    assert report["outcomes"][NEEDS_REAUTH] == 0
-    assert report["outcomes"][TRANSIENT] == 2
+    assert report["outcomes"][RefreshOutcome.NEEDS_REAUTH] == 0
+    assert report["outcomes"][RefreshOutcome.TRANSIENT] == 2
     for user in (ADA, GRACE):
         record = refresher.connection(user)
         assert record is not None
@@ -272,8 +261,8 @@ def test_a_sweep_where_grant_after_grant_is_refused_stops_marking_users_needs_re
 
     report = refresher.sweep()
 
-    assert report["outcomes"][NEEDS_REAUTH] == 1
-    assert report["outcomes"][TRANSIENT] == 2
+    assert report["outcomes"][RefreshOutcome.NEEDS_REAUTH] == 1
+    assert report["outcomes"][RefreshOutcome.TRANSIENT] == 2
     records = [refresher.connection(user) for user in (ADA, GRACE, ALAN)]
     statuses = sorted((record or {}).get("status", "missing") for record in records)
     assert statuses == ["active", "active", "needs_reauth"]
@@ -308,7 +297,7 @@ def test_signing_in_again_after_needs_reauth_makes_the_connection_active_and_ref
     assert record["failures"] == 0
     assert "last_error" not in record
     refresher.make_due(ADA)
-    assert refresher.sweep()["outcomes"][REFRESHED] == 1
+    assert refresher.sweep()["outcomes"][RefreshOutcome.REFRESHED] == 1
     assert refresher.emulator.refresh_token_is_live(refresher.tokens(ADA)["refresh_token"])
 
 
@@ -324,7 +313,7 @@ def test_a_server_error_keeps_the_connection_active_with_a_backoff(refresher: Br
 
     report = refresher.sweep()
 
-    assert report["outcomes"][TRANSIENT] == 1
+    assert report["outcomes"][RefreshOutcome.TRANSIENT] == 1
     record = refresher.connection(ADA)
     assert record is not None
     assert record["status"] == "active"
@@ -347,7 +336,7 @@ def test_a_rate_limit_honours_retry_after(refresher: Broker) -> None:
 
     report = refresher.sweep()
 
-    assert report["outcomes"][TRANSIENT] == 1
+    assert report["outcomes"][RefreshOutcome.TRANSIENT] == 1
     record = refresher.connection(ADA)
     assert record is not None
     assert (record["status"], record["last_error"]) == ("active", "error:4003")
@@ -372,7 +361,7 @@ def test_retry_after_beyond_the_backoff_wins(refresher: Broker) -> None:
 
     outcome = refresh_connection(due_now(refresher, ADA), deps(smartsheet=Answers(limited)))
 
-    assert outcome == TRANSIENT
+    assert outcome == RefreshOutcome.TRANSIENT
     record = refresher.connection(ADA)
     assert record is not None
     assert now + 7200 <= record["refresh_due_at"] <= int(time.time()) + 7200
@@ -386,7 +375,7 @@ def test_aws_throttling_is_transient(refresher: Broker) -> None:
     finally:
         undo()
 
-    assert report["outcomes"][TRANSIENT] == 1
+    assert report["outcomes"][RefreshOutcome.TRANSIENT] == 1
     record = refresher.connection(ADA)
     assert record is not None
     assert (record["status"], record["last_error"], record["failures"]) == (
@@ -406,7 +395,7 @@ def test_a_throttled_lease_is_transient_and_touches_nothing(refresher: Broker) -
     finally:
         undo()
 
-    assert outcome == TRANSIENT
+    assert outcome == RefreshOutcome.TRANSIENT
     assert refresher.connection(ADA) == before
     assert refreshes(refresher) == 0
 
@@ -420,7 +409,7 @@ def test_a_throttled_kms_holds_the_refresh_back(refresher: Broker) -> None:
         undo()
 
     # Without a data key a new pair could not be kept if its save failed: Smartsheet is not asked at all.
-    assert outcome == TRANSIENT
+    assert outcome == RefreshOutcome.TRANSIENT
     assert refreshes(refresher) == 0
     record = refresher.connection(ADA)
     assert record is not None
@@ -458,7 +447,7 @@ def test_invalid_grant_after_a_concurrent_refresh_is_not_marked(refresher: Broke
 
     outcome = refresh_connection(due_now(refresher, ADA), deps(smartsheet=client))
 
-    assert outcome == RACED
+    assert outcome == RefreshOutcome.RACED
     record = refresher.connection(ADA)
     assert record is not None
     assert record["status"] == "active"
@@ -472,7 +461,7 @@ def test_a_held_lease_keeps_other_refreshers_away_until_it_expires(refresher: Br
     now = int(time.time())
     store.acquire_lease(str(ADA), generation=due.generation, owner="crashed-worker", now=now, lease_seconds=600)
 
-    assert refresh_connection(due, deps()) == LEASE_BUSY
+    assert refresh_connection(due, deps()) == RefreshOutcome.LEASE_BUSY
     assert refresher.sweep()["dispatched"] == 0  # the due index skips leased connections
     assert refreshes(refresher) == 0
 
@@ -483,16 +472,16 @@ def test_a_held_lease_keeps_other_refreshers_away_until_it_expires(refresher: Br
         UpdateExpression="SET lease_until = :past",
         ExpressionAttributeValues={":past": {"N": str(now - 1)}},
     )
-    assert refresher.sweep()["outcomes"][REFRESHED] == 1
+    assert refresher.sweep()["outcomes"][RefreshOutcome.REFRESHED] == 1
     assert refreshes(refresher) == 1
 
 
 def test_a_refreshed_connection_is_not_refreshed_again_from_a_stale_due_entry(refresher: Broker) -> None:
     signed_in_and_due(refresher, ADA)
     stale = due_now(refresher, ADA)
-    assert refresh_connection(stale, deps()) == REFRESHED
+    assert refresh_connection(stale, deps()) == RefreshOutcome.REFRESHED
 
-    assert refresh_connection(stale, deps()) == LEASE_BUSY
+    assert refresh_connection(stale, deps()) == RefreshOutcome.LEASE_BUSY
     assert refreshes(refresher) == 1
 
 
@@ -583,7 +572,7 @@ def test_a_run_of_failures_opens_the_breaker(refresher: Broker) -> None:
 
     assert report.breaker_open is True
     assert report.dispatched == BREAKER_THRESHOLD
-    assert report.outcomes[TRANSIENT] == BREAKER_THRESHOLD
+    assert report.outcomes[RefreshOutcome.TRANSIENT] == BREAKER_THRESHOLD
     assert refreshes(refresher) == BREAKER_THRESHOLD
 
 
@@ -599,7 +588,7 @@ def test_a_pair_that_cannot_be_saved_is_kept_sealed_and_the_next_sweep_stores_it
     outcome = refresh_connection(due_now(refresher, ADA), deps(vault=vault, monotonic=fake.monotonic, sleep=fake.sleep))
 
     # Retried with backoff for the lease's length (120 s) less its margin, then kept for later.
-    assert outcome == KEPT
+    assert outcome == RefreshOutcome.KEPT
     assert vault.attempts > 10
     assert 90 <= sum(fake.slept) <= 105
     assert refresher.tokens(ADA) == old
@@ -618,7 +607,7 @@ def test_a_pair_that_cannot_be_saved_is_kept_sealed_and_the_next_sweep_stores_it
     refresher.make_due(ADA)
     report = refresher.sweep()
 
-    assert report["outcomes"][RESUMED] == 1
+    assert report["outcomes"][RefreshOutcome.RESUMED] == 1
     assert refreshes(refresher) == 1  # the kept pair was stored, not refreshed again
     stored = refresher.tokens(ADA)
     assert refresher.emulator.refresh_token_is_live(stored["refresh_token"])
@@ -632,7 +621,7 @@ def test_a_pair_that_cannot_be_saved_is_kept_sealed_and_the_next_sweep_stores_it
     assert not {"pending_pair", "pending_version", "pending_generation"} & set(record)
 
     refresher.make_due(ADA)
-    assert refresher.sweep()["outcomes"][REFRESHED] == 1  # and the stored pair works
+    assert refresher.sweep()["outcomes"][RefreshOutcome.REFRESHED] == 1  # and the stored pair works
 
 
 def test_a_late_write_of_a_kept_pair_changes_nothing(refresher: Broker) -> None:
@@ -642,7 +631,7 @@ def test_a_late_write_of_a_kept_pair_changes_nothing(refresher: Broker) -> None:
     fake = FakeTime()
     assert (
         refresh_connection(due_now(refresher, ADA), deps(vault=vault, monotonic=fake.monotonic, sleep=fake.sleep))
-        == KEPT
+        == RefreshOutcome.KEPT
     )
     raw = refresher.dynamodb.get_item(
         TableName=refresher.connections_table, Key={"connection_id": {"S": str(ADA)}}, ConsistentRead=True
@@ -695,7 +684,7 @@ def test_a_pair_that_can_be_neither_saved_nor_kept_is_reported_lost(refresher: B
     finally:
         store.keep_pending = real_keep  # type: ignore[method-assign]
 
-    assert outcome == LOST
+    assert outcome == RefreshOutcome.LOST
     record = refresher.connection(ADA)
     assert record is not None
     # Never left active with a dead token: the record takes the news at once (only its keep write was failing).
@@ -714,7 +703,7 @@ def test_without_a_sealing_key_a_failed_save_is_lost(refresher: Broker, monkeypa
 
     outcome = refresh_connection(due_now(refresher, ADA), deps(vault=vault, monotonic=fake.monotonic, sleep=fake.sleep))
 
-    assert outcome == LOST
+    assert outcome == RefreshOutcome.LOST
 
 
 def test_a_save_that_recovers_within_the_lease_is_a_plain_refresh(refresher: Broker) -> None:
@@ -730,7 +719,7 @@ def test_a_save_that_recovers_within_the_lease_is_a_plain_refresh(refresher: Bro
         due_now(refresher, ADA), deps(vault=vault, monotonic=fake.monotonic, sleep=sleep_then_recover)
     )
 
-    assert outcome == REFRESHED
+    assert outcome == RefreshOutcome.REFRESHED
     record = refresher.connection(ADA)
     assert record is not None
     assert record["generation"] == 2
@@ -750,7 +739,7 @@ def test_a_failed_commit_after_the_save_loses_nothing_the_next_sweep_refreshes_f
 
     store.commit_refresh = failing_commit  # type: ignore[method-assign]
     try:
-        assert refresh_connection(due_now(refresher, ADA), deps()) == REFRESHED
+        assert refresh_connection(due_now(refresher, ADA), deps()) == RefreshOutcome.REFRESHED
     finally:
         store.commit_refresh = real_commit  # type: ignore[method-assign]
     stored = refresher.tokens(ADA)
@@ -766,7 +755,7 @@ def test_a_failed_commit_after_the_save_loses_nothing_the_next_sweep_refreshes_f
     report = refresher.sweep()
 
     assert calls == ["commit"]
-    assert report["outcomes"][REFRESHED] == 1
+    assert report["outcomes"][RefreshOutcome.REFRESHED] == 1
     assert refreshes(refresher) == 2
     assert refresher.tokens(ADA, "AWSPREVIOUS") == stored
     assert refresher.emulator.refresh_token_is_live(refresher.tokens(ADA)["refresh_token"])

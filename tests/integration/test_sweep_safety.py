@@ -93,7 +93,7 @@ def test_a_sweep_started_while_another_holds_the_lease_does_nothing_and_says_so(
     assert second == {"skipped": True, "reason": "another_sweep_running", "lease_until": int(held["lease_until"]["N"])}
     assert totals_of_second["sweep_skipped"] == 1
     assert done["skipped"] is False
-    assert done["outcomes"]["ok"] == 2
+    assert done["outcomes"]["refreshed"] == 2
     assert refreshes(broker) == 2  # each connection once: the second sweep sent nothing
     assert lease_item(broker) is None  # given back when the first one finished
     assert broker.sweep()["skipped"] is False
@@ -112,7 +112,7 @@ def test_a_sweep_that_crashes_gives_the_lease_back(broker: Broker, monkeypatch: 
             broker.sweep()  # a Lambda error: the function-errors alarm, and Lambda's retries
 
     assert lease_item(broker) is None
-    assert broker.sweep()["outcomes"]["ok"] == 1
+    assert broker.sweep()["outcomes"]["refreshed"] == 1
 
 
 def test_a_killed_sweeps_lease_blocks_the_next_one_only_until_its_timeout(broker: Broker) -> None:
@@ -130,7 +130,7 @@ def test_a_killed_sweeps_lease_blocks_the_next_one_only_until_its_timeout(broker
     assert blocked["skipped"] is True
     assert blocked["lease_until"] == started + 2
     assert after_expiry["skipped"] is False
-    assert after_expiry["outcomes"]["ok"] == 1
+    assert after_expiry["outcomes"]["refreshed"] == 1
     assert refreshes(broker) == 1
 
 
@@ -278,7 +278,7 @@ def test_the_scheduled_sweep_takes_its_slots_from_the_shared_pace(
 
     report = broker.sweep()
 
-    assert report["outcomes"]["ok"] == 3
+    assert report["outcomes"]["refreshed"] == 3
     assert time.monotonic() - started >= opens_in - 0.1  # it waited for the next window
     used = broker.dynamodb.get_item(
         TableName=broker.state_table, Key={"state": {"S": f"pace:{current + 1}"}}, ConsistentRead=True

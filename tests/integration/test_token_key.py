@@ -31,7 +31,7 @@ def test_the_sweep_refreshes_a_secret_under_the_token_key(broker: Broker) -> Non
 
     report = broker.sweep()
 
-    assert report["outcomes"]["ok"] == 1, report
+    assert report["outcomes"]["refreshed"] == 1, report
     versions = broker.secrets.list_secret_version_ids(SecretId=f"test-stack/connections/{ADA}")["Versions"]
     assert len(versions) == 2
     assert (

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from smartsheet_oauth import services
-from smartsheet_oauth.stores import events
+from smartsheet_oauth.domain.vocabulary import DetailType
 from smartsheet_oauth.stores.events import ConnectionEvent, EventPublisher
 
 from tests.management.conftest import EventSink
@@ -100,7 +100,7 @@ def test_a_transient_refresh_failure_emits_failed_with_the_attempt_then_recovere
     assert outcomes(report) == {"transient": 1}
     [failed] = event_sink.drain()
     broker.make_due(ADA)
-    assert outcomes(broker.sweep()) == {"ok": 1}
+    assert outcomes(broker.sweep()) == {"refreshed": 1}
     [recovered] = event_sink.drain()
 
     assert failed["detail-type"] == "Connection Refresh Failed"
@@ -112,7 +112,7 @@ def test_a_transient_refresh_failure_emits_failed_with_the_attempt_then_recovere
     assert recovered["detail"]["status"] == "active"
     assert_no_secret(json.dumps([failed, recovered]), secrets_of(broker, ADA))
     broker.make_due(ADA)
-    assert outcomes(broker.sweep()) == {"ok": 1}
+    assert outcomes(broker.sweep()) == {"refreshed": 1}
     assert event_sink.drain() == []  # a plain refresh changes nothing worth telling
 
 
@@ -167,7 +167,7 @@ class FlakyBus:
         return {"FailedEntryCount": 0, "Entries": [{"EventId": "1"}]}
 
 
-EVENT = ConnectionEvent(events.CREATED, connection_id="1", status="active", region="us", email="a@example.com")
+EVENT = ConnectionEvent(DetailType.CREATED, connection_id="1", status="active", region="us", email="a@example.com")
 
 
 def test_a_refused_entry_is_retried_until_the_bus_takes_it() -> None:

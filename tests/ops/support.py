@@ -180,7 +180,7 @@ def _due_connection(broker: Broker, user: int = ADA) -> None:
 
 def refresh_ok(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
     _due_connection(broker)
-    assert outcomes(broker.sweep()) == {"ok": 1}
+    assert outcomes(broker.sweep()) == {"refreshed": 1}
 
 
 def refresh_transient(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
@@ -285,7 +285,7 @@ def full_sweep(broker: Broker, _mp: pytest.MonkeyPatch) -> None:
     store.hold(str(ALAN), owner="operator", now=0, lease_seconds=60)
     store.mark_revoked(str(ALAN), owner="operator", reason="test", now=1)
     report = broker.sweep()
-    assert outcomes(report) == {"ok": 1, "needs_reauth": 1}
+    assert outcomes(report) == {"refreshed": 1, "needs_reauth": 1}
     assert "connections" not in report  # counting by status would read the whole table: the admin CLI's health does
     assert report["backlog"] == 0
 

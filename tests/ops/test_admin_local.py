@@ -150,7 +150,7 @@ def test_refresh_rotates_the_pair_now(ada: Ops) -> None:
     run = ada.admin("refresh", str(ADA), "--json", "--verbose")
 
     assert run.code == 0, run.err
-    assert run.json()["outcome"] == "ok"  # stdout stays JSON: the library's logs went to stderr
+    assert run.json()["outcome"] == "refreshed"  # stdout stays JSON: the library's logs went to stderr
     assert "connection refreshed" in run.err
     after = ada.tokens(ADA)
     assert ada.record(ADA)["generation"] == generation + 1

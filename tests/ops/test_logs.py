@@ -30,7 +30,7 @@ def test_lines_carry_the_invocations_correlation_id_and_each_connections_outcome
     # A sweep: the schedule event's id on every line; each connection's line names it and its outcome.
     assert {line["correlation_id"] for line in sweep_lines} == {schedule["id"]}
     about_one = {(line["connection_id"], line["outcome"]) for line in sweep_lines if "outcome" in line}
-    assert about_one >= {(str(ADA), "ok"), (str(GRACE), "needs_reauth")}
+    assert about_one >= {(str(ADA), "refreshed"), (str(GRACE), "needs_reauth")}
     (finished,) = [line for line in sweep_lines if line["message"] == "sweep finished"]
     assert finished["backlog"] == 0
     assert finished["outcomes"]["needs_reauth"] == 1

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config as BotoConfig
 from smartsheet_oauth.config import Config, load_config
+from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows import steps
 from smartsheet_oauth.flows.deps import RefreshDeps
-from smartsheet_oauth.flows.refresh import OUTCOMES
 from smartsheet_oauth.flows.sweep import SweepReport, sweep
 from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
 from smartsheet_oauth.stores.connections import ConnectionStore
@@ -373,7 +373,7 @@ def run_sweep(deps: RefreshDeps, *, budget_seconds: float = 600.0) -> SweepRepor
 
 
 def total(reports: Iterable[SweepReport]) -> Counter[str]:
-    outcomes: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
+    outcomes: Counter[str] = Counter(dict.fromkeys(RefreshOutcome, 0))
     for report in reports:
         outcomes.update(report.outcomes)
     return outcomes

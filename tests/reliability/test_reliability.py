@@ -15,16 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from smartsheet_oauth.flows.refresh import (
-    KEPT,
-    LEASE_BUSY,
-    LOST,
-    LOST_IN_FLIGHT,
-    NEEDS_REAUTH,
-    RACED,
-    REFRESHED,
-    RESUMED,
-)
+from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows.sweep import SweepReport
 
 from tests.reliability.conftest import Scale
@@ -123,7 +114,7 @@ def test_race(scale: Scale, figures: Callable[..., None]) -> None:
             needs_reauth=state.needs_reauth,
             lost=len(state.lost),
             race_seconds=raced_seconds,
-            collisions=outcomes[LEASE_BUSY],
+            collisions=outcomes[RefreshOutcome.LEASE_BUSY],
         )
 
         assert [p.exitcode for p in processes] == [0] * scale.race_processes
@@ -133,9 +124,9 @@ def test_race(scale: Scale, figures: Callable[..., None]) -> None:
         assert set(log.sent.values()) == {1}
         assert calls["refresh_calls"] == calls["refresh_ok"] == n
         # Every other dispatch was turned away by the lease, however the refreshers were scheduled.
-        assert outcomes[LEASE_BUSY] == dispatched - n
-        assert outcomes[REFRESHED] == n - lost_answers
-        assert outcomes[NEEDS_REAUTH] == outcomes[RACED] == outcomes["error"] == 0
+        assert outcomes[RefreshOutcome.LEASE_BUSY] == dispatched - n
+        assert outcomes[RefreshOutcome.REFRESHED] == n - lost_answers
+        assert outcomes[RefreshOutcome.NEEDS_REAUTH] == outcomes[RefreshOutcome.RACED] == outcomes["error"] == 0
         assert state.needs_reauth == 0
         # An answer lost on the way (a slow machine) leaves its grant dead and its record saying so.
         assert len(state.lost) == lost_answers
@@ -172,16 +163,17 @@ def test_faults(scale: Scale, figures: Callable[..., None]) -> None:
             aws_throttled=f"{sum(throttle.throttled.values())}/{sum(throttle.calls.values())}",
             outcomes=outcome_figures(outcomes),
             needs_reauth=state.needs_reauth,
-            lost=f"{len(state.lost) + outcomes[LOST]} (in flight, accounted: {outcomes[LOST_IN_FLIGHT]})",
+            lost=f"{len(state.lost) + outcomes[RefreshOutcome.LOST]}"
+            f" (in flight, accounted: {outcomes[RefreshOutcome.LOST_IN_FLIGHT]})",
         )
 
         assert calls["refresh_faults"] > n // 10  # the faults were real
         assert sum(throttle.throttled.values()) > n // 4  # a tenth of at least 4 AWS calls per connection
         assert nothing_due(here, clock)
-        assert outcomes[LOST] == 0
+        assert outcomes[RefreshOutcome.LOST] == 0
         assert state.lost == []  # no connection left active with a dead token
         # The only grants gone are those whose answer was lost in flight, each accounted as such.
-        assert outcomes[LOST_IN_FLIGHT] == lost_answers
+        assert outcomes[RefreshOutcome.LOST_IN_FLIGHT] == lost_answers
         assert state.needs_reauth_reasons == Counter({"lost_in_flight": lost_answers}) - Counter()
         assert state.active == state.live == n - lost_answers
         assert state.kept == 0
@@ -221,21 +213,21 @@ def test_save_fails_for_minutes(scale: Scale, figures: Callable[..., None]) -> N
             aws_throttled=f"PutSecretValue {outage.throttled['PutSecretValue']}/{outage.calls['PutSecretValue']}",
             outcomes=outcome_figures(outcomes),
             needs_reauth=state.needs_reauth,
-            lost=len(state.lost) + outcomes[LOST],
+            lost=len(state.lost) + outcomes[RefreshOutcome.LOST],
         )
 
         assert during[0].breaker_open  # a run of kept pairs stops the sweep: no more rotations for now
         assert rotated_by_first < n
         # Every pair Smartsheet issued and the refresher received waits on its record.
         assert state_during.kept == calls_during - lost_during > 0
-        assert total(during)[KEPT] >= calls_during - lost_during
+        assert total(during)[RefreshOutcome.KEPT] >= calls_during - lost_during
         assert state_during.needs_reauth == 0
-        assert outcomes[RESUMED] == calls_during - lost_during
+        assert outcomes[RefreshOutcome.RESUMED] == calls_during - lost_during
         # Kept pairs were stored, never asked for again; a grant whose answer was lost is asked for once more and
         # refused: accounted as lost in flight.
         assert calls["refresh_calls"] == n + lost_answers
-        assert outcomes[LOST] == 0
-        assert outcomes[LOST_IN_FLIGHT] == lost_answers
+        assert outcomes[RefreshOutcome.LOST] == 0
+        assert outcomes[RefreshOutcome.LOST_IN_FLIGHT] == lost_answers
         assert state.lost == []
         assert state.live == n - lost_answers
         assert state.kept == 0
@@ -271,8 +263,8 @@ def test_revocation(scale: Scale, figures: Callable[..., None], caplog: pytest.L
             lost=len(state.lost),
         )
 
-        assert state.needs_reauth_reasons["invalid_grant:1132"] == outcomes[NEEDS_REAUTH] == len(revoked)
-        assert state.needs_reauth_reasons["lost_in_flight"] == outcomes[LOST_IN_FLIGHT] == lost_answers
+        assert state.needs_reauth_reasons["invalid_grant:1132"] == outcomes[RefreshOutcome.NEEDS_REAUTH] == len(revoked)
+        assert state.needs_reauth_reasons["lost_in_flight"] == outcomes[RefreshOutcome.LOST_IN_FLIGHT] == lost_answers
         assert revoked <= state.needs_reauth_ids
         assert state.active == state.live == n - len(revoked) - lost_answers
         assert state.lost == []

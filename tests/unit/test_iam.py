@@ -559,7 +559,7 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
     broker.make_due(GRACE)
     with recorder.acting_as("RefreshFunction"):
         report = broker.sweep()
-    assert report["outcomes"]["ok"] == 1, report
+    assert report["outcomes"]["refreshed"] == 1, report
     assert report["outcomes"]["needs_reauth"] == 1, report
     with recorder.acting_as("ManagementFunction"):  # an on-demand refresh: the pace, the lease, the secret
         answer = call_management("POST", f"/connections/{ALAN}/refresh", body={"min_valid_seconds": 604800})

@@ -31,10 +31,11 @@ from smartsheet_oauth.domain.errors import (
     SmartsheetError,
     StorageError,
 )
+from smartsheet_oauth.domain.vocabulary import BINDING_REFUSED, ConnectionStatus, DetailType
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.completions import BOUND, VOIDED, CompletionStore, HeldCompletion
-from smartsheet_oauth.stores.connections import ACTIVE, REVOKED, Connection, ConnectionStore
+from smartsheet_oauth.stores.connections import Connection, ConnectionStore
 from smartsheet_oauth.stores.token_vault import PairSealer, TokenSet
 
 if TYPE_CHECKING:
@@ -91,7 +92,11 @@ def check_binding(connections: ConnectionStore, *, end_user_id: str, smartsheet_
     or the end user already has a different Smartsheet account connected. Revoked connections do not count:
     their binding ended with them. The same end user with the same account simply reconnects."""
     existing = connections.get(smartsheet_user_id)
-    if existing is not None and existing.status != REVOKED and existing.end_user_id not in (None, end_user_id):
+    if (
+        existing is not None
+        and existing.status != ConnectionStatus.REVOKED
+        and existing.end_user_id not in (None, end_user_id)
+    ):
         raise BindingConflict(
             "smartsheet_account_bound_to_another_end_user",
             end_user_id=end_user_id,
@@ -102,7 +107,7 @@ def check_binding(connections: ConnectionStore, *, end_user_id: str, smartsheet_
     while True:
         page, start_key = connections.page(limit=25, end_user_id=end_user_id, start_key=start_key)
         for other in page:
-            if other.connection_id != smartsheet_user_id and other.status != REVOKED:
+            if other.connection_id != smartsheet_user_id and other.status != ConnectionStatus.REVOKED:
                 raise BindingConflict(
                     "end_user_has_another_smartsheet_account",
                     end_user_id=end_user_id,
@@ -236,7 +241,9 @@ def _store(
         raise StorageError("connections.get", "ConnectionMissing", transient=True)
     events.emit(
         deps.events,
-        events.about(events.CREATED if is_new else events.RECONNECTED, connection, status=ACTIVE),
+        events.about(
+            DetailType.CREATED if is_new else DetailType.RECONNECTED, connection, status=ConnectionStatus.ACTIVE
+        ),
     )
     return Completed(connection=connection, is_new=is_new)
 
@@ -275,9 +282,9 @@ def _announce_refusal(
     events.emit(
         deps.events,
         events.ConnectionEvent(
-            detail_type=events.BINDING_CONFLICT,
+            detail_type=DetailType.BINDING_CONFLICT,
             connection_id=existing_connection_id or held.smartsheet_user_id,
-            status="refused",
+            status=BINDING_REFUSED,
             region=deps.config.region,
             end_user_id=held.end_user_id,
             reason=reason,

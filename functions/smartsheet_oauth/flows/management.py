@@ -21,19 +21,14 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
     TransientSmartsheetError,
 )
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus, DetailType
 from smartsheet_oauth.flows.connect import checked_end_user_id
 from smartsheet_oauth.flows.deps import ManagementDeps
 from smartsheet_oauth.flows.sign_in import checked_return_to
 from smartsheet_oauth.stores import events
-from smartsheet_oauth.stores.connections import (
-    ACTIVE,
-    NEEDS_REAUTH,
-    REVOKED,
-    Connection,
-)
+from smartsheet_oauth.stores.connections import Connection
 from smartsheet_oauth.stores.token_vault import TokenSet
 
-STATUSES = (ACTIVE, NEEDS_REAUTH, REVOKED)
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
 SECRET_RECOVERY_DAYS = 7
 DISCONNECTED = "disconnected"
@@ -114,8 +109,8 @@ def list_connections(deps: ManagementDeps, query: dict[str, str]) -> dict[str, A
     if unknown:
         raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}; use status, end_user_id, limit, next")
     status = query.get("status")
-    if status is not None and status not in STATUSES:
-        raise BadRequest(f"status must be one of {', '.join(STATUSES)}")
+    if status is not None and status not in ConnectionStatus:
+        raise BadRequest(f"status must be one of {', '.join(ConnectionStatus)}")
     end_user_id = checked_end_user_id(query["end_user_id"]) if "end_user_id" in query else None
     raw_limit = query.get("limit", str(DEFAULT_PAGE_SIZE))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
@@ -165,10 +160,12 @@ def disconnect(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
             raise
         stored_tokens = "already_deleted"
     after = existing(deps, connection_id)
-    if held.status != REVOKED:
+    if held.status != ConnectionStatus.REVOKED:
         events.emit(
             deps.events,
-            events.about(events.REVOKED, held, status=REVOKED, reason=DISCONNECTED, smartsheet=at_smartsheet),
+            events.about(
+                DetailType.REVOKED, held, status=ConnectionStatus.REVOKED, reason=DISCONNECTED, smartsheet=at_smartsheet
+            ),
         )
     return {
         "outcome": "revoked",

@@ -7,22 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 from smartsheet_oauth.domain.errors import BadRequest, BrokerError, ConditionFailed, Conflict
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus, RefreshOutcome
 from smartsheet_oauth.flows.deps import ManagementDeps
 from smartsheet_oauth.flows.management import existing, view
-from smartsheet_oauth.flows.refresh import (
-    DEFERRED,
-    KEPT,
-    LEASE_BUSY,
-    LOST,
-    LOST_IN_FLIGHT,
-    RACED,
-    REFRESHED,
-    RESUMED,
-    TRANSIENT,
-    refresh_connection,
-)
+from smartsheet_oauth.flows.refresh import refresh_connection
 from smartsheet_oauth.flows.refresh_window import seconds_to_spare
-from smartsheet_oauth.stores.connections import ACTIVE, REVOKED, Connection, DueConnection
+from smartsheet_oauth.stores.connections import Connection, DueConnection
 
 DEFAULT_MIN_VALID_SECONDS = 300
 MAX_MIN_VALID_SECONDS = 7 * 24 * 3600
@@ -73,7 +63,7 @@ def min_valid_seconds(body: dict[str, Any]) -> int:
 
 
 def _unusable(connection: Connection) -> Conflict:
-    if connection.status == REVOKED:
+    if connection.status == ConnectionStatus.REVOKED:
         return Conflict("revoked", "The connection was disconnected; its user must connect again.")
     return Conflict(
         "needs_reauth", "Smartsheet no longer honours this connection's grant; its user must sign in again."
@@ -88,7 +78,10 @@ def refresh_on_demand(
     refreshed while the access token stays valid for at least `min_valid` seconds, unless a new pair kept on the
     record waits to be stored: that is stored first ("resumed"). `time_left` bounds a failing save's retries."""
     result = _refresh_on_demand(deps, existing(deps, connection_id), min_valid=min_valid, time_left=time_left)
-    if result["outcome"] == "resumed" and result["connection"]["access_expires_at"] - deps.clock() < min_valid:
+    if (
+        result["outcome"] == RefreshOutcome.RESUMED
+        and result["connection"]["access_expires_at"] - deps.clock() < min_valid
+    ):
         # The stored kept pair waited too long to satisfy the caller: refresh it like any other.
         return _refresh_on_demand(deps, existing(deps, connection_id), min_valid=min_valid, time_left=time_left)
     return result
@@ -102,7 +95,7 @@ def _refresh_on_demand(
     deps: ManagementDeps, before: Connection, *, min_valid: int, time_left: Callable[[], float] | None
 ) -> dict[str, Any]:
     connection_id = before.connection_id
-    if before.status != ACTIVE:
+    if before.status != ConnectionStatus.ACTIVE:
         raise _unusable(before)
     now = int(deps.clock())
     if before.access_expires_at - now >= min_valid and not _kept_waiting(before):
@@ -122,20 +115,20 @@ def _refresh_on_demand(
         generation=before.generation,
     )
     outcome = refresh_connection(due, deps.refresh_deps(), time_left=time_left)
-    if outcome == REFRESHED:
-        return {"outcome": "refreshed", "connection": view(existing(deps, connection_id))}
-    if outcome == RESUMED:
-        return {"outcome": "resumed", "connection": view(existing(deps, connection_id))}
-    if outcome in (LEASE_BUSY, RACED):
+    if outcome == RefreshOutcome.REFRESHED:
+        return {"outcome": RefreshOutcome.REFRESHED, "connection": view(existing(deps, connection_id))}
+    if outcome == RefreshOutcome.RESUMED:
+        return {"outcome": RefreshOutcome.RESUMED, "connection": view(existing(deps, connection_id))}
+    if outcome in (RefreshOutcome.LEASE_BUSY, RefreshOutcome.RACED):
         return _outcome_of_other_worker(deps, before)
-    if outcome == KEPT:
+    if outcome == RefreshOutcome.KEPT:
         raise _kept()
-    if outcome == LOST:
+    if outcome == RefreshOutcome.LOST:
         raise _lost()
-    if outcome == LOST_IN_FLIGHT:
+    if outcome == RefreshOutcome.LOST_IN_FLIGHT:
         raise _lost_in_flight()
     after = existing(deps, connection_id)
-    if outcome in (TRANSIENT, DEFERRED):
+    if outcome in (RefreshOutcome.TRANSIENT, RefreshOutcome.DEFERRED):
         raise _transient(after, now)
     raise _unusable(after)
 
@@ -204,10 +197,10 @@ def _outcome_of_other_worker(deps: ManagementDeps, before: Connection) -> dict[s
         now = int(deps.clock())
         current = existing(deps, before.connection_id)
         if current.generation != before.generation:
-            if current.status == ACTIVE:
-                return {"outcome": "refreshed", "connection": view(current)}
+            if current.status == ConnectionStatus.ACTIVE:
+                return {"outcome": RefreshOutcome.REFRESHED, "connection": view(current)}
             raise _unusable(current)
-        if current.status != ACTIVE:
+        if current.status != ConnectionStatus.ACTIVE:
             raise _unusable(current)
         if not _leased(current, now):
             if current.updated_at > before.updated_at and current.failures > before.failures:

@@ -17,45 +17,18 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.domain.vocabulary import (
-    DEFERRED,
-    KEPT,
-    LEASE_BUSY,
-    LOST,
-    LOST_IN_FLIGHT,
-    NEEDS_REAUTH,
-    OUTCOMES,
-    RACED,
-    REFRESHED,
-    RESUMED,
-    TRANSIENT,
-)
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus, DetailType, RefreshOutcome
 from smartsheet_oauth.flows import refusals, steps
 from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.refresh_window import FINAL_MARGIN_SECONDS, LEASE_MARGIN_SECONDS, answer_within
 from smartsheet_oauth.flows.refusals import GrantGuard
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.smartsheet.client import TokenGrant
-from smartsheet_oauth.stores import connections, events
+from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.connections import Connection, DueConnection, PendingPair
 from smartsheet_oauth.stores.token_vault import TokenSet, pending_binding
 
-__all__ = [
-    "DEFERRED",
-    "KEPT",
-    "LEASE_BUSY",
-    "LOST",
-    "LOST_IN_FLIGHT",
-    "NEEDS_REAUTH",
-    "OUTCOMES",
-    "RACED",
-    "REFRESHED",
-    "RESUMED",
-    "TRANSIENT",
-    "GrantGuard",
-    "backoff_seconds",
-    "refresh_connection",
-]
+__all__ = ["GrantGuard", "backoff_seconds", "refresh_connection"]
 
 BACKOFF_BASE_SECONDS = 300
 BACKOFF_CAP_SECONDS = 3600
@@ -78,7 +51,7 @@ def refresh_connection(
     rng: random.Random | None = None,
     time_left: Callable[[], float] | None = None,
     guard: GrantGuard | None = None,
-) -> str:
+) -> RefreshOutcome:
     """Refresh one connection under its lease. Returns the outcome; never raises for a per-connection problem.
 
     A pair kept on the record by an earlier attempt is written to its secret first, instead of refreshing."""
@@ -96,13 +69,13 @@ def refresh_connection(
             lease_seconds=deps.config.lease_seconds,
         )
     except ConditionFailed:
-        return LEASE_BUSY
+        return RefreshOutcome.LEASE_BUSY
     except StorageError as exc:
         logger.warning(
             "lease failed",
-            extra={"connection_id": due.connection_id, "outcome": TRANSIENT, "reason": exc.code},
+            extra={"connection_id": due.connection_id, "outcome": RefreshOutcome.TRANSIENT, "reason": exc.code},
         )
-        return TRANSIENT
+        return RefreshOutcome.TRANSIENT
     steps.passed(deps.steps, steps.REFRESH_LEASED, due.connection_id)
 
     # refresh_window.py: the new pair's writes, and every token request's answer and save, fit before this.
@@ -122,7 +95,7 @@ def _refresh_leased(
     rng: random.Random,
     deadline: float,
     guard: GrantGuard | None = None,
-) -> str:
+) -> RefreshOutcome:
     # The in-flight marker the lease set is this attempt's own unless an earlier attempt left one: then only this
     # attempt's answer can tell what became of the grant, and the marker stays until it does.
     own_marker = leased.in_flight_attempt == owner
@@ -139,7 +112,7 @@ def _refresh_leased(
             return _transient(leased, owner, deps, rng, reason=f"kms:{exc.code}", retry_after=None, settled=own_marker)
 
     grant = _rotate(leased, owner, current, deps, rng=rng, deadline=deadline, guard=guard)
-    if isinstance(grant, str):
+    if isinstance(grant, RefreshOutcome):
         return grant
     steps.passed(deps.steps, steps.REFRESH_ANSWERED, leased.connection_id)
 
@@ -164,24 +137,31 @@ def _refresh_leased(
     )
     if not saved:
         if kept:
-            return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, outcome=KEPT)
+            return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, outcome=RefreshOutcome.KEPT)
         logger.critical(
             "new token pair could be neither stored nor kept: the grant is lost",
-            extra={"connection_id": leased.connection_id, "outcome": LOST, "reason": reason},
+            extra={"connection_id": leased.connection_id, "outcome": RefreshOutcome.LOST, "reason": reason},
         )
         # Never left active with a dead token: marked needs_reauth now if the record takes it, else the in-flight
         # marker makes the next refresh of this connection find the grant lost.
-        if refusals.end_grant(leased, owner, deps, outcome=LOST, reason=f"lost:{reason}") == LOST:
-            return LOST
-        return _transient(leased, owner, deps, rng, reason=f"lost:{reason}", retry_after=None, outcome=LOST)
+        if (
+            refusals.end_grant(leased, owner, deps, outcome=RefreshOutcome.LOST, reason=f"lost:{reason}")
+            == RefreshOutcome.LOST
+        ):
+            return RefreshOutcome.LOST
+        return _transient(
+            leased, owner, deps, rng, reason=f"lost:{reason}", retry_after=None, outcome=RefreshOutcome.LOST
+        )
     if _commit(leased, owner, new_tokens, deps):
         steps.passed(deps.steps, steps.REFRESH_COMMITTED, leased.connection_id)
     if guard is not None:
         guard.refreshed()
     if leased.failures:
-        events.emit(deps.events, events.about(events.RECOVERED, leased, status=connections.ACTIVE))
-    logger.info("connection refreshed", extra={"connection_id": leased.connection_id, "outcome": REFRESHED})
-    return REFRESHED
+        events.emit(deps.events, events.about(DetailType.RECOVERED, leased, status=ConnectionStatus.ACTIVE))
+    logger.info(
+        "connection refreshed", extra={"connection_id": leased.connection_id, "outcome": RefreshOutcome.REFRESHED}
+    )
+    return RefreshOutcome.REFRESHED
 
 
 def _rotate(
@@ -193,7 +173,7 @@ def _rotate(
     rng: random.Random,
     deadline: float,
     guard: GrantGuard | None,
-) -> TokenGrant | str:
+) -> TokenGrant | RefreshOutcome:
     """Send the refresh, if its answer and the new pair's save fit before the deadline (refresh_window.py). Returns
     Smartsheet's new pair, or the outcome of a refresh that got none."""
     own_marker = leased.in_flight_attempt == owner
@@ -308,27 +288,31 @@ def _commit(leased: Connection, owner: str, tokens: TokenSet, deps: RefreshDeps)
 
 def _resume_kept_pair(
     leased: Connection, pending: PendingPair, owner: str, deps: RefreshDeps, *, rng: random.Random, deadline: float
-) -> str:
+) -> RefreshOutcome:
     """A pair kept on the record (its save failed, or its worker died) goes to its secret before anything else:
     the secret's own refresh token is dead since Smartsheet issued the kept one."""
     if deps.vault.sealer is None:
         logger.error("a kept token pair waits but no key is configured", extra={"connection_id": leased.connection_id})
-        return _transient(leased, owner, deps, rng, reason="kept:no_key", retry_after=None, outcome=KEPT)
+        return _transient(leased, owner, deps, rng, reason="kept:no_key", retry_after=None, outcome=RefreshOutcome.KEPT)
     try:
         tokens = deps.vault.sealer.open(
             pending.sealed, binding=pending_binding(leased.connection_id, pending.generation, pending.version_id)
         )
     except StorageError as exc:
-        return _transient(leased, owner, deps, rng, reason=f"kms:{exc.code}", retry_after=None, outcome=KEPT)
+        return _transient(
+            leased, owner, deps, rng, reason=f"kms:{exc.code}", retry_after=None, outcome=RefreshOutcome.KEPT
+        )
     saved, _, reason = _write_pair(
         leased, owner, tokens, deps, version_id=pending.version_id, rng=rng, deadline=deadline, keep=False
     )
     if not saved:
-        return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, outcome=KEPT)
+        return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, outcome=RefreshOutcome.KEPT)
     _commit(leased, owner, tokens, deps)
-    events.emit(deps.events, events.about(events.RECOVERED, leased, status=connections.ACTIVE))
-    logger.info("kept token pair stored", extra={"connection_id": leased.connection_id, "outcome": RESUMED})
-    return RESUMED
+    events.emit(deps.events, events.about(DetailType.RECOVERED, leased, status=ConnectionStatus.ACTIVE))
+    logger.info(
+        "kept token pair stored", extra={"connection_id": leased.connection_id, "outcome": RefreshOutcome.RESUMED}
+    )
+    return RefreshOutcome.RESUMED
 
 
 def _transient(
@@ -339,9 +323,9 @@ def _transient(
     *,
     reason: str,
     retry_after: float | None,
-    outcome: str = TRANSIENT,
+    outcome: RefreshOutcome = RefreshOutcome.TRANSIENT,
     settled: bool = False,
-) -> str:
+) -> RefreshOutcome:
     """Keep the connection active and come back to it later. `settled`: this attempt's in-flight marker goes (it
     is its own, and the request never reached Smartsheet or was refused unprocessed)."""
     now = int(deps.clock())
@@ -371,17 +355,23 @@ def _transient(
     )
     events.emit(
         deps.events,
-        events.about(events.REFRESH_FAILED, leased, status=connections.ACTIVE, reason=reason, attempt=failures),
+        events.about(
+            DetailType.REFRESH_FAILED, leased, status=ConnectionStatus.ACTIVE, reason=reason, attempt=failures
+        ),
     )
     return outcome
 
 
-def _defer(leased: Connection, owner: str, deps: RefreshDeps, *, settled: bool, seconds_left: float) -> str:
+def _defer(leased: Connection, owner: str, deps: RefreshDeps, *, settled: bool, seconds_left: float) -> RefreshOutcome:
     """Too little time is left for a token request's answer and the new pair's save (refresh_window.py): send
     nothing, give the lease back, leave the connection due."""
     logger.info(
         "refresh not sent: too little time left for the answer and the save",
-        extra={"connection_id": leased.connection_id, "outcome": DEFERRED, "seconds_left": round(seconds_left, 1)},
+        extra={
+            "connection_id": leased.connection_id,
+            "outcome": RefreshOutcome.DEFERRED,
+            "seconds_left": round(seconds_left, 1),
+        },
     )
     try:
         deps.connections.release(leased.connection_id, owner=owner, settled=settled)
@@ -389,7 +379,7 @@ def _defer(leased: Connection, owner: str, deps: RefreshDeps, *, settled: bool, 
         logger.warning(
             "could not give the lease back", extra={"connection_id": leased.connection_id, "reason": exc.code}
         )
-    return DEFERRED
+    return RefreshOutcome.DEFERRED
 
 
 def _refused(
@@ -401,14 +391,16 @@ def _refused(
     *,
     rng: random.Random,
     guard: GrantGuard | None,
-) -> str:
+) -> RefreshOutcome:
     """Smartsheet refused the stored refresh token: refusals.py says what that means; act on it."""
     verdict = refusals.judge(leased, owner, used, deps, exc, guard=guard)
     if verdict == refusals.HELD_BACK:
         own_marker = leased.in_flight_attempt == owner  # a refusal is an answer: this attempt rotated nothing
         return _transient(leased, owner, deps, rng, reason=exc.reason, retry_after=None, settled=own_marker)
-    if verdict == NEEDS_REAUTH:
-        return refusals.end_grant(leased, owner, deps, outcome=NEEDS_REAUTH, reason=exc.reason)
-    if verdict == LOST_IN_FLIGHT:
-        return refusals.end_grant(leased, owner, deps, outcome=LOST_IN_FLIGHT, reason=LOST_IN_FLIGHT)
-    return verdict
+    if verdict == RefreshOutcome.NEEDS_REAUTH:
+        return refusals.end_grant(leased, owner, deps, outcome=RefreshOutcome.NEEDS_REAUTH, reason=exc.reason)
+    if verdict == RefreshOutcome.LOST_IN_FLIGHT:
+        return refusals.end_grant(
+            leased, owner, deps, outcome=RefreshOutcome.LOST_IN_FLIGHT, reason=RefreshOutcome.LOST_IN_FLIGHT
+        )
+    return RefreshOutcome(verdict)

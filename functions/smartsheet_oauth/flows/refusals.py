@@ -11,9 +11,9 @@ import threading
 from typing import TYPE_CHECKING
 
 from smartsheet_oauth.domain.errors import ConditionFailed, InvalidGrant, StorageError
-from smartsheet_oauth.domain.vocabulary import LOST_IN_FLIGHT, NEEDS_REAUTH, RACED, TRANSIENT
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus, DetailType, RefreshOutcome
 from smartsheet_oauth.platform.observability import logger
-from smartsheet_oauth.stores import connections, events
+from smartsheet_oauth.stores import events
 
 if TYPE_CHECKING:
     from smartsheet_oauth.flows.deps import RefreshDeps
@@ -76,7 +76,7 @@ def judge(
     *,
     guard: GrantGuard | None,
 ) -> str:
-    """What a refusal means: RACED, LOST_IN_FLIGHT, NEEDS_REAUTH, HELD_BACK (the guard's), or TRANSIENT (it could
+    """What a refusal means: raced, lost_in_flight, needs_reauth, HELD_BACK (the guard's), or transient (it could
     not be re-checked: the lease runs out and the connection comes back later).
 
     invalid_grant is final only if nobody else refreshed meanwhile: a moved generation, a pair kept on the record,
@@ -90,7 +90,7 @@ def judge(
             "could not re-check after invalid_grant",
             extra={"connection_id": leased.connection_id, "reason": storage_exc.code},
         )
-        return TRANSIENT
+        return RefreshOutcome.TRANSIENT
     if (
         latest is None
         or latest.generation != leased.generation
@@ -99,11 +99,11 @@ def judge(
     ):
         logger.info(
             "invalid_grant after a concurrent refresh; grant is alive",
-            extra={"connection_id": leased.connection_id, "outcome": RACED},
+            extra={"connection_id": leased.connection_id, "outcome": RefreshOutcome.RACED},
         )
-        return RACED
+        return RefreshOutcome.RACED
     if lost_in_flight(leased, owner, refusal):
-        return LOST_IN_FLIGHT
+        return RefreshOutcome.LOST_IN_FLIGHT
     if guard is not None and not guard.may_mark():
         refused, refreshed = guard.tally
         logger.critical(
@@ -113,20 +113,22 @@ def judge(
             " counted here.",
             extra={
                 "connection_id": leased.connection_id,
-                "outcome": TRANSIENT,
+                "outcome": RefreshOutcome.TRANSIENT,
                 "reason": refusal.reason,
                 "refused": refused,
                 "refreshed": refreshed,
             },
         )
         return HELD_BACK
-    return NEEDS_REAUTH
+    return RefreshOutcome.NEEDS_REAUTH
 
 
-def end_grant(leased: Connection, owner: str, deps: RefreshDeps, *, outcome: str, reason: str) -> str:
+def end_grant(
+    leased: Connection, owner: str, deps: RefreshDeps, *, outcome: RefreshOutcome, reason: str
+) -> RefreshOutcome:
     """Mark the connection needs_reauth (out of the sweep until its user signs in again) and tell the integrator,
-    with `reason` on the record and in the event. Returns `outcome`; RACED when the lease was lost meanwhile, and
-    TRANSIENT when the record could not be written (the lease runs out, the marker stays, a later refresh decides
+    with `reason` on the record and in the event. Returns `outcome`; raced when the lease was lost meanwhile, and
+    transient when the record could not be written (the lease runs out, the marker stays, a later refresh decides
     again)."""
     now = int(deps.clock())
     try:
@@ -134,19 +136,19 @@ def end_grant(leased: Connection, owner: str, deps: RefreshDeps, *, outcome: str
             leased.connection_id, generation=leased.generation, owner=owner, reason=reason, now=now
         )
     except ConditionFailed:
-        return RACED
+        return RefreshOutcome.RACED
     except StorageError as storage_exc:
         logger.warning(
             "could not mark needs_reauth",
             extra={"connection_id": leased.connection_id, "reason": storage_exc.code, "outcome": outcome},
         )
-        return TRANSIENT
-    if outcome == NEEDS_REAUTH:
+        return RefreshOutcome.TRANSIENT
+    if outcome == RefreshOutcome.NEEDS_REAUTH:
         logger.warning(
             "grant revoked or expired at Smartsheet; user must sign in again",
             extra={"connection_id": leased.connection_id, "outcome": outcome, "reason": reason},
         )
-    elif outcome != LOST_IN_FLIGHT:  # its loss is logged where it happened
+    elif outcome != RefreshOutcome.LOST_IN_FLIGHT:  # its loss is logged where it happened
         logger.error("connection marked needs_reauth", extra={"connection_id": leased.connection_id, "reason": reason})
     else:
         since = leased.in_flight_since
@@ -160,5 +162,7 @@ def end_grant(leased: Connection, owner: str, deps: RefreshDeps, *, outcome: str
                 "in_flight_for_seconds": None if since is None else max(0, now - since),
             },
         )
-    events.emit(deps.events, events.about(events.NEEDS_REAUTH, leased, status=connections.NEEDS_REAUTH, reason=reason))
+    events.emit(
+        deps.events, events.about(DetailType.NEEDS_REAUTH, leased, status=ConnectionStatus.NEEDS_REAUTH, reason=reason)
+    )
     return outcome

@@ -12,26 +12,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows.deps import RefreshDeps
-from smartsheet_oauth.flows.refresh import (
-    DEFERRED,
-    KEPT,
-    LOST,
-    LOST_IN_FLIGHT,
-    OUTCOMES,
-    TRANSIENT,
-    GrantGuard,
-    refresh_connection,
-)
+from smartsheet_oauth.flows.refresh import GrantGuard, refresh_connection
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores.connections import DueConnection
 from smartsheet_oauth.stores.pace import LocalPace, Pace
 
 # Outcomes that mean "Smartsheet or AWS is struggling": a long run of them stops the sweep (see sweep()).
-_STRUGGLING = frozenset({TRANSIENT, KEPT, LOST})
+_STRUGGLING = frozenset({RefreshOutcome.TRANSIENT, RefreshOutcome.KEPT, RefreshOutcome.LOST})
 # Outcomes that say nothing of how Smartsheet and AWS are doing now (a refresh not sent for lack of time, a loss in
 # flight found out now but caused earlier): they neither extend nor end a run of struggling ones.
-_NEUTRAL = frozenset({DEFERRED, LOST_IN_FLIGHT})
+_NEUTRAL = frozenset({RefreshOutcome.DEFERRED, RefreshOutcome.LOST_IN_FLIGHT})
 # This many struggling outcomes in a row stop the sweep: an outage is waited out, not hammered.
 BREAKER_THRESHOLD = 25
 DUE_QUERY_ATTEMPTS = 3
@@ -45,7 +37,7 @@ class SweepReport:
     """What one sweep did: outcomes by kind, how many it dispatched, and why it stopped."""
 
     # Every outcome is present, zeros included: each becomes a metric, and alarms need datapoints, not gaps.
-    outcomes: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(OUTCOMES, 0)))
+    outcomes: Counter[str] = field(default_factory=lambda: Counter(dict.fromkeys(RefreshOutcome, 0)))
     dispatched: int = 0
     stopped_early: bool = False
     breaker_open: bool = False

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ END_USER_INDEX = "by-end-user"
 # sweep asks.
 DUE_SHARD = "due"
 
-ACTIVE, NEEDS_REAUTH, REVOKED = "active", "needs_reauth", "revoked"
 # The record's in-flight marker (see Connection.in_flight_attempt), removed together.
 IN_FLIGHT = "in_flight_attempt, in_flight_since"
 
@@ -145,16 +145,17 @@ class ConnectionStore:
         plain /login), ConditionFailed when it is bound to any end user and not revoked: a binding changes, and a
         bound connection comes back, only through a confirmed connect session of its end user."""
         set_end_user, remove_end_user = "", ""
+        binding_values: dict[str, Any]
         if end_user_id is not None:
             set_end_user = ", end_user_id = :end_user"
             condition = "attribute_not_exists(end_user_id) OR end_user_id = :end_user OR #status = :revoked"
-            binding_values = {":end_user": {"S": end_user_id}, ":revoked": {"S": REVOKED}}
+            binding_values = {":end_user": {"S": end_user_id}, ":revoked": {"S": ConnectionStatus.REVOKED}}
         else:
             # A revoked connection's binding ended with it (records revoked before disconnect cleared it still
             # carry one): the plain sign-in makes it an unbound connection.
             remove_end_user = ", end_user_id"
             condition = "attribute_not_exists(end_user_id) OR #status = :revoked"
-            binding_values = {":revoked": {"S": REVOKED}}
+            binding_values = {":revoked": {"S": ConnectionStatus.REVOKED}}
         with storage("connections.sign_in"):
             answer = self._client.update_item(
                 TableName=self._table,
@@ -171,7 +172,7 @@ class ConnectionStore:
                 ),
                 ExpressionAttributeNames={"#status": "status", "#region": "region"},
                 ExpressionAttributeValues={
-                    ":active": {"S": ACTIVE},
+                    ":active": {"S": ConnectionStatus.ACTIVE},
                     ":arn": {"S": secret_arn},
                     ":email": {"S": email},
                     ":scopes": {"S": scopes},
@@ -255,7 +256,7 @@ class ConnectionStore:
                 ExpressionAttributeValues={
                     ":until": {"N": str(now + lease_seconds)},
                     ":owner": {"S": owner},
-                    ":active": {"S": ACTIVE},
+                    ":active": {"S": ConnectionStatus.ACTIVE},
                     ":gen": {"N": str(generation)},
                     ":now": {"N": str(now)},
                 },
@@ -370,7 +371,7 @@ class ConnectionStore:
                 ConditionExpression="lease_owner = :owner AND generation = :gen",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
-                    ":status": {"S": NEEDS_REAUTH},
+                    ":status": {"S": ConnectionStatus.NEEDS_REAUTH},
                     ":reason": {"S": reason},
                     ":now": {"N": str(now)},
                     ":owner": {"S": owner},
@@ -438,8 +439,8 @@ class ConnectionStore:
                 ),
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
-                    ":active": {"S": ACTIVE},
-                    ":revoked": {"S": REVOKED},
+                    ":active": {"S": ConnectionStatus.ACTIVE},
+                    ":revoked": {"S": ConnectionStatus.REVOKED},
                     ":now": {"N": str(now)},
                     ":shard": {"S": DUE_SHARD},
                 },
@@ -494,7 +495,7 @@ class ConnectionStore:
                 ConditionExpression="lease_owner = :owner",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
-                    ":revoked": {"S": REVOKED},
+                    ":revoked": {"S": ConnectionStatus.REVOKED},
                     ":reason": {"S": reason},
                     ":now": {"N": str(now)},
                     ":owner": {"S": owner},
@@ -553,7 +554,7 @@ class ConnectionStore:
                 ExpressionAttributeValues={
                     ":now": {"N": str(now)},
                     ":shard": {"S": DUE_SHARD},
-                    ":active": {"S": ACTIVE},
+                    ":active": {"S": ConnectionStatus.ACTIVE},
                     ":gen": {"N": str(generation)},
                 },
             )

@@ -18,19 +18,10 @@ if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_events.type_defs import PutEventsRequestEntryTypeDef
 
+    from smartsheet_oauth.domain.vocabulary import DetailType
     from smartsheet_oauth.stores.connections import Connection
 
 SOURCE = "smartsheet-oauth-broker"
-
-CREATED = "Connection Created"
-RECONNECTED = "Connection Reconnected"
-REFRESH_FAILED = "Connection Refresh Failed"
-NEEDS_REAUTH = "Connection Needs Reauth"
-RECOVERED = "Connection Recovered"
-REVOKED = "Connection Revoked"
-BINDING_CONFLICT = "Connection Binding Conflict"
-
-DETAIL_TYPES = (CREATED, RECONNECTED, REFRESH_FAILED, NEEDS_REAUTH, RECOVERED, REVOKED, BINDING_CONFLICT)
 
 # PutEvents itself is retried by botocore (throttling, 5xx, timeouts); these attempts cover what botocore
 # does not retry: an entry the bus refused inside a 200 answer (FailedEntryCount > 0).
@@ -44,7 +35,7 @@ class ConnectionEvent:
     """One change of one connection, as integrators receive it in `detail`. Only identifiers and states: the
     fields are named here, so a token cannot slip in by accident."""
 
-    detail_type: str
+    detail_type: DetailType
     connection_id: str
     status: str
     region: str
@@ -69,7 +60,7 @@ class ConnectionEvent:
 
 
 def about(
-    detail_type: str, connection: Connection, *, status: str, reason: str | None = None, **extra: Scalar
+    detail_type: DetailType, connection: Connection, *, status: str, reason: str | None = None, **extra: Scalar
 ) -> ConnectionEvent:
     """The event for a change of a stored connection (the record as it was read, with its new status)."""
     return ConnectionEvent(

@@ -16,8 +16,8 @@ from contextlib import redirect_stdout
 from dataclasses import dataclass
 
 import boto3
+from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows import scheduled_sweep, steps
-from smartsheet_oauth.flows.refresh import LOST_IN_FLIGHT
 from smartsheet_oauth.platform.observability import flush_metrics_now
 from smartsheet_oauth.stores.events import EventPublisher
 from smartsheet_oauth.stores.pace import PaceWindows, SharedPace
@@ -193,6 +193,6 @@ def test_crash_points(scale: Scale) -> None:
             in_window = steps.REFRESH_SENDING in trial.steps and steps.REFRESH_STORED not in trial.steps
             assert trial.grant_gone_at_kill is in_window, trial
             assert (trial.verdict == ACCOUNTED) is in_window, trial
-    assert outcomes[LOST_IN_FLIGHT] == sum(trial.grant_gone_at_kill for trial in trials)
+    assert outcomes[RefreshOutcome.LOST_IN_FLIGHT] == sum(trial.grant_gone_at_kill for trial in trials)
     assert {trial.steps[-1] for trial in trials if trial.steps} >= {point.stop_at for point in POINTS}
     assert all(trial.steps[-1] in WINDOW for trial in trials if trial.grant_gone_at_kill)

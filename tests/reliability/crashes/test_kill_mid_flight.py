@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from smartsheet_oauth.flows.refresh import LOST_IN_FLIGHT
+from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.stores.sweep_lease import LEASE_KEY
 from smartsheet_oauth.stores.token_vault import TokenSet
 
@@ -148,7 +148,11 @@ def test_kill_the_refresh_worker_mid_flight(scale: Scale, figures: Callable[...,
 
         records = store.records()
         events = [event for event in sink.drain() if event["detail-type"] == "Connection Needs Reauth"]
-        told = {event["detail"]["connection_id"] for event in events if event["detail"]["reason"] == LOST_IN_FLIGHT}
+        told = {
+            event["detail"]["connection_id"]
+            for event in events
+            if event["detail"]["reason"] == RefreshOutcome.LOST_IN_FLIGHT
+        }
         logged = "\n".join(stack.function_logs("RefreshFunction")[printed_before:])
         lost_metric = metric_totals(emf_blobs(logged))["refresh_lost"]  # every EMF line whole (observability.py)
         dead_and_active = [
@@ -170,11 +174,11 @@ def test_kill_the_refresh_worker_mid_flight(scale: Scale, figures: Callable[...,
         for connection_id in lost:
             assert (records[connection_id]["status"], records[connection_id]["last_error"]) == (
                 "needs_reauth",
-                LOST_IN_FLIGHT,
+                RefreshOutcome.LOST_IN_FLIGHT,
             )
         assert told == lost
         assert len(events) == len(lost)  # nothing else needs reauth
-        assert lost_metric == second_run["payload"]["outcomes"][LOST_IN_FLIGHT] == len(lost)
+        assert lost_metric == second_run["payload"]["outcomes"][RefreshOutcome.LOST_IN_FLIGHT] == len(lost)
         for connection_id in set(ids) - lost:
             assert records[connection_id]["status"] == "active"
             assert "in_flight_attempt" not in records[connection_id]

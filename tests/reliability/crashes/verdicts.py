@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smartsheet_oauth.config import load_config
-from smartsheet_oauth.flows.refresh import LOST_IN_FLIGHT
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus, RefreshOutcome
 from smartsheet_oauth.flows.sign_in import finish_sign_in
 from smartsheet_oauth.smartsheet.client import SmartsheetClient
 from smartsheet_oauth.stores.completions import CompletionStore
-from smartsheet_oauth.stores.connections import ACTIVE, NEEDS_REAUTH, ConnectionStore
+from smartsheet_oauth.stores.connections import ConnectionStore
 from smartsheet_oauth.stores.states import StateStore
 from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault
 
@@ -79,7 +79,7 @@ def holds_live_grant(here: World, connection_id: str) -> bool:
     token = stored_token(here, connection_id)
     return (
         record is not None
-        and record["status"] == ACTIVE
+        and record["status"] == ConnectionStatus.ACTIVE
         and "in_flight_attempt" not in record
         and token is not None
         and here.emulator.refresh_token_is_live(token)
@@ -116,9 +116,9 @@ def judge_refresh(here: World, trial: Trial, needs_reauth_events: Counter[tuple[
         trial.verdict, trial.how = RECOVERED, f"active, its stored pair works (generation {record.get('generation')})"
         return
     told = (
-        record.get("status") == NEEDS_REAUTH
-        and record.get("last_error") == LOST_IN_FLIGHT
-        and needs_reauth_events[trial.connection_id, LOST_IN_FLIGHT] == 1
+        record.get("status") == ConnectionStatus.NEEDS_REAUTH
+        and record.get("last_error") == RefreshOutcome.LOST_IN_FLIGHT
+        and needs_reauth_events[trial.connection_id, RefreshOutcome.LOST_IN_FLIGHT] == 1
         and grant_gone(here, trial.connection_id)
     )
     if told and sign_in_again(here, trial.connection_id):

@@ -85,7 +85,7 @@ def work(spec: WorldSpec, clock_offset: float, pipe: Pipe) -> None:
             access_expires_at=assignment.access_expires_at,
             generation=assignment.generation,
         )
-        outcome = refresh_connection(due, deps, time_left=lambda: 600.0)
+        outcome: str = refresh_connection(due, deps, time_left=lambda: 600.0)
     else:
         signed_in = finish_sign_in(
             assignment.query,
