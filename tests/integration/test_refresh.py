@@ -15,15 +15,16 @@ import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.domain.errors import StorageError, TransientSmartsheetError
+from smartsheet_oauth.domain.tokens import TokenGrant, TokenSet
 from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows import refusals
 from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.refresh import GrantGuard, refresh_connection
 from smartsheet_oauth.flows.sweep import BREAKER_THRESHOLD, sweep
 from smartsheet_oauth.platform import aws
-from smartsheet_oauth.smartsheet.client import SmartsheetClient, TokenGrant
+from smartsheet_oauth.smartsheet.client import SmartsheetClient
 from smartsheet_oauth.stores.connections import DueConnection
-from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault, pending_binding
+from smartsheet_oauth.stores.token_vault import TokenVault, pending_binding
 
 from tests.support.broker import Broker, pending_tokens_key_arn
 
@@ -170,6 +171,28 @@ def test_rotation_stores_the_new_pair_and_the_next_refresh_uses_it(refresher: Br
     ]
     assert refresher.tokens(ADA, "AWSPREVIOUS") == second
     assert refresher.emulator.refresh_token_is_live(refresher.tokens(ADA)["refresh_token"])
+
+
+def test_a_pair_that_lives_less_than_the_window_comes_due_now_at_sign_in_and_at_refresh(refresher: Broker) -> None:
+    """One rule for every pair (domain/tokens.refresh_due_at): a lifetime shorter than the window is due at once,
+    never at a time in the past that would jump the due index's queue and read as a late sweep (sweep_lag)."""
+    lifetime = refresher.emulator.settings.access_lifetime
+    refresher.emulator.update_settings(access_lifetime=3600)
+    try:
+        before = int(time.time())
+        assert refresher.sign_in(user_id=ADA).status == 200
+        signed_in = refresher.connection(ADA)
+        assert signed_in is not None
+        assert before <= signed_in["refresh_due_at"] <= int(time.time()) < signed_in["access_expires_at"]
+
+        before = int(time.time())
+        assert refresh_connection(due_now(refresher, ADA), deps()) == RefreshOutcome.REFRESHED
+    finally:
+        refresher.emulator.update_settings(access_lifetime=lifetime)
+    refreshed = refresher.connection(ADA)
+    assert refreshed is not None
+    assert refreshed["generation"] == signed_in["generation"] + 1
+    assert before <= refreshed["refresh_due_at"] <= int(time.time()) < refreshed["access_expires_at"]
 
 
 def test_the_sweep_reports_every_outcome_even_when_zero(refresher: Broker) -> None:

@@ -15,11 +15,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from smartsheet_oauth import services
+from smartsheet_oauth.domain.tokens import TokenGrant, TokenSet
 from smartsheet_oauth.platform.observability import logger
-from smartsheet_oauth.smartsheet.client import SmartsheetClient, TokenGrant
+from smartsheet_oauth.smartsheet.client import SmartsheetClient
 from smartsheet_oauth.stores.connections import ConnectionStore
 from smartsheet_oauth.stores.sweep_lease import SweepLeases
-from smartsheet_oauth.stores.token_vault import TokenSet
 
 from infra.local.smartsheet_emulator import DEFAULT_APP
 from tests.support.broker import Broker

@@ -18,8 +18,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.client import BaseClient
+from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.stores.connections import ConnectionStore
-from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault
+from smartsheet_oauth.stores.token_vault import TokenVault
 
 from infra.admin.cli import main
 from infra.admin.target import LIVE_ALIAS

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config as BotoConfig
 from smartsheet_oauth.config import Config, load_config
+from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows import steps
 from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.sweep import SweepReport, sweep
 from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
 from smartsheet_oauth.stores.connections import ConnectionStore
-from smartsheet_oauth.stores.token_vault import PairSealer, TokenSet, TokenVault
+from smartsheet_oauth.stores.token_vault import PairSealer, TokenVault
 
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator, User
 

@@ -6,7 +6,8 @@ import hashlib
 import re
 from urllib.parse import parse_qs, urlsplit
 
-from smartsheet_oauth.smartsheet.client import Reply, TokenGrant, authorize_url, request_hash
+from smartsheet_oauth.domain.tokens import TokenGrant
+from smartsheet_oauth.smartsheet.client import Reply, authorize_url, request_hash
 
 
 def test_scopes_are_joined_with_percent_20_not_plus() -> None:

@@ -31,12 +31,13 @@ from smartsheet_oauth.domain.errors import (
     SmartsheetError,
     StorageError,
 )
+from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at
 from smartsheet_oauth.domain.vocabulary import BINDING_REFUSED, ConnectionStatus, DetailType
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.completions import BOUND, VOIDED, CompletionStore, HeldCompletion
 from smartsheet_oauth.stores.connections import Connection, ConnectionStore
-from smartsheet_oauth.stores.token_vault import PairSealer, TokenSet
+from smartsheet_oauth.stores.token_vault import PairSealer
 
 if TYPE_CHECKING:
     from smartsheet_oauth.flows.deps import ManagementDeps
@@ -219,7 +220,9 @@ def _store(
             scopes=tokens.scope,
             region=tokens.region,
             access_expires_at=tokens.expires_at,
-            refresh_due_at=max(now, tokens.expires_at - deps.config.refresh_window_seconds),
+            refresh_due_at=refresh_due_at(
+                tokens.expires_at, window_seconds=deps.config.refresh_window_seconds, now=now
+            ),
             now=now,
             end_user_id=held.end_user_id,
         )

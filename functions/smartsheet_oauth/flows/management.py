@@ -27,7 +27,6 @@ from smartsheet_oauth.flows.deps import ManagementDeps
 from smartsheet_oauth.flows.sign_in import checked_return_to
 from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.connections import Connection
-from smartsheet_oauth.stores.token_vault import TokenSet
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
 SECRET_RECOVERY_DAYS = 7
@@ -198,23 +197,8 @@ def _revoke_at_smartsheet(deps: ManagementDeps, held: Connection) -> str:
         return "already_invalid"
     except SmartsheetError as exc:
         raise _refused(exc) from None
-    refreshed_at = int(deps.clock())
     # Rotation killed the stored pair: keep the new one until it is revoked, so a failed revoke loses nothing.
-    deps.vault.save(
-        held.connection_id,
-        TokenSet(
-            access_token=grant.access_token,
-            refresh_token=grant.refresh_token,
-            token_type=grant.token_type,
-            expires_at=refreshed_at + grant.expires_in,
-            scope=tokens.scope,
-            region=tokens.region,
-            user_id=tokens.user_id,
-            email=tokens.email,
-            obtained_at=refreshed_at,
-        ),
-        known_arn=held.secret_arn,
-    )
+    deps.vault.save(held.connection_id, tokens.rotated(grant, obtained_at=int(deps.clock())), known_arn=held.secret_arn)
     try:
         client.revoke(grant.access_token, all_for_client=True)
     except SmartsheetError as exc:

@@ -17,16 +17,16 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
     TransientSmartsheetError,
 )
+from smartsheet_oauth.domain.tokens import TokenGrant, TokenSet, refresh_due_at
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus, DetailType, RefreshOutcome
 from smartsheet_oauth.flows import refusals, steps
 from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.refresh_window import FINAL_MARGIN_SECONDS, LEASE_MARGIN_SECONDS, answer_within
 from smartsheet_oauth.flows.refusals import GrantGuard
 from smartsheet_oauth.platform.observability import logger
-from smartsheet_oauth.smartsheet.client import TokenGrant
 from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.connections import Connection, DueConnection, PendingPair
-from smartsheet_oauth.stores.token_vault import TokenSet, pending_binding
+from smartsheet_oauth.stores.token_vault import pending_binding
 
 __all__ = ["GrantGuard", "backoff_seconds", "refresh_connection"]
 
@@ -116,18 +116,7 @@ def _refresh_leased(
         return grant
     steps.passed(deps.steps, steps.REFRESH_ANSWERED, leased.connection_id)
 
-    refreshed_at = int(deps.clock())
-    new_tokens = TokenSet(
-        access_token=grant.access_token,
-        refresh_token=grant.refresh_token,
-        token_type=grant.token_type,
-        expires_at=refreshed_at + grant.expires_in,
-        scope=current.scope,
-        region=current.region,
-        user_id=current.user_id,
-        email=current.email,
-        obtained_at=refreshed_at,
-    )
+    new_tokens = current.rotated(grant, obtained_at=int(deps.clock()))
     # The old refresh token is dead now: the new pair must be durable before anything else. It goes to its
     # secret; if that write fails, the pair is kept (sealed) on the record at once, and the write is retried
     # until the deadline. The happy path is one write, as the design's budget has it (see _write_pair).
@@ -268,14 +257,17 @@ def _write_pair(
 
 
 def _commit(leased: Connection, owner: str, tokens: TokenSet, deps: RefreshDeps) -> bool:
+    now = int(deps.clock())
     try:
         deps.connections.commit_refresh(
             leased.connection_id,
             generation=leased.generation,
             owner=owner,
             access_expires_at=tokens.expires_at,
-            refresh_due_at=tokens.expires_at - deps.config.refresh_window_seconds,
-            now=int(deps.clock()),
+            refresh_due_at=refresh_due_at(
+                tokens.expires_at, window_seconds=deps.config.refresh_window_seconds, now=now
+            ),
+            now=now,
         )
     except StorageError as exc:
         # The pair is in its secret. If it is also kept on the record, whoever leases the connection next

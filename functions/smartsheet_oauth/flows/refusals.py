@@ -16,9 +16,9 @@ from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import events
 
 if TYPE_CHECKING:
+    from smartsheet_oauth.domain.tokens import TokenSet
     from smartsheet_oauth.flows.deps import RefreshDeps
     from smartsheet_oauth.stores.connections import Connection
-    from smartsheet_oauth.stores.token_vault import TokenSet
 
 # invalid_grant ends one user's grant. The same answer for connection after connection, with few or no refreshes
 # working, points at a cause that is not the users' (an app credential Smartsheet refuses as 1071, an incident

@@ -140,8 +140,8 @@ def finish_sign_in(
     at tokens that were not stored). A connect-session sign-in stores nothing yet: its pair is held for the
     integrator to confirm (flows/connect.py)."""
     # Only the callback finishes a sign-in: /login does not import what finishing needs (cold start).
+    from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at  # noqa: PLC0415
     from smartsheet_oauth.flows.connect import bind_or_refuse  # noqa: PLC0415
-    from smartsheet_oauth.stores.token_vault import TokenSet  # noqa: PLC0415
 
     state = query.get("state")
     if not state:
@@ -172,19 +172,8 @@ def finish_sign_in(
         bind_or_refuse(
             connections, smartsheet, grant.access_token, end_user_id=record.end_user_id, smartsheet_user_id=user.id
         )
-    obtained_at = now
-    expires_at = obtained_at + grant.expires_in
-    scopes = " ".join(config.scopes)
-    tokens = TokenSet(
-        access_token=grant.access_token,
-        refresh_token=grant.refresh_token,
-        token_type=grant.token_type,
-        expires_at=expires_at,
-        scope=scopes,
-        region=config.region,
-        user_id=user.id,
-        email=user.email,
-        obtained_at=obtained_at,
+    tokens = TokenSet.from_grant(
+        grant, obtained_at=now, scope=" ".join(config.scopes), region=config.region, user_id=user.id, email=user.email
     )
     if record.end_user_id is not None and record.return_to is not None:
         from smartsheet_oauth.flows.connect import hold_for_confirmation  # noqa: PLC0415
@@ -205,10 +194,10 @@ def finish_sign_in(
             connection_id=user.id,
             secret_arn=secret_arn,
             email=user.email,
-            scopes=scopes,
-            region=config.region,
-            access_expires_at=expires_at,
-            refresh_due_at=max(now, expires_at - config.refresh_window_seconds),
+            scopes=tokens.scope,
+            region=tokens.region,
+            access_expires_at=tokens.expires_at,
+            refresh_due_at=refresh_due_at(tokens.expires_at, window_seconds=config.refresh_window_seconds, now=now),
             now=now,
         )
     except ConditionFailed:

@@ -18,6 +18,7 @@ from smartsheet_oauth.domain.errors import (
     SmartsheetRejected,
     TransientSmartsheetError,
 )
+from smartsheet_oauth.domain.tokens import TokenGrant
 
 # The HTTP client is urllib3, the one botocore already loads: the functions pay no import for it, where requests
 # (with its charset detection and cookie jar) cost ~20 ms of each cold start on /callback and refresh. It is
@@ -40,19 +41,6 @@ _TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 _MAX_BODY_BYTES = 64 * 1024
 _HEADERS = {"Accept": "application/json", "User-Agent": "smartsheet-oauth-broker"}
 _FORM = "application/x-www-form-urlencoded"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenGrant:
-    """A token pair as Smartsheet issued it. repr hides the tokens so they never reach a log by accident."""
-
-    access_token: str
-    refresh_token: str
-    token_type: str
-    expires_in: int
-
-    def __repr__(self) -> str:
-        return f"TokenGrant(token_type={self.token_type!r}, expires_in={self.expires_in}, tokens=<hidden>)"
 
 
 @dataclass(frozen=True, slots=True)

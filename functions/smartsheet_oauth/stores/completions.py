@@ -14,7 +14,8 @@ from smartsheet_oauth.stores.storage_errors import storage
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-    from smartsheet_oauth.stores.token_vault import PairSealer, TokenSet
+    from smartsheet_oauth.domain.tokens import TokenSet
+    from smartsheet_oauth.stores.token_vault import PairSealer
 
 COMPLETION_CODE_BYTES = 32  # 256 bits, URL-safe base64: 43 characters
 # The browser lands on return_to at once; the integrator may first have to sign its user in again.

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
@@ -30,42 +29,6 @@ _DATA_KEY_CONTEXT = {"purpose": "pending-token-pair", "service": "smartsheet-oau
 # Tags every token secret gets at creation, so your code's policies can scope by them (secretsmanager:ResourceTag/...).
 PREFIX_TAG = "smartsheet-oauth-broker:secret-prefix"
 CONNECTION_TAG = "smartsheet-oauth-broker:connection-id"
-
-
-@dataclass(frozen=True, slots=True)
-class TokenSet:
-    """The secret's JSON document. repr hides the tokens."""
-
-    access_token: str
-    refresh_token: str
-    token_type: str
-    expires_at: int
-    scope: str
-    region: str
-    user_id: str
-    email: str
-    obtained_at: int
-
-    def __repr__(self) -> str:
-        return f"TokenSet(user_id={self.user_id!r}, expires_at={self.expires_at}, tokens=<hidden>)"
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, raw: str) -> TokenSet:
-        data: dict[str, Any] = json.loads(raw)
-        return cls(
-            access_token=str(data["access_token"]),
-            refresh_token=str(data["refresh_token"]),
-            token_type=str(data.get("token_type", "bearer")),
-            expires_at=int(data["expires_at"]),
-            scope=str(data.get("scope", "")),
-            region=str(data.get("region", "")),
-            user_id=str(data.get("user_id", "")),
-            email=str(data.get("email", "")),
-            obtained_at=int(data.get("obtained_at", 0)),
-        )
 
 
 class PairSealer:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.stores.sweep_lease import LEASE_KEY
-from smartsheet_oauth.stores.token_vault import TokenSet
 
 from infra.local.demo import BrokerClient
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator

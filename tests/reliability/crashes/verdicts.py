@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smartsheet_oauth.config import load_config
+from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus, RefreshOutcome
 from smartsheet_oauth.flows.sign_in import finish_sign_in
 from smartsheet_oauth.smartsheet.client import SmartsheetClient
 from smartsheet_oauth.stores.completions import CompletionStore
 from smartsheet_oauth.stores.connections import ConnectionStore
 from smartsheet_oauth.stores.states import StateStore
-from smartsheet_oauth.stores.token_vault import TokenSet, TokenVault
+from smartsheet_oauth.stores.token_vault import TokenVault
 
 from tests.reliability.harness import SECRET_PREFIX, World
 
