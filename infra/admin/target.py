@@ -13,11 +13,11 @@ from typing import Any, Final
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 from smartsheet_oauth.config import Config, load_config
-from smartsheet_oauth.stores.connections import ConnectionStore
 from smartsheet_oauth.domain.errors import ConfigError
-from smartsheet_oauth.stores.events import EventPublisher
 from smartsheet_oauth.services import client_secret_of
 from smartsheet_oauth.smartsheet.client import SmartsheetClient
+from smartsheet_oauth.stores.connections import ConnectionStore
+from smartsheet_oauth.stores.events import EventPublisher
 from smartsheet_oauth.stores.token_vault import TokenVault
 
 from infra.admin.stack_facts import StackFacts
