@@ -15,7 +15,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import services
 from smartsheet_oauth.config import Config, get_config
-from smartsheet_oauth.domain.errors import AnonymousLoginDisabled, ConnectFormRejected, ConnectLinkRejected
+from smartsheet_oauth.domain.errors import AnonymousLoginDisabled, ConnectFormRejected
 from smartsheet_oauth.edge import pages
 from smartsheet_oauth.edge.router import Cookie, Response
 from smartsheet_oauth.edge.web import count, form_params, html, query_params, redirect, resolver
@@ -119,27 +119,6 @@ def _start(config: Config, now: int, *, return_to: str | None, end_user_id: str 
     logger.info("sign-in started", extra={"outcome": "redirected", "connect_session": end_user_id is not None})
     count("login", "started")
     return redirect(status, started.location, cookies=[cookie])
-
-
-@app.exception_handler(ConnectLinkRejected)
-def _connect_link_rejected(exc: ConnectLinkRejected) -> Response:
-    logger.info("connect link rejected", extra={"outcome": "bad_session", "reason": exc.reason})
-    count("login", "bad_session")
-    return html(400, pages.connect_link_expired())
-
-
-@app.exception_handler(ConnectFormRejected)
-def _connect_form_rejected(exc: ConnectFormRejected) -> Response:
-    logger.info("connect form rejected", extra={"outcome": "bad_connect_form", "reason": exc.reason})
-    count("login", "bad_connect_form")
-    return html(403, pages.connect_form_rejected())
-
-
-@app.exception_handler(AnonymousLoginDisabled)
-def _anonymous_login_disabled(_: AnonymousLoginDisabled) -> Response:
-    logger.info("sign-in without a connect session refused", extra={"outcome": "anonymous_refused"})
-    count("login", "anonymous_refused")
-    return html(403, pages.anonymous_login_disabled())
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)

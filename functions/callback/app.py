@@ -13,7 +13,7 @@ from smartsheet_oauth.domain.errors import BindingConflict, CodeRefused
 from smartsheet_oauth.domain.vocabulary import BINDING_REFUSED, ConnectionStatus, DetailType
 from smartsheet_oauth.edge import pages
 from smartsheet_oauth.edge.router import Cookie, Response
-from smartsheet_oauth.edge.web import count, html, query_params, redirect, resolver
+from smartsheet_oauth.edge.web import count, failure_page, html, query_params, redirect, resolver
 from smartsheet_oauth.flows.sign_in import NONCE_COOKIE, SignedIn, finish_sign_in
 from smartsheet_oauth.platform import snapstart
 from smartsheet_oauth.platform.observability import logger, metrics
@@ -68,11 +68,7 @@ def callback() -> Response:
 @app.exception_handler(BindingConflict)
 def _binding_conflict(exc: BindingConflict) -> Response:
     # Reported, never merged: the user sees why, the integrator gets an event, nothing was bound.
-    logger.warning(
-        "connection binding refused",
-        extra={"outcome": "binding_conflict", "reason": exc.reason, "end_user_id": exc.end_user_id},
-    )
-    count("callback", "binding_conflict")
+    page = failure_page(app, exc, operation="callback")
     services.event_publisher().publish(
         events.ConnectionEvent(
             detail_type=DetailType.BINDING_CONFLICT,
@@ -84,17 +80,17 @@ def _binding_conflict(exc: BindingConflict) -> Response:
             extra={"attempted_smartsheet_user_id": exc.smartsheet_user_id},
         )
     )
-    page = pages.bound_through_app() if exc.reason == "account_bound_to_an_end_user" else pages.binding_conflict()
-    return html(409, page, cookies=[_CLEAR_NONCE])
+    page.cookies = [_CLEAR_NONCE]
+    return page
 
 
 @app.exception_handler(CodeRefused)
 def _code_refused(exc: CodeRefused) -> Response:
     # The caller's problem, counted on its own and kept out of the callback-errors alarm: anyone can bring a state
     # of their own and `code=abc`, so counting it as a broker error would let anyone page the operator.
-    logger.info("authorization code refused", extra={"outcome": "invalid_code", "reason": exc.reason})
-    count("callback", "invalid_code")
-    return html(400, pages.code_refused(exc.start_again, app.current_event.reference), cookies=[_CLEAR_NONCE])
+    page = failure_page(app, exc, operation="callback")
+    page.cookies = [_CLEAR_NONCE]
+    return page
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True, log_event=False)

@@ -11,6 +11,7 @@ from smartsheet_oauth.domain.errors import (
     ConditionFailed,
     Conflict,
     NotFound,
+    PaceExhausted,
     SmartsheetError,
     StorageError,
     TransientSmartsheetError,
@@ -22,7 +23,7 @@ from smartsheet_oauth.flows.on_demand import PACE_WAIT_SECONDS
 from smartsheet_oauth.flows.refresh import refresh_connection
 from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
 from smartsheet_oauth.stores.connections import Connection, DueConnection
-from smartsheet_oauth.stores.pace import PaceExhausted, PaceWindows, SharedPace
+from smartsheet_oauth.stores.pace import PaceWindows, SharedPace
 
 from infra.admin.counts import count_by_status
 from infra.admin.target import Target

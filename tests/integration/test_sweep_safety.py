@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.config import REQUIRED, load_config
-from smartsheet_oauth.domain.errors import StorageError
-from smartsheet_oauth.stores.pace import PaceExhausted, PaceWindows, SharedPace, Windows
+from smartsheet_oauth.domain.errors import PaceExhausted, StorageError
+from smartsheet_oauth.stores.pace import PaceWindows, SharedPace, Windows
 from smartsheet_oauth.stores.sweep_lease import LEASE_KEY, SweepLeases
 
 from infra.scripts.sam_translate import TEMPLATE, load_template

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from smartsheet_oauth.domain.errors import ANSWERS, API
 
 from infra.admin.target import REQUIRED_OUTPUTS
 from infra.local.template_model import (
@@ -312,15 +313,18 @@ def spec_group(r: Resolver, function: str) -> str:
 # -- literal metric names in the functions' source ------------------------------------------------------------------
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
 # The emitters and the name each makes: web.count(operation, outcome), management_api.count(code) (management_<code>),
-# management_api's error(status, code, ...) and the management errors carrying a code, and add_metric(name=...) itself.
-MANAGEMENT_CODE_CALLS = {"error": 1, "Conflict": 0, "RefreshFailed": 0}
-# web.resolver's handlers serve both pages; /login's path raises only these (a declined or stale sign-in and
-# Smartsheet's answers come back on /callback: sign_in.finish_sign_in).
-LOGIN_PAGE_OUTCOMES = frozenset({"bad_request", "storage_error", "internal_error"})
+# the management errors carrying a code, and add_metric(name=...) itself; and every counted row of the errors' table
+# (domain/errors.ANSWERS): <surface>_<code> on the pages, management_<code> on the API.
+MANAGEMENT_CODE_CALLS = {"Conflict": 0, "RefreshFailed": 0, "CompletionRefused": 0}
 
 
 def literal_metric_names() -> set[str]:
-    names: set[str] = set()
+    names = {
+        f"management_{row.code}" if surface == API else f"{surface}_{row.code}"
+        for row in ANSWERS
+        if row.counted and row.code
+        for surface in row.surfaces
+    }
     operations = set()
     for path in FUNCTIONS.rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -343,10 +347,6 @@ def literal_metric_names() -> set[str]:
                     names.add(f"management_{argument.value}")
             elif function == "resolver" and isinstance(keywords.get("operation"), str):
                 operations.add(str(keywords["operation"]))
-            elif function == "outcome" and len(texts) == 1 and path.name == "web.py":
-                names.add(f"callback_{texts[0]}")
-                if texts[0] in LOGIN_PAGE_OUTCOMES:
-                    names.add(f"login_{texts[0]}")
     assert operations == {"login", "callback"}, operations
     return names
 

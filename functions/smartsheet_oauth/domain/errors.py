@@ -1,8 +1,10 @@
-"""The broker's domain errors: what the handlers map to pages and the sweep maps to outcomes."""
+"""The broker's errors, and the one table of how each is answered: by the public pages (/login, /callback) and by
+the management API, with its status, code, log level and Retry-After (ANSWERS; edge/web.py and edge/management_api.py
+render it, edge/failures.py logs and counts it)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ConfigError(RuntimeError):
@@ -17,9 +19,20 @@ class ConfigError(RuntimeError):
 class BrokerError(Exception):
     """Base of the errors a request or a refresh can end in."""
 
+    def log_fields(self) -> dict[str, Any]:
+        """What a log line about this error may say: never a token, a code or a state."""
+        return {}
+
+
+class NoSuchRoute(BrokerError):
+    """No route has this method and path (a wrong method is not found too, as API Gateway's own routes are)."""
+
 
 class BadRequest(BrokerError):
     """The browser sent something malformed (oversized or invalid query)."""
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"detail": str(self)}
 
 
 class SignInRejected(BrokerError):
@@ -29,6 +42,9 @@ class SignInRejected(BrokerError):
         super().__init__(reason)
         self.reason = reason
 
+    def log_fields(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
 
 class AccessDenied(BrokerError):
     """The user declined (error=access_denied) or Smartsheet refused the authorization request."""
@@ -36,6 +52,16 @@ class AccessDenied(BrokerError):
     def __init__(self, error: str) -> None:
         super().__init__(error)
         self.error = error
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"error": self.error}
+
+
+class UserDeclined(AccessDenied):
+    """The user declined the authorization request (error=access_denied)."""
+
+    def log_fields(self) -> dict[str, Any]:
+        return {}
 
 
 class CodeRefused(BrokerError):
@@ -48,6 +74,9 @@ class CodeRefused(BrokerError):
         self.reason = reason
         self.start_again = start_again
 
+    def log_fields(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
 
 class StorageError(BrokerError):
     """DynamoDB or Secrets Manager failed (throttled, unavailable): infrastructure, not the user's fault."""
@@ -57,6 +86,9 @@ class StorageError(BrokerError):
         self.operation = operation
         self.code = code
         self.transient = transient
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"operation": self.operation, "code": self.code}
 
 
 class ConditionFailed(StorageError):
@@ -95,6 +127,9 @@ class SmartsheetError(BrokerError):
             return f"http:{self.status}"
         return type(self).__name__
 
+    def log_fields(self) -> dict[str, Any]:
+        return {"reason": self.reason, "smartsheet_ref_id": self.ref_id}
+
 
 class InvalidGrant(SmartsheetError):
     """The code or refresh token is invalid, expired, already used or revoked (1069, 1071, 1132)."""
@@ -102,6 +137,9 @@ class InvalidGrant(SmartsheetError):
 
 class InvalidClient(SmartsheetError):
     """The app's client id or secret is wrong (1067, 1072 hash mismatch, 1236-1238): an operator must fix it."""
+
+    def log_fields(self) -> dict[str, Any]:
+        return {**super().log_fields(), "hint": "check the app credentials secret"}
 
 
 class SmartsheetRejected(SmartsheetError):
@@ -158,6 +196,9 @@ class ConnectLinkRejected(BrokerError):
         super().__init__(reason)
         self.reason = reason
 
+    def log_fields(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
 
 class ConnectFormRejected(BrokerError):
     """A POST of the connect page without the page's own anti-forgery binding (cookie and form token): a cross-site
@@ -166,6 +207,9 @@ class ConnectFormRejected(BrokerError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"reason": self.reason}
 
 
 class AnonymousLoginDisabled(BrokerError):
@@ -182,6 +226,9 @@ class BindingConflict(BrokerError):
         self.end_user_id = end_user_id
         self.smartsheet_user_id = smartsheet_user_id
         self.existing_connection_id = existing_connection_id
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"reason": self.reason, "end_user_id": self.end_user_id}
 
 
 class CompletionRefused(BrokerError):
@@ -206,3 +253,145 @@ class Conflict(BrokerError):
         super().__init__(message)
         self.code = code
         self.retry_after = retry_after
+
+
+class RefreshFailed(Conflict):
+    """Smartsheet did not refresh the token this time (busy, rate limited, unreachable), or its new pair is kept
+    but not yet stored: answered 503."""
+
+
+class RefreshLost(BrokerError):
+    """Smartsheet rotated the tokens but the new pair could be neither stored nor kept: answered 500."""
+
+
+class RefreshCooldown(BrokerError):
+    """The connection was refreshed less than the on-demand cooldown ago and its pair does not meet the caller's
+    min_valid_seconds: answered 429 with the seconds until the cooldown ends."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PaceExhausted(BrokerError):
+    """Every slot of the shared pace is taken until `retry_after` seconds from now: answered 429."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the pace of refreshes sent to Smartsheet is used up for {retry_after} s")
+        self.retry_after = retry_after
+
+
+# -- how each error is answered ----------------------------------------------------------------------------------
+# The surfaces: the public pages of /login and /callback (HTML, counted as <surface>_<code>), and the management API
+# (JSON {error: code, message, reference}, counted as management_<code>).
+LOGIN, CALLBACK, API = "login", "callback", "api"
+PAGES = (LOGIN, CALLBACK)
+# Log levels; UNEXPECTED logs the type and frames only (observability.log_unexpected); None: not logged here (the
+# flow that raised it logged what matters, or it is the caller's everyday answer).
+INFO, WARNING, ERROR, UNEXPECTED = "info", "warning", "error", "unexpected"
+
+
+class Answer(NamedTuple):
+    """One row: how `surfaces` answer `error` (and its subclasses without a row of their own)."""
+
+    error: type[Exception]
+    surfaces: tuple[str, ...]
+    status: int
+    code: str  # "": the error's own (it carries one)
+    level: str | None
+    log: str = ""
+    retry_after: int | None = None  # seconds, as the Retry-After header (and the API's retry_after field)
+    own: bool = False  # the error's own code, status and retry_after, where it carries them, win over the row's
+    page: str = ""  # the public page (edge/pages.py) the pages surfaces show
+    message: str = ""  # the API's message ({reason}: the error's); "": the error's own text
+    counted: bool = True  # one metric count per answer
+
+
+_NO_ROUTE = "There is no such route; see the README's management API section."
+_PACED = (
+    "The broker's pace of refreshes sent to Smartsheet (shared with the scheduled sweep) is used up for now; nothing"
+    " was changed. Ask again after Retry-After."
+)
+_BUSY = "Smartsheet did not answer ({reason}); nothing was changed. Ask again later."
+_UNSTORED = "AWS storage is unavailable; ask again."
+_UNEXPECTED = "The request failed; quote the reference to support."
+_REFUSED = "Smartsheet refused the request"
+
+# fmt: off
+ANSWERS: tuple[Answer, ...] = (
+    # error                   surfaces     status code                  level       log line
+    Answer(NoSuchRoute,           PAGES,       404, "not_found",          None, page="not_found", counted=False),
+    Answer(BadRequest,            PAGES,       400, "bad_request",        INFO,    "bad request", page="bad_request"),
+    Answer(SignInRejected,        (CALLBACK,), 400, "bad_state",          INFO,    "sign-in rejected",
+           page="expired_or_used"),
+    Answer(UserDeclined,          (CALLBACK,), 400, "denied",             INFO,    "user declined access",
+           page="declined"),
+    Answer(AccessDenied,          (CALLBACK,), 400, "authorize_error",    WARNING, "authorization failed at Smartsheet",
+           page="authorization_failed"),
+    Answer(CodeRefused,           (CALLBACK,), 400, "invalid_code",       INFO,    "authorization code refused",
+           page="code_refused"),
+    Answer(BindingConflict,       (CALLBACK,), 409, "binding_conflict",   WARNING, "connection binding refused",
+           page="binding_conflict"),
+    Answer(TransientSmartsheetError, (CALLBACK,), 503, "smartsheet_unavailable", WARNING, "Smartsheet unavailable",
+           retry_after=60, page="unavailable"),
+    Answer(InvalidClient,         (CALLBACK,), 502, "smartsheet_error",   ERROR,   _REFUSED, page="smartsheet_error"),
+    Answer(SmartsheetError,       (CALLBACK,), 502, "smartsheet_error",   WARNING, _REFUSED, page="smartsheet_error"),
+    Answer(ConnectLinkRejected,   (LOGIN,),    400, "bad_session",        INFO,    "connect link rejected",
+           page="connect_link"),
+    Answer(ConnectFormRejected,   (LOGIN,),    403, "bad_connect_form",   INFO,    "connect form rejected",
+           page="connect_form"),
+    Answer(AnonymousLoginDisabled, (LOGIN,),   403, "anonymous_refused",  INFO,
+           "sign-in without a connect session refused", page="anonymous_login"),
+    Answer(StorageError,          PAGES,       503, "storage_error",      ERROR,   "AWS storage failed", retry_after=30,
+           page="unavailable"),
+    Answer(Exception,             PAGES,       500, "internal_error",     UNEXPECTED, page="internal_error"),
+    # -- the management API
+    Answer(NoSuchRoute,           (API,),      404, "no_such_route",      None, message=_NO_ROUTE),
+    Answer(BadRequest,            (API,),      400, "invalid_request",    INFO,    "bad request"),
+    Answer(NotFound,              (API,),      404, "not_found",          None),
+    Answer(RefreshFailed,         (API,),      503, "",                   None, retry_after=60, own=True),
+    Answer(RefreshLost,           (API,),      500, "refresh_lost",       ERROR,   "on-demand refresh lost the grant"),
+    Answer(RefreshCooldown,       (API,),      429, "refresh_cooldown",   None, own=True),
+    Answer(PaceExhausted,         (API,),      429, "refresh_rate_limited", WARNING,
+           "on-demand refresh held back by the pace", own=True, message=_PACED),
+    Answer(Conflict,              (API,),      409, "",                   None, own=True),
+    Answer(CompletionRefused,     (API,),      409, "",                   WARNING, "completion code refused", own=True),
+    Answer(TransientSmartsheetError, (API,),   503, "smartsheet_unavailable", WARNING, "Smartsheet unavailable",
+           retry_after=30, message=_BUSY),
+    Answer(SmartsheetError,       (API,),      502, "smartsheet_refused", WARNING, "Smartsheet refused"),
+    Answer(StorageError,          (API,),      503, "storage_unavailable", ERROR,  "AWS storage failed", retry_after=5,
+           message=_UNSTORED),
+    Answer(Exception,             (API,),      500, "internal_error",     UNEXPECTED, message=_UNEXPECTED),
+)
+# fmt: on
+
+_BY_SURFACE: dict[tuple[type[BaseException], str], Answer] = {
+    (row.error, surface): row for row in ANSWERS for surface in row.surfaces
+}
+
+
+class Rendered(NamedTuple):
+    """An error's answer on one surface: its row, and the status, code and Retry-After it gets."""
+
+    row: Answer
+    status: int
+    code: str
+    retry_after: int | None
+
+
+def answer_for(exc: BaseException, surface: str) -> Rendered:
+    """The row of the nearest class in exc's MRO that `surface` answers (Exception's row catches the rest)."""
+    for cls in type(exc).__mro__:
+        row = _BY_SURFACE.get((cls, surface))
+        if row is not None:
+            break
+    else:  # a BaseException that is no Exception: never routed here
+        raise exc
+    if not row.own:
+        return Rendered(row, row.status, row.code, row.retry_after)
+    return Rendered(
+        row,
+        getattr(exc, "status", None) or row.status,
+        getattr(exc, "code", None) or row.code,
+        getattr(exc, "retry_after", None) or row.retry_after,
+    )

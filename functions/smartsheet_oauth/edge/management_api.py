@@ -8,19 +8,9 @@ import json
 from typing import Any
 
 from smartsheet_oauth.config import is_loopback
-from smartsheet_oauth.domain.errors import (
-    BadRequest,
-    CompletionRefused,
-    Conflict,
-    NotFound,
-    SmartsheetError,
-    StorageError,
-    TransientSmartsheetError,
-)
-from smartsheet_oauth.edge.router import NotFoundError, Response, Router
-from smartsheet_oauth.flows.on_demand import RefreshCooldown, RefreshFailed, RefreshLost
-from smartsheet_oauth.platform.observability import log_unexpected, logger, metrics
-from smartsheet_oauth.stores.pace import PaceExhausted
+from smartsheet_oauth.domain.errors import API, BadRequest, BrokerError, answer_for
+from smartsheet_oauth.edge.router import Response, Router
+from smartsheet_oauth.platform.observability import log_failure, metrics
 
 JSON = "application/json"
 HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -111,91 +101,29 @@ def count(outcome: str) -> None:
     metrics.add_metric(name=f"management_{outcome}", unit="Count", value=1)
 
 
+def failure(app: Router, exc: Exception) -> Response:
+    """JSON {error, message, reference} for exc, with its status and Retry-After, logged and counted as its row in
+    domain/errors.ANSWERS says."""
+    rendered = answer_for(exc, API)
+    row = rendered.row
+    log_failure(row.level, row.log, rendered.code, exc, exc.log_fields() if isinstance(exc, BrokerError) else {})
+    if row.counted:
+        count(rendered.code)
+    message = row.message.format(reason=getattr(exc, "reason", "")) if row.message else str(exc)
+    payload: dict[str, Any] = {"error": rendered.code, "message": message, "reference": app.current_event.reference}
+    headers = None
+    if rendered.retry_after:
+        headers = {"Retry-After": str(rendered.retry_after)}
+        payload["retry_after"] = rendered.retry_after
+    return answer(rendered.status, payload, headers=headers)
+
+
 def resolver() -> Router:
-    """A router whose failures are JSON {error, message, reference}: each domain error gets its status."""
+    """A router whose failures are JSON {error, message, reference}: each error gets its status (ANSWERS)."""
     app = Router()
 
-    def error(status: int, code: str, message: str, *, headers: dict[str, str] | None = None) -> Response:
-        count(code)
-        payload: dict[str, Any] = {"error": code, "message": message, "reference": app.current_event.reference}
-        if headers and "Retry-After" in headers:
-            payload["retry_after"] = int(headers["Retry-After"])
-        return answer(status, payload, headers=headers)
-
-    @app.not_found
-    def _not_found(_: NotFoundError) -> Response:
-        return error(404, "no_such_route", "There is no such route; see the README's management API section.")
-
-    @app.exception_handler(BadRequest)
-    def _bad_request(exc: BadRequest) -> Response:
-        logger.info("bad request", extra={"outcome": "invalid_request", "detail": str(exc)})
-        return error(400, "invalid_request", str(exc))
-
-    @app.exception_handler(NotFound)
-    def _missing(exc: NotFound) -> Response:
-        return error(404, "not_found", str(exc))
-
-    @app.exception_handler(RefreshFailed)
-    def _refresh_failed(exc: RefreshFailed) -> Response:
-        return error(503, exc.code, str(exc), headers={"Retry-After": str(exc.retry_after or 60)})
-
-    @app.exception_handler(RefreshLost)
-    def _refresh_lost(exc: RefreshLost) -> Response:
-        # refresh.py logged the incident (critical, with its reason); this answer names no token and no AWS detail.
-        logger.error("on-demand refresh lost the grant", extra={"outcome": "refresh_lost"})
-        return error(500, "refresh_lost", str(exc))
-
-    @app.exception_handler(RefreshCooldown)
-    def _cooldown(exc: RefreshCooldown) -> Response:
-        return error(429, "refresh_cooldown", str(exc), headers={"Retry-After": str(exc.retry_after)})
-
-    @app.exception_handler(PaceExhausted)
-    def _paced(exc: PaceExhausted) -> Response:
-        logger.warning("on-demand refresh held back by the pace", extra={"outcome": "refresh_rate_limited"})
-        message = (
-            "The broker's pace of refreshes sent to Smartsheet (shared with the scheduled sweep) is used up for now;"
-            " nothing was changed. Ask again after Retry-After."
-        )
-        return error(429, "refresh_rate_limited", message, headers={"Retry-After": str(exc.retry_after)})
-
-    @app.exception_handler(Conflict)
-    def _conflict(exc: Conflict) -> Response:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return error(409, exc.code, str(exc), headers=headers)
-
-    @app.exception_handler(CompletionRefused)
-    def _completion_refused(exc: CompletionRefused) -> Response:
-        logger.warning("completion code refused", extra={"outcome": exc.code})
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-        return error(exc.status, exc.code, str(exc), headers=headers)
-
-    @app.exception_handler(TransientSmartsheetError)
-    def _smartsheet_busy(exc: TransientSmartsheetError) -> Response:
-        logger.warning("Smartsheet unavailable", extra={"outcome": "smartsheet_unavailable", "reason": exc.reason})
-        return error(
-            503,
-            "smartsheet_unavailable",
-            f"Smartsheet did not answer ({exc.reason}); nothing was changed. Ask again later.",
-            headers={"Retry-After": "30"},
-        )
-
-    @app.exception_handler(SmartsheetError)
-    def _smartsheet_refused(exc: SmartsheetError) -> Response:
-        logger.warning(
-            "Smartsheet refused", extra={"outcome": "smartsheet_refused", "reason": exc.reason, "ref": exc.ref_id}
-        )
-        return error(502, "smartsheet_refused", str(exc))
-
-    @app.exception_handler(StorageError)
-    def _storage(exc: StorageError) -> Response:
-        logger.error(
-            "AWS storage failed", extra={"outcome": "storage_error", "operation": exc.operation, "code": exc.code}
-        )
-        return error(503, "storage_unavailable", "AWS storage is unavailable; ask again.", headers={"Retry-After": "5"})
-
     @app.exception_handler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log_unexpected(exc)
-        return error(500, "internal_error", "The request failed; quote the reference to support.")
+    def _failed(exc: Exception) -> Response:
+        return failure(app, exc)
 
     return app

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import unquote
 
+from smartsheet_oauth.domain.errors import NoSuchRoute
+
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -24,7 +26,7 @@ ExceptionHandler = Callable[[Handled], "Response"]
 _PARAMETER = re.compile(r"<(\w+)>")
 
 
-class NotFoundError(Exception):
+class NotFoundError(NoSuchRoute):
     """No route has this method and path (a wrong method is not found too, as API Gateway's own routes are)."""
 
 

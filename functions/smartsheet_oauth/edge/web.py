@@ -1,23 +1,17 @@
-"""HTTP plumbing shared by the public handlers: the resolver, query checks, and domain errors mapped to pages."""
+"""HTTP plumbing shared by the public handlers: the resolver, query checks, and errors drawn as pages (ANSWERS)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
-from smartsheet_oauth.domain.errors import (
-    AccessDenied,
-    BadRequest,
-    InvalidClient,
-    SignInRejected,
-    SmartsheetError,
-    StorageError,
-    TransientSmartsheetError,
-)
+from smartsheet_oauth.domain.errors import BadRequest, BrokerError, answer_for
 from smartsheet_oauth.edge import pages
-from smartsheet_oauth.edge.router import Cookie, NotFoundError, Response, Router
-from smartsheet_oauth.platform.observability import log_unexpected, logger, metrics
+from smartsheet_oauth.edge.router import Cookie, Response, Router
+from smartsheet_oauth.platform.observability import log_failure, metrics
 
 HTML = "text/html; charset=utf-8"
 MAX_QUERY_LENGTH = 4096
@@ -87,73 +81,43 @@ def count(operation: str, outcome: str) -> None:
     metrics.add_metric(name=f"{operation}_{outcome}", unit="Count", value=1)
 
 
+# How each page of domain/errors.ANSWERS is drawn for one error (the rows say which page, status and headers).
+_PAGES: dict[str, Callable[[Any, str], str]] = {
+    "not_found": lambda exc, reference: pages.not_found(),
+    "bad_request": lambda exc, reference: pages.bad_request(str(exc)),
+    "expired_or_used": lambda exc, reference: pages.expired_or_used(),
+    "declined": lambda exc, reference: pages.declined(),
+    "authorization_failed": lambda exc, reference: pages.authorization_failed(),
+    "code_refused": lambda exc, reference: pages.code_refused(exc.start_again, reference),
+    "binding_conflict": lambda exc, reference: (
+        pages.bound_through_app() if exc.reason == "account_bound_to_an_end_user" else pages.binding_conflict()
+    ),
+    "unavailable": lambda exc, reference: pages.unavailable(reference),
+    "smartsheet_error": lambda exc, reference: pages.smartsheet_error(reference),
+    "connect_link": lambda exc, reference: pages.connect_link_expired(),
+    "connect_form": lambda exc, reference: pages.connect_form_rejected(),
+    "anonymous_login": lambda exc, reference: pages.anonymous_login_disabled(),
+    "internal_error": lambda exc, reference: pages.internal_error(reference),
+}
+
+
+def failure_page(app: Router, exc: Exception, *, operation: str) -> Response:
+    """The page `operation`'s surface answers exc with, logged and counted as its row in ANSWERS says."""
+    answer = answer_for(exc, operation)
+    row = answer.row
+    log_failure(row.level, row.log, answer.code, exc, exc.log_fields() if isinstance(exc, BrokerError) else {})
+    if row.counted:
+        count(operation, answer.code)
+    headers = {"Retry-After": str(answer.retry_after)} if answer.retry_after else None
+    return html(answer.status, _PAGES[row.page](exc, app.current_event.reference), headers=headers)
+
+
 def resolver(*, operation: str) -> Router:
-    """A router whose failures are pages: each domain error gets its status and a page without internals."""
+    """A router whose failures are pages: each error gets its status and a page without internals (ANSWERS)."""
     app = Router()
 
-    def outcome(name: str) -> None:
-        count(operation, name)
-
-    @app.not_found
-    def _not_found(_: NotFoundError) -> Response:
-        return html(404, pages.not_found())
-
-    @app.exception_handler(BadRequest)
-    def _bad_request(exc: BadRequest) -> Response:
-        logger.info("bad request", extra={"outcome": "bad_request", "detail": str(exc)})
-        outcome("bad_request")
-        return html(400, pages.bad_request(str(exc)))
-
-    @app.exception_handler(SignInRejected)
-    def _rejected(exc: SignInRejected) -> Response:
-        logger.info("sign-in rejected", extra={"outcome": "bad_state", "reason": exc.reason})
-        outcome("bad_state")
-        return html(400, pages.expired_or_used())
-
-    @app.exception_handler(AccessDenied)
-    def _denied(exc: AccessDenied) -> Response:
-        if exc.error == "access_denied":
-            logger.info("user declined access", extra={"outcome": "denied"})
-            outcome("denied")
-            return html(400, pages.declined())
-        logger.warning("authorization failed at Smartsheet", extra={"outcome": "authorize_error", "error": exc.error})
-        outcome("authorize_error")
-        return html(400, pages.authorization_failed())
-
-    @app.exception_handler(TransientSmartsheetError)
-    def _smartsheet_busy(exc: TransientSmartsheetError) -> Response:
-        logger.warning("Smartsheet unavailable", extra={"outcome": "smartsheet_unavailable", "reason": exc.reason})
-        outcome("smartsheet_unavailable")
-        return html(503, pages.unavailable(app.current_event.reference), headers={"Retry-After": "60"})
-
-    @app.exception_handler(SmartsheetError)
-    def _smartsheet_refused(exc: SmartsheetError) -> Response:
-        log = logger.error if isinstance(exc, InvalidClient) else logger.warning
-        log(
-            "Smartsheet refused the request",
-            extra={
-                "outcome": "smartsheet_error",
-                "reason": exc.reason,
-                "smartsheet_ref_id": exc.ref_id,
-                "hint": "check the app credentials secret" if isinstance(exc, InvalidClient) else None,
-            },
-        )
-        outcome("smartsheet_error")
-        return html(502, pages.smartsheet_error(app.current_event.reference))
-
-    @app.exception_handler(StorageError)
-    def _storage(exc: StorageError) -> Response:
-        logger.error(
-            "AWS storage failed",
-            extra={"outcome": "storage_error", "operation": exc.operation, "code": exc.code},
-        )
-        outcome("storage_error")
-        return html(503, pages.unavailable(app.current_event.reference), headers={"Retry-After": "30"})
-
     @app.exception_handler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log_unexpected(exc)
-        outcome("internal_error")
-        return html(500, pages.internal_error(app.current_event.reference))
+    def _failed(exc: Exception) -> Response:
+        return failure_page(app, exc, operation=operation)
 
     return app

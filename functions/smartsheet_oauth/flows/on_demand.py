@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from smartsheet_oauth.domain.errors import BadRequest, BrokerError, ConditionFailed, Conflict
+from smartsheet_oauth.domain.errors import (
+    BadRequest,
+    ConditionFailed,
+    Conflict,
+    RefreshCooldown,
+    RefreshFailed,
+    RefreshLost,
+)
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus, RefreshOutcome
 from smartsheet_oauth.flows.deps import ManagementDeps
 from smartsheet_oauth.flows.management import existing, view
@@ -31,24 +38,6 @@ ON_DEMAND_COOLDOWN_SECONDS = 600
 PACE_WAIT_SECONDS = 10.0
 # What an on-demand refresh does between the pace and the token request: expedite, lease, read the secret.
 BEFORE_SEND_SECONDS = 2.0
-
-
-class RefreshFailed(Conflict):
-    """Smartsheet did not refresh the token this time (busy, rate limited, unreachable), or its new pair is kept
-    but not yet stored: answered 503."""
-
-
-class RefreshLost(BrokerError):
-    """Smartsheet rotated the tokens but the new pair could be neither stored nor kept: answered 500."""
-
-
-class RefreshCooldown(BrokerError):
-    """The connection was refreshed less than ON_DEMAND_COOLDOWN_SECONDS ago and its pair does not meet the caller's
-    min_valid_seconds: answered 429 with the seconds until the cooldown ends."""
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 # ------------------------------------------------------------------------------------------- on-demand refresh

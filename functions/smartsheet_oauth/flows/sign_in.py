@@ -16,6 +16,7 @@ from smartsheet_oauth.domain.errors import (
     ConditionFailed,
     InvalidGrant,
     SignInRejected,
+    UserDeclined,
 )
 from smartsheet_oauth.flows import steps
 from smartsheet_oauth.smartsheet.client import authorize_url
@@ -154,7 +155,8 @@ def finish_sign_in(
         # Started from a connect session made before return_to was required: its code would have nowhere to go.
         raise SignInRejected("connect_session_without_return_to")
     if "error" in query:
-        raise AccessDenied(query["error"][:64])
+        error = query["error"][:64]
+        raise (UserDeclined if error == "access_denied" else AccessDenied)(error)
     code = _code(query.get("code"))
 
     try:

@@ -82,3 +82,12 @@ def log_unexpected(exc: BaseException) -> None:
             "stack": traceback.format_tb(exc.__traceback__),
         },
     )
+
+
+def log_failure(level: str | None, message: str, outcome: str, exc: BaseException, fields: dict[str, object]) -> None:
+    """Log a request's failure as its row in domain/errors.ANSWERS says: at `level` ("unexpected": type and frames
+    only; None: not at all), with its outcome and the fields the error allows in a log."""
+    if level == "unexpected":
+        log_unexpected(exc)
+    elif level is not None:
+        getattr(logger, level)(message, extra={"outcome": outcome, **fields})

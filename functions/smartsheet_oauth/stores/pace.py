@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from smartsheet_oauth.domain.errors import BrokerError, ConditionFailed
+from smartsheet_oauth.domain.errors import ConditionFailed, PaceExhausted
 from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
@@ -33,14 +33,6 @@ class Pace(Protocol):
     def take(self, seconds_left: Callable[[], float]) -> bool:
         """Wait for the next slot; False when that wait would run past the time left."""
         ...
-
-
-class PaceExhausted(BrokerError):
-    """Every slot of the shared pace is taken until `retry_after` seconds from now: answered 429."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"the pace of refreshes sent to Smartsheet is used up for {retry_after} s")
-        self.retry_after = retry_after
 
 
 class LocalPace:
