@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 from smartsheet_oauth.domain.errors import (
-    InvalidClient,
-    InvalidGrant,
     MalformedResponse,
     NoTimeToRefresh,
-    SmartsheetError,
     SmartsheetRejected,
     TransientSmartsheetError,
 )
 from smartsheet_oauth.domain.tokens import TokenGrant
+from smartsheet_oauth.smartsheet.answers import TRANSIENT_STATUSES, error_from, json_object, text, token_grant
 
 # The HTTP client is urllib3, the one botocore already loads: the functions pay no import for it, where requests
 # (with its charset detection and cookie jar) cost ~20 ms of each cold start on /callback and refresh. It is
@@ -27,16 +24,6 @@ if TYPE_CHECKING:
     from urllib3 import PoolManager
     from urllib3.util.retry import Retry
 
-# Smartsheet's errorCodes that mean "this grant is gone": expired/invalid/used code or refresh token,
-# hash mismatch, revoked token.
-_INVALID_GRANT_CODES = frozenset({1069, 1071, 1132})
-# 1072 (invalid hash) carries OAuth error invalid_grant, but the hash is sha256(client secret | token): with a
-# live token it means OUR secret is wrong. Treating it as a dead grant would mark every user needs_reauth after
-# a bad secret rotation, so it is a credentials problem like 1238.
-_INVALID_CLIENT_CODES = frozenset({1067, 1072, 1236, 1237, 1238})
-_TRANSIENT_CODES = frozenset({4001, 4002, 4003, 4004})
-_SERVER_ERROR_CODES = frozenset({4001, 4002, 4004})
-_TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 # Bodies larger than this are not a token answer; refuse to parse them.
 _MAX_BODY_BYTES = 64 * 1024
 _HEADERS = {"Accept": "application/json", "User-Agent": "smartsheet-oauth-broker"}
@@ -123,7 +110,7 @@ def _safe_retry() -> Retry:
         read=1,
         status=2,
         other=0,
-        status_forcelist=_TRANSIENT_STATUSES,
+        status_forcelist=TRANSIENT_STATUSES,
         allowed_methods=frozenset({"GET", "POST"}),
         backoff_factor=0.25,
         backoff_max=2.0,
@@ -190,7 +177,7 @@ class SmartsheetClient:
         }
         if redirect_uri:
             form["redirect_uri"] = redirect_uri
-        return _token_grant(self._post_token(self._pool, form))
+        return token_grant(self._post_token(self._pool, form))
 
     @property
     def timeouts(self) -> Timeouts:
@@ -213,7 +200,7 @@ class SmartsheetClient:
                 raise NoTimeToRefresh(f"{answer_within:.1f} s left for an answer; one attempt may need {attempt:.2f} s")
             fit = int((answer_within - attempt) // (attempt + REFRESH_RETRY_PAUSE_SECONDS))
             retries = _refresh_retry(min(REFRESH_RETRIES, fit))
-        return _token_grant(self._post_token(self._refresh_pool, form, retries=retries))
+        return token_grant(self._post_token(self._refresh_pool, form, retries=retries))
 
     def current_user(self, access_token: str) -> SmartsheetUser:
         response = self._send(
@@ -222,7 +209,7 @@ class SmartsheetClient:
             f"{self._base}/users/me",
             headers={"Authorization": f"Bearer {access_token}"},
         )
-        body = _json_object(response)
+        body = json_object(response)
         user_id = body.get("id")
         # ASCII digits only: str.isdigit() also admits "²" and "٤", which would name a connection and a secret.
         if (
@@ -238,8 +225,8 @@ class SmartsheetClient:
         return SmartsheetUser(
             id=str(user_id),
             email=email[:320],
-            first_name=_text(body.get("firstName")),
-            last_name=_text(body.get("lastName")),
+            first_name=text(body.get("firstName")),
+            last_name=text(body.get("lastName")),
         )
 
     def revoke(self, access_token: str, *, all_for_client: bool = False) -> None:
@@ -250,14 +237,14 @@ class SmartsheetClient:
             f"{self._base}/token{query}",
             headers={"Authorization": f"Bearer {access_token}"},
         )
-        _json_object(response)
+        json_object(response)
 
     def _post_token(self, pool: PoolManager, form: dict[str, str], *, retries: Retry | None = None) -> dict[str, Any]:
         # Form-encoded body: the documented form (never JSON).
         response = self._send(
             pool, "POST", f"{self._base}/token", headers={"Content-Type": _FORM}, body=urlencode(form), retries=retries
         )
-        return _json_object(response)
+        return json_object(response)
 
     def _send(
         self,
@@ -312,7 +299,7 @@ class SmartsheetClient:
             after_unknown_attempt=any(_attempt_outcome_unknown(earlier) for earlier in history),
         )
         if reply.status >= 400:
-            raise _error_from(reply)
+            raise error_from(reply)
         if reply.status >= 300:
             raise SmartsheetRejected(f"Smartsheet answered {reply.status}", status=reply.status)
         return reply
@@ -334,81 +321,3 @@ def _attempt_outcome_unknown(earlier: Any) -> bool:
     if earlier.error is not None:
         return _may_have_been_sent(earlier.error)
     return earlier.status is not None and earlier.status >= 500
-
-
-def _json_object(response: Reply) -> dict[str, Any]:
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        raise MalformedResponse("Smartsheet answered with a body that is not JSON", status=response.status) from None
-    if not isinstance(body, dict):
-        raise MalformedResponse("Smartsheet answered with JSON that is not an object", status=response.status)
-    return body
-
-
-def _text(value: object) -> str:
-    return value[:200] if isinstance(value, str) else ""
-
-
-def _token_grant(body: dict[str, Any]) -> TokenGrant:
-    # Some older documentation examples wrap the answer as {"token": {...}}.
-    if isinstance(body.get("token"), dict) and "access_token" not in body:
-        body = body["token"]
-    access, refresh, expires_in = body.get("access_token"), body.get("refresh_token"), body.get("expires_in")
-    if not isinstance(access, str) or not access or len(access) > 4096:
-        raise MalformedResponse("token answer without a usable access_token")
-    if not isinstance(refresh, str) or not refresh or len(refresh) > 4096:
-        raise MalformedResponse("token answer without a usable refresh_token")
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or not 0 < expires_in <= 10**8:
-        raise MalformedResponse("token answer without a usable expires_in")
-    token_type = body.get("token_type")
-    return TokenGrant(
-        access_token=access,
-        refresh_token=refresh,
-        token_type=token_type if isinstance(token_type, str) and token_type else "bearer",
-        expires_in=int(expires_in),
-    )
-
-
-def _retry_after(response: Reply) -> float | None:
-    raw = response.retry_after.strip()
-    if raw.isdigit():
-        return float(min(int(raw), 3600))
-    return None
-
-
-def _error_from(response: Reply) -> SmartsheetError:
-    status = response.status
-    try:
-        body = json.loads(response.content)
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        body = {}
-    raw_code = body.get("errorCode")
-    error_code = raw_code if isinstance(raw_code, int) and not isinstance(raw_code, bool) else None
-    oauth_error = body.get("error") if isinstance(body.get("error"), str) else None
-    ref_id = body.get("refId") if isinstance(body.get("refId"), str) else None
-    # Smartsheet's message text is kept out: it can echo request values. Codes are enough to act on.
-    label = f"Smartsheet answered {status}" + (f" (errorCode {error_code})" if error_code else "")
-    fields: dict[str, Any] = {
-        "status": status,
-        "error_code": error_code,
-        "oauth_error": oauth_error,
-        "ref_id": ref_id,
-    }
-    if status in _TRANSIENT_STATUSES or error_code in _TRANSIENT_CODES or status >= 500:
-        # A rate limit was refused unprocessed; a server error does not say whether the request was carried out.
-        unknown = status >= 500 or error_code in _SERVER_ERROR_CODES
-        return TransientSmartsheetError(label, retry_after=_retry_after(response), outcome_unknown=unknown, **fields)
-    if error_code in _INVALID_GRANT_CODES or (error_code is None and oauth_error == "invalid_grant"):
-        if response.after_unknown_attempt:
-            # A retried code exchange whose first attempt's answer was lost: Smartsheet refuses the code because it
-            # already used it, for a grant whose tokens never reached us. Not the user's code at fault.
-            return TransientSmartsheetError(
-                f"{label} after an attempt whose answer was lost", outcome_unknown=True, **fields
-            )
-        return InvalidGrant(label, **fields)
-    if error_code in _INVALID_CLIENT_CODES or oauth_error == "invalid_client":
-        return InvalidClient(label, **fields)
-    return SmartsheetRejected(label, **fields)
