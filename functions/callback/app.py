@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.domain.errors import BindingConflict, CodeRefused
-from smartsheet_oauth.domain.vocabulary import BINDING_REFUSED, ConnectionStatus, DetailType
+from smartsheet_oauth.domain.lifecycle import detail_type, status_after
 from smartsheet_oauth.edge import pages
 from smartsheet_oauth.edge.router import Cookie, Response
 from smartsheet_oauth.edge.web import count, failure_page, html, query_params, redirect, resolver
@@ -51,11 +51,12 @@ def callback() -> Response:
     logger.append_keys(connection_id=signed_in.connection_id)
     logger.info("connection stored", extra={"outcome": "success", "new_connection": signed_in.is_new})
     count("callback", "success")
+    transition = "created" if signed_in.is_new else "reconnected"
     services.event_publisher().publish(
         events.ConnectionEvent(
-            detail_type=DetailType.CREATED if signed_in.is_new else DetailType.RECONNECTED,
+            detail_type=detail_type(transition),
             connection_id=signed_in.connection_id,
-            status=ConnectionStatus.ACTIVE,
+            status=status_after(transition),
             region=config.region,
             email=signed_in.email,
         )
@@ -71,9 +72,9 @@ def _binding_conflict(exc: BindingConflict) -> Response:
     page = failure_page(app, exc, operation="callback")
     services.event_publisher().publish(
         events.ConnectionEvent(
-            detail_type=DetailType.BINDING_CONFLICT,
+            detail_type=detail_type("binding_refused"),
             connection_id=exc.existing_connection_id,
-            status=BINDING_REFUSED,
+            status=status_after("binding_refused"),
             region=get_config().region,
             end_user_id=exc.end_user_id,
             reason=exc.reason,

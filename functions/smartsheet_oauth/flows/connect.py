@@ -31,8 +31,9 @@ from smartsheet_oauth.domain.errors import (
     SmartsheetError,
     StorageError,
 )
+from smartsheet_oauth.domain.lifecycle import detail_type, status_after
 from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at
-from smartsheet_oauth.domain.vocabulary import BINDING_REFUSED, ConnectionStatus, DetailType
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.completions import BOUND, VOIDED, CompletionStore, HeldCompletion
@@ -242,12 +243,7 @@ def _store(
     connection = deps.connections.get(held.smartsheet_user_id)
     if connection is None:  # the record was written a moment ago; only a deletion by hand can get here
         raise StorageError("connections.get", "ConnectionMissing", transient=True)
-    events.emit(
-        deps.events,
-        events.about(
-            DetailType.CREATED if is_new else DetailType.RECONNECTED, connection, status=ConnectionStatus.ACTIVE
-        ),
-    )
+    events.announce(deps.events, "confirmed_created" if is_new else "confirmed_reconnected", connection)
     return Completed(connection=connection, is_new=is_new)
 
 
@@ -285,9 +281,9 @@ def _announce_refusal(
     events.emit(
         deps.events,
         events.ConnectionEvent(
-            detail_type=DetailType.BINDING_CONFLICT,
+            detail_type=detail_type("binding_refused"),
             connection_id=existing_connection_id or held.smartsheet_user_id,
-            status=BINDING_REFUSED,
+            status=status_after("binding_refused"),
             region=deps.config.region,
             end_user_id=held.end_user_id,
             reason=reason,

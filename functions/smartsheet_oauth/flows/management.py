@@ -21,7 +21,7 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.domain.vocabulary import ConnectionStatus, DetailType
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.flows.connect import checked_end_user_id
 from smartsheet_oauth.flows.deps import ManagementDeps
 from smartsheet_oauth.flows.sign_in import checked_return_to
@@ -160,12 +160,7 @@ def disconnect(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
         stored_tokens = "already_deleted"
     after = existing(deps, connection_id)
     if held.status != ConnectionStatus.REVOKED:
-        events.emit(
-            deps.events,
-            events.about(
-                DetailType.REVOKED, held, status=ConnectionStatus.REVOKED, reason=DISCONNECTED, smartsheet=at_smartsheet
-            ),
-        )
+        events.announce(deps.events, "revoke", held, reason=DISCONNECTED, smartsheet=at_smartsheet)
     return {
         "outcome": "revoked",
         "smartsheet": at_smartsheet,

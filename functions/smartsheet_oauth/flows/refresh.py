@@ -17,8 +17,9 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
     TransientSmartsheetError,
 )
+from smartsheet_oauth.domain.lifecycle import outcome_of
 from smartsheet_oauth.domain.tokens import TokenGrant, TokenSet, refresh_due_at
-from smartsheet_oauth.domain.vocabulary import ConnectionStatus, DetailType, RefreshOutcome
+from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows import refusals, steps
 from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.refresh_window import FINAL_MARGIN_SECONDS, LEASE_MARGIN_SECONDS, answer_within
@@ -126,7 +127,7 @@ def _refresh_leased(
     )
     if not saved:
         if kept:
-            return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, outcome=RefreshOutcome.KEPT)
+            return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, transition="kept")
         logger.critical(
             "new token pair could be neither stored nor kept: the grant is lost",
             extra={"connection_id": leased.connection_id, "outcome": RefreshOutcome.LOST, "reason": reason},
@@ -139,14 +140,13 @@ def _refresh_leased(
         ):
             return RefreshOutcome.LOST
         return _transient(
-            leased, owner, deps, rng, reason=f"lost:{reason}", retry_after=None, outcome=RefreshOutcome.LOST
+            leased, owner, deps, rng, reason=f"lost:{reason}", retry_after=None, transition="lost_unmarked"
         )
     if _commit(leased, owner, new_tokens, deps):
         steps.passed(deps.steps, steps.REFRESH_COMMITTED, leased.connection_id)
     if guard is not None:
         guard.refreshed()
-    if leased.failures:
-        events.emit(deps.events, events.about(DetailType.RECOVERED, leased, status=ConnectionStatus.ACTIVE))
+    events.announce(deps.events, "refreshed", leased, had_failed=leased.failures > 0)
     logger.info(
         "connection refreshed", extra={"connection_id": leased.connection_id, "outcome": RefreshOutcome.REFRESHED}
     )
@@ -285,22 +285,20 @@ def _resume_kept_pair(
     the secret's own refresh token is dead since Smartsheet issued the kept one."""
     if deps.vault.sealer is None:
         logger.error("a kept token pair waits but no key is configured", extra={"connection_id": leased.connection_id})
-        return _transient(leased, owner, deps, rng, reason="kept:no_key", retry_after=None, outcome=RefreshOutcome.KEPT)
+        return _transient(leased, owner, deps, rng, reason="kept:no_key", retry_after=None, transition="kept")
     try:
         tokens = deps.vault.sealer.open(
             pending.sealed, binding=pending_binding(leased.connection_id, pending.generation, pending.version_id)
         )
     except StorageError as exc:
-        return _transient(
-            leased, owner, deps, rng, reason=f"kms:{exc.code}", retry_after=None, outcome=RefreshOutcome.KEPT
-        )
+        return _transient(leased, owner, deps, rng, reason=f"kms:{exc.code}", retry_after=None, transition="kept")
     saved, _, reason = _write_pair(
         leased, owner, tokens, deps, version_id=pending.version_id, rng=rng, deadline=deadline, keep=False
     )
     if not saved:
-        return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, outcome=RefreshOutcome.KEPT)
+        return _transient(leased, owner, deps, rng, reason=reason, retry_after=None, transition="kept")
     _commit(leased, owner, tokens, deps)
-    events.emit(deps.events, events.about(DetailType.RECOVERED, leased, status=ConnectionStatus.ACTIVE))
+    events.announce(deps.events, "resumed", leased)
     logger.info(
         "kept token pair stored", extra={"connection_id": leased.connection_id, "outcome": RefreshOutcome.RESUMED}
     )
@@ -315,11 +313,13 @@ def _transient(
     *,
     reason: str,
     retry_after: float | None,
-    outcome: RefreshOutcome = RefreshOutcome.TRANSIENT,
+    transition: str = "transient",
     settled: bool = False,
 ) -> RefreshOutcome:
-    """Keep the connection active and come back to it later. `settled`: this attempt's in-flight marker goes (it
-    is its own, and the request never reached Smartsheet or was refused unprocessed)."""
+    """Keep the connection active and come back to it later: `transition` (lifecycle.TRANSITIONS) says which
+    outcome this is. `settled`: this attempt's in-flight marker goes (it is its own, and the request never reached
+    Smartsheet or was refused unprocessed)."""
+    outcome = outcome_of(transition)
     now = int(deps.clock())
     retry_at = now + backoff_seconds(leased.failures, retry_after, rng)
     try:
@@ -345,12 +345,7 @@ def _transient(
             "failures": failures,
         },
     )
-    events.emit(
-        deps.events,
-        events.about(
-            DetailType.REFRESH_FAILED, leased, status=ConnectionStatus.ACTIVE, reason=reason, attempt=failures
-        ),
-    )
+    events.announce(deps.events, transition, leased, reason=reason, attempt=failures)
     return outcome
 
 

@@ -11,7 +11,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from smartsheet_oauth.domain.errors import ConditionFailed, InvalidGrant, StorageError
-from smartsheet_oauth.domain.vocabulary import ConnectionStatus, DetailType, RefreshOutcome
+from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import events
 
@@ -162,7 +162,5 @@ def end_grant(
                 "in_flight_for_seconds": None if since is None else max(0, now - since),
             },
         )
-    events.emit(
-        deps.events, events.about(DetailType.NEEDS_REAUTH, leased, status=ConnectionStatus.NEEDS_REAUTH, reason=reason)
-    )
+    events.announce(deps.events, outcome, leased, reason=reason)  # the outcome names its transition
     return outcome

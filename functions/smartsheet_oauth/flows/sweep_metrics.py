@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.domain.lifecycle import metric_of
 from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows.sweep import SweepReport
 from smartsheet_oauth.platform.observability import add_metric_safely, flush_metrics_now, logger
@@ -22,13 +23,6 @@ REFRESH_OUTCOMES = (
     RefreshOutcome.NEEDS_REAUTH,
     RefreshOutcome.LEASE_BUSY,
 )
-# Each outcome is counted as refresh_<outcome>, but a grant lost in flight is a lost grant like any other: it goes to
-# refresh_lost, the metric the refresh-lost alarm watches (the log's `outcome` still tells the two apart). A refresh
-# keeps the metric name it had before its outcome was called "refreshed": refresh_ok, which alarms and dashboards read.
-METRIC_OF: dict[str, str] = {
-    RefreshOutcome.REFRESHED: "refresh_ok",
-    RefreshOutcome.LOST_IN_FLIGHT: f"refresh_{RefreshOutcome.LOST}",
-}
 # The backlog is counted on the due index, a page (about 1 MB of entries) at a time: at most this many pages (tens of
 # thousands of connections), and a page after the first only while this much time is left. Past either, the figure
 # is a lower bound, which is all the backlog alarm (> 0) needs.
@@ -53,11 +47,9 @@ class SweepFigures:
 
     def progress(self, report: SweepReport) -> None:
         """The outcomes and dispatches added since the last flush (zeros included), and the lag once, printed now."""
-        totals: Counter[str] = Counter(
-            {METRIC_OF.get(outcome, f"refresh_{outcome}"): 0 for outcome in REFRESH_OUTCOMES}
-        )
+        totals: Counter[str] = Counter({metric_of(outcome): 0 for outcome in REFRESH_OUTCOMES})
         for outcome, count in report.outcomes.items():
-            totals[METRIC_OF.get(outcome, f"refresh_{outcome}")] += count
+            totals[metric_of(outcome)] += count
         for name, count in totals.items():
             add_metric_safely(name, "Count", count - self._sent[name])
             self._sent[name] = count

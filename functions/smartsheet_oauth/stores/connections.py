@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from smartsheet_oauth.domain.lifecycle import WRITES
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
+from smartsheet_oauth.stores.connection_records import (
+    Connection,
+    DueConnection,
+    PendingPair,
+    connection_from_item,
+    number,
+)
 from smartsheet_oauth.stores.storage_errors import storage
+
+# The records' types are this store's words too: the flows import them from here.
+__all__ = ["DUE_INDEX", "DUE_SHARD", "END_USER_INDEX", "Connection", "ConnectionStore", "DueConnection", "PendingPair"]
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -20,104 +30,21 @@ END_USER_INDEX = "by-end-user"
 # sweep asks.
 DUE_SHARD = "due"
 
-# The record's in-flight marker (see Connection.in_flight_attempt), removed together.
-IN_FLIGHT = "in_flight_attempt, in_flight_since"
+# The attribute names the lifecycle's writes refer to by placeholder (reserved words in DynamoDB).
+_NAMES = {"#status": "status", "#region": "region"}
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """One connection's record: its status, its secret, when its token expires and when to refresh it."""
-
-    connection_id: str
-    status: str
-    secret_arn: str
-    email: str
-    scopes: str
-    region: str
-    access_expires_at: int
-    refresh_due_at: int | None
-    generation: int
-    lease_until: int | None
-    failures: int
-    last_error: str | None
-    created_at: int
-    updated_at: int
-    # The integrator's own user this connection is bound to (through a connect session), if any.
-    end_user_id: str | None = None
-    # A refreshed pair that is not in the secret yet: the next refresh stores it before anything else.
-    pending: PendingPair | None = None
-    # When a refresh was last committed (a new secret version): on-demand refreshes wait a cooldown after it.
-    refreshed_at: int | None = None
-    # A refresh attempt that may have reached Smartsheet and whose answer was never used (its worker died, or the
-    # answer never came): the lease owner of the earliest such attempt, and when it started. Set with the lease,
-    # gone once the grant's fate is known (refreshed, needs_reauth, signed in again). See refusals.py.
-    in_flight_attempt: str | None = None
-    in_flight_since: int | None = None
+def _num(value: int) -> dict[str, str]:
+    return {"N": str(value)}
 
 
-@dataclass(frozen=True, slots=True)
-class PendingPair:
-    """A new token pair kept sealed on the record (TokenVault's PairSealer) until it is in its secret, under the
-    secret version id it is written with, so a repeated write of it is a no-op."""
-
-    sealed: bytes
-    version_id: str
-    generation: int
-
-    def __repr__(self) -> str:
-        return f"PendingPair(version_id={self.version_id!r}, generation={self.generation}, sealed=<hidden>)"
+def _str(value: str) -> dict[str, str]:
+    return {"S": value}
 
 
-@dataclass(frozen=True, slots=True)
-class DueConnection:
-    """An entry of the due index: enough to lease the connection (its generation) and order the sweep."""
-
-    connection_id: str
-    refresh_due_at: int
-    access_expires_at: int
-    generation: int
-
-
-def _n(item: dict[str, Any], name: str, default: int | None = None) -> int | None:
-    return int(item[name]["N"]) if name in item else default
-
-
-def _s(item: dict[str, Any], name: str) -> str | None:
-    return str(item[name]["S"]) if name in item else None
-
-
-def connection_from_item(item: dict[str, Any]) -> Connection:
-    return Connection(
-        connection_id=item["connection_id"]["S"],
-        status=item["status"]["S"],
-        secret_arn=item["secret_arn"]["S"],
-        email=_s(item, "email") or "",
-        scopes=_s(item, "scopes") or "",
-        region=_s(item, "region") or "",
-        access_expires_at=_n(item, "access_expires_at", 0) or 0,
-        refresh_due_at=_n(item, "refresh_due_at"),
-        generation=_n(item, "generation", 0) or 0,
-        lease_until=_n(item, "lease_until"),
-        failures=_n(item, "failures", 0) or 0,
-        last_error=_s(item, "last_error"),
-        created_at=_n(item, "created_at", 0) or 0,
-        updated_at=_n(item, "updated_at", 0) or 0,
-        end_user_id=_s(item, "end_user_id"),
-        pending=_pending(item),
-        refreshed_at=_n(item, "refreshed_at"),
-        in_flight_attempt=_s(item, "in_flight_attempt"),
-        in_flight_since=_n(item, "in_flight_since"),
-    )
-
-
-def _pending(item: dict[str, Any]) -> PendingPair | None:
-    if "pending_pair" not in item or "pending_version" not in item:
-        return None
-    return PendingPair(
-        sealed=bytes(item["pending_pair"]["B"]),
-        version_id=str(item["pending_version"]["S"]),
-        generation=_n(item, "pending_generation", 0) or 0,
-    )
+def _fence(owner: str, generation: int, now: int) -> dict[str, Any]:
+    """The values of a write only the lease holder may make, on the generation it leased (lifecycle.FENCED)."""
+    return {":owner": _str(owner), ":gen": _num(generation), ":now": _num(now)}
 
 
 class ConnectionStore:
@@ -143,53 +70,28 @@ class ConnectionStore:
         is bound to that end user; ConditionFailed when it is bound to another one and not revoked
         (flows/connect.check_binding looks first; this closes the race of two sign-ins at once). Without one (a
         plain /login), ConditionFailed when it is bound to any end user and not revoked: a binding changes, and a
-        bound connection comes back, only through a confirmed connect session of its end user."""
-        set_end_user, remove_end_user = "", ""
-        binding_values: dict[str, Any]
+        bound connection comes back, only through a confirmed connect session of its end user. (A revoked
+        connection's binding ended with it: the plain sign-in makes it an unbound connection.)"""
+        values = {
+            ":active": _str(ConnectionStatus.ACTIVE),
+            ":arn": _str(secret_arn),
+            ":email": _str(email),
+            ":scopes": _str(scopes),
+            ":region": _str(region),
+            ":exp": _num(access_expires_at),
+            ":due": _num(refresh_due_at),
+            ":shard": _str(DUE_SHARD),
+            ":zero": _num(0),
+            ":one": _num(1),
+            ":now": _num(now),
+            ":revoked": _str(ConnectionStatus.REVOKED),
+        }
         if end_user_id is not None:
-            set_end_user = ", end_user_id = :end_user"
-            condition = "attribute_not_exists(end_user_id) OR end_user_id = :end_user OR #status = :revoked"
-            binding_values = {":end_user": {"S": end_user_id}, ":revoked": {"S": ConnectionStatus.REVOKED}}
-        else:
-            # A revoked connection's binding ended with it (records revoked before disconnect cleared it still
-            # carry one): the plain sign-in makes it an unbound connection.
-            remove_end_user = ", end_user_id"
-            condition = "attribute_not_exists(end_user_id) OR #status = :revoked"
-            binding_values = {":revoked": {"S": ConnectionStatus.REVOKED}}
-        with storage("connections.sign_in"):
-            answer = self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression=(
-                    "SET #status = :active, secret_arn = :arn, email = :email, scopes = :scopes, #region = :region,"
-                    " access_expires_at = :exp, refresh_due_at = :due, due_shard = :shard,"
-                    " generation = if_not_exists(generation, :zero) + :one, failures = :zero,"
-                    " created_at = if_not_exists(created_at, :now), updated_at = :now"
-                    + set_end_user
-                    + " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation,"
-                    + IN_FLIGHT
-                    + remove_end_user
-                ),
-                ExpressionAttributeNames={"#status": "status", "#region": "region"},
-                ExpressionAttributeValues={
-                    ":active": {"S": ConnectionStatus.ACTIVE},
-                    ":arn": {"S": secret_arn},
-                    ":email": {"S": email},
-                    ":scopes": {"S": scopes},
-                    ":region": {"S": region},
-                    ":exp": {"N": str(access_expires_at)},
-                    ":due": {"N": str(refresh_due_at)},
-                    ":shard": {"S": DUE_SHARD},
-                    ":zero": {"N": "0"},
-                    ":one": {"N": "1"},
-                    ":now": {"N": str(now)},
-                    **binding_values,
-                },
-                ConditionExpression=condition,
-                # ALL_OLD: no attributes back means there was no item. (UPDATED_OLD leaves out attributes whose
-                # value did not change, such as an if_not_exists created_at, in moto at least.)
-                ReturnValues="ALL_OLD",
-            )
+            values[":end_user"] = _str(end_user_id)
+        # ALL_OLD: no attributes back means there was no item. (UPDATED_OLD leaves out attributes whose value did
+        # not change, such as an if_not_exists created_at, in moto at least.)
+        write = "sign_in_bound" if end_user_id is not None else "sign_in_unbound"
+        answer = self._write("connections.sign_in", write, connection_id, values, returns="ALL_OLD")
         return not answer.get("Attributes")
 
     def get(self, connection_id: str) -> Connection | None:
@@ -221,12 +123,12 @@ class ConnectionStore:
             DueConnection(
                 connection_id=item["connection_id"]["S"],
                 refresh_due_at=int(item["refresh_due_at"]["N"]),
-                access_expires_at=_n(item, "access_expires_at", 0) or 0,
-                generation=_n(item, "generation", 0) or 0,
+                access_expires_at=number(item, "access_expires_at", 0) or 0,
+                generation=number(item, "generation", 0) or 0,
             )
             for item in answer.get("Items", [])
             # A connection leased by another worker is skipped; its lease expiry brings it back.
-            if (_n(item, "lease_until", 0) or 0) <= now
+            if (number(item, "lease_until", 0) or 0) <= now
         ]
         return due, answer.get("LastEvaluatedKey")
 
@@ -239,29 +141,14 @@ class ConnectionStore:
         The same write marks this attempt in flight, unless an earlier one still is (its marker stays: it is the one
         that may have spent the grant). Whatever ends the attempt removes the marker only once the grant's fate is
         known, so a worker that dies anywhere after this leaves the record saying so, at no extra write."""
-        with storage("connections.lease"):
-            answer = self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression=(
-                    "SET lease_until = :until, lease_owner = :owner,"
-                    " in_flight_attempt = if_not_exists(in_flight_attempt, :owner),"
-                    " in_flight_since = if_not_exists(in_flight_since, :now)"
-                ),
-                ConditionExpression=(
-                    "#status = :active AND generation = :gen AND refresh_due_at <= :now"
-                    " AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
-                ),
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":until": {"N": str(now + lease_seconds)},
-                    ":owner": {"S": owner},
-                    ":active": {"S": ConnectionStatus.ACTIVE},
-                    ":gen": {"N": str(generation)},
-                    ":now": {"N": str(now)},
-                },
-                ReturnValues="ALL_NEW",
-            )
+        values = {
+            ":until": _num(now + lease_seconds),
+            ":owner": _str(owner),
+            ":active": _str(ConnectionStatus.ACTIVE),
+            ":gen": _num(generation),
+            ":now": _num(now),
+        }
+        answer = self._write("connections.lease", "lease", connection_id, values, returns="ALL_NEW")
         return connection_from_item(answer["Attributes"])
 
     def commit_refresh(
@@ -276,50 +163,22 @@ class ConnectionStore:
     ) -> None:
         """Record a refresh whose new pair is already stored: new expiry, generation + 1, lease released, the kept
         pair (if any) dropped."""
-        with storage("connections.commit"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression=(
-                    "SET access_expires_at = :exp, refresh_due_at = :due, generation = :next, failures = :zero,"
-                    " updated_at = :now, refreshed_at = :now"
-                    " REMOVE lease_until, lease_owner, last_error, pending_pair, pending_version, pending_generation,"
-                    + IN_FLIGHT
-                ),
-                ConditionExpression="lease_owner = :owner AND generation = :gen",
-                ExpressionAttributeValues={
-                    ":exp": {"N": str(access_expires_at)},
-                    ":due": {"N": str(refresh_due_at)},
-                    ":next": {"N": str(generation + 1)},
-                    ":zero": {"N": "0"},
-                    ":now": {"N": str(now)},
-                    ":owner": {"S": owner},
-                    ":gen": {"N": str(generation)},
-                },
-            )
+        values = {
+            ":exp": _num(access_expires_at),
+            ":due": _num(refresh_due_at),
+            ":next": _num(generation + 1),
+            ":zero": _num(0),
+            **_fence(owner, generation, now),
+        }
+        self._write("connections.commit", "commit", connection_id, values)
 
     def keep_pending(
         self, connection_id: str, *, generation: int, owner: str, sealed: bytes, version_id: str, now: int
     ) -> None:
         """Make a new pair durable on the record, sealed, before it is written to its secret: whoever takes the
         lease next (this worker's next sweep, or another worker after a crash) finishes that write first."""
-        with storage("connections.keep_pending"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression=(
-                    "SET pending_pair = :sealed, pending_version = :version, pending_generation = :gen,"
-                    " updated_at = :now"
-                ),
-                ConditionExpression="lease_owner = :owner AND generation = :gen",
-                ExpressionAttributeValues={
-                    ":sealed": {"B": sealed},
-                    ":version": {"S": version_id},
-                    ":gen": {"N": str(generation)},
-                    ":now": {"N": str(now)},
-                    ":owner": {"S": owner},
-                },
-            )
+        values = {":sealed": {"B": sealed}, ":version": _str(version_id), **_fence(owner, generation, now)}
+        self._write("connections.keep_pending", "keep", connection_id, values)
 
     def record_transient_failure(
         self,
@@ -335,49 +194,26 @@ class ConnectionStore:
         """Keep the connection active, count the failure, and come back to it at retry_at (a kept pair stays).
         `settled`: the attempt marked in flight is this one and it never reached Smartsheet, so the marker goes;
         otherwise it stays. Returns the count."""
-        with storage("connections.failure"):
-            answer = self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression=(
-                    "SET refresh_due_at = :retry, failures = if_not_exists(failures, :zero) + :one,"
-                    " last_error = :reason, updated_at = :now REMOVE lease_until, lease_owner"
-                    + (", " + IN_FLIGHT if settled else "")
-                ),
-                ConditionExpression="lease_owner = :owner AND generation = :gen",
-                ExpressionAttributeValues={
-                    ":retry": {"N": str(retry_at)},
-                    ":zero": {"N": "0"},
-                    ":one": {"N": "1"},
-                    ":reason": {"S": reason},
-                    ":now": {"N": str(now)},
-                    ":owner": {"S": owner},
-                    ":gen": {"N": str(generation)},
-                },
-                ReturnValues="UPDATED_NEW",
-            )
+        values = {
+            ":retry": _num(retry_at),
+            ":zero": _num(0),
+            ":one": _num(1),
+            ":reason": _str(reason),
+            **_fence(owner, generation, now),
+        }
+        answer = self._write(
+            "connections.failure", "fail", connection_id, values, returns="UPDATED_NEW", settled=settled
+        )
         return int(answer["Attributes"]["failures"]["N"])
 
     def mark_needs_reauth(self, connection_id: str, *, generation: int, owner: str, reason: str, now: int) -> None:
         """The grant is gone at Smartsheet: take the connection out of the sweep until the user signs in again."""
-        with storage("connections.needs_reauth"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression=(
-                    "SET #status = :status, last_error = :reason, updated_at = :now"
-                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard, " + IN_FLIGHT
-                ),
-                ConditionExpression="lease_owner = :owner AND generation = :gen",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":status": {"S": ConnectionStatus.NEEDS_REAUTH},
-                    ":reason": {"S": reason},
-                    ":now": {"N": str(now)},
-                    ":owner": {"S": owner},
-                    ":gen": {"N": str(generation)},
-                },
-            )
+        values = {
+            ":status": _str(ConnectionStatus.NEEDS_REAUTH),
+            ":reason": _str(reason),
+            **_fence(owner, generation, now),
+        }
+        self._write("connections.needs_reauth", "needs_reauth", connection_id, values)
 
     # -- operators: the sweep's backlog, counts, listing and one-connection actions (admin CLI) -----------------
 
@@ -426,81 +262,38 @@ class ConnectionStore:
         needs_reauth one goes back to active so its stored refresh token is tried once more (it recovers a grant that
         was marked by mistake, e.g. while the app secret was wrong). Raises ConditionFailed for an unknown or revoked
         connection, or one whose lease another worker holds."""
-        with storage("connections.request_refresh"):
-            answer = self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression=(
-                    "SET #status = :active, refresh_due_at = :now, due_shard = :shard, updated_at = :now"
-                ),
-                ConditionExpression=(
-                    "attribute_exists(connection_id) AND #status <> :revoked"
-                    " AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
-                ),
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":active": {"S": ConnectionStatus.ACTIVE},
-                    ":revoked": {"S": ConnectionStatus.REVOKED},
-                    ":now": {"N": str(now)},
-                    ":shard": {"S": DUE_SHARD},
-                },
-                ReturnValues="ALL_NEW",
-            )
+        values = {
+            ":active": _str(ConnectionStatus.ACTIVE),
+            ":revoked": _str(ConnectionStatus.REVOKED),
+            ":now": _num(now),
+            ":shard": _str(DUE_SHARD),
+        }
+        answer = self._write("connections.request_refresh", "request_refresh", connection_id, values, returns="ALL_NEW")
         return connection_from_item(answer["Attributes"])
 
     def hold(self, connection_id: str, *, owner: str, now: int, lease_seconds: int) -> Connection:
         """Take the lease for an operator action whatever the connection's status, so no sweep refreshes (rotates)
         it meanwhile. Raises ConditionFailed for an unknown connection or one whose lease another worker holds."""
-        with storage("connections.hold"):
-            answer = self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression="SET lease_until = :until, lease_owner = :owner",
-                ConditionExpression=(
-                    "attribute_exists(connection_id) AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
-                ),
-                ExpressionAttributeValues={
-                    ":until": {"N": str(now + lease_seconds)},
-                    ":owner": {"S": owner},
-                    ":now": {"N": str(now)},
-                },
-                ReturnValues="ALL_NEW",
-            )
+        values = {":until": _num(now + lease_seconds), ":owner": _str(owner), ":now": _num(now)}
+        answer = self._write("connections.hold", "hold", connection_id, values, returns="ALL_NEW")
         return connection_from_item(answer["Attributes"])
 
     def release(self, connection_id: str, *, owner: str, settled: bool = False) -> None:
         """Give a held lease back unchanged (an operator action that did not go through, a refresh that sent
         nothing). `settled`: the in-flight marker is the releasing attempt's own, and it goes too."""
-        with storage("connections.release"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression="REMOVE lease_until, lease_owner" + (", " + IN_FLIGHT if settled else ""),
-                ConditionExpression="lease_owner = :owner",
-                ExpressionAttributeValues={":owner": {"S": owner}},
-            )
+        self._write("connections.release", "release", connection_id, {":owner": _str(owner)}, settled=settled)
 
     def mark_revoked(self, connection_id: str, *, owner: str, reason: str, now: int) -> None:
         """The connection is disconnected: out of the sweep for good, until the user signs in again, and no longer
         bound to its end user (a later sign-in cannot bring it back to them unless they confirm it again). Needs the
         lease taken with hold(); raises ConditionFailed if it was lost (e.g. the user signed in again meanwhile)."""
-        with storage("connections.revoke"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression=(
-                    "SET #status = :revoked, last_error = :reason, updated_at = :now"
-                    " REMOVE lease_until, lease_owner, refresh_due_at, due_shard, end_user_id, " + IN_FLIGHT
-                ),
-                ConditionExpression="lease_owner = :owner",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":revoked": {"S": ConnectionStatus.REVOKED},
-                    ":reason": {"S": reason},
-                    ":now": {"N": str(now)},
-                    ":owner": {"S": owner},
-                },
-            )
+        values = {
+            ":revoked": _str(ConnectionStatus.REVOKED),
+            ":reason": _str(reason),
+            ":now": _num(now),
+            ":owner": _str(owner),
+        }
+        self._write("connections.revoke", "revoke", connection_id, values)
 
     # -- the management API: pages of connections, on-demand refresh --------------------------------------------
 
@@ -541,20 +334,38 @@ class ConnectionStore:
         """Make an active connection due now, for an on-demand refresh through the sweep's own lease. Raises
         ConditionFailed when it is not active, was refreshed since it was read (generation moved), or a worker
         holds its lease: then there is nothing to expedite, only to wait for."""
-        with storage("connections.expedite"):
-            self._client.update_item(
-                TableName=self._table,
-                Key={"connection_id": {"S": connection_id}},
-                UpdateExpression="SET refresh_due_at = :now, due_shard = :shard",
-                ConditionExpression=(
-                    "#status = :active AND generation = :gen"
-                    " AND (attribute_not_exists(lease_until) OR lease_until <= :now)"
-                ),
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":now": {"N": str(now)},
-                    ":shard": {"S": DUE_SHARD},
-                    ":active": {"S": ConnectionStatus.ACTIVE},
-                    ":gen": {"N": str(generation)},
-                },
-            )
+        values = {
+            ":now": _num(now),
+            ":shard": _str(DUE_SHARD),
+            ":active": _str(ConnectionStatus.ACTIVE),
+            ":gen": _num(generation),
+        }
+        self._write("connections.expedite", "expedite", connection_id, values)
+
+    def _write(
+        self,
+        operation: str,
+        write: str,
+        connection_id: str,
+        values: dict[str, Any],
+        *,
+        returns: str | None = None,
+        settled: bool = False,
+    ) -> dict[str, Any]:
+        """One of the lifecycle's conditional writes (domain/lifecycle.WRITES) on one record, as the table has it."""
+        update = WRITES[write]
+        expression = update.update(settled=settled)
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"connection_id": _str(connection_id)},
+            "UpdateExpression": expression,
+            "ConditionExpression": update.guard,
+            "ExpressionAttributeValues": values,
+        }
+        names = {placeholder: name for placeholder, name in _NAMES.items() if placeholder in update.guard + expression}
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        if returns:
+            kwargs["ReturnValues"] = returns
+        with storage(operation):
+            return dict(self._client.update_item(**kwargs))

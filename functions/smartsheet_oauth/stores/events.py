@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from smartsheet_oauth.domain.lifecycle import event_of, status_after
 from smartsheet_oauth.platform.observability import add_metric_safely, logger
 
 if TYPE_CHECKING:
@@ -165,3 +166,19 @@ def emit(publisher: EventPublisher | None, event: ConnectionEvent) -> None:
     """Publish when the caller was given a publisher (tests and tools may run without one)."""
     if publisher is not None:
         publisher.publish(event)
+
+
+def announce(
+    publisher: EventPublisher | None,
+    transition: str,
+    connection: Connection,
+    *,
+    had_failed: bool = False,
+    reason: str | None = None,
+    **extra: Scalar,
+) -> None:
+    """The event a lifecycle transition sends integrators (domain/lifecycle.TRANSITIONS), if it sends one, with the
+    status the connection has after it."""
+    detail_type = event_of(transition, had_failed=had_failed)
+    if detail_type is not None:
+        emit(publisher, about(detail_type, connection, status=status_after(transition), reason=reason, **extra))
