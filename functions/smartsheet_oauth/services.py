@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from smartsheet_oauth.config import Config, get_config
 from smartsheet_oauth.domain.errors import ConfigError
@@ -29,8 +28,7 @@ if TYPE_CHECKING:
 # (/login: no token vault, connection store or events; the sweep: no state or connect-session store).
 
 
-@dataclass(frozen=True, slots=True)
-class AppCredentials:
+class AppCredentials(NamedTuple):
     """The app's client id (from the configuration) and client secret (from the app credentials secret); the repr
     hides the secret."""
 

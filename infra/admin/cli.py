@@ -128,7 +128,10 @@ def when(epoch: int | None, now: int) -> str:
 
 
 def _record(connection: Connection) -> dict[str, Any]:
-    return asdict(connection)
+    record = connection._asdict()
+    if connection.pending is not None:
+        record["pending"] = connection.pending._asdict()
+    return record
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def refresh_due_at(expires_at: int, *, window_seconds: int, now: int) -> int:
@@ -16,8 +16,7 @@ def refresh_due_at(expires_at: int, *, window_seconds: int, now: int) -> int:
     return max(now, expires_at - window_seconds)
 
 
-@dataclass(frozen=True, slots=True)
-class TokenGrant:
+class TokenGrant(NamedTuple):
     """A token pair as Smartsheet issued it. repr hides the tokens so they never reach a log by accident."""
 
     access_token: str

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 from smartsheet_oauth.domain.errors import NoSuchRoute
@@ -30,8 +30,7 @@ class NotFoundError(NoSuchRoute):
     """No route has this method and path (a wrong method is not found too, as API Gateway's own routes are)."""
 
 
-@dataclass(frozen=True)
-class Cookie:
+class Cookie(NamedTuple):
     """A Set-Cookie value; the attributes are the ones the broker sets."""
 
     name: str
@@ -81,8 +80,7 @@ class Response:
         }
 
 
-@dataclass(frozen=True)
-class RequestContext:
+class RequestContext(NamedTuple):
     """The payload 2.0 request context fields the routes use."""
 
     request_id: str = ""
@@ -90,20 +88,20 @@ class RequestContext:
     stage: str = ""
 
 
-@dataclass(frozen=True)
-class HttpRequest:
+class HttpRequest(NamedTuple):
     """What the routes read of one payload 2.0 event. A missing or mistyped field reads as empty, so a malformed
     event is answered by the routes' own checks (or not found) instead of failing in the router."""
 
     method: str = ""
     raw_path: str = ""
     raw_query_string: str = ""
-    query_string_parameters: dict[str, str] = field(default_factory=dict)  # API Gateway comma-joins repeated keys
-    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
-    cookies: dict[str, str] = field(default_factory=dict)  # the event's `cookies` list, by name
+    # The empty defaults are shared (a NamedTuple's are): nothing writes into a request's mappings.
+    query_string_parameters: dict[str, str] = {}  # noqa: RUF012 (API Gateway comma-joins repeated keys)
+    headers: dict[str, str] = {}  # noqa: RUF012 (lower-case names)
+    cookies: dict[str, str] = {}  # noqa: RUF012 (the event's `cookies` list, by name)
     body: str | None = None
     is_base64_encoded: bool = False
-    request_context: RequestContext = field(default_factory=RequestContext)
+    request_context: RequestContext = RequestContext()
 
     @property
     def reference(self) -> str:
@@ -144,8 +142,7 @@ class HttpRequest:
         return self.raw_path
 
 
-@dataclass(frozen=True)
-class _Route:
+class _Route(NamedTuple):
     """A registered route: method, path pattern and the function answering it."""
 
     method: str

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
 from smartsheet_oauth.config import Config, is_loopback
@@ -35,8 +34,7 @@ MAX_CODE_LENGTH = 512
 MAX_RETURN_TO_LENGTH = 2048
 
 
-@dataclass(frozen=True, slots=True)
-class LoginRedirect:
+class LoginRedirect(NamedTuple):
     """Where /login sends the browser, and the nonce cookie it sets (repr hides both)."""
 
     location: str
@@ -47,8 +45,7 @@ class LoginRedirect:
         return "LoginRedirect(<hidden>)"
 
 
-@dataclass(frozen=True, slots=True)
-class SignedIn:
+class SignedIn(NamedTuple):
     """A finished sign-in: the stored connection, whom it is for, and where to send the browser."""
 
     connection_id: str

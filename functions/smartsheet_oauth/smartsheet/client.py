@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
@@ -30,8 +29,7 @@ _HEADERS = {"Accept": "application/json", "User-Agent": "smartsheet-oauth-broker
 _FORM = "application/x-www-form-urlencoded"
 
 
-@dataclass(frozen=True, slots=True)
-class SmartsheetUser:
+class SmartsheetUser(NamedTuple):
     """Who signed in: the fields of GET /users/me the broker keeps. The id stays a string (can exceed 2^53)."""
 
     id: str
@@ -40,8 +38,7 @@ class SmartsheetUser:
     last_name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
+class Timeouts(NamedTuple):
     """Connect and read timeouts of one call to Smartsheet, in seconds."""
 
     connect: float = 3.05

@@ -3,12 +3,10 @@ entries: what stores/connections.py reads and the flows work with."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
+class Connection(NamedTuple):
     """One connection's record: its status, its secret, when its token expires and when to refresh it."""
 
     connection_id: str
@@ -38,8 +36,7 @@ class Connection:
     in_flight_since: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PendingPair:
+class PendingPair(NamedTuple):
     """A new token pair kept sealed on the record (TokenVault's PairSealer) until it is in its secret, under the
     secret version id it is written with, so a repeated write of it is a no-op."""
 
@@ -51,8 +48,7 @@ class PendingPair:
         return f"PendingPair(version_id={self.version_id!r}, generation={self.generation}, sealed=<hidden>)"
 
 
-@dataclass(frozen=True, slots=True)
-class DueConnection:
+class DueConnection(NamedTuple):
     """An entry of the due index: enough to lease the connection (its generation) and order the sweep."""
 
     connection_id: str

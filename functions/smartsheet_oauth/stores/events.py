@@ -7,8 +7,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, NamedTuple
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -31,8 +31,7 @@ PUBLISH_ATTEMPTS = 3
 Scalar = str | int | bool | None
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionEvent:
+class ConnectionEvent(NamedTuple):
     """One change of one connection, as integrators receive it in `detail`. Only identifiers and states: the
     fields are named here, so a token cannot slip in by accident."""
 
@@ -43,7 +42,7 @@ class ConnectionEvent:
     email: str = ""
     end_user_id: str | None = None
     reason: str | None = None
-    extra: Mapping[str, Scalar] = field(default_factory=dict)
+    extra: Mapping[str, Scalar] = MappingProxyType({})
 
     def detail(self, occurred_at: int) -> dict[str, Scalar]:
         return {
