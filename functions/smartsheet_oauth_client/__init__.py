@@ -190,6 +190,8 @@ class TokenProvider:
         self._ask_again_at: dict[str, float] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        # connection id -> the access token the caller reported refused (invalidate); never logged
+        self._refused: dict[str, str] = {}
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> TokenProvider:
@@ -215,9 +217,16 @@ class TokenProvider:
         with self._lock(connection_id):
             now = self._clock()
             cached = self._cache.get(connection_id)
-            if cached and now - cached.read_at < self._cache_seconds and self._fresh(cached.token, now):
+            reusable = cached and connection_id not in self._refused and now - cached.read_at < self._cache_seconds
+            if cached and reusable and self._fresh(cached.token, now):
                 return cached.token
             current = self._read(connection_id)
+            if self._refused.get(connection_id) == current.access_token:
+                # Smartsheet refused this token before its expiry (revoked: by the user, or by an organisation's
+                # token-lifetime policy): only a refresh tells whether the grant lives. A dead grant is needs_reauth.
+                self._ask_refresh(connection_id, current, min_valid=MAX_MIN_VALID_SECONDS, usable=False)
+                self._refused.pop(connection_id, None)
+                return self._read(connection_id)
             if self._fresh(current, now):
                 return current
             if now < self._ask_again_at.get(connection_id, 0.0) and current.expires_at > now:
@@ -232,8 +241,12 @@ class TokenProvider:
         return self.token(connection_id, end_user_id=end_user_id).access_token
 
     def invalidate(self, connection_id: str) -> None:
-        """Forget the cached token, e.g. after Smartsheet answered 401 with it."""
-        self._cache.pop(connection_id, None)
+        """Forget the cached token, e.g. after Smartsheet answered 401 with it. If the stored token is still that
+        one, the next token() has the broker refresh it first (a token Smartsheet revoked before its expiry, as an
+        organisation's token-lifetime policy does): a new token, or ConnectionUnavailable(needs_reauth)."""
+        cached = self._cache.pop(connection_id, None)
+        if cached is not None:
+            self._refused[connection_id] = cached.token.access_token
 
     def connection_of(self, end_user_id: str) -> str:
         """The active connection bound to your end user (GET /connections?end_user_id=..., cached)."""
@@ -299,15 +312,17 @@ class TokenProvider:
         self._cache[connection_id] = _Cached(token, self._clock())
         return token
 
-    def _ask_refresh(self, connection_id: str, current: AccessToken) -> None:
-        body = {"min_valid_seconds": self._min_valid}
+    def _ask_refresh(
+        self, connection_id: str, current: AccessToken, *, min_valid: int | None = None, usable: bool = True
+    ) -> None:
+        body = {"min_valid_seconds": self._min_valid if min_valid is None else min_valid}
         status, answer = self._call("POST", f"/connections/{quote(connection_id, safe='')}/refresh", body)
         if status == 200:
             return
         failure = self._failure(status, answer, subject=f"connection {connection_id}")
         # Smartsheet is busy, another refresh is under way, or the connection was refreshed minutes ago (429, its
         # cooldown): a token that still works beats no token, and the broker is not asked again before Retry-After.
-        if isinstance(failure, BrokerUnavailable) and current.expires_at > self._clock():
+        if usable and isinstance(failure, BrokerUnavailable) and current.expires_at > self._clock():
             if failure.retry_after:
                 self._ask_again_at[connection_id] = self._clock() + failure.retry_after
             return

@@ -250,6 +250,23 @@ def test_a_revoked_token_1132_marks_needs_reauth(refresher: Broker) -> None:
     assert grace["status"] == "active"
 
 
+def test_an_organisations_token_lifetime_policy_marks_needs_reauth_before_expires_in(refresher: Broker) -> None:
+    """Smartsheet revokes the tokens of an organisation whose admin set a lifetime policy, days before their
+    expires_in: the sweep's refresh is refused (1132) and only that organisation's connection needs the user again."""
+    signed_in_and_due(refresher, ADA, GRACE)
+    assert refresher.emulator.enforce_token_lifetime(0, user_id=ADA) == 1
+
+    report = refresher.sweep()
+
+    assert report["outcomes"][RefreshOutcome.NEEDS_REAUTH] == 1
+    assert report["outcomes"][RefreshOutcome.REFRESHED] == 1
+    ada, grace = refresher.connection(ADA), refresher.connection(GRACE)
+    assert ada is not None
+    assert grace is not None
+    assert (ada["status"], ada["last_error"]) == ("needs_reauth", "invalid_grant:1132")
+    assert grace["status"] == "active"
+
+
 def test_a_wrong_client_secret_never_marks_a_user_needs_reauth(refresher: Broker) -> None:
     """A bad secret rotation makes Smartsheet answer 1072 (hash mismatch) for every refresh: the grants are
     alive, the credentials are wrong, so every connection stays active and its pair untouched."""

@@ -154,6 +154,65 @@ def test_a_connection_that_needs_reauth_is_reported_as_unavailable(world: Any) -
         provider.token("42")
 
 
+def refreshes(broker: Any) -> list[dict[str, Any]]:
+    return [json.loads(body) for method, url, _, body in broker.calls if method == "POST" and url.endswith("/refresh")]
+
+
+def test_a_token_smartsheet_refused_before_its_expiry_is_refreshed_after_invalidate(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "revoked-early", NOW + 5 * 86400)  # an organisation's token-lifetime policy revoked it
+    assert provider.access_token(ADA) == "revoked-early"
+
+    provider.invalidate(ADA)  # the integrator's call got 401 with it
+    fresh = provider.access_token(ADA)
+
+    assert fresh != "revoked-early"
+    assert refreshes(broker) == [{"min_valid_seconds": 7 * 24 * 3600}]  # a refresh whatever its expiry says
+    assert provider.access_token(ADA) == fresh
+    assert len(refreshes(broker)) == 1
+
+
+def test_a_refused_token_whose_grant_is_dead_is_needs_reauth_not_the_same_token_again(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "revoked-early", NOW + 5 * 86400)
+    provider.token(ADA)
+    broker.refresh_answer = (409, {"error": "needs_reauth", "message": "its user must sign in again"})
+    provider.invalidate(ADA)
+
+    with pytest.raises(ConnectionUnavailable) as failure:
+        provider.token(ADA)
+
+    assert failure.value.status == "needs_reauth"
+    assert "must sign in again" in str(failure.value)
+
+
+def test_a_refused_token_in_its_cooldown_is_an_error_to_retry_never_the_dead_token(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "revoked-early", NOW + 5 * 86400)
+    provider.token(ADA)
+    broker.refresh_answer = (429, {"error": "refresh_cooldown", "message": "refreshed minutes ago", "retry_after": 90})
+    provider.invalidate(ADA)
+
+    with pytest.raises(BrokerUnavailable) as failure:
+        provider.token(ADA)
+
+    assert failure.value.retry_after == 90
+    broker.refresh_answer = None
+    assert provider.access_token(ADA) != "revoked-early"  # asked again, refreshed
+
+
+def test_invalidate_after_a_rotation_reads_the_new_token_without_a_refresh(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "old", NOW + 5 * 86400)
+    provider.token(ADA)
+    secrets.put(ADA, "rotated-by-the-sweep", NOW + 7 * 86400)
+
+    provider.invalidate(ADA)
+
+    assert provider.access_token(ADA) == "rotated-by-the-sweep"
+    assert refreshes(broker) == []
+
+
 def test_a_busy_broker_still_leaves_a_valid_token_usable_but_never_an_expired_one(world: Any) -> None:
     provider, secrets, broker, clock = world
     broker.refresh_answer = (503, {"error": "refresh_failed", "message": "Smartsheet is busy", "retry_after": 120})

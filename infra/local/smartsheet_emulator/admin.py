@@ -73,6 +73,15 @@ def _routes(emulator: SmartsheetEmulator, model: SmartsheetModel) -> dict[tuple[
             result["refresh_token_live"] = emulator.refresh_token_is_live(str(payload["refresh_token"]))
         return result
 
+    def token_lifetime_policy(payload: dict[str, Any], _query: dict[str, str]) -> object:
+        unknown = sorted(set(payload) - {"max_age_seconds", "account_id", "user_id"})
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; known: account_id, max_age_seconds, user_id")
+        revoked = emulator.enforce_token_lifetime(
+            payload.get("max_age_seconds", 0), account_id=payload.get("account_id"), user_id=payload.get("user_id")
+        )
+        return {"revoked": revoked}
+
     return {
         ("GET", "/health"): lambda _p, _q: {"ok": True},
         ("GET", "/stats"): lambda _p, _q: emulator.stats(),
@@ -89,6 +98,7 @@ def _routes(emulator: SmartsheetEmulator, model: SmartsheetModel) -> dict[tuple[
             "expired": emulator.expire_tokens(p.get("user_id"), refresh=p.get("refresh") is True)
         },
         ("POST", "/revoke-user"): lambda p, _q: {"revoked": emulator.revoke_user(p["user_id"])},
+        ("POST", "/token-lifetime-policy"): token_lifetime_policy,
         ("POST", "/grants"): grants,
         ("POST", "/codes"): codes,
         ("POST", "/consent"): consent,

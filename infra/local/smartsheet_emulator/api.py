@@ -12,6 +12,9 @@ from infra.local.smartsheet_emulator.errors import ApiError
 from infra.local.smartsheet_emulator.model import SmartsheetModel
 from infra.local.smartsheet_emulator.wire import Reply, error_reply, first_values, json_reply
 
+# The token endpoint's spellings of the redirect URL: the SDKs' (`redirect_uri`) and the current reference's.
+REDIRECT_FIELDS = ("redirect_uri", "redirect_url")
+
 
 def token_hash(secret: str, value: str) -> str:
     """The `hash` parameter Smartsheet expects: lowercase hex SHA-256 of `secret|code` or `secret|refresh_token`."""
@@ -80,7 +83,9 @@ class SmartsheetApi:
         if method in ("none", "both"):
             raise ApiError(1236 if method == "none" else 1237)
         subject = _required(params, "code" if grant_type == "authorization_code" else "refresh_token")
-        if params.get("redirect_uri") and params["redirect_uri"] != app.redirect_uri:
+        # Every SDK sends `redirect_uri`; the current reference names the field `redirect_url` and calls the other
+        # spelling deprecated. Whichever is sent must be the registered URL (both, when both are).
+        if any(params.get(name) and params[name] != app.redirect_uri for name in REDIRECT_FIELDS):
             raise ApiError(1073)
         if method == "client_secret":
             if not hmac.compare_digest(params["client_secret"].encode(), app.client_secret.encode()):

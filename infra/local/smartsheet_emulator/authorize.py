@@ -1,5 +1,22 @@
 """The emulated authorize page (`/b/authorize`): the request's checks, the consent form with Allow and Deny, the
-error pages, and the redirect back to the app with a code or an `error`."""
+error pages, and the redirect back to the app with a code or an `error`.
+
+What it accepts between scope names, and the evidence (the sources SMARTSHEET.md names, read for issue 20):
+- Smartsheet's reference and OAuth walkthrough document a space-delimited list, shown as
+  `scope=READ_SHEETS%20WRITE_SHEETS`; the C# and Ruby SDKs join with a space and percent-encode it (`%20`).
+- The official Java SDK (smartsheet-java-sdk, `OAuthFlowImpl.newAuthorizationURL`) joins the names with commas
+  (`READ_SHEETS,WRITE_SHEETS`, sent as `%2C`). Smartsheet ships and maintains that SDK; an emulator that refused
+  commas would refuse it. So commas are accepted (`Settings.comma_separated_scopes`, on by default; a test turns
+  it off to prove a client sends spaces).
+- Standard OAuth client libraries (authlib; requests-oauthlib through oauthlib) join with a space and form-encode
+  it as `+` (`scope=READ_SHEETS+WRITE_SHEETS`), and integrators use them against Smartsheet (public samples do).
+  In application/x-www-form-urlencoded, which is how servlet containers and web frameworks decode a query, `+` is
+  a space: a server that decodes its query as forms do cannot tell `+` from `%20`. So `+` is always accepted;
+  refusing it would take a raw-query check no real server makes (the emulator made it until issue 20).
+- The broker itself sends `%20`, the documented form (tests/unit/test_smartsheet_urls.py holds it to that).
+Proved with the official Python SDK's token calls and with authlib running the whole flow
+(tests/emulator/test_oauth_libraries.py).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +34,6 @@ from infra.local.smartsheet_emulator.wire import (
     Reply,
     first_values,
     html_reply,
-    raw_query_value,
     redirect_reply,
     with_query,
 )
@@ -36,13 +52,14 @@ class AuthorizeRequest:
     redirect_uri: str | None  # as sent: the consent form carries it back unchanged
 
 
-def _parse_scopes(decoded: str, raw: str | None, lenient: bool) -> tuple[str, ...] | None:
-    if lenient:
-        names = decoded.replace(",", " ").split()
-    else:
-        if (raw is not None and "+" in raw) or "," in decoded:
-            return None
-        names = [name for name in decoded.split(" ") if name]
+def _parse_scopes(decoded: str, *, commas: bool) -> tuple[str, ...] | None:
+    """The scope names of an authorize request, as a form-decoding server reads them.
+
+    `decoded` is the query value already form-decoded, so `%20` and `+` are both a space here, as they are to every
+    server that decodes its query as forms do: none can tell them apart. Commas separate names too unless `commas`
+    is off (the module's docstring has the evidence). Unknown names, or none, are None (the redirect with
+    `error=invalid_scope`)."""
+    names = (decoded.replace(",", " ") if commas else decoded).split()
     if not names or any(name not in SCOPES for name in names):
         return None
     return tuple(dict.fromkeys(names))
@@ -62,7 +79,7 @@ class AuthorizePage:
         if not parts.path.endswith(AUTHORIZE_PATH):
             raise ValueError(f"not an authorize URL (path must end with {AUTHORIZE_PATH}): {parts.path!r}")
         try:
-            request = self._validate(first_values(parts.query), raw_query_value(parts.query, "scope"))
+            request = self._validate(first_values(parts.query))
             return self._decide(request, user_id, allow)
         except AuthorizeRedirect as redirect:
             self._ledger.count("authorize", redirect.error)
@@ -75,7 +92,7 @@ class AuthorizePage:
         params = first_values(query)
         settings = self._model.settings
         try:
-            request = self._validate(params, raw_query_value(query, "scope"))
+            request = self._validate(params)
             if settings.auto_consent is not None:
                 return redirect_reply(
                     self._decide(request, settings.auto_consent_user_id, settings.auto_consent == "allow")
@@ -93,7 +110,7 @@ class AuthorizePage:
         try:
             if decision not in ("allow", "deny"):
                 raise AuthorizeError("Choose Allow or Deny.")
-            request = self._validate(form, None)
+            request = self._validate(form)
             return redirect_reply(self._decide(request, form.get("user_id") or None, decision == "allow"))
         except AuthorizeError as exc:
             return self._error_page(exc)
@@ -101,7 +118,7 @@ class AuthorizePage:
             self._ledger.count("authorize", redirect.error)
             return redirect_reply(redirect.location)
 
-    def _validate(self, params: Mapping[str, str], raw_scope: str | None) -> AuthorizeRequest:
+    def _validate(self, params: Mapping[str, str]) -> AuthorizeRequest:
         app = self._model.app_named(params.get("client_id", ""))
         if app is None:
             raise AuthorizeError("The client_id is missing or unknown.", 1067)
@@ -113,7 +130,7 @@ class AuthorizePage:
         if response_type != "code":
             error = "unsupported_response_type"
             raise AuthorizeRedirect(with_query(app.redirect_uri, [("error", error), ("state", state)]), error)
-        scopes = _parse_scopes(params.get("scope", ""), raw_scope, self._model.settings.lenient_scope_encoding)
+        scopes = _parse_scopes(params.get("scope", ""), commas=self._model.settings.comma_separated_scopes)
         if scopes is None:
             error = "invalid_scope"
             raise AuthorizeRedirect(with_query(app.redirect_uri, [("error", error), ("state", state)]), error)

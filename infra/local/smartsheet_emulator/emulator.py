@@ -242,3 +242,10 @@ class SmartsheetEmulator:
     def revoke_user(self, user_id: int | str) -> int:
         """Revoke every grant of a user (as an admin would): refresh then answers 1132."""
         return self._model.revoke_user(user_id)
+
+    def enforce_token_lifetime(
+        self, max_age: float = 0, *, account_id: int | None = None, user_id: int | str | None = None
+    ) -> int:
+        """An organisation's token-lifetime policy passing now: revoke the live pairs issued at least `max_age`
+        seconds ago (of one account, one user, or everyone) before their `expires_in`; how many (model.py)."""
+        return self._model.enforce_token_lifetime(max_age, account_id=account_id, user_id=user_id)

@@ -240,6 +240,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "transport": transport,
                 "client_id": params.get("client_id"),
                 "redirect_uri_sent": "redirect_uri" in params,
+                "redirect_url_sent": "redirect_url" in params,
                 "outcome": outcome,
             }
         )

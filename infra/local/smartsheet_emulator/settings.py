@@ -26,8 +26,9 @@ class Settings:
     hash_mismatch_error_code: int = 1072
     # Undocumented whether the old access token survives a refresh; the strict answer is the default.
     revoke_old_access_on_refresh: bool = True
-    # Only `%20` between scopes is confirmed; lenient also accepts `+` and commas.
-    lenient_scope_encoding: bool = False
+    # Commas between scope names, as the official Java SDK sends them (authorize.py, SCOPES_EVIDENCE); a space,
+    # `%20` or `+`, is always accepted.
+    comma_separated_scopes: bool = True
     # "allow" or "deny": GET /b/authorize answers at once, as if the user had clicked.
     auto_consent: str | None = None
     auto_consent_user_id: int | None = None
@@ -44,7 +45,7 @@ class Settings:
         check_choice("error_message_field", self.error_message_field, ("message", "error_description"))
         check_choice("hash_mismatch_error_code", self.hash_mismatch_error_code, (1071, 1072))
         check_bool("revoke_old_access_on_refresh", self.revoke_old_access_on_refresh)
-        check_bool("lenient_scope_encoding", self.lenient_scope_encoding)
+        check_bool("comma_separated_scopes", self.comma_separated_scopes)
         check_choice("auto_consent", self.auto_consent, (None, "allow", "deny"))
         if isinstance(self.auto_consent_user_id, str):
             self.auto_consent_user_id = int(self.auto_consent_user_id)

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from infra.local.smartsheet_emulator.errors import ERRORS, ApiError
 from infra.local.smartsheet_emulator.settings import Settings
@@ -76,15 +76,6 @@ def error_reply(exc: ApiError, settings: Settings) -> Reply:
 
 def first_values(query: str) -> dict[str, str]:
     return {key: values[0] for key, values in parse_qs(query, keep_blank_values=True).items()}
-
-
-def raw_query_value(query: str, name: str) -> str | None:
-    """The undecoded value, to see whether scopes were separated by `%20` or by `+`."""
-    for part in query.split("&"):
-        key, _, value = part.partition("=")
-        if unquote(key.replace("+", " ")) == name:
-            return value
-    return None
 
 
 def with_query(url: str, params: Sequence[tuple[str, str]]) -> str:
