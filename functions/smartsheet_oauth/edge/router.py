@@ -160,6 +160,7 @@ class Router:
         self._static: dict[tuple[str, str], Callable[..., Response]] = {}
         self._dynamic: list[_Route] = []
         self._exception_handlers: dict[type, Callable[[Any], Response]] = {}
+        self._table: list[tuple[str, str, Callable[..., Response]]] = []
 
     def get(self, path: str) -> Callable[[RouteFunction], RouteFunction]:
         return self._route("GET", path)
@@ -169,6 +170,14 @@ class Router:
 
     def delete(self, path: str) -> Callable[[RouteFunction], RouteFunction]:
         return self._route("DELETE", path)
+
+    def routes(self) -> list[tuple[str, str, Callable[..., Response]]]:
+        """Every route as registered: (method, path with `<name>` segments, function), in registration order."""
+        return list(self._table)
+
+    def exception_handlers(self) -> dict[type, Callable[[Any], Response]]:
+        """The registered answers per exception class (NotFoundError's is the not-found page)."""
+        return dict(self._exception_handlers)
 
     def not_found(self, handler: ExceptionHandler[NotFoundError]) -> ExceptionHandler[NotFoundError]:
         """The answer to a path no route serves, or a method the path's routes do not take."""
@@ -212,6 +221,7 @@ class Router:
                     re.escape(piece) if index % 2 == 0 else f"(?P<{piece}>[^/]+)" for index, piece in enumerate(pieces)
                 )
                 self._dynamic.append(_Route(method, re.compile(regex), function))
+            self._table.append((method, path, function))
             return function
 
         return register
