@@ -68,8 +68,8 @@ def test_authlib_runs_the_whole_flow_with_two_scopes(
     # The library form-encodes the space: this request is what the emulator answered invalid_scope before issue 20.
     assert "scope=READ_SHEETS+WRITE_SHEETS" in url
 
-    page = requests.get(url, timeout=10)
-    assert page.status_code == 200
+    page = requests.get(url, allow_redirects=False, timeout=10)
+    assert page.status_code == 200, page.headers.get("Location")  # not a redirect with error=invalid_scope
     assert "READ_SHEETS" in page.text
     assert "WRITE_SHEETS" in page.text
     callback = emulator.consent(url, user_id=GRACE)

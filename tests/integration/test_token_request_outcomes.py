@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from smartsheet_oauth.domain.errors import InvalidGrant, NoTimeToRefresh, TransientSmartsheetError
+from smartsheet_oauth.domain.errors import InvalidGrant, NoTimeToRefresh, SmartsheetError, TransientSmartsheetError
 from smartsheet_oauth.smartsheet.client import REFRESH_RETRY_PAUSE_SECONDS, SmartsheetClient, Timeouts
 
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator
@@ -112,3 +112,17 @@ def test_a_used_code_on_its_own_is_refused_as_such(emulator: SmartsheetEmulator)
 
     with pytest.raises(InvalidGrant):
         client(emulator.api_base_url).exchange_code(code)
+
+
+def test_the_broker_sends_the_redirect_as_the_sdks_spell_it_and_the_emulator_checks_it(
+    emulator: SmartsheetEmulator,
+) -> None:
+    """The SDKs (Python token.py, Java OAuthFlowImpl) send `redirect_uri`; the current reference calls it deprecated in
+    favour of `redirect_url`. The broker keeps the SDKs' spelling, which the emulator checks like the other."""
+    client(emulator.api_base_url).exchange_code(emulator.issue_code(), redirect_uri=DEFAULT_APP.redirect_uri)
+
+    sent = emulator.token_requests[-1]
+    assert (sent["outcome"], sent["redirect_uri_sent"], sent["redirect_url_sent"]) == ("ok", True, False)
+    with pytest.raises(SmartsheetError) as refused:
+        client(emulator.api_base_url).exchange_code(emulator.issue_code(), redirect_uri="http://127.0.0.1:1/elsewhere")
+    assert refused.value.error_code == 1073
