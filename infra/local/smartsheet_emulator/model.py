@@ -217,7 +217,7 @@ class SmartsheetModel:
         included, and tokens are revoked when it passes, possibly before `expires_in`. Whether a rotation restarts
         the policy's clock is undocumented: here it does (a rotation issues new tokens). What the client sees then
         is a revocation's: 1002 on API calls, 1132 (invalid_grant) on a refresh."""
-        check_number("max_age", max_age)
+        check_number("max_age_seconds", max_age)
         check_int("account_id", account_id, optional=True)
         wanted = None if user_id is None else self.user(user_id).id
         with self._lock:
