@@ -117,8 +117,9 @@ def test_a_used_code_on_its_own_is_refused_as_such(emulator: SmartsheetEmulator)
 def test_the_broker_sends_the_redirect_as_the_sdks_spell_it_and_the_emulator_checks_it(
     emulator: SmartsheetEmulator,
 ) -> None:
-    """The SDKs (Python token.py, Java OAuthFlowImpl) send `redirect_uri`; the current reference calls it deprecated in
-    favour of `redirect_url`. The broker keeps the SDKs' spelling, which the emulator checks like the other."""
+    """The SDKs (Python token.py, Java OAuthFlowImpl) send `redirect_uri`; the current reference spells the parameter
+    `redirect_url` and marks it Deprecated. The broker keeps the SDKs' spelling, which the emulator checks like the
+    other."""
     client(emulator.api_base_url).exchange_code(emulator.issue_code(), redirect_uri=DEFAULT_APP.redirect_uri)
 
     sent = emulator.token_requests[-1]

@@ -12,7 +12,7 @@ from infra.local.smartsheet_emulator.errors import ApiError
 from infra.local.smartsheet_emulator.model import SmartsheetModel
 from infra.local.smartsheet_emulator.wire import Reply, error_reply, first_values, json_reply
 
-# The token endpoint's spellings of the redirect URL: the SDKs' (`redirect_uri`) and the current reference's.
+# The token endpoint's spellings of the (deprecated, optional) redirect URL: the SDKs' and the current reference's.
 REDIRECT_FIELDS = ("redirect_uri", "redirect_url")
 
 
@@ -83,8 +83,8 @@ class SmartsheetApi:
         if method in ("none", "both"):
             raise ApiError(1236 if method == "none" else 1237)
         subject = _required(params, "code" if grant_type == "authorization_code" else "refresh_token")
-        # Every SDK sends `redirect_uri`; the current reference names the field `redirect_url` and calls the other
-        # spelling deprecated. Whichever is sent must be the registered URL (both, when both are).
+        # Every SDK sends `redirect_uri`; the current reference (POST /token's parameters) spells it `redirect_url`
+        # and marks the parameter itself Deprecated. Whichever is sent must be the registered URL (both, when both are).
         if any(params.get(name) and params[name] != app.redirect_uri for name in REDIRECT_FIELDS):
             raise ApiError(1073)
         if method == "client_secret":
