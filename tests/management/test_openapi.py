@@ -1,9 +1,11 @@
 """docs/openapi.yaml is the management API as the code serves it: a valid OpenAPI 3.1 document (checked by
-openapi-spec-validator), whose routes, success statuses and (status, `error`) pairs are the code's, both ways, and
-whose schemas hold the real answers.
+openapi-spec-validator), whose routes, query parameters, body fields, success statuses and (status, `error`) pairs
+are the code's, both ways, and whose schemas hold the real answers.
 
 The code's side is read from the code itself, never from a list kept here: the routes from the management function's
-router (management.app.app), the success statuses from its route functions' `answer(<status>, ...)` calls, the error
+router (management.app.app), the accepted query parameters and body fields from the `set(query) - {...}` and
+`set(body) - {...}` checks of the functions a route calls, the success statuses from its route functions'
+`answer(<status>, ...)` calls, the error
 answers from the resolver's exception handlers (management_api.resolver()) and the exceptions the code raises to them
 (a handler that answers `exc.code` takes the codes of every `Conflict("...")`, `CompletionRefused("...")`... call in
 functions/), and the function's own refusals (management/app.py's lambda_handler)."""
@@ -188,6 +190,48 @@ def code_error_answers(app: Any) -> set[ErrorAnswer]:
     return literal | _raised_answers(handlers, from_exception) | _refusals()
 
 
+def _called_functions(function: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """The broker's own functions a function calls by name (`f(...)`, `module.f(...)`), as its globals resolve them."""
+    function = inspect.unwrap(function)
+    tree, _, _ = _source_tree(function)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        target: Any = None
+        if isinstance(node.func, ast.Name):
+            target = function.__globals__.get(node.func.id)
+        elif isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+            target = getattr(function.__globals__.get(node.func.value.id), node.func.attr, None)
+        module = getattr(target, "__module__", None) or ""
+        if inspect.isfunction(target) and module.startswith(("smartsheet_oauth.", "management")):
+            yield target
+
+
+def code_fields(route_function: Callable[..., Any]) -> dict[str, set[str]]:
+    """The query parameters and body fields a route accepts, from the `set(query) - {...}` / `set(body) - {...}`
+    checks of the functions it calls (every unknown one is a 400): {"query": {...}, "body": {...}}."""
+    fields: dict[str, set[str]] = {}
+    seen: set[Any] = set()
+    todo = [route_function]
+    while todo:
+        function = todo.pop()
+        if function in seen:
+            continue
+        seen.add(function)
+        todo.extend(_called_functions(function))
+        tree, _, _ = _source_tree(function)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub) and isinstance(node.right, ast.Set)):
+                continue
+            left = node.left
+            if isinstance(left, ast.Call) and getattr(left.func, "id", None) == "set" and len(left.args) == 1:
+                subject = left.args[0]
+                if isinstance(subject, ast.Name) and subject.id in ("query", "body"):
+                    names = {_literal(element) for element in node.right.elts}
+                    fields.setdefault(subject.id, set()).update(str(name) for name in names)
+    return fields
+
+
 # ------------------------------------------------------------------------------------------- the document's side
 def operations(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {
@@ -295,6 +339,41 @@ def test_every_success_status_of_a_route_is_documented_and_nothing_else(broker: 
             for s in sorted(documented - statuses)
         ]
     assert not problems, "docs/openapi.yaml's success answers are out of step with the code:\n" + "\n".join(problems)
+
+
+def documented_fields(doc: dict[str, Any], operation: dict[str, Any], path: str) -> dict[str, set[str]]:
+    parameters = [resolved(p, doc) for p in doc["paths"][path].get("parameters", []) + operation.get("parameters", [])]
+    fields = {"query": {p["name"] for p in parameters if p["in"] == "query"}}
+    body = resolved(operation.get("requestBody", {}), doc).get("content", {}).get("application/json", {})
+    fields["body"] = set(body.get("schema", {}).get("properties", {}))
+    return fields
+
+
+def test_every_query_parameter_and_body_field_a_route_accepts_is_documented_and_nothing_else(broker: Broker) -> None:
+    from management.app import app
+
+    doc = document()
+    found_any = False
+    problems = []
+    for (method, path), function in sorted(code_routes(app).items()):
+        accepted = code_fields(function)
+        found_any = found_any or bool(accepted)
+        operation = operations(doc).get((method, path), {"responses": {}})
+        documented = documented_fields(doc, operation, path)
+        for where in ("query", "body"):
+            what = "query parameter" if where == "query" else "requestBody property"
+            code_side, doc_side = accepted.get(where, set()), documented[where]
+            problems += [
+                f"add {what} '{name}' to paths.'{path}'.{method.lower()}" for name in sorted(code_side - doc_side)
+            ]
+            problems += [
+                f"remove {what} '{name}' from paths.'{path}'.{method.lower()}: the route refuses it (400)"
+                for name in sorted(doc_side - code_side)
+            ]
+    assert found_any, "no `set(query) - {...}` / `set(body) - {...}` check found: the derivation is broken"
+    assert not problems, "docs/openapi.yaml's parameters and bodies are out of step with the code:\n" + "\n".join(
+        problems
+    )
 
 
 def test_every_error_status_and_code_the_code_answers_is_documented_and_nothing_else(broker: Broker) -> None:
