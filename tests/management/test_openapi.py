@@ -27,6 +27,7 @@ import yaml
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+from smartsheet_oauth.domain import errors
 
 from infra.local.template_model import IAM_AUTHORIZER, Resolver, Template
 from tests.management.conftest import call_management, complete, connect, new_session
@@ -120,27 +121,25 @@ def _exception_classes() -> dict[str, type[BaseException]]:
     return classes
 
 
-def _handler_answers(handlers: dict[type, Callable[..., Any]]) -> tuple[set[ErrorAnswer], dict[type, int | None]]:
-    """The (status, code) of each handler that answers literal ones; the others answer their exception's `code`
-    (and its `status` where the handler's is not literal): handler class -> literal status or None."""
+def _table_answers() -> tuple[set[ErrorAnswer], dict[type, int | None]]:
+    """The management API's rows of domain/errors.ANSWERS: a row with its own code is a literal (status, code); a row
+    marked `own` answers the code its exception carries (and the exception's status where it takes one), so those
+    codes come from where the exception is raised: handled class -> the row's status, or None to read it there."""
     answers: set[ErrorAnswer] = set()
     from_exception: dict[type, int | None] = {}
-    for handled, handler in handlers.items():
-        tree, path, first = _source_tree(handler)
-        calls = list(_calls(tree, "error", bare=True))
-        assert len(calls) == 1, f"{path}:{first}: a handler answers through exactly one error(...) call"
-        status, code = _literal(calls[0].args[0]), _literal(calls[0].args[1])
-        if isinstance(code, str):
-            assert isinstance(status, int), f"{path}:{first}: a literal error code with a status that is not literal"
-            answers.add(ErrorAnswer(status, code, f"{path}:{first + calls[0].lineno - 1}"))
-        else:
-            from_exception[handled] = status if isinstance(status, int) else None
+    where = f"{Path(inspect.getfile(errors)).resolve().relative_to(REPO)} (ANSWERS)"
+    for row in errors.ANSWERS:
+        if errors.API not in row.surfaces:
+            continue
+        parameters = inspect.signature(row.error).parameters if row.own else {}
+        if not row.own or "code" not in parameters:  # the row's code, whatever the exception carries
+            answers.add(ErrorAnswer(row.status, row.code, where))
+            continue
+        from_exception[row.error] = None if "status" in parameters else row.status
     return answers, from_exception
 
 
-def _raised_answers(
-    handlers: dict[type, Callable[..., Any]], from_exception: dict[type, int | None]
-) -> set[ErrorAnswer]:
+def _raised_answers(from_exception: dict[type, int | None]) -> set[ErrorAnswer]:
     """Every `SomeError("code", ...)` call in functions/ whose nearest handler answers the exception's code."""
     answers: set[ErrorAnswer] = set()
     classes = _exception_classes()
@@ -148,7 +147,8 @@ def _raised_answers(
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
             name = getattr(node.func, "id", getattr(node.func, "attr", "")) if isinstance(node, ast.Call) else ""
             cls = classes.get(name)
-            handled = next((base for base in cls.__mro__ if base in handlers), None) if cls else None
+            answered = {row.error for row in errors.ANSWERS if errors.API in row.surfaces}
+            handled = next((base for base in cls.__mro__ if base in answered), None) if cls else None
             if not isinstance(node, ast.Call) or cls is None or handled not in from_exception:
                 continue
             where = f"{source.relative_to(REPO)}:{node.lineno}"
@@ -185,9 +185,8 @@ def _refusals() -> set[ErrorAnswer]:
 
 
 def code_error_answers(app: Any) -> set[ErrorAnswer]:
-    handlers = app.exception_handlers()
-    literal, from_exception = _handler_answers(handlers)
-    return literal | _raised_answers(handlers, from_exception) | _refusals()
+    literal, from_exception = _table_answers()
+    return literal | _raised_answers(from_exception) | _refusals()
 
 
 def _called_functions(function: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
