@@ -6,9 +6,9 @@ The code's side is read from the code itself, never from a list kept here: the r
 router (management.app.app), the accepted query parameters and body fields from the `set(query) - {...}` and
 `set(body) - {...}` checks of the functions a route calls, the success statuses from its route functions'
 `answer(<status>, ...)` calls, the error
-answers from the resolver's exception handlers (management_api.resolver()) and the exceptions the code raises to them
-(a handler that answers `exc.code` takes the codes of every `Conflict("...")`, `CompletionRefused("...")`... call in
-functions/), and the function's own refusals (management/app.py's lambda_handler)."""
+answers from the management API's rows of the errors table (domain/errors.ANSWERS, which the resolver renders) and the
+exceptions the code raises to them (a row that answers its exception's own code takes the codes of every
+`Conflict("...")`, `CompletionRefused("...")`... call in functions/), and the function's own refusals (management/app.py's lambda_handler)."""
 
 from __future__ import annotations
 
