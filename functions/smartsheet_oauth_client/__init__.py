@@ -1,15 +1,20 @@
-"""A valid Smartsheet access token for your own code: read from the broker's secret (cached), refreshed by the broker.
+"""Your code's side of the broker: a valid Smartsheet access token (read from the broker's secret, cached, refreshed
+by the broker) and the management API (connect sessions, connections, disconnect), signed with your AWS credentials.
 
 Copy this one file into your Lambda (or any Python 3.10+ program). It needs only the standard library and
 boto3/botocore, which the Lambda runtime already has. It never refreshes by itself: the broker is the only one who
 rotates a connection's refresh token, so when the stored access token is expired or about to be, it asks the
 broker (SigV4-signed POST /connections/{id}/refresh) and reads the secret again.
 
-    from smartsheet_oauth_client import TokenProvider
+    import requests
+    from smartsheet_oauth_client import ManagementClient, TokenProvider
 
     tokens = TokenProvider.from_environment()  # SMARTSHEET_BROKER_API_URL, SMARTSHEET_BROKER_SECRET_PREFIX
     token = tokens.token(end_user_id="user-42")  # or tokens.token("4583173393803140")
     requests.get(f"{token.api_base_url}/sheets", headers={"Authorization": f"Bearer {token.access_token}"})
+
+    broker = ManagementClient.from_environment()  # SMARTSHEET_BROKER_API_URL
+    link = broker.create_connect_session("user-42", return_to="https://app.example.com/connected").login_url
 
 Your code's role needs secretsmanager:GetSecretValue on <TokenSecretPrefix>* and execute-api:Invoke on the
 broker's refresh route (and GET /connections to look up end users): see docs/integrating.md in the broker's
@@ -18,6 +23,7 @@ repository.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,10 +31,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import boto3
 from botocore.auth import SigV4Auth
@@ -37,9 +43,17 @@ from botocore.exceptions import ClientError
 
 __all__ = [
     "AccessToken",
+    "BrokerApiError",
     "BrokerUnavailable",
     "ConnectRefused",
+    "ConnectResult",
+    "ConnectReturn",
+    "ConnectSession",
+    "Connection",
     "ConnectionUnavailable",
+    "Disconnected",
+    "ManagementClient",
+    "RefreshResult",
     "TokenError",
     "TokenProvider",
     "is_connection_id",
@@ -58,42 +72,65 @@ _EXECUTE_API_HOST = re.compile(r"[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws
 # Connection ids are Smartsheet user ids: digits, beyond 2^53 but below 2^64. The broker's API holds them to this
 # rule too (smartsheet_oauth.flows.management imports it from here, so this file stays one file to copy).
 CONNECTION_ID_MAX_DIGITS = 20
+# The integrator's id of its own user, as the broker's API checks it (flows/connect.py holds the two to one).
+_END_USER_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
+_UNUSABLE = ("needs_reauth", "revoked")
+# What the broker adds to return_to when a connect session's sign-in ends (docs/management-api.md).
+OUTCOME_PARAMETER, CODE_PARAMETER, ERROR_PARAMETER = "outcome", "completion_code", "error"
 
 # (method, url, headers, body, timeout) -> (status, body)
 Send = Callable[[str, str, dict[str, str], bytes, float], tuple[int, bytes]]
 
 
 class TokenError(Exception):
-    """No usable token could be had; the message says why."""
+    """No usable token could be had, or the broker refused a request; the message says why."""
 
 
 class ConnectionUnavailable(TokenError):
     """The connection cannot give tokens any more: `status` is needs_reauth, revoked or not_found. Send the user
-    through your connect flow again (POST /connect-sessions)."""
+    through your connect flow again (POST /connect-sessions). `connection_id` is None when an end user has no
+    connection at all (`end_user_id` says which)."""
 
-    def __init__(self, connection_id: str, status: str, message: str) -> None:
-        super().__init__(f"connection {connection_id}: {message}")
+    def __init__(self, connection_id: str | None, status: str, message: str, *, end_user_id: str | None = None) -> None:
+        subject = f"connection {connection_id}" if connection_id else f"end user {end_user_id}"
+        super().__init__(f"{subject}: {message}")
         self.connection_id = connection_id
+        self.end_user_id = end_user_id
         self.status = status
 
 
 class BrokerUnavailable(TokenError):
-    """The broker (or Smartsheet behind it) could not refresh right now and the stored token is expired. Try
-    again after `retry_after` seconds."""
+    """The broker (or Smartsheet behind it) could not answer or refresh right now and no usable token is stored.
+    Try again after `retry_after` seconds."""
 
     def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class ConnectRefused(TokenError):
+class BrokerApiError(TokenError):
+    """The management API answered an error: `status` (HTTP), `error` (the API's code, e.g. not_found,
+    invalid_request, refresh_cooldown; "forbidden" for API Gateway's own 403), its `message`, the `reference` to
+    quote to support, and `retry_after` seconds when asking again later makes sense."""
+
+    def __init__(
+        self, status: int, error: str, message: str, *, reference: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(f"{error}: {message}")
+        self.status = status
+        self.error = error
+        self.message = message
+        self.reference = reference
+        self.retry_after = retry_after
+
+
+class ConnectRefused(BrokerApiError):
     """The broker bound nothing: `error` is the API's code (end_user_mismatch, completion_code_used,
     completion_code_expired, unknown_completion_code, binding_conflict, invalid_request). Send the user through your
     connect flow again (a new POST /connect-sessions)."""
 
-    def __init__(self, error: str, message: str) -> None:
-        super().__init__(f"{error}: {message}")
-        self.error = error
+    def __init__(self, error: str, message: str, *, status: int = 409, reference: str | None = None) -> None:
+        super().__init__(status, error, message, reference=reference)
 
 
 @dataclass(frozen=True)
@@ -105,11 +142,104 @@ class AccessToken:
     connection_id: str
     email: str
     region: str
+    api_base_override: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def api_base_url(self) -> str:
-        """The Smartsheet API this token works with (tokens are region-specific)."""
-        return API_BASE_URLS.get(self.region, API_BASE_URLS["us"])
+        """The Smartsheet API this token works with (tokens are region-specific), or the client's override (e.g. the
+        local stack's emulator)."""
+        return self.api_base_override or API_BASE_URLS.get(self.region, API_BASE_URLS["us"])
+
+
+# ----------------------------------------------------------------------------------------- the API's typed answers
+@dataclass(frozen=True)
+class Connection:
+    """A connection as GET /connections/{id} shows it (never a token)."""
+
+    connection_id: str
+    end_user_id: str | None
+    status: str  # active, needs_reauth or revoked
+    email: str
+    region: str
+    scopes: tuple[str, ...]
+    access_expires_at: int
+    next_refresh_at: int | None
+    generation: int
+    failures: int
+    last_error: str | None
+    created_at: int
+    updated_at: int
+    secret_arn: str
+
+    @classmethod
+    def from_api(cls, raw: Mapping[str, Any]) -> Connection:
+        return cls(
+            connection_id=str(raw["connection_id"]),
+            end_user_id=raw.get("end_user_id"),
+            status=str(raw.get("status") or ""),
+            email=str(raw.get("email") or ""),
+            region=str(raw.get("region") or "us"),
+            scopes=tuple(raw.get("scopes") or ()),
+            access_expires_at=int(raw.get("access_expires_at") or 0),
+            next_refresh_at=raw.get("next_refresh_at"),
+            generation=int(raw.get("generation") or 0),
+            failures=int(raw.get("failures") or 0),
+            last_error=raw.get("last_error"),
+            created_at=int(raw.get("created_at") or 0),
+            updated_at=int(raw.get("updated_at") or 0),
+            secret_arn=str(raw.get("secret_arn") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class ConnectSession:
+    """POST /connect-sessions: send your user to `login_url` (one use, until `expires_at`)."""
+
+    end_user_id: str
+    login_url: str = field(repr=False)  # a bearer link
+    expires_at: int
+    return_to: str
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    """POST /connect-sessions/complete: `outcome` is created or reconnected; the connection now bound."""
+
+    outcome: str
+    connection: Connection
+
+
+@dataclass(frozen=True)
+class ConnectReturn:
+    """What happened to a connect session, as your return_to page learns it in one call
+    (ManagementClient.finish_connect): `outcome` is connected (then `connection` is bound to your end user),
+    declined (the user said no at Smartsheet) or failed (`error` names why: the broker's code in return_to's query,
+    or the API's refusal of the completion code)."""
+
+    outcome: str
+    connection: Connection | None = None
+    error: str | None = None
+    message: str = ""
+    is_new: bool = False
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """POST /connections/{id}/refresh: `outcome` is fresh, refreshed or resumed."""
+
+    outcome: str
+    connection: Connection
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    """DELETE /connections/{id}: `smartsheet` is revoked, already_invalid or no_tokens."""
+
+    outcome: str
+    smartsheet: str
+    stored_tokens: str
+    recovery_window_days: int
+    connection: Connection
 
 
 @dataclass
@@ -121,6 +251,19 @@ class _Cached:
 def is_connection_id(value: object) -> bool:
     """A connection id: the Smartsheet user id as a string of ASCII digits (str.isdigit alone also admits "²")."""
     return isinstance(value, str) and 0 < len(value) <= CONNECTION_ID_MAX_DIGITS and value.isascii() and value.isdigit()
+
+
+def _checked_connection_id(value: object) -> str:
+    if not is_connection_id(value):
+        # It names a secret and a URL path: refused before either is used.
+        raise ValueError("a connection id is the Smartsheet user id: 1 to 20 digits")
+    return str(value)
+
+
+def _checked_end_user_id(value: object) -> str:
+    if not isinstance(value, str) or not _END_USER_ID.fullmatch(value):
+        raise ValueError("an end_user_id is 1 to 128 characters of letters, digits and . _ : @ + = -")
+    return value
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -145,6 +288,209 @@ def _urllib_send(method: str, url: str, headers: dict[str, str], body: bytes, ti
         raise BrokerUnavailable(f"the broker did not answer: {type(exc).__name__}") from exc
 
 
+def _environment(name: str) -> str:
+    try:
+        return os.environ[name]
+    except KeyError:
+        raise ValueError(f"set {name} (an output of the broker's stack)") from None
+
+
+class _SignedApi:
+    """Requests to the broker's management API, SigV4-signed (service execute-api) with the session's credentials."""
+
+    def __init__(
+        self,
+        api_url: str,
+        *,
+        region: str | None,
+        session: boto3.session.Session | None,
+        timeout_seconds: float,
+        send: Send | None,
+    ) -> None:
+        parts = urlsplit(api_url)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            raise ValueError(f"api_url must be the broker's https:// URL (http only on loopback), got {api_url!r}")
+        self.url = api_url.rstrip("/")
+        self.session = session or boto3.session.Session()
+        found = _EXECUTE_API_HOST.fullmatch(parts.hostname)
+        self.region = region or (found.group(1) if found else None) or self.session.region_name
+        if not self.region:
+            raise ValueError("region is needed to sign requests to the broker")
+        self.timeout = timeout_seconds
+        self.send = send or _urllib_send
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        url = f"{self.url}{path}"
+        data = json.dumps(body).encode() if body is not None else b""
+        request = AWSRequest(method=method, url=url, data=data, headers={"Content-Type": "application/json"})
+        credentials = self.session.get_credentials()
+        if credentials is None:
+            raise TokenError("no AWS credentials to sign the request to the broker")
+        SigV4Auth(credentials.get_frozen_credentials(), "execute-api", self.region).add_auth(request)
+        status, raw = self.send(method, url, dict(request.headers.items()), data, self.timeout)
+        try:
+            parsed = json.loads(raw) if raw else {}
+        except ValueError:
+            parsed = {}
+        return status, parsed if isinstance(parsed, dict) else {}
+
+
+def _api_error(status: int, body: Mapping[str, Any]) -> BrokerApiError:
+    """The API's error answer as an exception. API Gateway's own answers have no `error`: a 403 is its refusal of the
+    signature or the caller's permissions; a 404 `{"message": "Not Found"}` is a route it does not have."""
+    retry_after = body.get("retry_after")
+    retry = retry_after if isinstance(retry_after, int) and not isinstance(retry_after, bool) else None
+    reference = body.get("reference") if isinstance(body.get("reference"), str) else None
+    code = body.get("error")
+    if isinstance(code, str) and code:
+        return BrokerApiError(status, code, str(body.get("message", "")), reference=reference, retry_after=retry)
+    message = str(body.get("message") or f"the broker answered {status}")
+    if 300 <= status < 400:
+        # Never followed: the request's signature would travel to wherever the redirect points.
+        moved = f"the broker answered a redirect ({status}), not followed: check api_url"
+        return BrokerApiError(status, "redirect", moved)
+    if status == 403:
+        return BrokerApiError(status, "forbidden", f"{message}: {_forbidden_hint(message)}")
+    if status == 404:
+        return BrokerApiError(status, "no_such_route", f"{message}: no such route at this URL (the broker's?)")
+    return BrokerApiError(status, "http_error", message, retry_after=retry)
+
+
+def _forbidden_hint(message: str) -> str:
+    """API Gateway's 403 messages tell a bad signature or key from a missing permission: say which to fix."""
+    lowered = message.lower()
+    if "security token" in lowered or "signature" in lowered or "credential" in lowered or "access key" in lowered:
+        return "the request's AWS credentials are not valid (check the access key, secret and session token)"
+    return "the caller's credentials are valid but not allowed: give its role execute-api:Invoke on this route"
+
+
+class ManagementClient:
+    """The broker's management API from Python: connect sessions, connections, refresh, disconnect. Typed answers;
+    every error answer raises BrokerApiError (ConnectRefused for a completion code that binds nothing), a broker that
+    does not answer BrokerUnavailable. Thread-safe; keep one per process."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        region: str | None = None,
+        session: boto3.session.Session | None = None,
+        timeout_seconds: float = 28.0,
+        send: Send | None = None,
+    ) -> None:
+        """api_url: the stack's ManagementApiUrl output. region: where the API is (default: from an execute-api
+        URL, else the session's)."""
+        self._api = _SignedApi(api_url, region=region, session=session, timeout_seconds=timeout_seconds, send=send)
+
+    @classmethod
+    def from_environment(cls, **kwargs: Any) -> ManagementClient:
+        """From SMARTSHEET_BROKER_API_URL (the stack's ManagementApiUrl output)."""
+        return cls(api_url=_environment("SMARTSHEET_BROKER_API_URL"), **kwargs)
+
+    def _ok(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        status, answer = self._api.call(method, path, body)
+        if 200 <= status < 300:
+            return answer
+        raise _api_error(status, answer)
+
+    # ------------------------------------------------------------------------------------------ connect sessions
+    def create_connect_session(self, end_user_id: str, *, return_to: str) -> ConnectSession:
+        """A one-time link (login_url) that connects your end user's Smartsheet account; the sign-in ends at
+        return_to with outcome=connected&completion_code=... (or outcome=declined / failed&error=...)."""
+        body = {"end_user_id": _checked_end_user_id(end_user_id), "return_to": return_to}
+        answer = self._ok("POST", "/connect-sessions", body)
+        return ConnectSession(
+            end_user_id=str(answer["end_user_id"]),
+            login_url=str(answer["login_url"]),
+            expires_at=int(answer["expires_at"]),
+            return_to=str(answer["return_to"]),
+        )
+
+    def complete_connect_session(self, completion_code: str, *, end_user_id: str) -> ConnectResult:
+        """Redeem the completion_code your return_to page received, for the end user signed in to your app in that
+        request (from your own session, never from the link). Binds the connection and answers it."""
+        body = {"completion_code": completion_code, "end_user_id": _checked_end_user_id(end_user_id)}
+        status, answer = self._api.call("POST", "/connect-sessions/complete", body)
+        if status == 200:
+            return ConnectResult(outcome=str(answer["outcome"]), connection=Connection.from_api(answer["connection"]))
+        failure = _api_error(status, answer)
+        if status in (400, 404) or (status == 409 and failure.error != "completion_in_progress"):
+            raise ConnectRefused(failure.error, failure.message, status=status, reference=failure.reference)
+        raise failure
+
+    def finish_connect(self, query: Mapping[str, str] | str, *, end_user_id: str) -> ConnectReturn:
+        """Your return_to page in one call: read what the broker added to its query (a mapping, or the raw query
+        string) and, when the user connected, bind the connection to `end_user_id` (the user signed in to your app
+        in this request) and answer it. Declined and failed sign-ins, and completion codes the broker refuses
+        (a reload of the page, another user's link), come back as outcome declined / failed with `error`."""
+        params = dict(parse_qsl(query, keep_blank_values=True)) if isinstance(query, str) else dict(query)
+        outcome = params.get(OUTCOME_PARAMETER, "")
+        code = params.get(CODE_PARAMETER)
+        if code and outcome in ("", "connected"):
+            try:
+                result = self.complete_connect_session(code, end_user_id=end_user_id)
+            except ConnectRefused as refused:
+                return ConnectReturn("failed", error=refused.error, message=refused.message)
+            return ConnectReturn(
+                "connected", connection=result.connection, is_new=result.outcome == "created", message=result.outcome
+            )
+        error = params.get(ERROR_PARAMETER) or "no_outcome"
+        if outcome == "declined":
+            return ConnectReturn("declined", error=error, message="the user declined access at Smartsheet")
+        return ConnectReturn("failed", error=error, message=params.get("error_description", ""))
+
+    # ------------------------------------------------------------------------------------------------ connections
+    def get_connection(self, connection_id: str) -> Connection:
+        """One connection (BrokerApiError not_found when there is none)."""
+        path = f"/connections/{quote(_checked_connection_id(connection_id), safe='')}"
+        return Connection.from_api(self._ok("GET", path))
+
+    def list_connections(
+        self, *, status: str | None = None, end_user_id: str | None = None, page_size: int = 50
+    ) -> Iterator[Connection]:
+        """Every connection (of a status, of an end user), page after page as you iterate."""
+        query: dict[str, str] = {"limit": str(page_size)}
+        if status is not None:
+            query["status"] = status
+        if end_user_id is not None:
+            query["end_user_id"] = _checked_end_user_id(end_user_id)
+        while True:
+            answer = self._ok("GET", f"/connections?{urlencode(query, quote_via=quote)}")
+            for raw in answer.get("connections", []):
+                yield Connection.from_api(raw)
+            following = answer.get("next")
+            if not following:
+                return
+            query["next"] = str(following)
+
+    def connection_of(self, end_user_id: str) -> Connection | None:
+        """The end user's active connection, or None."""
+        return next(iter(self.list_connections(status="active", end_user_id=end_user_id, page_size=1)), None)
+
+    def refresh(self, connection_id: str, *, min_valid_seconds: int = DEFAULT_MIN_VALID_SECONDS) -> RefreshResult:
+        """Have the broker refresh now unless the token stays valid for min_valid_seconds (then outcome fresh).
+        BrokerApiError refresh_cooldown / refresh_rate_limited (429) carry retry_after."""
+        path = f"/connections/{quote(_checked_connection_id(connection_id), safe='')}/refresh"
+        answer = self._ok("POST", path, {"min_valid_seconds": min_valid_seconds})
+        return RefreshResult(outcome=str(answer["outcome"]), connection=Connection.from_api(answer["connection"]))
+
+    def disconnect(self, connection_id: str) -> Disconnected:
+        """Revoke the grant at Smartsheet, mark the connection revoked, schedule its secret's deletion."""
+        answer = self._ok("DELETE", f"/connections/{quote(_checked_connection_id(connection_id), safe='')}")
+        return Disconnected(
+            outcome=str(answer["outcome"]),
+            smartsheet=str(answer["smartsheet"]),
+            stored_tokens=str(answer["stored_tokens"]),
+            recovery_window_days=int(answer["recovery_window_days"]),
+            connection=Connection.from_api(answer["connection"]),
+        )
+
+
+def _digest(access_token: str) -> str:
+    return hashlib.sha256(access_token.encode()).hexdigest()
+
+
 class TokenProvider:
     """Gives a valid access token per connection. Thread-safe; keep one per process (module level in a Lambda)."""
 
@@ -161,72 +507,64 @@ class TokenProvider:
         timeout_seconds: float = 28.0,
         send: Send | None = None,
         clock: Callable[[], float] = time.time,
+        api_base_url: str | None = None,
     ) -> None:
         """api_url: the stack's ManagementApiUrl output; secret_prefix: its TokenSecretPrefix output.
         min_valid_seconds: a token valid for less than this is refreshed first. cache_seconds: how long a secret
-        read is reused (the broker rotates at most a few times a week, so minutes are safe)."""
-        parts = urlsplit(api_url)
-        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-        if not parts.hostname or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
-            raise ValueError(f"api_url must be the broker's https:// URL (http only on loopback), got {api_url!r}")
-        self._api_url = api_url.rstrip("/")
+        read is reused (the broker rotates at most a few times a week, so minutes are safe). api_base_url: the
+        Smartsheet API your tokens' api_base_url names instead of their region's (the local stack's emulator)."""
+        self._api = _SignedApi(api_url, region=region, session=session, timeout_seconds=timeout_seconds, send=send)
+        self.management = ManagementClient.__new__(ManagementClient)
+        self.management._api = self._api  # one signer, one connection setup, for both
         self._prefix = secret_prefix
-        self._session = session or boto3.session.Session()
-        found = _EXECUTE_API_HOST.fullmatch(parts.hostname)
-        self._region = region or (found.group(1) if found else None) or self._session.region_name
-        if not self._region:
-            raise ValueError("region is needed to sign requests to the broker")
-        self._secrets = secrets_client or self._session.client("secretsmanager", region_name=self._region)
+        self._secrets = secrets_client or self._api.session.client("secretsmanager", region_name=self._api.region)
         if not 0 <= min_valid_seconds <= MAX_MIN_VALID_SECONDS:
             raise ValueError(f"min_valid_seconds must be 0 to {MAX_MIN_VALID_SECONDS} (an access token lives 7 days)")
+        if api_base_url is not None:
+            base = urlsplit(api_base_url)
+            if base.scheme not in ("https", "http") or not base.hostname:
+                raise ValueError(f"api_base_url must be an http(s) URL, got {api_base_url!r}")
+        self._api_base = api_base_url.rstrip("/") if api_base_url else None
         self._min_valid = min_valid_seconds
         self._cache_seconds = cache_seconds
-        self._timeout = timeout_seconds
-        self._send = send or _urllib_send
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
         self._end_users: dict[str, tuple[str, float]] = {}
         # connection id -> when the broker said to ask again (Retry-After of a refresh it could not do then)
         self._ask_again_at: dict[str, float] = {}
+        # connection id -> the hash of the token the caller reported refused ("" when it had none cached): the next
+        # token() learns the connection's state from the broker before handing anything out.
+        self._suspect: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        # connection id -> the access token the caller reported refused (invalidate); never logged
-        self._refused: dict[str, str] = {}
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> TokenProvider:
-        """From SMARTSHEET_BROKER_API_URL and SMARTSHEET_BROKER_SECRET_PREFIX (the stack's outputs)."""
-        try:
-            api_url = os.environ["SMARTSHEET_BROKER_API_URL"]
-            prefix = os.environ["SMARTSHEET_BROKER_SECRET_PREFIX"]
-        except KeyError as exc:
-            raise ValueError(f"set {exc.args[0]} (an output of the broker's stack)") from None
+        """From SMARTSHEET_BROKER_API_URL and SMARTSHEET_BROKER_SECRET_PREFIX (the stack's outputs), and
+        SMARTSHEET_API_BASE_URL when set (the Smartsheet API to use instead of the token's region's)."""
+        api_url = _environment("SMARTSHEET_BROKER_API_URL")
+        prefix = _environment("SMARTSHEET_BROKER_SECRET_PREFIX")
+        kwargs.setdefault("api_base_url", os.environ.get("SMARTSHEET_API_BASE_URL") or None)
         return cls(api_url=api_url, secret_prefix=prefix, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- public
     def token(self, connection_id: str | None = None, *, end_user_id: str | None = None) -> AccessToken:
         """A token valid for at least min_valid_seconds (or, when the broker cannot refresh right now, one that
-        is still valid). Give a connection id (the Smartsheet user id) or your own end_user_id."""
+        is still valid). Give a connection id (the Smartsheet user id) or your own end_user_id. After invalidate(),
+        the broker is asked for the connection's state first: needs_reauth or revoked raise ConnectionUnavailable."""
         if (connection_id is None) == (end_user_id is None):
             raise ValueError("give either a connection id or an end_user_id")
         if connection_id is None:
             connection_id = self.connection_of(end_user_id or "")
-        if not is_connection_id(connection_id):
-            # It names a secret and a URL path: refused before either is used.
-            raise ValueError("a connection id is the Smartsheet user id: 1 to 20 digits")
+        connection_id = _checked_connection_id(connection_id)
         with self._lock(connection_id):
+            if connection_id in self._suspect:
+                return self._recheck(connection_id, self._suspect[connection_id])
             now = self._clock()
             cached = self._cache.get(connection_id)
-            reusable = cached and connection_id not in self._refused and now - cached.read_at < self._cache_seconds
-            if cached and reusable and self._fresh(cached.token, now):
+            if cached and now - cached.read_at < self._cache_seconds and self._fresh(cached.token, now):
                 return cached.token
             current = self._read(connection_id)
-            if self._refused.get(connection_id) == current.access_token:
-                # Smartsheet refused this token before its expiry (revoked: by the user, or by an organisation's
-                # token-lifetime policy): only a refresh tells whether the grant lives. A dead grant is needs_reauth.
-                self._ask_refresh(connection_id, current, min_valid=MAX_MIN_VALID_SECONDS, usable=False)
-                self._refused.pop(connection_id, None)
-                return self._read(connection_id)
             if self._fresh(current, now):
                 return current
             if now < self._ask_again_at.get(connection_id, 0.0) and current.expires_at > now:
@@ -241,12 +579,16 @@ class TokenProvider:
         return self.token(connection_id, end_user_id=end_user_id).access_token
 
     def invalidate(self, connection_id: str) -> None:
-        """Forget the cached token, e.g. after Smartsheet answered 401 with it. If the stored token is still that
-        one, the next token() has the broker refresh it first (a token Smartsheet revoked before its expiry, as an
-        organisation's token-lifetime policy does): a new token, or ConnectionUnavailable(needs_reauth)."""
-        cached = self._cache.pop(connection_id, None)
-        if cached is not None:
-            self._refused[connection_id] = cached.token.access_token
+        """Report that Smartsheet answered 401 with this connection's token. The next token() does not trust the
+        cache or the stored token: it asks the broker for the connection's state (needs_reauth or revoked raise
+        ConnectionUnavailable) and, when the stored token is still the refused one, has the broker refresh it, which
+        also tells whether the user revoked the grant at Smartsheet."""
+        if not is_connection_id(connection_id):
+            return  # never read under such an id: nothing to forget
+        with self._lock(connection_id):
+            cached = self._cache.pop(connection_id, None)
+            self._suspect[connection_id] = _digest(cached.token.access_token) if cached else ""
+            self._ask_again_at.pop(connection_id, None)
 
     def connection_of(self, end_user_id: str) -> str:
         """The active connection bound to your end user (GET /connections?end_user_id=..., cached)."""
@@ -254,12 +596,14 @@ class TokenProvider:
         if known and self._clock() - known[1] < self._cache_seconds:
             return known[0]
         query = urlencode({"end_user_id": end_user_id, "status": "active"}, quote_via=quote)
-        status, body = self._call("GET", f"/connections?{query}")
+        status, body = self._api.call("GET", f"/connections?{query}")
         if status != 200:
-            raise self._failure(status, body, subject=f"end user {end_user_id}")
+            raise self._failure(status, body, connection_id=None, end_user_id=end_user_id)
         active = [c["connection_id"] for c in body.get("connections", [])]
         if not active:
-            raise ConnectionUnavailable(end_user_id, "not_found", "no active connection for this end user")
+            raise ConnectionUnavailable(
+                None, "not_found", "has no active connection (connect them first)", end_user_id=end_user_id
+            )
         if not is_connection_id(active[0]):
             raise TokenError(f"end user {end_user_id}: the broker answered a malformed connection id")
         self._end_users[end_user_id] = (active[0], self._clock())
@@ -268,18 +612,19 @@ class TokenProvider:
     def complete_connect_session(self, completion_code: str, *, end_user_id: str) -> str:
         """Redeem the completion_code your return_to page received, for the end user signed in to your app in that
         request (from your own session, never from the link: the broker checks it is the end user the connect
-        session was made for). Returns the id of the connection now bound to them."""
-        body = {"completion_code": completion_code, "end_user_id": end_user_id}
-        status, answer = self._call("POST", "/connect-sessions/complete", body)
-        code = str(answer.get("error", ""))
-        if status == 200:
-            connection_id = str((answer.get("connection") or {}).get("connection_id", ""))
-            if connection_id:
-                self._end_users[end_user_id] = (connection_id, self._clock())
-                return connection_id
-        elif status in (400, 404) or (status == 409 and code != "completion_in_progress"):
-            raise ConnectRefused(code or "refused", str(answer.get("message", f"the broker answered {status}")))
-        raise self._failure(status, answer, subject=f"end user {end_user_id}")
+        session was made for). Returns the id of the connection now bound to them (ManagementClient's
+        complete_connect_session and finish_connect answer the whole connection)."""
+        try:
+            result = self.management.complete_connect_session(completion_code, end_user_id=end_user_id)
+        except ConnectRefused:
+            raise
+        except BrokerApiError as failure:
+            body = _as_body(failure)
+            raise self._failure(failure.status, body, connection_id=None, end_user_id=end_user_id) from None
+        connection_id = result.connection.connection_id
+        self._end_users[end_user_id] = (connection_id, self._clock())
+        self._suspect.pop(connection_id, None)
+        return connection_id
 
     # ---------------------------------------------------------------------------------------------- internals
     def _lock(self, connection_id: str) -> threading.Lock:
@@ -288,6 +633,40 @@ class TokenProvider:
 
     def _fresh(self, token: AccessToken, now: float) -> bool:
         return token.expires_at - now >= self._min_valid
+
+    def _recheck(self, connection_id: str, refused: str) -> AccessToken:
+        """After invalidate(): the broker's word on the connection, then a token other than the refused one."""
+        status, body = self._api.call("GET", f"/connections/{quote(connection_id, safe='')}")
+        if status != 200:
+            raise self._failure(status, body, connection_id=connection_id)
+        state = str(body.get("status", ""))
+        if state in _UNUSABLE:
+            self._forget(connection_id)
+            raise ConnectionUnavailable(connection_id, state, _UNUSABLE_MESSAGES[state])
+        current = self._read(connection_id)
+        if refused and _digest(current.access_token) == refused:
+            # The stored token is the one Smartsheet just refused: have the broker refresh it now. A grant the user
+            # revoked at Smartsheet makes that refresh fail with invalid_grant: the broker marks the connection
+            # needs_reauth and answers 409 needs_reauth, raised here as ConnectionUnavailable.
+            try:
+                self._ask_refresh(connection_id, current, min_valid=MAX_MIN_VALID_SECONDS, keep_usable=False)
+            except ConnectionUnavailable:
+                self._forget(connection_id)
+                raise
+            current = self._read(connection_id)
+            if _digest(current.access_token) == refused:
+                raise BrokerUnavailable(f"connection {connection_id}: the broker holds no token but the refused one")
+        if current.expires_at <= self._clock():
+            raise BrokerUnavailable(f"connection {connection_id}: the stored token is expired")
+        self._suspect.pop(connection_id, None)
+        return current
+
+    def _forget(self, connection_id: str) -> None:
+        self._cache.pop(connection_id, None)
+        self._suspect.pop(connection_id, None)
+        for end_user_id, (known, _) in list(self._end_users.items()):
+            if known == connection_id:
+                self._end_users.pop(end_user_id, None)
 
     def _read(self, connection_id: str) -> AccessToken:
         try:
@@ -308,52 +687,51 @@ class TokenProvider:
             connection_id=connection_id,
             email=str(data.get("email", "")),
             region=str(data.get("region", "us")),
+            api_base_override=self._api_base,
         )
         self._cache[connection_id] = _Cached(token, self._clock())
         return token
 
     def _ask_refresh(
-        self, connection_id: str, current: AccessToken, *, min_valid: int | None = None, usable: bool = True
+        self, connection_id: str, current: AccessToken, *, min_valid: int | None = None, keep_usable: bool = True
     ) -> None:
         body = {"min_valid_seconds": self._min_valid if min_valid is None else min_valid}
-        status, answer = self._call("POST", f"/connections/{quote(connection_id, safe='')}/refresh", body)
+        status, answer = self._api.call("POST", f"/connections/{quote(connection_id, safe='')}/refresh", body)
         if status == 200:
             return
-        failure = self._failure(status, answer, subject=f"connection {connection_id}")
+        failure = self._failure(status, answer, connection_id=connection_id)
         # Smartsheet is busy, another refresh is under way, or the connection was refreshed minutes ago (429, its
         # cooldown): a token that still works beats no token, and the broker is not asked again before Retry-After.
-        if usable and isinstance(failure, BrokerUnavailable) and current.expires_at > self._clock():
-            if failure.retry_after:
-                self._ask_again_at[connection_id] = self._clock() + failure.retry_after
+        if isinstance(failure, BrokerUnavailable) and failure.retry_after:
+            self._ask_again_at[connection_id] = self._clock() + failure.retry_after
+        if keep_usable and isinstance(failure, BrokerUnavailable) and current.expires_at > self._clock():
             return
         raise failure
 
-    def _failure(self, status: int, body: dict[str, Any], *, subject: str) -> TokenError:
+    def _failure(
+        self, status: int, body: dict[str, Any], *, connection_id: str | None, end_user_id: str | None = None
+    ) -> TokenError:
         code = str(body.get("error", ""))
         message = str(body.get("message", f"the broker answered {status}"))
-        if status == 404 or code in ("needs_reauth", "revoked", "not_found"):
-            return ConnectionUnavailable(subject, code or "not_found", message)
+        subject = f"connection {connection_id}" if connection_id else f"end user {end_user_id}"
+        if code in ("needs_reauth", "revoked", "not_found") or (status == 404 and code != "no_such_route" and code):
+            return ConnectionUnavailable(connection_id, code or "not_found", message, end_user_id=end_user_id)
         if status in (409, 429, 502, 503, 504):
             retry_after = body.get("retry_after")
             return BrokerUnavailable(f"{subject}: {message}", retry_after if isinstance(retry_after, int) else None)
-        if 300 <= status < 400:
-            # Never followed: the request's signature would travel to wherever the redirect points.
-            return TokenError(f"{subject}: the broker answered a redirect ({status}), not followed: check api_url")
-        if status == 403:
-            return TokenError(f"{subject}: the broker refused the caller ({message}): allow execute-api:Invoke")
-        return TokenError(f"{subject}: the broker answered {status}: {message}")
+        return TokenError(f"{subject}: {_api_error(status, body)}")
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-        url = f"{self._api_url}{path}"
-        data = json.dumps(body).encode() if body is not None else b""
-        request = AWSRequest(method=method, url=url, data=data, headers={"Content-Type": "application/json"})
-        credentials = self._session.get_credentials()
-        if credentials is None:
-            raise TokenError("no AWS credentials to sign the request to the broker")
-        SigV4Auth(credentials.get_frozen_credentials(), "execute-api", self._region).add_auth(request)
-        status, raw = self._send(method, url, dict(request.headers.items()), data, self._timeout)
-        try:
-            parsed = json.loads(raw) if raw else {}
-        except ValueError:
-            parsed = {}
-        return status, parsed if isinstance(parsed, dict) else {}
+
+_UNUSABLE_MESSAGES = {
+    "needs_reauth": "Smartsheet no longer honours this connection's grant; its user must connect again",
+    "revoked": "the connection was disconnected; its user must connect again",
+}
+
+
+def _as_body(failure: BrokerApiError) -> dict[str, Any]:
+    body: dict[str, Any] = {"message": failure.message}
+    if failure.error not in ("forbidden", "no_such_route", "redirect", "http_error"):
+        body["error"] = failure.error
+    if failure.retry_after is not None:
+        body["retry_after"] = failure.retry_after
+    return body

@@ -60,6 +60,7 @@ class FakeBroker:
         self.clock = clock
         self.calls: list[tuple[str, str, dict[str, str], bytes]] = []
         self.refresh_answer: tuple[int, dict[str, Any]] | None = None
+        self.statuses: dict[str, str] = {ADA: "active"}  # GET /connections/{id}'s status, by connection
         self.lock = threading.Lock()
 
     def send(self, method: str, url: str, headers: dict[str, str], body: bytes, timeout: float) -> tuple[int, bytes]:
@@ -78,6 +79,11 @@ class FakeBroker:
             query = parse_qs(urlsplit(url).query)
             found = [{"connection_id": ADA}] if query.get("end_user_id") == ["user-42"] else []
             return 200, json.dumps({"connections": found, "next": None}).encode()
+        if method == "GET" and path.startswith("/connections/"):
+            connection_id = path.split("/")[2]
+            if connection_id not in self.statuses:
+                return 404, json.dumps({"error": "not_found", "message": f"No connection {connection_id}."}).encode()
+            return 200, json.dumps({"connection_id": connection_id, "status": self.statuses[connection_id]}).encode()
         return 404, b'{"error": "no_such_route"}'
 
     def refreshes(self) -> int:
@@ -280,7 +286,7 @@ def test_a_refresh_cooldown_leaves_the_current_token_in_use_and_the_broker_unask
     assert failure.value.retry_after == 500
 
 
-def test_invalidate_makes_the_next_token_read_the_secret_again(world: Any) -> None:
+def test_invalidate_asks_the_broker_and_hands_out_the_rotated_token(world: Any) -> None:
     provider, secrets, broker, _ = world
     secrets.put(ADA, "first", NOW + 3 * 86400)
     provider.token(ADA)
@@ -289,12 +295,87 @@ def test_invalidate_makes_the_next_token_read_the_secret_again(world: Any) -> No
     cached = provider.token(ADA)
     provider.invalidate(ADA)
     after = provider.token(ADA)
+    again = provider.token(ADA)
     provider.invalidate("6812335718217604")  # never read: nothing to forget, nothing raised
 
     assert cached.access_token == "first"
-    assert after.access_token == "second"
+    assert (after.access_token, again.access_token) == ("second", "second")
     assert secrets.reads == 2
-    assert broker.calls == []
+    assert [(m, urlsplit(u).path) for m, u, _, _ in broker.calls] == [("GET", f"/connections/{ADA}")]  # once
+
+
+@pytest.mark.parametrize("status", ["needs_reauth", "revoked"])
+def test_after_invalidate_a_dead_connection_raises_instead_of_handing_out_its_token_again(
+    world: Any, status: str
+) -> None:
+    """Issue 22 item 1: the token is six days from expiry, yet Smartsheet refused it and the broker knows the
+    connection is dead: the old client handed the same token out again after invalidate()."""
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "dead", NOW + 6 * 86400)
+    provider.token(ADA)
+    broker.statuses[ADA] = status
+
+    provider.invalidate(ADA)
+    with pytest.raises(ConnectionUnavailable) as gone:
+        provider.token(ADA)
+
+    assert (gone.value.status, gone.value.connection_id) == (status, ADA)
+    assert str(gone.value).startswith(f"connection {ADA}: ")
+    assert broker.refreshes() == 0
+
+
+def test_after_invalidate_the_same_stored_token_makes_the_broker_refresh_now(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "refused", NOW + 6 * 86400)
+    provider.token(ADA)
+
+    provider.invalidate(ADA)
+    after = provider.token(ADA)
+
+    assert after.access_token.startswith("rotated-")
+    [refresh] = [c for c in broker.calls if c[0] == "POST"]
+    assert json.loads(refresh[3]) == {"min_valid_seconds": 604800}  # whatever the token's expiry
+
+
+def test_after_invalidate_a_grant_refused_at_smartsheet_raises_needs_reauth(world: Any) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "revoked-at-smartsheet", NOW + 6 * 86400)
+    provider.token(ADA)
+    broker.refresh_answer = (409, {"error": "needs_reauth", "message": "Smartsheet no longer honours this grant"})
+
+    provider.invalidate(ADA)
+    with pytest.raises(ConnectionUnavailable) as gone:
+        provider.token(ADA)
+
+    assert gone.value.status == "needs_reauth"
+
+
+def test_after_invalidate_a_refresh_in_cooldown_gives_no_refused_token_and_the_next_call_checks_again(
+    world: Any,
+) -> None:
+    provider, secrets, broker, _ = world
+    secrets.put(ADA, "refused", NOW + 6 * 86400)
+    provider.token(ADA)
+    broker.refresh_answer = (429, {"error": "refresh_cooldown", "message": "too soon", "retry_after": 120})
+
+    provider.invalidate(ADA)
+    with pytest.raises(BrokerUnavailable):
+        provider.token(ADA)
+    broker.refresh_answer = None
+    after = provider.token(ADA)
+
+    assert after.access_token.startswith("rotated-")
+    assert broker.refreshes() == 2
+
+
+def test_an_end_user_without_a_connection_is_named_as_an_end_user(world: Any) -> None:
+    provider, _, _, _ = world
+
+    with pytest.raises(ConnectionUnavailable) as gone:
+        provider.token(end_user_id="user-7")
+
+    assert (gone.value.connection_id, gone.value.end_user_id, gone.value.status) == (None, "user-7", "not_found")
+    assert str(gone.value) == "end user user-7: has no active connection (connect them first)"
 
 
 @pytest.mark.parametrize("region", sorted(REGIONS))
