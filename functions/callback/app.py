@@ -14,6 +14,7 @@ from smartsheet_oauth.domain.lifecycle import detail_type, status_after
 from smartsheet_oauth.edge import pages
 from smartsheet_oauth.edge.router import Cookie, Response
 from smartsheet_oauth.edge.web import count, failure_page, html, query_params, redirect, resolver
+from smartsheet_oauth.flows.connect_return import ConnectSignInFailed
 from smartsheet_oauth.flows.sign_in import NONCE_COOKIE, SignedIn, finish_sign_in
 from smartsheet_oauth.platform import snapstart
 from smartsheet_oauth.platform.observability import logger, metrics
@@ -83,6 +84,15 @@ def _binding_conflict(exc: BindingConflict) -> Response:
     )
     page.cookies = [_CLEAR_NONCE]
     return page
+
+
+@app.exception_handler(ConnectSignInFailed)
+def _connect_sign_in_failed(exc: ConnectSignInFailed) -> Response:
+    # Logged, counted and announced as the failure's own page would be; the user goes back to the integrator's app
+    # with the outcome and error code instead, never to a broker page that leads to an unbound /login.
+    app.answer_for(exc.cause)
+    logger.info("connect sign-in returned to the app", extra={"outcome": "connect_failed_returned"})
+    return redirect(303, exc.location, cookies=[_CLEAR_NONCE])
 
 
 @app.exception_handler(CodeRefused)

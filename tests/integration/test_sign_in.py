@@ -305,9 +305,8 @@ def test_a_connect_session_whose_code_is_refused_sends_the_user_back_to_the_app_
 
     answer = broker.callback(query, login.cookie(NONCE_COOKIE))
 
-    assert answer.status == 400
-    assert "Go back to the app" in answer.body
-    assert "href=" not in answer.body
+    assert answer.status == 303
+    assert answer.location == "https://app.example.com/connected?outcome=failed&error=code_refused"
     nothing_stored(broker)
 
 

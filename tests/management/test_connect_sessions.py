@@ -41,7 +41,7 @@ def test_a_connect_link_is_bound_only_once_the_integrator_redeems_its_completion
 
     answer = broker.connect_through(session, user_id=ADA)
 
-    assert answer.location.startswith(f"{RETURN_TO}?tab=sheets&completion_code=")
+    assert answer.location.startswith(f"{RETURN_TO}?tab=sheets&outcome=connected&completion_code=")
     code = completion_code(answer)
     assert len(code) == 43
     # Held, not bound: nothing the integrator's code could read yet, nothing announced.
@@ -130,8 +130,11 @@ def test_another_smartsheet_account_for_the_same_end_user_is_reported_not_merged
 
     answer = broker.connect_through(new_session("user-1"), user_id=GRACE)
 
-    assert answer.status == 409
-    assert "can&#x27;t be connected here" in answer.body  # escaped by the page
+    # Back to the integrator's app, which learns which case it was (and can tell its user).
+    assert answer.status == 303
+    assert answer.location == (
+        f"{RETURN_TO}?outcome=failed&error=binding_conflict&error_detail=end_user_has_another_smartsheet_account"
+    )
     assert broker.connection(GRACE) is None
     assert broker.connection(ADA)["end_user_id"] == "user-1"  # type: ignore[index]
     assert live_grants(broker) == grants_before  # GRACE's new grant was revoked, ADA's untouched
@@ -169,7 +172,8 @@ def test_an_account_bound_to_one_end_user_is_not_taken_over_by_another(broker: B
 
     answer = broker.connect_through(new_session("user-2"), user_id=ADA)
 
-    assert answer.status == 409
+    assert answer.status == 303
+    assert answer.location.endswith("error=binding_conflict&error_detail=smartsheet_account_bound_to_another_end_user")
     assert broker.connection(ADA)["end_user_id"] == "user-1"  # type: ignore[index]
     [event] = event_sink.drain()
     assert event["detail"]["reason"] == "smartsheet_account_bound_to_another_end_user"

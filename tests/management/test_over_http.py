@@ -131,7 +131,7 @@ def connect_through_link(client: BrokerClient, login_url: str, user_id: str) -> 
     client.consent(sign_in, allow=True, user_id=user_id)
     answer = client.callback(sign_in)
     assert answer.status_code == 303, answer.text
-    assert answer.headers["Location"].startswith(f"{RETURN_TO}?completion_code=")
+    assert answer.headers["Location"].startswith(f"{RETURN_TO}?outcome=connected&completion_code=")
     return parse_qs(urlsplit(answer.headers["Location"]).query)["completion_code"][0]
 
 

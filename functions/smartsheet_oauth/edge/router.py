@@ -206,6 +206,10 @@ class Router:
             response = self._handle(exc)
         return response.proxy_result()
 
+    def answer_for(self, exc: Exception) -> Response:
+        """The answer the exception handlers give exc (as if a route had raised it): logged and counted by them."""
+        return self._handle(exc)
+
     def _route(self, method: str, path: str) -> Callable[[RouteFunction], RouteFunction]:
         if not path.startswith("/"):
             raise ValueError(f"route path {path!r} must start with /")

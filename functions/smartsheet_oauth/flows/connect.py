@@ -21,7 +21,6 @@ import re
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from smartsheet_oauth.domain.errors import (
     BadRequest,
@@ -34,6 +33,7 @@ from smartsheet_oauth.domain.errors import (
 from smartsheet_oauth.domain.lifecycle import detail_type, status_after
 from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
+from smartsheet_oauth.flows.connect_return import CONNECTED, OUTCOME, with_params
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.completions import BOUND, VOIDED, CompletionStore, HeldCompletion
@@ -72,10 +72,8 @@ class Completed:
 
 
 def completion_url(return_to: str, code: str) -> str:
-    """return_to with the code added to its query (its own parameters and fragment kept)."""
-    parts = urlsplit(return_to)
-    extra = urlencode({CODE_PARAMETER: code})
-    return urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
+    """return_to with outcome=connected and the code added to its query (its own parameters and fragment kept)."""
+    return with_params(return_to, {OUTCOME: CONNECTED, CODE_PARAMETER: code})
 
 
 # ------------------------------------------------------------------------------------------------- binding checks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlencode, urlsplit
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from smartsheet_oauth.smartsheet.client import SmartsheetClient
     from smartsheet_oauth.stores.completions import CompletionStore
     from smartsheet_oauth.stores.connections import ConnectionStore
-    from smartsheet_oauth.stores.states import StateStore
+    from smartsheet_oauth.stores.states import StateRecord, StateStore
     from smartsheet_oauth.stores.token_vault import TokenVault
 
 # __Host- : the browser only accepts it Secure, with Path=/ and no Domain, so no subdomain can plant one.
@@ -137,20 +138,57 @@ def finish_sign_in(
     learn who signed in, store the pair, and record the connection (in that order: the record never points
     at tokens that were not stored). A connect-session sign-in stores nothing yet: its pair is held for the
     integrator to confirm (flows/connect.py)."""
-    # Only the callback finishes a sign-in: /login does not import what finishing needs (cold start).
-    from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at  # noqa: PLC0415
-    from smartsheet_oauth.flows.connect import bind_or_refuse  # noqa: PLC0415
-
+    # Only the callback finishes a sign-in: /login does not import what finishing needs (cold start, in _finish).
     state = query.get("state")
     if not state:
         raise SignInRejected("missing_state")
     record = states.consume(state, now=now)
     steps.passed(watcher, steps.CALLBACK_STATE_CONSUMED)
-    if not record.matches(nonce):
-        raise SignInRejected("nonce_mismatch")
     if record.end_user_id is not None and record.return_to is None:
         # Started from a connect session made before return_to was required: its code would have nowhere to go.
         raise SignInRejected("connect_session_without_return_to")
+    finish = functools.partial(
+        _finish,
+        query,
+        nonce,
+        record,
+        config=config,
+        smartsheet=smartsheet,
+        vault=vault,
+        connections=connections,
+        now=now,
+        completions=completions,
+        watcher=watcher,
+    )
+    if record.end_user_id is None or record.return_to is None:
+        return finish()
+    try:
+        return finish()
+    except Exception as exc:
+        # A connect session's user goes back to the integrator's app, whatever failed (flows/connect_return.py).
+        from smartsheet_oauth.flows.connect_return import ConnectSignInFailed  # noqa: PLC0415
+
+        raise ConnectSignInFailed(exc, return_to=record.return_to) from exc
+
+
+def _finish(
+    query: dict[str, str],
+    nonce: str | None,
+    record: StateRecord,
+    *,
+    config: Config,
+    smartsheet: SmartsheetClient,
+    vault: TokenVault,
+    connections: ConnectionStore,
+    now: int,
+    completions: Callable[[], CompletionStore],
+    watcher: steps.StepWatcher | None,
+) -> SignedIn | AwaitingConfirmation:
+    from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at  # noqa: PLC0415
+    from smartsheet_oauth.flows.connect import bind_or_refuse  # noqa: PLC0415
+
+    if not record.matches(nonce):
+        raise SignInRejected("nonce_mismatch")
     if "error" in query:
         error = query["error"][:64]
         raise (UserDeclined if error == "access_denied" else AccessDenied)(error)
