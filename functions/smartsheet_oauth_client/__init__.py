@@ -587,7 +587,8 @@ class TokenProvider:
             return  # never read under such an id: nothing to forget
         with self._lock(connection_id):
             cached = self._cache.pop(connection_id, None)
-            self._suspect[connection_id] = _digest(cached.token.access_token) if cached else ""
+            refused = _digest(cached.token.access_token) if cached else self._suspect.get(connection_id, "")
+            self._suspect[connection_id] = refused
             self._ask_again_at.pop(connection_id, None)
 
     def connection_of(self, end_user_id: str) -> str:
@@ -662,8 +663,9 @@ class TokenProvider:
         return current
 
     def _forget(self, connection_id: str) -> None:
+        """A dead connection: its token leaves the cache, and every token() asks the broker again (one GET each)
+        until the connection is active with another token (its user connected again)."""
         self._cache.pop(connection_id, None)
-        self._suspect.pop(connection_id, None)
         for end_user_id, (known, _) in list(self._end_users.items()):
             if known == connection_id:
                 self._end_users.pop(end_user_id, None)

@@ -170,3 +170,30 @@ def test_a_connect_form_posted_from_another_site_is_refused(
     # The session was not used up: Grace's own click on the connect page still works.
     code = open_connect_link_and_allow(page, local_stack, link, GRACE, return_to)
     assert integrator_backend(local_stack).complete_connect_session(code, end_user_id="grace") == GRACE
+
+
+def test_declining_returns_the_user_to_the_app_with_the_outcome_and_binds_nothing(
+    local_stack: LocalStack, browsers: dict[str, Any], return_to: str
+) -> None:
+    """Issue 22 item 2: "Try again" on the decline page used to lead to a plain /login, where Allow made a connection
+    bound to no one (or, with anonymous sign-in off, a 403 dead end). The user goes back to the app instead."""
+    page = browsers["grace"].new_page()
+    link = connect_link(local_stack, "grace", return_to)
+    page.goto(link)
+    page.click("#connect")
+    page.wait_for_url(f"{local_stack.emulator.authorize_url}?*")
+    page.select_option("#user", GRACE)
+
+    page.click("#deny")
+    page.wait_for_url(f"{return_to}?*")
+
+    assert page.title() == "Integrator app"
+    assert parse_qs(urlsplit(page.url).query) == {"outcome": ["declined"], "error": ["access_denied"]}
+    assert signed("GET", f"{local_stack.url}/connections/{GRACE}").json().get("end_user_id") is None
+    listed = signed("GET", f"{local_stack.url}/connections?end_user_id=grace").json()
+    assert listed["connections"] == []
+    # The app's backend learns the same in one call, and can offer a new link (the old one is used up).
+    result = integrator_backend(local_stack).management.finish_connect(urlsplit(page.url).query, end_user_id="grace")
+    assert (result.outcome, result.error) == ("declined", "access_denied")
+    page.goto(link)
+    assert page.title() == "This connect link has expired"
