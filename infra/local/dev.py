@@ -91,20 +91,48 @@ def _function_log_printer(function: str, line: str) -> None:
     print(f"  [{function}] {line}", file=sys.stderr, flush=True)
 
 
+def your_code_environment(stack: LocalStack) -> dict[str, str]:
+    """The environment that points your own code at this stack: boto3 at the embedded AWS (endpoint, region, the
+    local credentials), the token client at the gateway and the token secrets, Smartsheet's API at the emulator."""
+    variables = {
+        **stack.aws.environment(),  # AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_*REGION
+        "SMARTSHEET_BROKER_API_URL": stack.url,
+        "SMARTSHEET_BROKER_SECRET_PREFIX": stack.token_secret_prefix,
+    }
+    if stack.real_smartsheet is None:
+        variables["SMARTSHEET_API_BASE_URL"] = stack.emulator.api_base_url
+    return variables
+
+
+def environment_block(stack: LocalStack) -> list[str]:
+    """your_code_environment as shell lines to paste (no value needs quoting: URLs, names and `testing`)."""
+    variables = your_code_environment(stack)
+    lines = ["  unset AWS_PROFILE AWS_SESSION_TOKEN   # never a real account's"]
+    lines += [f"  export {name}={value}" for name, value in variables.items()]
+    return lines
+
+
 def _banner(stack: LocalStack) -> str:
     aws = stack.aws
+    anonymous = stack.parameters.get("AnonymousLogin", "enabled") != "disabled"
     lines = [
         "",
         f"smartsheet-oauth-broker runs locally (up in {stack.startup_seconds:.1f}s)",
-        f"  sign in:     {stack.login_url}      <- open this in a browser",
+        (
+            f"  sign in:     {stack.login_url}      <- open this in a browser"
+            if anonymous
+            else "  sign in:     through a connect session only (AnonymousLogin=disabled): POST /connect-sessions"
+        ),
         f"  callback:    {stack.callback_url}",
+        f"  management:  {stack.url}  (IAM-signed: connect sessions, connections; docs/management-api.md)",
     ]
     if stack.real_smartsheet is None:
         emulator = stack.emulator
-        users = ", ".join(user.email for user in emulator.users)
+        users = ", ".join(f"{user.email} ({user.id})" for user in emulator.users)
         lines += [
             f"  Smartsheet:  emulator at {emulator.base_url} (an Allow/Deny page; users: {users})",
-            f"               stats: {emulator.base_url}/_emulator/stats",
+            f'               test routes: POST {emulator.base_url}/_emulator/revoke-user {{"user_id": ID}},',
+            "               /_emulator/expire, /_emulator/faults, GET /_emulator/stats (docs/local-development.md)",
         ]
     else:
         lines += [
@@ -118,6 +146,8 @@ def _banner(stack: LocalStack) -> str:
         f"               tables: {tables}",
         f"               token secrets: {stack.token_secret_prefix}<connection id>",
         "  refresh now: make refresh   (python -m infra.local.dev refresh)",
+        "Your own code against this stack (boto3, smartsheet_oauth_client): paste into its shell",
+        *environment_block(stack),
         "Ctrl-C stops everything.",
         "",
     ]
