@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
+# The broker library beside this repository's infra/: `python -m infra.admin` from the repository's root works as it
+# is, and its exit status is the command's (make admin's is make's own 2 when the command fails).
+_FUNCTIONS = str(Path(__file__).resolve().parents[2] / "functions")
+if _FUNCTIONS not in sys.path:
+    sys.path.append(_FUNCTIONS)
 
 try:
     from infra.admin.cli import main

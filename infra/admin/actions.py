@@ -184,6 +184,11 @@ def health(target: Target, *, worst: int = 10) -> Health:
             for c in failing[:worst]
         ],
     )
+    if counts["needs_reauth"]:
+        report.attention.append(
+            f"{counts['needs_reauth']} connection(s) need their user to connect again (Smartsheet no longer honours"
+            " the grant): `list --status needs_reauth`; your app gets ConnectionUnavailable for them"
+        )
     if counts["expired"]:
         report.attention.append(
             f"{counts['expired']} active connection(s) have an expired access token: refreshes keep failing or "

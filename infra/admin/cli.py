@@ -9,15 +9,16 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from smartsheet_oauth.domain.errors import StorageError
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
+from smartsheet_oauth.flows.management import view
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores.connections import Connection
+from smartsheet_oauth_client import is_connection_id
 
 from infra.admin import actions, doctor
 from infra.admin.actions import ActionError
@@ -40,6 +41,9 @@ examples:
   make admin ARGS="--stack broker-prod refresh 4583173393803140"
   make admin ARGS="--stack broker-prod disconnect 4583173393803140 --yes"
   make doctor STACK=broker-prod            (python -m infra.admin --stack broker-prod doctor)
+
+in scripts, run `.venv/bin/python -m infra.admin ...` from the repository's root: make turns every
+failure into its own exit status 2.
 
 exit status: 0 done (health: nothing needs attention), 1 the action failed (health: something needs
 attention), 2 the stack cannot be used (credentials, name, not running) or a usage error; doctor: see
@@ -128,10 +132,22 @@ def when(epoch: int | None, now: int) -> str:
 
 
 def _record(connection: Connection) -> dict[str, Any]:
-    record = connection._asdict()
-    if connection.pending is not None:
-        record["pending"] = connection.pending._asdict()
-    return record
+    """A connection as the management API shows it (GET /connections/{id}): its field names and types."""
+    return view(connection)
+
+
+def _expires(connection: Connection, now: int) -> str:
+    """When the access token expires, for a connection whose token still counts: a needs_reauth or revoked one has
+    none that works, whatever its stored expiry says."""
+    if connection.status != ConnectionStatus.ACTIVE:
+        return f"- ({connection.status}: no usable token)"
+    return when(connection.access_expires_at, now)
+
+
+def _stored_expiry(connection: Connection, expires_at: int, now: int) -> str:
+    if connection.status != ConnectionStatus.ACTIVE:
+        return f"{when(expires_at, now)}, but not usable: the connection is {connection.status}"
+    return when(expires_at, now)
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:
@@ -164,14 +180,26 @@ def cmd_list(target: Target, args: argparse.Namespace, out: Output) -> int:
     elif not rows:
         out.line(f"no {args.status + ' ' if args.status else ''}connections in {target.description}")
     else:
-        table = [["CONNECTION", "STATUS", "EMAIL", "ACCESS TOKEN EXPIRES", "NEXT REFRESH", "FAILURES", "LAST ERROR"]]
+        table = [
+            [
+                "CONNECTION",
+                "STATUS",
+                "END USER",
+                "EMAIL",
+                "ACCESS TOKEN EXPIRES",
+                "NEXT REFRESH",
+                "FAILURES",
+                "LAST ERROR",
+            ]
+        ]
         table += [
             [
                 c.connection_id,
                 c.status,
+                c.end_user_id or "-",
                 c.email,
-                when(c.access_expires_at, out.now),
-                when(c.refresh_due_at, out.now),
+                _expires(c, out.now),
+                when(c.refresh_due_at, out.now) if c.status == ConnectionStatus.ACTIVE else "-",
                 str(c.failures),
                 c.last_error or "-",
             ]
@@ -204,11 +232,12 @@ def cmd_show(target: Target, args: argparse.Namespace, out: Output) -> int:
     fields = [
         ("connection", connection.connection_id),
         ("status", connection.status),
+        ("end user", connection.end_user_id or "- (not bound to one of your users)"),
         ("email", connection.email),
         ("scopes", connection.scopes),
         ("region", connection.region),
-        ("access token expires", when(connection.access_expires_at, out.now)),
-        ("next refresh", when(connection.refresh_due_at, out.now)),
+        ("access token expires", _expires(connection, out.now)),
+        ("next refresh", when(connection.refresh_due_at, out.now) if connection.status == "active" else "-"),
         ("generation", str(connection.generation)),
         ("failures", str(connection.failures)),
         ("last error", connection.last_error or "-"),
@@ -224,7 +253,7 @@ def cmd_show(target: Target, args: argparse.Namespace, out: Output) -> int:
     else:
         fields += [
             ("stored pair obtained", when(tokens["obtained_at"], out.now)),
-            ("stored pair expires", when(tokens["expires_at"], out.now)),
+            ("stored pair expires", _stored_expiry(connection, tokens["expires_at"], out.now)),
         ]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
@@ -252,7 +281,7 @@ def cmd_refresh(target: Target, args: argparse.Namespace, out: Output) -> int:
         out.line(f"{args.connection_id}: {result.outcome}: {_REFRESH_VERDICT.get(result.outcome, result.outcome)}")
         if after is not None:
             out.line(f"  status {result.before.status} -> {after.status}")
-            out.line(f"  access token expires {when(after.access_expires_at, out.now)}")
+            out.line(f"  access token expires {_expires(after, out.now)}")
             if after.last_error:
                 out.line(f"  last error: {after.last_error}")
     return OK if result.outcome in ("refreshed", "raced", "lease_busy") else FAILED
@@ -268,7 +297,14 @@ def cmd_disconnect(target: Target, args: argparse.Namespace, out: Output, ask: C
             return FAILED
     result = actions.disconnect(target, args.connection_id)
     if out.as_json:
-        out.json(asdict(result))
+        out.json(
+            {
+                "connection_id": result.connection_id,
+                "smartsheet": result.smartsheet,
+                "stored_tokens": result.stored_tokens,
+                "recovery_window_days": result.recovery_days,
+            }
+        )
         return OK
     at_smartsheet = {
         "revoked": "grant revoked at Smartsheet",
@@ -321,8 +357,6 @@ def cmd_health(target: Target, _args: argparse.Namespace, out: Output) -> int:
         out.line(f"  failed sweep queue: {report.failed_sweeps}")
     alarms = "n/a locally" if report.alarms_firing is None else (", ".join(report.alarms_firing) or "none")
     out.line(f"  alarms firing: {alarms}")
-    if counts["needs_reauth"]:
-        out.line(f"  {counts['needs_reauth']} user(s) must sign in again: list --status needs_reauth")
     for item in report.failing:
         out.line(
             f"  failing {item['connection_id']}: {item['failures']} failure(s), last error {item['last_error'] or '-'},"
@@ -356,6 +390,25 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace, Output], int]] = {
 }
 
 
+def _unknown_flags(parser: argparse.ArgumentParser, arguments: Sequence[str]) -> str | None:
+    """The first option no command knows. argparse reports a missing positional first ("show --bogus": "the following
+    arguments are required"), which hides the real mistake."""
+    known = {"-h", "--help"}
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:
+            known.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+    for argument in arguments:
+        if argument == "--":
+            return None
+        if argument.startswith("-") and argument.split("=", 1)[0] not in known:
+            return argument.split("=", 1)[0]
+    return None
+
+
 @contextmanager
 def _library_logs(stream: TextIO, *, verbose: bool) -> Iterator[None]:
     """The broker library logs JSON to stdout (Lambda's log): here it goes to stderr, warnings only unless
@@ -381,7 +434,14 @@ def main(
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    unknown = _unknown_flags(parser, arguments)
+    if unknown:
+        parser.error(f"unknown option {unknown} (see --help)")
+    args = parser.parse_args(arguments)
+    if getattr(args, "connection_id", None) is not None and not is_connection_id(args.connection_id):
+        # The management API's own rule: a Smartsheet user id, 1 to 20 ASCII digits.
+        parser.error(f"{args.connection_id!r} is not a connection id (the Smartsheet user id: 1 to 20 digits)")
     try:
         if args.stack:
             target = deployed(args.stack, region=args.region, profile=args.profile)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -318,6 +319,42 @@ def test_health_is_ok_until_something_needs_attention(ada: Ops) -> None:
     assert "expired access token" in sick.out
     assert f"failing {ADA}: 3 failure(s), last error http:503" in sick.out
     assert as_json.json()["connections"]["expired"] == 1
+
+
+def test_health_names_users_who_must_connect_again_and_exits_1(ada: Ops) -> None:
+    """Issue 22 item 7: health printed OK right under "1 user(s) must sign in again", and exited 0."""
+    ada.update(ADA, "SET #status = :s", {":s": {"S": "needs_reauth"}})
+
+    run = ada.admin("health")
+
+    assert run.code == 1, run.out
+    assert not run.out.rstrip().endswith("OK")
+    assert "ATTENTION" in run.out
+    assert "1 connection(s) need their user to connect again" in run.out
+
+
+def test_list_and_show_name_the_end_user_and_give_a_dead_connection_no_expiry(ada: Ops) -> None:
+    ada.update(ADA, "SET #status = :s, end_user_id = :u", {":s": {"S": "needs_reauth"}, ":u": {"S": "user-9"}})
+    try:
+        listing = ada.admin("list")
+        shown = ada.admin("show", str(ADA))
+        as_json = ada.admin("show", str(ADA), "--json").json()["connection"]
+    finally:
+        ada.update(ADA, "REMOVE end_user_id")  # a bound account refuses the next test's plain sign-in
+
+    [row] = [line for line in listing.out.splitlines() if line.startswith(str(ADA))]
+    assert "user-9" in row
+    assert "- (needs_reauth: no usable token)" in row
+    assert " in " not in row  # no "access token expires ... (in 6d)" for a token that does not work
+    assert re.search(r"^end user +user-9$", shown.out, re.MULTILINE)
+    assert re.search(r"^access token expires +- \(needs_reauth: no usable token\)$", shown.out, re.MULTILINE)
+    assert re.search(r"^stored pair expires .*, but not usable: the connection is needs_reauth$", shown.out, re.M)
+    # --json: the management API's names and types (GET /connections/{id})
+    assert as_json["end_user_id"] == "user-9"
+    assert as_json["connection_id"] == as_json["smartsheet_user_id"] == str(ADA)
+    assert isinstance(as_json["scopes"], list)
+    assert "next_refresh_at" in as_json
+    assert "refresh_due_at" not in as_json
 
 
 def test_without_a_running_dev_stack_the_cli_says_what_to_do(tmp_path: Path) -> None:

@@ -136,3 +136,21 @@ def test_the_capacity_figures_follow_the_templates_values() -> None:
         _performance_row("the same with a sweep every 15 minutes, timeout 900 s")
     )
     assert f"pace {default.sweep_pace_per_second:g}/s (binds)" in _performance_row("one invocation's limits")
+
+
+def test_every_file_the_pages_name_exists() -> None:
+    """A page that cites a file sends its reader there: `infra/...`, `tests/...` paths from the repository's root, and a
+    bare `test_*.py` somewhere under tests/ (issue 22 item 7: operations.md cited one that did not exist)."""
+    roots = ("functions/", "infra/", "tests/", "docs/", ".ci/")
+    test_files = {path.name for path in (ROOT / "tests").rglob("test_*.py")}
+    checked = 0
+    for name, text in PAGES.items():
+        for cited in re.findall(r"`([\w./-]+\.(?:py|yaml|md|sh|json|toml|txt))`", text):
+            if cited.startswith(roots):
+                assert (ROOT / cited).exists(), (name, cited)
+            elif re.fullmatch(r"test_\w+\.py", cited):
+                assert cited in test_files, (name, cited)
+            else:
+                continue
+            checked += 1
+    assert checked > 20, "the pattern finds no cited file: stale?"
