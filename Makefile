@@ -12,6 +12,7 @@ ARGS        ?=
 STACK       ?=
 TRANSLATED  := .aws-sam/translated/template.json
 IAM_SIM     := tests/support/iam_simulate
+AXE         := tests/support/axe
 # What the tests need from the system, not PyPI (Chromium; Node.js and npm): installed from Debian's packages when this
 # user may (root, or sudo without a prompt), else the step prints the exact command to run and fails.
 SYSTEM_TOOLS := infra/scripts/system_tools.sh
@@ -21,7 +22,7 @@ export SAM_CLI_TELEMETRY := 0
 export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
 export BC_SKIP_MAPPING := TRUE
 
-.PHONY: help venv deploy-venv iac-venv iam-simulate chromium lock dev demo refresh test unit lint typecheck validate build \
+.PHONY: help venv deploy-venv iac-venv iam-simulate axe chromium lock dev demo refresh test unit lint typecheck validate build \
         deploy set-client-secret admin doctor bench reliability fuzz clean
 
 help: ## list the commands
@@ -56,9 +57,18 @@ $(IAM_SIM)/node_modules/.installed: $(IAM_SIM)/package.json $(IAM_SIM)/package-l
 	cd $(IAM_SIM) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# Test-only: axe-core, the accessibility engine the browser tests run on the broker's pages, pinned by its lockfile's
+# integrity hash and read from node_modules (never fetched while tests run).
+$(AXE)/node_modules/.installed: $(AXE)/package.json $(AXE)/package-lock.json
+	@$(SYSTEM_TOOLS) npm
+	cd $(AXE) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
 venv: $(VENV)/.installed ## create .venv with the pinned dependencies
 
 iam-simulate: $(IAM_SIM)/node_modules/.installed ## install the IAM policy simulator the policy tests use (Node.js, npm ci)
+
+axe: $(AXE)/node_modules/.installed ## install axe-core for the browser tests' accessibility check (npm ci)
 
 chromium: ## the system's Chromium for the browser tests (Debian's package; installed if missing, or says how)
 	@$(SYSTEM_TOOLS) chromium
@@ -107,7 +117,7 @@ lint: venv iac-venv ## ruff, mypy, cfn-lint and checkov (on template.yaml and it
 typecheck: venv
 	$(VENV)/bin/mypy functions infra tests
 
-test: venv iam-simulate chromium lint ## every check and every test (unit, integration, e2e, browser, reliability)
+test: venv iam-simulate axe chromium lint ## every check and every test (unit, integration, e2e, browser, reliability)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: venv iam-simulate ## the fast tests only (no servers, no browser)
@@ -155,4 +165,4 @@ set-client-secret: venv ## put the Smartsheet client secret into the deployed st
 	$(PY) -m infra.scripts.set_client_secret $(if $(STACK),--stack $(STACK)) $(ARGS)
 
 clean: ## remove the venvs and build output
-	rm -rf $(VENV) $(DEPLOY_VENV) $(IAC_VENV) $(IAM_SIM)/node_modules .aws-sam .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(DEPLOY_VENV) $(IAC_VENV) $(IAM_SIM)/node_modules $(AXE)/node_modules .aws-sam .mypy_cache .ruff_cache .hypothesis

@@ -9,7 +9,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
-from smartsheet_oauth.domain.errors import BindingConflict, CodeRefused
+from smartsheet_oauth.domain.errors import BindingConflict, CodeRefused, SignInRejected
 from smartsheet_oauth.domain.lifecycle import detail_type, status_after
 from smartsheet_oauth.edge import pages
 from smartsheet_oauth.edge.router import Cookie, Response
@@ -26,6 +26,13 @@ app = resolver(operation="callback")
 
 # The nonce is single-use like the state: expire it in the browser whatever the outcome.
 _CLEAR_NONCE = Cookie(name=NONCE_COOKIE, value="", path="/", secure=True, http_only=True, same_site="Lax", max_age=0)
+# Set with the "connected" page: a reload (or the back button) in this browser shortly after finds the state used, and
+# the page says connected again instead of "expired". It holds nothing but that this browser finished a sign-in.
+DONE_COOKIE = "__Host-smartsheet-oauth-done"
+DONE_SECONDS = 900
+_DONE = Cookie(
+    name=DONE_COOKIE, value="1", path="/", secure=True, http_only=True, same_site="Lax", max_age=DONE_SECONDS
+)
 
 
 @app.get("/callback")
@@ -64,7 +71,18 @@ def callback() -> Response:
     )
     if signed_in.return_to:
         return redirect(303, signed_in.return_to, cookies=[_CLEAR_NONCE])
-    return html(200, pages.signed_in(signed_in.email), cookies=[_CLEAR_NONCE])
+    return html(200, pages.signed_in(signed_in.email), cookies=[_CLEAR_NONCE, _DONE])
+
+
+@app.exception_handler(SignInRejected)
+def _rejected(exc: SignInRejected) -> Response:
+    # Each case worded for what it is: a reload of the "connected" page, a bare /callback, another browser, too slow.
+    logger.info("sign-in rejected", extra={"outcome": "bad_state", "reason": exc.reason})
+    count("callback", "bad_state")
+    if exc.reason == "unknown_or_used_state" and app.current_event.cookies.get(DONE_COOKIE) == "1":
+        return html(200, pages.already_connected())
+    start_again = "/login" if get_config().anonymous_login else None
+    return html(400, pages.sign_in_rejected(exc.reason, start_again=start_again))
 
 
 @app.exception_handler(BindingConflict)

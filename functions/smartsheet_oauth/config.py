@@ -87,6 +87,10 @@ class Config:
     # sweep's pace towards Smartsheet (a storm after an outage is spread out, not fired at once).
     pending_tokens_key_id: str | None = None
     refresh_rate_per_minute: int = 300
+    # The integrator's name, support link and logo on every page the end user sees (edge/pages.py).
+    app_name: str = ""
+    support_url: str | None = None
+    logo_url: str | None = None
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
@@ -127,7 +131,42 @@ def load_config(environ: Mapping[str, str]) -> Config:
         connect_session_ttl_seconds=_int(environ, "CONNECT_SESSION_TTL_SECONDS", 600, low=60, high=3600),
         pending_tokens_key_id=environ.get("PENDING_TOKENS_KEY_ID", "").strip() or None,
         refresh_rate_per_minute=_int(environ, "REFRESH_RATE_PER_MINUTE", 300, low=1, high=100_000),
+        app_name=_app_name(environ.get("APP_NAME", "")),
+        support_url=_page_url(environ, "SUPPORT_URL", mailto=True),
+        logo_url=_page_url(environ, "LOGO_URL", mailto=False),
     )
+
+
+_APP_NAME_MAX = 64
+
+
+def _app_name(raw: str) -> str:
+    name = raw.strip()
+    if len(name) > _APP_NAME_MAX or not name.isprintable():
+        raise ConfigError("APP_NAME", f"must be at most {_APP_NAME_MAX} printable characters")
+    return name
+
+
+def _page_url(environ: Mapping[str, str], name: str, *, mailto: bool) -> str | None:
+    """A link or image the pages show: https only (mailto: for a support address), no credentials, no spaces. The
+    pages escape it; the logo's origin is the only one their CSP lets load."""
+    value = environ.get(name, "").strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if mailto and parts.scheme == "mailto" and parts.path and not any(c.isspace() for c in value):
+        return value
+    if (
+        parts.scheme != "https"
+        or not parts.hostname
+        or parts.username
+        or parts.password
+        or any(c.isspace() or c in "'\"<>\\" for c in value)
+        or len(value) > 2048
+    ):
+        allowed = "an https:// URL or a mailto: address" if mailto else "an https:// URL"
+        raise ConfigError(name, f"must be {allowed} without credentials, spaces or quotes, got {value!r}")
+    return value
 
 
 @cache

@@ -138,6 +138,11 @@ PAGE_TAGS = {
     "title": set(),
     "style": set(),
     "body": set(),
+    "main": set(),
+    "header": {"class"},  # the integrator's name and logo (AppName, LogoUrl: none in these tests' stacks)
+    "footer": set(),  # its support link (SupportUrl)
+    "span": set(),
+    "img": {"src", "alt"},
     "h1": set(),
     "p": {"class"},
     "a": {"class", "href"},
@@ -162,6 +167,8 @@ class _PageChecker(HTMLParser):
                 self.problems.append(f"unexpected attribute {name} on <{tag}>")
             if name == "href" and (not value or not value.startswith("/") or value.startswith("//")):
                 self.problems.append(f"link off the broker: {value!r}")
+            if name == "src" and (not value or not value.startswith("https://")):
+                self.problems.append(f"an image that is not the https logo: {value!r}")
             if name == "action" and value != "login":  # the connect page's form posts to /login beside it
                 self.problems.append(f"form off the broker: {value!r}")
 

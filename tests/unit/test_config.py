@@ -101,3 +101,41 @@ def test_scopes_are_deduplicated_in_order() -> None:
         "WRITE_SHEETS",
         "READ_SHEETS",
     )
+
+
+def test_the_pages_brand_is_read_and_checked() -> None:
+    """AppName, SupportUrl, LogoUrl (issue 22 item 6): https only (mailto: for support), nothing a page could not
+    escape into a link or an image."""
+    config = load_config(
+        {
+            **BASE,
+            "APP_NAME": " Acme Sheets ",
+            "SUPPORT_URL": "mailto:help@acme.example.com",
+            "LOGO_URL": "https://cdn.acme.example.com/logo.png",
+        }
+    )
+    assert (config.app_name, config.support_url, config.logo_url) == (
+        "Acme Sheets",
+        "mailto:help@acme.example.com",
+        "https://cdn.acme.example.com/logo.png",
+    )
+    assert (load_config(BASE).app_name, load_config(BASE).support_url, load_config(BASE).logo_url) == ("", None, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LOGO_URL", "http://cdn.acme.example.com/logo.png"),
+        ("LOGO_URL", "mailto:help@acme.example.com"),
+        ("LOGO_URL", "data:image/png;base64,AAAA"),
+        ("SUPPORT_URL", "javascript:alert(1)"),
+        ("SUPPORT_URL", "https://user:pass@acme.example.com/"),
+        ("SUPPORT_URL", 'https://acme.example.com/"onmouseover='),
+        ("APP_NAME", "A" * 65),
+        ("APP_NAME", "Acme\nSheets"),
+    ],
+)
+def test_a_brand_value_a_page_must_not_show_is_refused(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config({**BASE, name: value})
+    assert refused.value.variable == name

@@ -416,7 +416,7 @@ def test_the_handlers_read_around_mistyped_headers_and_cookies(broker: Broker) -
     refused = http_event("/callback", query)
     refused["cookies"] = f"{NONCE_COOKIE}={nonce}"
     answer = answer_of(callback(refused, LambdaContext()))
-    assert (answer.status, answer.body) == (400, pages.expired_or_used())
+    assert (answer.status, answer.body) == (400, pages.sign_in_rejected("nonce_mismatch", start_again="/login"))
     assert smartsheet_api_calls(broker.emulator) == {}
 
     # A fresh sign-in whose cookie list carries junk next to the nonce still succeeds.

@@ -25,7 +25,16 @@ CONDITIONS: dict[str, Any] = load_template().get("Conditions", {})
 # Parameters whose values can be longer than a version's Description holds (256 characters): a change of one of them
 # alone reaches the live alias with the next deploy that publishes a version (docs/configuration.md).
 TOO_LONG_FOR_THE_DESCRIPTION = frozenset(
-    {"OAuthScopes", "RedirectUri", "AllowedReturnTo", "EventBusName", "TokenKmsKeyArn"}
+    {
+        "OAuthScopes",
+        "RedirectUri",
+        "AllowedReturnTo",
+        "EventBusName",
+        "TokenKmsKeyArn",
+        "AppName",
+        "SupportUrl",
+        "LogoUrl",
+    }
 )
 DESCRIPTION_LIMIT = 256  # AWS::Lambda::Version Description, Lambda's PublishVersion
 # A valid value other than the default, for the parameters whose spec does not give one.
@@ -43,6 +52,9 @@ OTHER_VALUES = {
     "RefreshSchedule": "rate(15 minutes)",
     "AlarmEmail": "ops@example.com",
     "DebugLogSampleRate": "0.05",
+    "AppName": "Acme Sheets",
+    "SupportUrl": "https://acme.example.com/help",
+    "LogoUrl": "https://cdn.acme.example.com/logo.png",
 }
 
 

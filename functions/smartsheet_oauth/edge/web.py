@@ -25,7 +25,7 @@ def html(
         status_code=status,
         content_type=HTML,
         body=body,
-        headers={**pages.SECURITY_HEADERS, **(headers or {})},
+        headers={**pages.security_headers(), **(headers or {})},
         cookies=cookies,
     )
 
@@ -35,7 +35,7 @@ def redirect(status: int, location: str, *, cookies: list[Cookie] | None = None)
         status_code=status,
         content_type=HTML,
         body="",
-        headers={**pages.SECURITY_HEADERS, "Location": location},
+        headers={**pages.security_headers(), "Location": location},
         cookies=cookies,
     )
 
@@ -90,7 +90,9 @@ _PAGES: dict[str, Callable[[Any, str], str]] = {
     "authorization_failed": lambda exc, reference: pages.authorization_failed(),
     "code_refused": lambda exc, reference: pages.code_refused(exc.start_again, reference),
     "binding_conflict": lambda exc, reference: (
-        pages.bound_through_app() if exc.reason == "account_bound_to_an_end_user" else pages.binding_conflict()
+        pages.bound_through_app()
+        if exc.reason == "account_bound_to_an_end_user"
+        else pages.binding_conflict(exc.reason)
     ),
     "unavailable": lambda exc, reference: pages.unavailable(reference),
     "smartsheet_error": lambda exc, reference: pages.smartsheet_error(reference),
