@@ -1,14 +1,14 @@
-"""docs/openapi.yaml is the management API as the code serves it: a valid OpenAPI 3.1 document (checked by
-openapi-spec-validator), whose routes, query parameters, body fields, success statuses and (status, `error`) pairs
-are the code's, both ways, and whose schemas hold the real answers.
+"""docs/openapi.yaml is the management API as the code serves it: a valid OpenAPI 3.1 document (checked by openapi-spec-
+validator), whose routes, query parameters, body fields, success statuses and (status, `error`) pairs are the code's,
+both ways, and whose schemas hold the real answers.
 
 The code's side is read from the code itself, never from a list kept here: the routes from the management function's
 router (management.app.app), the accepted query parameters and body fields from the `set(query) - {...}` and
 `set(body) - {...}` checks of the functions a route calls, the success statuses from its route functions'
-`answer(<status>, ...)` calls, the error
-answers from the management API's rows of the errors table (domain/errors.ANSWERS, which the resolver renders) and the
-exceptions the code raises to them (a row that answers its exception's own code takes the codes of every
-`Conflict("...")`, `CompletionRefused("...")`... call in functions/), and the function's own refusals (management/app.py's lambda_handler)."""
+`answer(<status>, ...)` calls, the error answers from the management API's rows of the errors table
+(domain/errors.ANSWERS, which the resolver renders) and the exceptions the code raises to them (a row that answers its
+exception's own code takes the codes of every `Conflict("...")`, `CompletionRefused("...")`... call in functions/),
+and the function's own refusals (management/app.py's lambda_handler)."""
 
 from __future__ import annotations
 
