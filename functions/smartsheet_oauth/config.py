@@ -91,6 +91,10 @@ class Config:
     app_name: str = ""
     support_url: str | None = None
     logo_url: str | None = None
+    # Where new token pairs go (TokenStore parameter): secretsmanager, or dynamodb (sealed pairs in the token table,
+    # under TOKEN_KMS_KEY_ID). Stored pairs are read where their record says, whichever this is.
+    token_store: str = "secretsmanager"  # noqa: S105 (a store's name, not a secret)
+    token_table_name: str | None = None
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
@@ -106,6 +110,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
     if redirect_uri is not None:
         _check_url("REDIRECT_URI", redirect_uri)
 
+    token_store, token_table_name = _token_store(environ)
     return Config(
         state_table_name=values["STATE_TABLE_NAME"],
         connections_table_name=values["CONNECTIONS_TABLE_NAME"],
@@ -134,6 +139,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         app_name=_app_name(environ.get("APP_NAME", "")),
         support_url=_page_url(environ, "SUPPORT_URL", mailto=True),
         logo_url=_page_url(environ, "LOGO_URL", mailto=False),
+        token_store=token_store,
+        token_table_name=token_table_name,
     )
 
 
@@ -167,6 +174,19 @@ def _page_url(environ: Mapping[str, str], name: str, *, mailto: bool) -> str | N
         allowed = "an https:// URL or a mailto: address" if mailto else "an https:// URL"
         raise ConfigError(name, f"must be {allowed} without credentials, spaces or quotes, got {value!r}")
     return value
+
+
+def _token_store(environ: Mapping[str, str]) -> tuple[str, str | None]:
+    store = environ.get("TOKEN_STORE", "").strip().lower() or "secretsmanager"
+    if store not in ("secretsmanager", "dynamodb"):
+        raise ConfigError("TOKEN_STORE", f"must be secretsmanager or dynamodb, got {store!r}")
+    table = environ.get("TOKEN_TABLE_NAME", "").strip() or None
+    if store == "dynamodb":
+        if table is None:
+            raise ConfigError("TOKEN_TABLE_NAME", "is needed with TOKEN_STORE=dynamodb")
+        if not environ.get("TOKEN_KMS_KEY_ID", "").strip():
+            raise ConfigError("TOKEN_KMS_KEY_ID", "is needed with TOKEN_STORE=dynamodb (it seals the token pairs)")
+    return store, table
 
 
 @cache

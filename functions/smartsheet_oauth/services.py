@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from smartsheet_oauth.stores.pace import SharedPace
     from smartsheet_oauth.stores.states import StateStore
     from smartsheet_oauth.stores.sweep_lease import SweepLeases
-    from smartsheet_oauth.stores.token_vault import TokenVault
+    from smartsheet_oauth.stores.token_stores import TokenStores
 
 # Each factory imports its collaborator's module itself: a function's cold start imports only what it uses
 # (/login: no token vault, connection store or events; the sweep: no state or connect-session store).
@@ -99,15 +99,11 @@ def connection_store() -> ConnectionStore:
 
 
 @cache
-def token_vault() -> TokenVault:
-    from smartsheet_oauth.stores.token_vault import PairSealer, TokenVault  # noqa: PLC0415
+def token_vault() -> TokenStores:
+    from smartsheet_oauth.stores.token_stores import build_token_stores  # noqa: PLC0415
 
-    config = get_config()
-    # The KMS client is made on the first seal (refresh only): sign-in never pays for it.
-    sealer = PairSealer(aws.kms, config.pending_tokens_key_id) if config.pending_tokens_key_id else None
-    return TokenVault(
-        aws.secretsmanager(), config.token_secret_prefix, kms_key_id=config.token_kms_key_id, sealer=sealer
-    )
+    # The clients are made on first use: a store a container never touches costs it nothing.
+    return build_token_stores(get_config(), dynamodb=aws.dynamodb, secrets=aws.secretsmanager, kms=aws.kms)
 
 
 @cache

@@ -24,6 +24,10 @@ from tests.integration.test_refresh import FailingVault, FakeTime, deps, due_now
 from tests.management.conftest import EventSink, make_sink
 from tests.ops.support import emf_blobs, metric_totals
 from tests.support.broker import Broker, pending_tokens_key_arn
+from tests.support.fixtures import BOTH_STORES
+
+# Every test here runs against each token store (TokenStore=secretsmanager and dynamodb).
+pytestmark = BOTH_STORES
 
 ADA, GRACE, ALAN = 4583173393803140, 6812335718217604, 9007199254740993
 

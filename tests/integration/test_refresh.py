@@ -24,9 +24,14 @@ from smartsheet_oauth.flows.sweep import BREAKER_THRESHOLD, sweep
 from smartsheet_oauth.platform import aws
 from smartsheet_oauth.smartsheet.client import SmartsheetClient
 from smartsheet_oauth.stores.connections import DueConnection
-from smartsheet_oauth.stores.token_vault import TokenVault, pending_binding
+from smartsheet_oauth.stores.token_stores import TokenStore
+from smartsheet_oauth.stores.token_vault import pending_binding
 
 from tests.support.broker import Broker, pending_tokens_key_arn
+from tests.support.fixtures import BOTH_STORES
+
+# Every test here runs against each token store (TokenStore=secretsmanager and dynamodb).
+pytestmark = BOTH_STORES
 
 ADA = 4583173393803140
 GRACE = 6812335718217604
@@ -93,11 +98,12 @@ def due_ids(broker: Broker) -> list[str]:
     return [due.connection_id for due in page]
 
 
-class FailingVault(TokenVault):
-    """The real vault whose secret writes fail (a Secrets Manager outage) while `failing` is true."""
+class FailingVault:
+    """The real token store whose pair writes fail (a Secrets Manager or DynamoDB outage) while `failing` is true."""
 
-    def __init__(self, real: TokenVault, code: str = "ServiceUnavailable") -> None:
-        super().__init__(real._client, real._prefix, sealer=real.sealer)
+    def __init__(self, real: TokenStore, code: str = "ServiceUnavailable") -> None:
+        self.real = real
+        self.sealer = real.sealer
         self.failing = True
         self.code = code
         self.attempts = 0
@@ -106,7 +112,16 @@ class FailingVault(TokenVault):
         if self.failing:
             self.attempts += 1
             raise StorageError("vault.put", self.code, transient=True)
-        return super().save(connection_id, tokens, **kwargs)
+        return self.real.save(connection_id, tokens, **kwargs)
+
+    def secret_name(self, connection_id: str) -> str:
+        return self.real.secret_name(connection_id)
+
+    def load(self, secret_id: str) -> TokenSet:
+        return self.real.load(secret_id)
+
+    def schedule_deletion(self, secret_id: str, *, recovery_days: int = 7) -> None:
+        self.real.schedule_deletion(secret_id, recovery_days=recovery_days)
 
 
 def throttle(operation: str) -> Callable[[], None]:
@@ -407,9 +422,13 @@ def test_retry_after_beyond_the_backoff_wins(refresher: Broker) -> None:
     assert now + 7200 <= record["refresh_due_at"] <= int(time.time()) + 7200
 
 
+# The call that reads a stored pair, in each token store.
+LOAD_CALL = {"secretsmanager": "GetSecretValue", "dynamodb": "GetItem"}
+
+
 def test_aws_throttling_is_transient(refresher: Broker) -> None:
     signed_in_and_due(refresher, ADA)
-    undo = throttle("GetSecretValue")
+    undo = throttle(LOAD_CALL[refresher.env["TOKEN_STORE"]])
     try:
         report = refresher.sweep()
     finally:
@@ -474,7 +493,7 @@ def test_invalid_grant_after_a_concurrent_refresh_is_not_marked(refresher: Broke
                 access_token=newer.access_token,
                 refresh_token=newer.refresh_token,
             )
-            refresher.secrets.put_secret_value(SecretId=_arn(refresher), SecretString=stored.to_json())
+            services.token_vault().save(str(ADA), stored, known_arn=_arn(refresher))
             refresher.dynamodb.update_item(
                 TableName=refresher.connections_table,
                 Key={"connection_id": {"S": str(ADA)}},

@@ -55,6 +55,16 @@ COLUMNS = (
 )
 
 
+@pytest.fixture(params=("secretsmanager", "dynamodb"))
+def token_store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The token store a world-based scenario runs with (its modules use this fixture: each runs once per store)."""
+    from tests.reliability.harness import use_store
+
+    use_store(request.param)
+    yield request.param
+    use_store("secretsmanager")
+
+
 @pytest.fixture(scope="session")
 def scale() -> Scale:
     name = os.environ.get("RELIABILITY_SCALE", "default")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 from botocore.config import Config as BotoConfig
 from smartsheet_oauth.config import Config, load_config
+from smartsheet_oauth.domain.errors import StorageError
 from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows import steps
@@ -30,7 +31,7 @@ from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.sweep import SweepReport, sweep
 from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
 from smartsheet_oauth.stores.connections import ConnectionStore
-from smartsheet_oauth.stores.token_vault import PairSealer, TokenVault
+from smartsheet_oauth.stores.token_stores import TokenStores, build_token_stores
 
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator, User
 
@@ -44,6 +45,21 @@ SECRET_PREFIX = f"{STACK}/connections/"
 FIRST_USER_ID = 7_000_000_000_000_001
 LEASE_SECONDS = 120
 SPAWN = multiprocessing.get_context("spawn")
+# Every world-based scenario runs once per token store (conftest.py's token_store fixture sets this).
+TOKEN_STORES = ("secretsmanager", "dynamodb")
+_store = {"current": "secretsmanager"}
+# The call that writes a pair into each store (an outage of it is the save-fails scenario's).
+PAIR_WRITE = {"secretsmanager": "PutSecretValue", "dynamodb": "UpdateItem"}
+
+
+def use_store(name: str) -> None:
+    _store["current"] = name
+
+
+def current_store() -> str:
+    return _store["current"]
+
+
 _BOTO = BotoConfig(
     retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=10, max_pool_connections=64
 )
@@ -63,6 +79,9 @@ class WorldSpec:
     client_id: str
     client_secret: str = field(repr=False)
     state_table: str = "unused"
+    token_store: str = "secretsmanager"
+    token_table: str = "unused"
+    token_key_arn: str = ""
 
     def environment(self, **overrides: str) -> dict[str, str]:
         return {
@@ -76,6 +95,9 @@ class WorldSpec:
             "PENDING_TOKENS_KEY_ID": self.pending_key_arn,
             "REFRESH_LEASE_SECONDS": str(LEASE_SECONDS),
             "REFRESH_RATE_PER_MINUTE": "100000",
+            "TOKEN_STORE": self.token_store,
+            "TOKEN_TABLE_NAME": self.token_table,
+            "TOKEN_KMS_KEY_ID": self.token_key_arn,
             **overrides,
         }
 
@@ -98,6 +120,8 @@ def _serve_aws(pipe: Pipe) -> None:
                 "table": aws.table_name("ConnectionsTable"),
                 "state_table": aws.table_name("StateTable"),
                 "key": aws.kms_key_arn("PendingTokensKey"),
+                "token_table": aws.table_name("TokenTable"),
+                "token_key": aws.kms_key_arn("TokenSecretsKey"),
             }
         )
         pipe.recv()
@@ -149,6 +173,30 @@ class World:
         client: SecretsManagerClient = aws_client("secretsmanager", self.spec.aws_endpoint)
         return client
 
+    @property
+    def stores(self) -> TokenStores:
+        """The token stores as the broker's functions see them (new pairs to the scenario's store)."""
+        config = load_config(self.spec.environment())
+        return build_token_stores(
+            config,
+            dynamodb=lambda: self.dynamodb,
+            secrets=lambda: self.secrets,
+            kms=lambda: aws_client("kms", self.spec.aws_endpoint),
+        )
+
+    def stored_pair(self, connection_id: str) -> TokenSet | None:
+        """The pair the connection's record points at, wherever it is stored; None if there is none."""
+        item = self.dynamodb.get_item(
+            TableName=self.spec.connections_table, Key={"connection_id": {"S": connection_id}}, ConsistentRead=True
+        ).get("Item")
+        ref = item["secret_arn"]["S"] if item else SECRET_PREFIX + connection_id
+        try:
+            return self.stores.load(ref)
+        except StorageError as exc:
+            if exc.code in ("ResourceNotFoundException", "InvalidRequestException"):
+                return None
+            raise
+
 
 _clients: dict[tuple[str, str], Any] = {}
 _clients_lock = threading.Lock()
@@ -181,6 +229,9 @@ def world(connections: int, *, seed: int = 1, strangers: int = 0) -> Iterator[Wo
             client_id=DEFAULT_APP.client_id,
             client_secret=DEFAULT_APP.client_secret,
             state_table=aws["state_table"],
+            token_store=current_store(),
+            token_table=aws["token_table"],
+            token_key_arn=aws["token_key"],
         )
         here = World(spec, emulator)
         here.ids = seed_connections(here, connections)
@@ -191,7 +242,7 @@ def world(connections: int, *, seed: int = 1, strangers: int = 0) -> Iterator[Wo
 def seed_connections(here: World, count: int) -> list[str]:
     """Signed-in connections, all due now: a grant from the emulator, its secret, its record (as the callback
     stores them), written by a few threads."""
-    vault = TokenVault(here.secrets, SECRET_PREFIX)
+    vault = here.stores
     store = ConnectionStore(here.dynamodb, here.spec.connections_table)
     now = int(time.time())
 
@@ -307,13 +358,13 @@ def build_deps(
     dynamodb = session.client("dynamodb", endpoint_url=spec.aws_endpoint, config=_BOTO)
     secrets = session.client("secretsmanager", endpoint_url=spec.aws_endpoint, config=_BOTO)
     kms: KMSClient = session.client("kms", endpoint_url=spec.aws_endpoint, config=_BOTO)
+    # The token table's own client, so an outage can hit the pair writes alone (not the records' UpdateItem).
+    pairs = session.client("dynamodb", endpoint_url=spec.aws_endpoint, config=_BOTO)
     assert config.pending_tokens_key_id is not None
     return RefreshDeps(
         config=config,
         connections=ConnectionStore(dynamodb, config.connections_table_name),
-        vault=TokenVault(
-            secrets, config.token_secret_prefix, sealer=PairSealer(lambda: kms, config.pending_tokens_key_id)
-        ),
+        vault=build_token_stores(config, dynamodb=lambda: pairs, secrets=lambda: secrets, kms=lambda: kms),
         smartsheet=SmartsheetClient(
             api_base_url=spec.api_base_url,
             client_id=spec.client_id,
@@ -327,11 +378,20 @@ def build_deps(
     )
 
 
+def store_client_of(deps: RefreshDeps) -> Any:
+    """The client that writes the scenario's pairs: Secrets Manager's, or the token table's own DynamoDB client."""
+    stores = deps.vault
+    assert isinstance(stores, TokenStores)
+    if stores.default == "dynamodb":
+        assert stores.table is not None
+        return stores.table._client._make()  # type: ignore[attr-defined]
+    return stores.secrets._client._make()  # type: ignore[attr-defined]
+
+
 def aws_clients_of(deps: RefreshDeps) -> list[Any]:
-    vault_client = deps.vault._client
     sealer = deps.vault.sealer
     kms = sealer._kms() if sealer is not None else None
-    return [c for c in (deps.connections._client, vault_client, kms) if c is not None]
+    return [c for c in (deps.connections._client, store_client_of(deps), kms) if c is not None]
 
 
 class AwsThrottle:
@@ -346,8 +406,8 @@ class AwsThrottle:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
 
-    def install(self, deps: RefreshDeps) -> None:
-        for client in aws_clients_of(deps):
+    def install(self, deps: RefreshDeps, *, store_only: bool = False) -> None:
+        for client in [store_client_of(deps)] if store_only else aws_clients_of(deps):
             client.meta.events.register_first("before-call", self._hook, unique_id=f"throttle-{id(self)}")
 
     def _hook(self, model: Any, **_: Any) -> Any:
@@ -412,8 +472,9 @@ def audit(here: World, *, now: float | None = None) -> Audit:
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def stored_refresh_token(connection_id: str) -> str:
-        secret = here.secrets.get_secret_value(SecretId=SECRET_PREFIX + connection_id, VersionStage="AWSCURRENT")
-        return TokenSet.from_json(secret["SecretString"]).refresh_token
+        pair = here.stored_pair(connection_id)
+        assert pair is not None, connection_id
+        return pair.refresh_token
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         tokens = dict(zip(here.ids, pool.map(stored_refresh_token, here.ids), strict=True))

@@ -20,6 +20,7 @@ from smartsheet_oauth.flows.sweep import SweepReport
 
 from tests.reliability.conftest import Scale
 from tests.reliability.harness import (
+    PAIR_WRITE,
     SPAWN,
     AwsThrottle,
     FakeMonotonic,
@@ -37,6 +38,9 @@ from tests.reliability.harness import (
     total,
     world,
 )
+
+# Each scenario runs once per token store (secretsmanager, dynamodb): lost = 0 for both.
+pytestmark = pytest.mark.usefixtures("token_store")
 
 MAX_SWEEPS = 40
 # Between sweeps the world moves on further than any backoff (an hour at most): every failure is due again.
@@ -189,8 +193,9 @@ def test_save_fails_for_minutes(scale: Scale, figures: Callable[..., None]) -> N
         deps = build_deps(
             here.spec, concurrency=8, clock=clock, monotonic=monotonic, sleep=monotonic.sleep, watcher=log
         )
-        outage = AwsThrottle(1.0, operations={"PutSecretValue"})
-        outage.install(deps)
+        write = PAIR_WRITE[here.spec.token_store]  # the store's pair write: PutSecretValue, or the table's UpdateItem
+        outage = AwsThrottle(1.0, operations={write})
+        outage.install(deps, store_only=True)
         during, rotated_by_first = [], 0
         for _ in range(3):
             during.append(run_sweep(deps))
@@ -210,7 +215,7 @@ def test_save_fails_for_minutes(scale: Scale, figures: Callable[..., None]) -> N
             refreshers="1 (8 threads)",
             sweeps=len(during) + len(after),
             **calls,
-            aws_throttled=f"PutSecretValue {outage.throttled['PutSecretValue']}/{outage.calls['PutSecretValue']}",
+            aws_throttled=f"{write} {outage.throttled[write]}/{outage.calls[write]}",
             outcomes=outcome_figures(outcomes),
             needs_reauth=state.needs_reauth,
             lost=len(state.lost) + outcomes[RefreshOutcome.LOST],

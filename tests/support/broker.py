@@ -10,6 +10,9 @@ from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from smartsheet_oauth import services
+from smartsheet_oauth.stores.token_table import is_table_ref
+
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator
 from tests.support.events import LambdaContext, http_event, scheduled_event
 
@@ -145,11 +148,20 @@ class Broker:
         return [{k: (int(v["N"]) if "N" in v else v.get("S")) for k, v in i.items()} for i in items]
 
     def tokens(self, connection_id: str | int, stage: str = "AWSCURRENT") -> dict[str, Any]:
+        """The connection's stored pair (or the one before it: AWSPREVIOUS), from whichever store its record names."""
+        record = self.connection(connection_id)
+        ref = str(record["secret_arn"]) if record else ""
+        if is_table_ref(ref):
+            table = services.token_vault().table
+            assert table is not None
+            pair = table.load(ref) if stage == "AWSCURRENT" else table.load_previous(ref)
+            value: dict[str, Any] = json.loads(pair.to_json())
+            return value
         name = f"{self.env['TOKEN_SECRET_PREFIX']}{connection_id}"
-        value: dict[str, Any] = json.loads(
+        stored: dict[str, Any] = json.loads(
             self.secrets.get_secret_value(SecretId=name, VersionStage=stage)["SecretString"]
         )
-        return value
+        return stored
 
     def make_due(self, connection_id: str | int, *, at: int = 0) -> None:
         """Move a connection's refresh time into the past, as time passing would."""

@@ -70,7 +70,11 @@ def _serialized(call: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def in_process_broker(
-    emulator: SmartsheetEmulator, patch: pytest.MonkeyPatch, *, stack_name: str = "test-stack"
+    emulator: SmartsheetEmulator,
+    patch: pytest.MonkeyPatch,
+    *,
+    stack_name: str = "test-stack",
+    token_store: str = "secretsmanager",  # noqa: S107 (a store's name)
 ) -> Iterator[Broker]:
     """The in-process broker: moto's mock_aws provisioned from template.yaml, the handlers' environment set
     through `patch`. The `broker` fixture is one per test; a session-wide user (tests/ops) passes its own patch."""
@@ -113,6 +117,8 @@ def in_process_broker(
             "ALLOWED_RETURN_TO": "https://app.example.com",
             # The template gives every function the pending-tokens key (refresh and connect sessions seal with it).
             "PENDING_TOKENS_KEY_ID": pending_tokens_key_arn(),
+            "TOKEN_STORE": token_store,
+            "TOKEN_TABLE_NAME": aws.table_name("TokenTable"),
             "POWERTOOLS_SERVICE_NAME": "smartsheet-oauth-broker",
             "POWERTOOLS_LOG_LEVEL": "DEBUG",
         }
@@ -125,9 +131,23 @@ def in_process_broker(
             services.reset()
 
 
+# Both token stores: a module whose tests run on each says so with `pytestmark = BOTH_STORES`; every test of it that
+# uses the broker (directly or through another fixture) then runs once per store.
+TOKEN_STORES = ("secretsmanager", "dynamodb")
+BOTH_STORES = pytest.mark.both_stores
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "broker" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_stores"):
+        metafunc.parametrize("broker", TOKEN_STORES, indirect=True)
+
+
 @pytest.fixture
-def broker(emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch) -> Iterator[Broker]:
-    with in_process_broker(emulator, monkeypatch) as broker:
+def broker(
+    emulator: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[Broker]:
+    token_store = getattr(request, "param", "secretsmanager")
+    with in_process_broker(emulator, monkeypatch, token_store=token_store) as broker:
         yield broker
 
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from smartsheet_oauth.stores.connections import ConnectionStore
     from smartsheet_oauth.stores.events import EventPublisher
     from smartsheet_oauth.stores.pace import SharedPace
-    from smartsheet_oauth.stores.token_vault import TokenVault
+    from smartsheet_oauth.stores.token_stores import TokenStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class RefreshDeps:
 
     config: Config
     connections: ConnectionStore
-    vault: TokenVault
+    vault: TokenStore
     smartsheet: SmartsheetClient
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
@@ -48,7 +48,7 @@ class ManagementDeps:
 
     config: Config
     connections: ConnectionStore
-    vault: TokenVault
+    vault: TokenStore
     sessions: ConnectSessionStore
     smartsheet: Callable[[], SmartsheetClient]  # built on first use: reads the app credentials
     events: EventPublisher | None = None

@@ -193,7 +193,12 @@ def _revoke_at_smartsheet(deps: ManagementDeps, held: Connection) -> str:
     except SmartsheetError as exc:
         raise _refused(exc) from None
     # Rotation killed the stored pair: keep the new one until it is revoked, so a failed revoke loses nothing.
-    deps.vault.save(held.connection_id, tokens.rotated(grant, obtained_at=int(deps.clock())), known_arn=held.secret_arn)
+    deps.vault.save(
+        held.connection_id,
+        tokens.rotated(grant, obtained_at=int(deps.clock())),
+        known_arn=held.secret_arn,
+        generation=held.generation,
+    )
     try:
         client.revoke(grant.access_token, all_for_client=True)
     except SmartsheetError as exc:

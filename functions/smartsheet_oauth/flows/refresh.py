@@ -219,7 +219,13 @@ def _write_pair(
     attempt = 0
     while True:
         try:
-            deps.vault.save(leased.connection_id, tokens, known_arn=leased.secret_arn, version_id=version_id)
+            deps.vault.save(
+                leased.connection_id,
+                tokens,
+                known_arn=leased.secret_arn,
+                version_id=version_id,
+                generation=leased.generation,
+            )
             if keep and not kept:  # a fresh pair's first durable write: the window closes here
                 steps.passed(deps.steps, steps.REFRESH_STORED, leased.connection_id)
             return True, kept, ""

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from smartsheet_oauth.stores.completions import CompletionStore
     from smartsheet_oauth.stores.connections import ConnectionStore
     from smartsheet_oauth.stores.states import StateRecord, StateStore
-    from smartsheet_oauth.stores.token_vault import TokenVault
+    from smartsheet_oauth.stores.token_stores import TokenStore
 
 # __Host- : the browser only accepts it Secure, with Path=/ and no Domain, so no subdomain can plant one.
 NONCE_COOKIE = "__Host-smartsheet-oauth-nonce"
@@ -128,7 +128,7 @@ def finish_sign_in(
     config: Config,
     states: StateStore,
     smartsheet: SmartsheetClient,
-    vault: TokenVault,
+    vault: TokenStore,
     connections: ConnectionStore,
     now: int,
     completions: Callable[[], CompletionStore],
@@ -178,7 +178,7 @@ def _finish(
     *,
     config: Config,
     smartsheet: SmartsheetClient,
-    vault: TokenVault,
+    vault: TokenStore,
     connections: ConnectionStore,
     now: int,
     completions: Callable[[], CompletionStore],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,9 @@ _NONCE_BYTES = 12
 # Secrets Manager's answer to any write to a secret scheduled for deletion (CreateSecret of its name included).
 _SCHEDULED_FOR_DELETION = "InvalidRequestException"
 _DATA_KEY_CONTEXT = {"purpose": "pending-token-pair", "service": "smartsheet-oauth-broker"}
+# Opened data keys kept per container (by their encrypted form), so reading many pairs sealed under one data key
+# costs one KMS Decrypt, not one per pair. Bounded in count and age.
+OPENED_KEYS_MAX = 64
 # Tags every token secret gets at creation, so your code's policies can scope by them (secretsmanager:ResourceTag/...).
 PREFIX_TAG = "smartsheet-oauth-broker:secret-prefix"
 CONNECTION_TAG = "smartsheet-oauth-broker:connection-id"
@@ -36,14 +40,22 @@ class PairSealer:
     Each sealed pair is bound to its connection, generation and secret version: it cannot be replayed elsewhere."""
 
     def __init__(
-        self, kms: Callable[[], KMSClient], key_id: str, *, clock: Callable[[], float] = time.monotonic
+        self,
+        kms: Callable[[], KMSClient],
+        key_id: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        context: dict[str, str] | None = None,
     ) -> None:
         self._kms = kms
         self._key_id = key_id
         self._clock = clock
+        # The KMS encryption context of every data key: what the key policies and IAM conditions match on.
+        self._context = dict(context or _DATA_KEY_CONTEXT)
         self._lock = threading.Lock()
         self._data_key: tuple[bytes, bytes, float] | None = None  # plaintext, encrypted under the KMS key, made at
         self._uses = 0
+        self._opened: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()  # encrypted key -> (plaintext, at)
 
     def prepare(self) -> None:
         """Have a data key at hand (one KMS call every few minutes), so seal() needs no network call."""
@@ -67,15 +79,29 @@ class PairSealer:
         encrypted_key = sealed[3 : 3 + key_length]
         nonce = sealed[3 + key_length : 3 + key_length + _NONCE_BYTES]
         body = sealed[3 + key_length + _NONCE_BYTES :]
-        with storage("vault.unseal"):
-            plaintext_key = self._kms().decrypt(
-                CiphertextBlob=encrypted_key, KeyId=self._key_id, EncryptionContext=_DATA_KEY_CONTEXT
-            )["Plaintext"]
+        plaintext_key = self._opened_key(encrypted_key)
         try:
             plaintext = AESGCM(plaintext_key).decrypt(nonce, body, binding.encode())
         except (InvalidTag, ValueError):
             raise StorageError("vault.unseal", "InvalidTag", transient=False) from None
         return TokenSet.from_json(plaintext.decode())
+
+    def _opened_key(self, encrypted_key: bytes) -> bytes:
+        now = self._clock()
+        with self._lock:
+            known = self._opened.get(encrypted_key)
+            if known is not None and now - known[1] < DATA_KEY_MAX_AGE_SECONDS:
+                self._opened.move_to_end(encrypted_key)
+                return known[0]
+        with storage("vault.unseal"):
+            plaintext_key = self._kms().decrypt(
+                CiphertextBlob=encrypted_key, KeyId=self._key_id, EncryptionContext=self._context
+            )["Plaintext"]
+        with self._lock:
+            self._opened[encrypted_key] = (plaintext_key, now)
+            while len(self._opened) > OPENED_KEYS_MAX:
+                self._opened.popitem(last=False)
+        return plaintext_key
 
     def _key(self, *, use: bool) -> tuple[bytes, bytes]:
         with self._lock:
@@ -83,10 +109,11 @@ class PairSealer:
             if key is None or self._uses >= DATA_KEY_MAX_USES or self._clock() - key[2] >= DATA_KEY_MAX_AGE_SECONDS:
                 with storage("vault.data_key"):
                     answer = self._kms().generate_data_key(
-                        KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=_DATA_KEY_CONTEXT
+                        KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=self._context
                     )
                 key = (answer["Plaintext"], answer["CiphertextBlob"], self._clock())
                 self._data_key, self._uses = key, 0
+                self._opened[key[1]] = (key[0], key[2])  # what this container seals, it opens without KMS
             if use:
                 self._uses += 1
             return key[0], key[1]
@@ -116,13 +143,21 @@ class TokenVault:
         return f"{self._prefix}{connection_id}"
 
     def save(
-        self, connection_id: str, tokens: TokenSet, *, known_arn: str | None = None, version_id: str | None = None
+        self,
+        connection_id: str,
+        tokens: TokenSet,
+        *,
+        known_arn: str | None = None,
+        version_id: str | None = None,
+        generation: int = 0,
     ) -> str:
         """Store the pair as the secret's new AWSCURRENT version (the previous one becomes AWSPREVIOUS) and
         return the secret's ARN. A first sign-in creates the secret.
 
         With a version_id the write is idempotent: Secrets Manager ignores a repeat of the same version and
-        value, so a late retry of a pair that was already stored (and maybe superseded) changes nothing."""
+        value, so a late retry of a pair that was already stored (and maybe superseded) changes nothing.
+        (generation: what the token table binds a pair to; a secret's versions need no such binding.)"""
+        del generation
         if known_arn is not None:
             return self._put(known_arn, tokens, version_id)
         name = self.secret_name(connection_id)

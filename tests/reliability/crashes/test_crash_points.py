@@ -16,6 +16,7 @@ from contextlib import redirect_stdout
 from dataclasses import dataclass
 
 import boto3
+import pytest
 from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.flows import scheduled_sweep, steps
 from smartsheet_oauth.platform.observability import flush_metrics_now
@@ -40,6 +41,9 @@ from tests.reliability.crashes.verdicts import (
 )
 from tests.reliability.crashes.workers import Assignment, run_to, start_workers
 from tests.reliability.harness import FIRST_USER_ID, LEASE_SECONDS, SimClock, World, aws_client, build_deps, world
+
+# Each scenario runs once per token store (secretsmanager, dynamodb): lost = 0 for both.
+pytestmark = pytest.mark.usefixtures("token_store")
 
 
 @dataclass(frozen=True)

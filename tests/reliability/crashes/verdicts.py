@@ -17,16 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from smartsheet_oauth.config import load_config
-from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus, RefreshOutcome
 from smartsheet_oauth.flows.sign_in import finish_sign_in
 from smartsheet_oauth.smartsheet.client import SmartsheetClient
 from smartsheet_oauth.stores.completions import CompletionStore
 from smartsheet_oauth.stores.connections import ConnectionStore
 from smartsheet_oauth.stores.states import StateStore
-from smartsheet_oauth.stores.token_vault import TokenVault
 
-from tests.reliability.harness import SECRET_PREFIX, World
+from tests.reliability.harness import World
 
 RECOVERED = "recovered"
 ACCOUNTED = "lost, accounted"
@@ -50,11 +48,8 @@ class Trial:
 
 
 def stored_token(here: World, connection_id: str) -> str | None:
-    try:
-        secret = here.secrets.get_secret_value(SecretId=SECRET_PREFIX + connection_id, VersionStage="AWSCURRENT")
-    except here.secrets.exceptions.ResourceNotFoundException:
-        return None
-    return TokenSet.from_json(secret["SecretString"]).refresh_token
+    pair = here.stored_pair(connection_id)
+    return pair.refresh_token if pair is not None else None
 
 
 def record_of(here: World, connection_id: str) -> dict[str, Any] | None:
@@ -103,7 +98,7 @@ def sign_in_again(here: World, connection_id: str) -> bool:
         smartsheet=SmartsheetClient(
             api_base_url=here.spec.api_base_url, client_id=here.spec.client_id, client_secret=here.spec.client_secret
         ),
-        vault=TokenVault(here.secrets, SECRET_PREFIX),
+        vault=here.stores,
         connections=ConnectionStore(here.dynamodb, here.spec.connections_table),
         now=now,
         completions=lambda: CompletionStore(here.dynamodb, here.spec.state_table),
