@@ -17,8 +17,12 @@ broker (SigV4-signed POST /connections/{id}/refresh) and reads the secret again.
     link = broker.create_connect_session("user-42", return_to="https://app.example.com/connected").login_url
 
 Your code's role needs secretsmanager:GetSecretValue on <TokenSecretPrefix>* and execute-api:Invoke on the
-broker's refresh route (and GET /connections to look up end users): see docs/integrating.md in the broker's
-repository.
+broker's refresh route (and GET /connections to look up end users): the stack's TokenConsumerPolicyArn output; see
+docs/integrating.md in the broker's repository.
+
+A stack with TokenStore=dynamodb keeps each pair sealed in its token table: set SMARTSHEET_BROKER_TOKEN_TABLE (its
+TokenTableName output) and this reads the item and opens it (a KMS Decrypt per data key, cached, then AES-256-GCM,
+which needs the `cryptography` package). A pair not in the table (a migration under way) is read from its secret.
 """
 
 from __future__ import annotations
@@ -68,6 +72,13 @@ API_BASE_URLS = {
 DEFAULT_MIN_VALID_SECONDS = 300
 DEFAULT_CACHE_SECONDS = 300.0
 MAX_MIN_VALID_SECONDS = 7 * 24 * 3600
+# The broker's sealed pairs (TokenStore=dynamodb), as smartsheet_oauth.stores.token_table writes them: format byte,
+# encrypted data key's length (2 bytes) and the key, a 12-byte nonce, AES-256-GCM of the pair's JSON with the
+# binding below as associated data. tests/management/test_token_client_store.py holds this copy to the broker's.
+PAIR_FORMAT = 1
+TOKEN_PAIR_CONTEXT = {"purpose": "token-pair", "service": "smartsheet-oauth-broker"}
+_NONCE_BYTES = 12
+_DATA_KEYS_MAX = 64
 _EXECUTE_API_HOST = re.compile(r"[a-z0-9]+\.execute-api\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?")
 # Connection ids are Smartsheet user ids: digits, beyond 2^53 but below 2^64. The broker's API holds them to this
 # rule too (smartsheet_oauth.flows.management imports it from here, so this file stays one file to copy).
@@ -502,6 +513,9 @@ class TokenProvider:
         region: str | None = None,
         session: boto3.session.Session | None = None,
         secrets_client: Any = None,
+        token_table: str | None = None,
+        dynamodb_client: Any = None,
+        kms_client: Any = None,
         min_valid_seconds: int = DEFAULT_MIN_VALID_SECONDS,
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         timeout_seconds: float = 28.0,
@@ -509,7 +523,8 @@ class TokenProvider:
         clock: Callable[[], float] = time.time,
         api_base_url: str | None = None,
     ) -> None:
-        """api_url: the stack's ManagementApiUrl output; secret_prefix: its TokenSecretPrefix output.
+        """api_url: the stack's ManagementApiUrl output; secret_prefix: its TokenSecretPrefix output; token_table: its
+        TokenTableName output, with TokenStore=dynamodb (None: the pairs are secrets).
         min_valid_seconds: a token valid for less than this is refreshed first. cache_seconds: how long a secret
         read is reused (the broker rotates at most a few times a week, so minutes are safe). api_base_url: the
         Smartsheet API your tokens' api_base_url names instead of their region's (the local stack's emulator)."""
@@ -518,6 +533,14 @@ class TokenProvider:
         self.management._api = self._api  # one signer, one connection setup, for both
         self._prefix = secret_prefix
         self._secrets = secrets_client or self._api.session.client("secretsmanager", region_name=self._api.region)
+        self._table = token_table or None
+        self._dynamodb = dynamodb_client or (
+            self._api.session.client("dynamodb", region_name=self._api.region) if self._table else None
+        )
+        self._kms = kms_client or (
+            self._api.session.client("kms", region_name=self._api.region) if self._table else None
+        )
+        self._data_keys: dict[bytes, bytes] = {}  # encrypted data key -> opened (bounded; see _open_pair)
         if not 0 <= min_valid_seconds <= MAX_MIN_VALID_SECONDS:
             raise ValueError(f"min_valid_seconds must be 0 to {MAX_MIN_VALID_SECONDS} (an access token lives 7 days)")
         if api_base_url is not None:
@@ -540,11 +563,13 @@ class TokenProvider:
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> TokenProvider:
-        """From SMARTSHEET_BROKER_API_URL and SMARTSHEET_BROKER_SECRET_PREFIX (the stack's outputs), and
-        SMARTSHEET_API_BASE_URL when set (the Smartsheet API to use instead of the token's region's)."""
+        """From SMARTSHEET_BROKER_API_URL and SMARTSHEET_BROKER_SECRET_PREFIX (the stack's outputs),
+        SMARTSHEET_BROKER_TOKEN_TABLE with TokenStore=dynamodb (its TokenTableName output), and SMARTSHEET_API_BASE_URL
+        when set (the Smartsheet API to use instead of the token's region's)."""
         api_url = _environment("SMARTSHEET_BROKER_API_URL")
         prefix = _environment("SMARTSHEET_BROKER_SECRET_PREFIX")
         kwargs.setdefault("api_base_url", os.environ.get("SMARTSHEET_API_BASE_URL") or None)
+        kwargs.setdefault("token_table", os.environ.get("SMARTSHEET_BROKER_TOKEN_TABLE") or None)
         return cls(api_url=api_url, secret_prefix=prefix, **kwargs)
 
     # ----------------------------------------------------------------------------------------------- public
@@ -671,6 +696,62 @@ class TokenProvider:
                 self._end_users.pop(end_user_id, None)
 
     def _read(self, connection_id: str) -> AccessToken:
+        data, retired = self._read_table(connection_id) if self._table else (None, False)
+        if data is None:
+            try:
+                data = self._read_secret(connection_id)
+            except ConnectionUnavailable as exc:
+                if retired and exc.status == "not_found":  # its pair retired with the disconnect
+                    raise ConnectionUnavailable(connection_id, "revoked", "the connection was disconnected") from None
+                raise
+        token = AccessToken(
+            access_token=str(data["access_token"]),
+            expires_at=int(data["expires_at"]),
+            connection_id=connection_id,
+            email=str(data.get("email", "")),
+            region=str(data.get("region", "us")),
+            api_base_override=self._api_base,
+        )
+        self._cache[connection_id] = _Cached(token, self._clock())
+        return token
+
+    def _read_table(self, connection_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """The pair from the token table, and whether it was retired. No pair when it is not there (still a secret,
+        or a secret again: a migration) or retired (a disconnect, or moved back to Secrets Manager)."""
+        assert self._dynamodb is not None
+        assert self._table is not None
+        item = self._dynamodb.get_item(
+            TableName=self._table, Key={"connection_id": {"S": connection_id}}, ConsistentRead=True
+        ).get("Item")
+        if not item or "sealed_pair" not in item or "retired_at" in item:
+            return None, bool(item and "retired_at" in item)
+        generation, version = item["pair_generation"]["N"], item["pair_version"]["S"]
+        binding = f"token-pair/v{PAIR_FORMAT}/{connection_id}/{generation}/{version}"
+        data: dict[str, Any] = json.loads(self._open_pair(bytes(item["sealed_pair"]["B"]), binding))
+        return data, False
+
+    def _open_pair(self, sealed: bytes, binding: str) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415 (TokenStore=dynamodb only)
+
+        if len(sealed) < 3 or sealed[0] != PAIR_FORMAT:
+            raise TokenError("the broker's token table holds a pair in an unknown format: update this file")
+        key_length = int.from_bytes(sealed[1:3], "big")
+        encrypted_key = sealed[3 : 3 + key_length]
+        nonce = sealed[3 + key_length : 3 + key_length + _NONCE_BYTES]
+        key = self._data_keys.get(encrypted_key)
+        if key is None:
+            assert self._kms is not None
+            key = self._kms.decrypt(CiphertextBlob=encrypted_key, EncryptionContext=TOKEN_PAIR_CONTEXT)["Plaintext"]
+            if len(self._data_keys) >= _DATA_KEYS_MAX:
+                self._data_keys.pop(next(iter(self._data_keys)))
+            self._data_keys[encrypted_key] = key
+        try:
+            opened: bytes = AESGCM(key).decrypt(nonce, sealed[3 + key_length + _NONCE_BYTES :], binding.encode())
+        except Exception:  # InvalidTag: altered, or moved from another connection
+            raise TokenError("a sealed token pair did not open (altered, or not this connection's)") from None
+        return opened
+
+    def _read_secret(self, connection_id: str) -> dict[str, Any]:
         try:
             answer = self._secrets.get_secret_value(
                 SecretId=f"{self._prefix}{connection_id}", VersionStage="AWSCURRENT"
@@ -682,17 +763,8 @@ class TokenProvider:
             if code == "InvalidRequestException":  # scheduled for deletion: disconnected
                 raise ConnectionUnavailable(connection_id, "revoked", "the connection was disconnected") from None
             raise
-        data = json.loads(answer["SecretString"])
-        token = AccessToken(
-            access_token=str(data["access_token"]),
-            expires_at=int(data["expires_at"]),
-            connection_id=connection_id,
-            email=str(data.get("email", "")),
-            region=str(data.get("region", "us")),
-            api_base_override=self._api_base,
-        )
-        self._cache[connection_id] = _Cached(token, self._clock())
-        return token
+        data: dict[str, Any] = json.loads(answer["SecretString"])
+        return data
 
     def _ask_refresh(
         self, connection_id: str, current: AccessToken, *, min_valid: int | None = None, keep_usable: bool = True

@@ -98,10 +98,14 @@ class PairSealer:
                 CiphertextBlob=encrypted_key, KeyId=self._key_id, EncryptionContext=self._context
             )["Plaintext"]
         with self._lock:
-            self._opened[encrypted_key] = (plaintext_key, now)
-            while len(self._opened) > OPENED_KEYS_MAX:
-                self._opened.popitem(last=False)
+            self._remember(encrypted_key, plaintext_key, now)
         return plaintext_key
+
+    def _remember(self, encrypted_key: bytes, plaintext_key: bytes, at: float) -> None:
+        self._opened[encrypted_key] = (plaintext_key, at)
+        self._opened.move_to_end(encrypted_key)
+        while len(self._opened) > OPENED_KEYS_MAX:
+            self._opened.popitem(last=False)
 
     def _key(self, *, use: bool) -> tuple[bytes, bytes]:
         with self._lock:
@@ -113,7 +117,7 @@ class PairSealer:
                     )
                 key = (answer["Plaintext"], answer["CiphertextBlob"], self._clock())
                 self._data_key, self._uses = key, 0
-                self._opened[key[1]] = (key[0], key[2])  # what this container seals, it opens without KMS
+                self._remember(key[1], key[0], key[2])  # what this container seals, it opens without KMS
             if use:
                 self._uses += 1
             return key[0], key[1]
