@@ -131,6 +131,45 @@ EXPECTED: dict[str, set[Grant]] = {
 }
 USES_TOKEN_SECRETS = frozenset({"CallbackFunction", "RefreshFunction", "ManagementFunction"})
 
+# TokenStore=dynamodb: the token table and the token key's data keys (this context only) instead of the secrets.
+TOKEN_TABLE = {"Fn::GetAtt": ["TokenTable", "Arn"]}
+STACK_TOKEN_KEY = {"Fn::GetAtt": ["TokenSecretsKey", "Arn"]}
+ONLY_TOKEN_PAIRS = {"StringEquals": {"kms:EncryptionContext:purpose": "token-pair"}}
+WITH_DYNAMODB = {"TokenStore": "dynamodb"}
+MIGRATING = {"TokenStore": "dynamodb", "TokenStoreMigration": "on"}
+
+
+def token_secret_grants(function: str) -> set[Grant]:
+    return {g for g in EXPECTED[function] if json.loads(g.resource) == TOKEN_SECRETS}
+
+
+TOKEN_TABLE_GRANTS: dict[str, set[Grant]] = {
+    "CallbackFunction": grants(["dynamodb:UpdateItem"], TOKEN_TABLE)
+    | grants(["kms:GenerateDataKey"], STACK_TOKEN_KEY, ONLY_TOKEN_PAIRS),  # seals, never opens
+    "RefreshFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem"], TOKEN_TABLE)
+    | grants(["kms:GenerateDataKey", "kms:Decrypt"], STACK_TOKEN_KEY, ONLY_TOKEN_PAIRS),
+    "ManagementFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem"], TOKEN_TABLE)
+    | grants(["kms:GenerateDataKey", "kms:Decrypt"], STACK_TOKEN_KEY, ONLY_TOKEN_PAIRS),
+}
+
+
+def expected_grants(function: str, parameters: Mapping[str, str]) -> set[Grant]:
+    """A function's list for a stack's parameters: the token store's grants follow TokenStore (both stores while
+    TokenStoreMigration is on)."""
+    expected = set(EXPECTED[function])
+    if function not in USES_TOKEN_SECRETS:
+        return expected
+    dynamodb = parameters.get("TokenStore") == "dynamodb"
+    migrating = parameters.get("TokenStoreMigration") == "on"
+    if dynamodb and not migrating:
+        expected -= token_secret_grants(function)
+    if dynamodb or migrating:
+        expected |= TOKEN_TABLE_GRANTS[function]
+    if "TokenKmsKeyArn" in parameters:
+        expected |= CUSTOMER_TOKEN_KEY
+    return expected
+
+
 WITH_TOKEN_KEY = {"TokenKmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"}
 
 
@@ -207,14 +246,16 @@ def test_every_function_has_an_explicit_list_and_its_own_role() -> None:
     assert len(set(roles.values())) == len(roles), "functions share a role"
 
 
-@pytest.mark.parametrize("parameters", [{}, WITH_TOKEN_KEY], ids=["stack-token-key", "customer-token-key"])
+@pytest.mark.parametrize(
+    "parameters",
+    [{}, WITH_TOKEN_KEY, WITH_DYNAMODB, MIGRATING],
+    ids=["stack-token-key", "customer-token-key", "dynamodb-store", "migrating"],
+)
 @pytest.mark.parametrize("function", sorted(EXPECTED))
 def test_each_function_is_granted_exactly_its_list(function: str, parameters: dict[str, str]) -> None:
     document = translated(parameters)
     role = function_roles(document)[function]
-    expected = set(EXPECTED[function])
-    if parameters and function in USES_TOKEN_SECRETS:
-        expected |= CUSTOMER_TOKEN_KEY
+    expected = expected_grants(function, parameters)
 
     actual = granted(role_statements(document, role, parameters))
 
@@ -251,6 +292,33 @@ INTEGRATOR_POLICIES = {
     "ConnectSessionPolicy": grants(["execute-api:Invoke"], api_route("POST/connect-sessions"))
     | grants(["execute-api:Invoke"], api_route("POST/connect-sessions/complete")),
 }
+
+
+# TokenStore=dynamodb: the consumer reads the token table's items (never the connections table) and opens their data
+# keys with the token key under the token-pair context only; no secret.
+DYNAMODB_CONSUMER = (
+    INTEGRATOR_POLICIES["TokenConsumerPolicy"]
+    - grants(["secretsmanager:GetSecretValue"], TOKEN_SECRETS)
+    - grants(["kms:Decrypt"], STACK_TOKEN_KEY, VIA_SECRETS_MANAGER)
+) | (grants(["dynamodb:GetItem"], TOKEN_TABLE) | grants(["kms:Decrypt"], STACK_TOKEN_KEY, ONLY_TOKEN_PAIRS))
+CONSUMER_BY_STORE = {
+    "secretsmanager": ({}, INTEGRATOR_POLICIES["TokenConsumerPolicy"]),
+    "dynamodb": (WITH_DYNAMODB, DYNAMODB_CONSUMER),
+    # While a migration runs, consumers read either store (the client falls back to the secret).
+    "migrating": (MIGRATING, INTEGRATOR_POLICIES["TokenConsumerPolicy"] | DYNAMODB_CONSUMER),
+}
+
+
+@pytest.mark.parametrize("store", sorted(CONSUMER_BY_STORE))
+def test_the_token_consumer_policy_reads_exactly_the_stacks_store(store: str) -> None:
+    parameters, expected = CONSUMER_BY_STORE[store]
+    document = translated(parameters)
+    conditions = resolver(document, parameters, stack_name="any")
+    statements = choose_branches(
+        document["Resources"]["TokenConsumerPolicy"]["Properties"]["PolicyDocument"], conditions
+    )
+
+    assert granted(as_list(statements["Statement"])) == expected
 
 
 @pytest.mark.parametrize("policy", sorted(INTEGRATOR_POLICIES))
@@ -476,11 +544,15 @@ class Deployed:
         return [resolved.resolve(s) for s in role_statements(document, role, self.parameters)]
 
 
-def deploy(broker: Broker, monkeypatch: pytest.MonkeyPatch, *, customer_token_key: bool) -> Deployed:
+def deploy(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, *, customer_token_key: bool, store: str = "secretsmanager"
+) -> Deployed:
     kms = boto3.client("kms", region_name=REGION)
+    token_table = broker.env["TOKEN_TABLE_NAME"]
     physical = {
         "StateTable": PhysicalResource(broker.state_table, {"Arn": table_arn(broker.state_table)}),
         "ConnectionsTable": PhysicalResource(broker.connections_table, {"Arn": table_arn(broker.connections_table)}),
+        "TokenTable": PhysicalResource(token_table, {"Arn": table_arn(token_table)}),
         "AppCredentialsSecret": PhysicalResource(broker.env["APP_CREDENTIALS_SECRET_ARN"]),
     }
     # Keys the template creates (PendingTokensKey...) and the environment variables that name them, as deployed.
@@ -492,7 +564,7 @@ def deploy(broker: Broker, monkeypatch: pytest.MonkeyPatch, *, customer_token_ke
             for name, value in environment.items():
                 if value in ({"Fn::GetAtt": [logical_id, "Arn"]}, {"Ref": logical_id}):
                     monkeypatch.setenv(name, key["Arn"])
-    parameters: dict[str, str] = {}
+    parameters: dict[str, str] = {"TokenStore": store} if store != "secretsmanager" else {}
     if customer_token_key:
         parameters["TokenKmsKeyArn"] = kms.create_key(Description="customer token key")["KeyMetadata"]["Arn"]
     # Token secrets go under the stack's TokenSecretsKey unless TokenKmsKeyArn names another key.
@@ -658,3 +730,75 @@ def test_the_condition_evaluator_denies_what_it_cannot_prove() -> None:
     assert condition_holds(via, {"kms:ViaService": "secretsmanager.us-east-1.amazonaws.com"})
     assert not condition_holds(via, {"kms:ViaService": "dynamodb.us-east-1.amazonaws.com"})
     assert not condition_holds({"NumericLessThan": {"aws:MultiFactorAuthAge": "3600"}}, {"x": "1"})
+
+
+@pytest.mark.parametrize("broker", ["dynamodb"], indirect=True)
+@pytest.mark.parametrize("customer_token_key", [False, True], ids=["stack-token-key", "customer-token-key"])
+def test_every_call_the_handlers_make_with_the_dynamodb_store_is_allowed(
+    broker: Broker, recorder: CallRecorder, monkeypatch: pytest.MonkeyPatch, customer_token_key: bool
+) -> None:
+    """TokenStore=dynamodb: sign-ins, a sweep, an on-demand refresh, connect sessions and a disconnect, each call
+    allowed to the function that makes it; no token secret is touched."""
+    deployed = deploy(broker, monkeypatch, customer_token_key=customer_token_key, store="dynamodb")
+    for user_id in (ADA, ADA, GRACE, ALAN):
+        with recorder.acting_as("AuthorizeFunction"):
+            location, nonce = broker.start()
+        query = broker.consent(location, user_id=user_id)
+        with recorder.acting_as("CallbackFunction"):
+            assert broker.callback(query, nonce).status == 200
+    broker.emulator.revoke_user(GRACE)
+    broker.make_due(ADA)
+    broker.make_due(GRACE)
+    with recorder.acting_as("RefreshFunction"):
+        report = broker.sweep()
+    assert (report["outcomes"]["refreshed"], report["outcomes"]["needs_reauth"]) == (1, 1), report
+    with recorder.acting_as("ManagementFunction"):
+        answer = call_management("POST", f"/connections/{ALAN}/refresh", body={"min_valid_seconds": 604800})
+    assert answer.body["outcome"] == "refreshed", answer.body
+    connect_through_a_session(broker, recorder, ALAN, "user-1")
+    with recorder.acting_as("ManagementFunction"):
+        assert call_management("DELETE", f"/connections/{ALAN}").status == 200
+    connect_through_a_session(broker, recorder, ALAN, "user-1")  # a retired pair comes back
+
+    token_key = deployed.parameters.get("TokenKmsKeyArn")
+    token_table = table_arn(broker.env["TOKEN_TABLE_NAME"])
+    for function in ("AuthorizeFunction", "CallbackFunction", "RefreshFunction", "ManagementFunction"):
+        statements = deployed.statements(function)
+        for call in recorder.of(function):
+            for action, resource, context in needed(call, token_key, deployed.partition_keys):
+                assert allows(statements, action, resource, context), (
+                    f"{function} calls {call.action} but its role does not allow {action} on {resource} ({context})"
+                )
+        secrets = [c.params.get("SecretId") for c in recorder.of(function) if c.service == "secretsmanager"]
+        assert set(secrets) <= {broker.env["APP_CREDENTIALS_SECRET_ARN"]}, (function, secrets)
+    # The pairs really went through the token table and the token key's token-pair data keys.
+    for function in ("CallbackFunction", "RefreshFunction", "ManagementFunction"):
+        assert token_table in {r for c in recorder.of(function) for r in resources_of(c)}, function
+    contexts = {
+        c.params["EncryptionContext"]["purpose"]
+        for c in recorder.of("RefreshFunction")
+        if c.service == "kms" and "EncryptionContext" in c.params
+    }
+    assert "token-pair" in contexts
+
+
+def test_a_token_table_call_outside_the_role_would_be_caught(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    deployed = deploy(broker, monkeypatch, customer_token_key=False, store="dynamodb")
+    callback, refresh = deployed.statements("CallbackFunction"), deployed.statements("RefreshFunction")
+    token_table, token_key = (
+        table_arn(broker.env["TOKEN_TABLE_NAME"]),
+        deployed.physical["TokenSecretsKey"].attributes["Arn"],
+    )
+    pairs, pending = (
+        {"kms:EncryptionContext:purpose": "token-pair"},
+        {"kms:EncryptionContext:purpose": "pending-token-pair"},
+    )
+
+    assert allows(refresh, "dynamodb:GetItem", token_table, {})
+    assert not allows(callback, "dynamodb:GetItem", token_table, {})  # the callback writes pairs, never reads one
+    assert not allows(refresh, "dynamodb:Scan", token_table, {})
+    assert allows(refresh, "kms:Decrypt", token_key, pairs)
+    assert not allows(refresh, "kms:Decrypt", token_key, pending)  # another purpose: not under this grant
+    assert not allows(refresh, "kms:Decrypt", token_key, {})
+    assert not allows(callback, "kms:Decrypt", token_key, pairs)
+    assert not allows(refresh, "secretsmanager:GetSecretValue", secret_arn(f"{STACK}/connections/42"), {})

@@ -81,8 +81,12 @@ def physical_of(document: Mapping[str, Any]) -> Callable[[str], PhysicalResource
     """Ref/GetAtt answers as one account would give them; KMS keys get a key ARN (the simulator checks ARN types)."""
 
     def physical(logical_id: str) -> PhysicalResource:
-        if document["Resources"].get(logical_id, {}).get("Type") == "AWS::KMS::Key":
+        kind = document["Resources"].get(logical_id, {}).get("Type")
+        if kind == "AWS::KMS::Key":
             return PhysicalResource(key_arn(logical_id), {"Arn": key_arn(logical_id), "KeyId": logical_id})
+        if kind == "AWS::DynamoDB::Table":
+            name = f"{STACK}-{logical_id}-1A2B3C"
+            return PhysicalResource(name, {"Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{name}"})
         return synthesize_physical(Template(TEMPLATE, document), logical_id, STACK, REGION, ACCOUNT)
 
     return physical
@@ -325,3 +329,44 @@ def test_with_your_own_key_the_functions_use_it_and_the_stack_key_is_not_made() 
 def test_token_readers_are_role_or_user_arns(value: str, valid: bool) -> None:
     pattern = translate()["Parameters"]["TokenReaderArns"]["AllowedPattern"]
     assert bool(re.fullmatch(pattern, value)) is valid
+
+
+# -- TokenStore=dynamodb: reading a pair is GetItem on the token table, then kms:Decrypt of its data key directly,
+# under the token-pair encryption context. The pinned simulator does not evaluate kms:EncryptionContext:<key>
+# conditions (a one-statement key policy with one is ImplicitlyDenied whatever the request's context), so the key
+# policy's statements are held to their shape here, and the roles' grants are evaluated in tests/unit/test_iam.py.
+DYNAMODB_READERS = {**READERS, "TokenStore": "dynamodb"}
+TOKEN_PAIRS_ONLY = {"kms:EncryptionContext:purpose": "token-pair", "kms:CallerAccount": ACCOUNT}
+
+
+def direct_use(d: Deployment) -> list[dict[str, Any]]:
+    """The token key policy's statements that allow a use without Secrets Manager in between."""
+    found = []
+    for statement in d.token_key_policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        via = statement.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+        if {"kms:Decrypt", "kms:GenerateDataKey"} & set(actions) and via is None:
+            found.append(statement)
+    return found
+
+
+def test_with_the_dynamodb_store_the_token_key_opens_token_pairs_for_the_broker_and_the_named_readers_only() -> None:
+    d = deployment(DYNAMODB_READERS)
+
+    statements = {statement["Sid"]: statement for statement in direct_use(d)}
+
+    assert set(statements) == {"BrokerFunctionsSealTokenPairs", "NamedReadersOpenTokenPairs"}
+    broker = statements["BrokerFunctionsSealTokenPairs"]
+    assert sorted(broker["Principal"]["AWS"]) == sorted(
+        d.role_arn(f) for f in ("CallbackFunction", "RefreshFunction", "ManagementFunction")
+    )
+    assert broker["Condition"] == {"StringEquals": TOKEN_PAIRS_ONLY}
+    readers = statements["NamedReadersOpenTokenPairs"]
+    assert readers["Action"] == "kms:Decrypt"  # readers open pairs, never seal one
+    assert readers["Condition"]["StringEquals"] == TOKEN_PAIRS_ONLY
+    assert readers["Condition"]["ArnLike"]["aws:PrincipalArn"] == DYNAMODB_READERS["TokenReaderArns"].split(",")
+
+
+def test_with_the_default_store_nothing_uses_the_token_key_but_through_secrets_manager() -> None:
+    assert direct_use(deployment(READERS)) == []
+    assert direct_use(deployment()) == []
