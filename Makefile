@@ -97,7 +97,7 @@ demo: venv ## run the whole sign-in and refresh story headless and print each st
 refresh: venv ## trigger the scheduled refresh sweep on the running `make dev` stack
 	$(PY) -m infra.local.dev refresh $(ARGS)
 
-admin: venv ## operate a broker: ARGS="[--stack NAME] list|show ID|refresh ID|disconnect ID|sweep|health" (scripts: python -m infra.admin)
+admin: venv ## operate a broker: ARGS="[--stack NAME] list|show ID|refresh ID|disconnect ID|sweep|health|migrate-store --to S" (scripts: python -m infra.admin)
 	PYTHONPATH=functions $(PY) -m infra.admin $(if $(STACK),--stack $(STACK)) $(ARGS)
 # make exits 2 whenever the CLI fails; scripts that read its exit status (0/1/2) run .venv/bin/python -m infra.admin.
 

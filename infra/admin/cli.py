@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     drop.add_argument("connection_id")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    move = commands.add_parser(
+        "migrate-store",
+        parents=[common],
+        help="move every connection's token pair to the other token store, each under its lease (resumable)",
+    )
+    move.add_argument("--to", required=True, choices=("dynamodb", "secretsmanager"), help="the store to move to")
+    move.add_argument("--only", nargs="+", metavar="ID", help="only these connections")
     commands.add_parser("sweep", parents=[common], help="run the refresh sweep now and print its report")
     commands.add_parser(
         "health", parents=[common], help="connections by status, due, failing, dead letters, alarms firing"
@@ -341,6 +348,38 @@ def cmd_sweep(target: Target, _args: argparse.Namespace, out: Output) -> int:
     return OK
 
 
+def cmd_migrate_store(target: Target, args: argparse.Namespace, out: Output) -> int:
+    """Move each connection's pair under its lease, verify it, print progress (ids and outcomes, never a token)."""
+    from smartsheet_oauth.flows.migrate_store import migrate  # noqa: PLC0415
+
+    if target.config.token_store != args.to:
+        out.line(
+            f"note: the stack's TokenStore is {target.config.token_store}: new sign-ins still go there. Deploy with "
+            f"TokenStore={args.to} TokenStoreMigration=on first (docs/operations.md#migrating-between-stores)."
+        )
+    started = time.monotonic()
+
+    def progress(n: int, connection_id: str, outcome: str) -> None:
+        if not out.as_json:
+            out.line(f"  [{n}] {connection_id}: {outcome}")
+
+    report = migrate(target.connections, target.vault, to=args.to, ids=args.only, progress=progress)
+    if out.as_json:
+        out.json(
+            {"to": args.to, "outcomes": dict(report.outcomes), "problems": report.problems, "complete": report.complete}
+        )
+        return OK if report.complete else FAILED
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(report.outcomes.items())) or "no connections"
+    out.line(f"migrate-store to {args.to} on {target.description}: {counts} ({time.monotonic() - started:.1f}s)")
+    for connection_id, problem in sorted(report.problems.items()):
+        out.line(f"  {connection_id}: {problem}")
+    if report.complete:
+        out.line(f"done: every connection's pair is in {args.to}; deploy with TokenStoreMigration=off")
+        return OK
+    out.line("not done: run the same command again (what moved is skipped)")
+    return FAILED
+
+
 def cmd_health(target: Target, _args: argparse.Namespace, out: Output) -> int:
     report = actions.health(target)
     if out.as_json:
@@ -385,6 +424,7 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace, Output], int]] = {
     "show": cmd_show,
     "refresh": cmd_refresh,
     "sweep": cmd_sweep,
+    "migrate-store": cmd_migrate_store,
     "health": cmd_health,
     "doctor": cmd_doctor,
 }

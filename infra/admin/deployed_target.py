@@ -11,7 +11,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import NoCredentialsError, ProfileNotFound
 from smartsheet_oauth.stores.connections import ConnectionStore
-from smartsheet_oauth.stores.token_vault import TokenVault
+from smartsheet_oauth.stores.token_stores import build_token_stores
 
 from infra.admin.stack_facts import StackFacts
 from infra.admin.target import (
@@ -128,7 +128,12 @@ def deployed(
         config=config,
         connections=ConnectionStore(dynamodb, config.connections_table_name),
         dynamodb=dynamodb,
-        vault=TokenVault(secrets, config.token_secret_prefix, kms_key_id=config.token_kms_key_id),
+        vault=build_token_stores(
+            config,
+            dynamodb=lambda: dynamodb,
+            secrets=lambda: secrets,
+            kms=lambda: session.client("kms", config=QUICK_CALLS),
+        ),
         smartsheet=smartsheet_factory(secrets, config),
         events=events_factory(lambda: session.client("events", config=QUICK_CALLS), config),
         run_sweep=run_sweep,

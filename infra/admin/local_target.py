@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import boto3
 from smartsheet_oauth.config import Config, is_loopback
 from smartsheet_oauth.stores.connections import ConnectionStore
-from smartsheet_oauth.stores.token_vault import TokenVault
+from smartsheet_oauth.stores.token_stores import build_token_stores
 
 from infra.admin.stack_facts import StackFacts
 from infra.admin.target import (
@@ -163,7 +163,7 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
         config=config,
         connections=ConnectionStore(dynamodb, config.connections_table_name),
         dynamodb=dynamodb,
-        vault=TokenVault(secrets, config.token_secret_prefix),
+        vault=build_token_stores(config, dynamodb=lambda: dynamodb, secrets=lambda: secrets, kms=lambda: client("kms")),
         smartsheet=smartsheet_factory(secrets, config),
         events=events_factory(lambda: client("events"), config),
         run_sweep=run_sweep,

@@ -18,7 +18,7 @@ from smartsheet_oauth.services import client_secret_of
 from smartsheet_oauth.smartsheet.client import SmartsheetClient
 from smartsheet_oauth.stores.connections import ConnectionStore
 from smartsheet_oauth.stores.events import EventPublisher
-from smartsheet_oauth.stores.token_vault import TokenVault
+from smartsheet_oauth.stores.token_stores import TokenStores
 
 from infra.admin.stack_facts import StackFacts
 
@@ -46,7 +46,7 @@ class Target:
     description: str  # "stack prod-broker (eu-west-1)" or "local dev stack (http://127.0.0.1:3000)"
     config: Config  # the refresh function's own configuration
     connections: ConnectionStore
-    vault: TokenVault
+    vault: TokenStores
     smartsheet: Callable[[], SmartsheetClient]  # reads the app credentials on first use
     events: Callable[[], EventPublisher]  # the stack's connection events (e.g. Connection Revoked)
     dynamodb: Any  # the client the stores use

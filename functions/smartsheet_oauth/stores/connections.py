@@ -369,3 +369,20 @@ class ConnectionStore:
             kwargs["ReturnValues"] = returns
         with storage(operation):
             return dict(self._client.update_item(**kwargs))
+
+    def move_pair(self, connection_id: str, *, owner: str, generation: int, old_ref: str, new_ref: str) -> None:
+        """Point the record at its pair's new store (migrate-store) and give the lease back. Raises ConditionFailed
+        when the lease was lost, or the connection was refreshed or signed in again meanwhile: it stays where it is."""
+        with storage("connections.move_pair"):
+            self._client.update_item(
+                TableName=self._table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression="SET secret_arn = :new REMOVE lease_until, lease_owner",
+                ConditionExpression="lease_owner = :owner AND generation = :gen AND secret_arn = :old",
+                ExpressionAttributeValues={
+                    ":new": {"S": new_ref},
+                    ":owner": {"S": owner},
+                    ":gen": {"N": str(generation)},
+                    ":old": {"S": old_ref},
+                },
+            )

@@ -118,6 +118,45 @@ class TokenTable:
             # This version is the current or the previous one already: nothing to write.
         return self.ref(connection_id)
 
+    def save_if_vacant(
+        self, connection_id: str, tokens: TokenSet, *, version_id: str, generation: int = 0
+    ) -> str | None:
+        """Store a pair moved here from the other store (migrate-store) unless the table holds a live pair of another
+        version (a sign-in that raced the move): its ref, or None when it must not be written. One conditional
+        write: a repeat of the same version is a no-op."""
+        sealed = self.pair_sealer.seal(tokens, binding=pair_binding(connection_id, generation, version_id))
+        try:
+            with storage("tokens.put"):
+                self._client.update_item(
+                    TableName=self._table,
+                    Key={"connection_id": {"S": connection_id}},
+                    UpdateExpression=(
+                        "SET previous_pair = if_not_exists(sealed_pair, :none_b),"
+                        " previous_version = if_not_exists(pair_version, :none_s),"
+                        " previous_generation = if_not_exists(pair_generation, :zero),"
+                        " sealed_pair = :sealed, pair_version = :version, pair_generation = :generation,"
+                        " updated_at = :now REMOVE retired_at, expires_at"
+                    ),
+                    ConditionExpression="attribute_not_exists(sealed_pair) OR attribute_exists(retired_at)",
+                    ExpressionAttributeValues={
+                        ":sealed": {"B": sealed},
+                        ":version": {"S": version_id},
+                        ":generation": {"N": str(generation)},
+                        ":none_b": {"B": b"-"},
+                        ":none_s": {"S": "-"},
+                        ":zero": {"N": "0"},
+                        ":now": {"N": str(int(self._clock()))},
+                    },
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                )
+        except StorageError as exc:
+            if exc.code != "ConditionalCheckFailedException":
+                raise
+            item = getattr(exc, "item", None) or {}
+            if item.get("pair_version", {}).get("S") != version_id:
+                return None
+        return self.ref(connection_id)
+
     def load(self, ref: str) -> TokenSet:
         """The connection's current pair. Also has a data key at hand for the save that follows a refresh, so no KMS
         call stands between Smartsheet's answer and the new pair being stored (one KMS call every few minutes)."""

@@ -208,6 +208,26 @@ class TokenVault:
         with storage("vault.put"):
             return self._client.put_secret_value(**kwargs)["ARN"]
 
+    def save_if_vacant(
+        self, connection_id: str, tokens: TokenSet, *, version_id: str, generation: int = 0
+    ) -> str | None:
+        """Store a pair moved here from the other store (migrate-store) unless a live secret holds another one (a
+        sign-in that raced the move): its ARN, or None when it must not be written. A repeat of the same version is
+        a no-op. (Between the look and the write a sign-in could still land: a window of one call.)"""
+        del generation
+        name = self.secret_name(connection_id)
+        try:
+            with storage("vault.describe"):
+                described = self._client.describe_secret(SecretId=name)
+        except StorageError as exc:
+            if exc.code != "ResourceNotFoundException":
+                raise
+            return self.save(connection_id, tokens, version_id=version_id)
+        current = [v for v, stages in described.get("VersionIdsToStages", {}).items() if "AWSCURRENT" in stages]
+        if described.get("DeletedDate") is None and current and current != [version_id]:
+            return None
+        return self.save(connection_id, tokens, version_id=version_id)
+
     def load(self, secret_id: str) -> TokenSet:
         with storage("vault.load"):
             answer = self._client.get_secret_value(SecretId=secret_id, VersionStage="AWSCURRENT")
