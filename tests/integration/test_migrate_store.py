@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from smartsheet_oauth import services
+from smartsheet_oauth.config import get_config
 from smartsheet_oauth.domain.errors import StorageError
 from smartsheet_oauth.flows import migrate_store
 from smartsheet_oauth.flows.migrate_store import ALREADY, MOVED, migrate
@@ -181,17 +182,16 @@ def test_the_command_shows_progress_and_prints_no_token(broker: Broker, monkeypa
     tokens = [
         value for u in USERS[:3] for value in (broker.tokens(u)["access_token"], broker.tokens(u)["refresh_token"])
     ]
-    target = SimpleNamespace(
-        config=services.get_config(),
+    target: Any = SimpleNamespace(
+        config=get_config(),
         connections=services.connection_store(),
         vault=services.token_vault(),
         description="the test stack",
     )
     out = io.StringIO()
 
-    status = cli.cmd_migrate_store(
-        target, cli.build_parser().parse_args(["migrate-store", "--to", "dynamodb"]), cli.Output(out, False)
-    )  # type: ignore[arg-type]
+    args = cli.build_parser().parse_args(["migrate-store", "--to", "dynamodb"])
+    status = cli.cmd_migrate_store(target, args, cli.Output(out, False))
 
     text = out.getvalue()
     assert status == cli.OK
