@@ -23,7 +23,7 @@ export CKV_SKIP_PACKAGE_UPDATE_CHECK := true
 export BC_SKIP_MAPPING := TRUE
 
 .PHONY: help venv deploy-venv iac-venv iam-simulate axe chromium lock dev demo refresh test unit lint typecheck validate build \
-        deploy set-client-secret admin doctor bench reliability fuzz clean
+        deploy set-client-secret admin doctor bench cost reliability fuzz clean
 
 help: ## list the commands
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -131,6 +131,11 @@ reliability: venv ## races, faults, crashes, revocations, 500 sign-ins at once: 
 
 bench: venv ## benchmarks, not in `make test` (~3 min on an idle machine): cold start, calls, latency, sweep, size
 	PYTHONPATH=functions:. $(PY) -m tests.bench $(ARGS)
+
+CONNECTIONS ?= 1000000
+STORE       ?= dynamodb
+cost: venv ## the monthly AWS bill by service: CONNECTIONS=1000000 STORE=dynamodb|secretsmanager (from make bench's calls)
+	PYTHONPATH=functions:. $(PY) -m infra.scripts.cost --connections $(CONNECTIONS) --store $(STORE)
 
 validate: deploy-venv ## sam validate --lint
 	$(SAM) validate --lint --template template.yaml
