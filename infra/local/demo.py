@@ -149,11 +149,8 @@ class Story:
         return {key: next(iter(value.values())) for key, value in item.items()}
 
     def secret(self) -> dict[str, Any]:
-        answer = self.stack.aws.secretsmanager.get_secret_value(
-            SecretId=f"{self.stack.token_secret_prefix}{self.connection_id}", VersionStage="AWSCURRENT"
-        )
-        value: dict[str, Any] = json.loads(answer["SecretString"])
-        return value
+        """The stored pair, wherever the stack's TokenStore keeps it (a secret, or a sealed item of TokenTable)."""
+        return self.stack.token_pair(self.connection_id)
 
     def token_status(self, **tokens: str) -> dict[str, bool]:
         result: dict[str, bool] = self.client.emulator_admin("token-status", dict(tokens))
@@ -293,7 +290,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Run the sign-in and refresh story headless against a fresh local stack and print each step.",
     )
     parser.add_argument("--verbose", action="store_true", help="show the functions' and the gateway's logs")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="template parameter override, e.g. --param TokenStore=dynamodb (repeatable)",
+    )
     args = parser.parse_args(argv)
+    parameters = dict(p.split("=", 1) for p in args.param if "=" in p)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="      %(name)s %(message)s",
@@ -301,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     quiet = None if args.verbose else (lambda _function, _line: None)
     print("Starting the local stack (embedded AWS from template.yaml, Smartsheet emulator, gateway)...")
-    with LocalStack(log_sink=quiet) as stack:
+    with LocalStack(log_sink=quiet, parameters=parameters) as stack:
         print(f"  gateway {stack.url}, emulator {stack.emulator.base_url}, moto {stack.aws.endpoint_url}")
         print(f"  up in {stack.startup_seconds:.1f}s\n")
         ok = run(stack)

@@ -277,6 +277,29 @@ class LocalStack:
         result: str = by_logical_id(key)
         return result
 
+    def token_pair(self, connection_id: str) -> dict[str, Any]:
+        """A connection's stored token pair, from whichever store its record names (TokenStore: a secret, or a sealed
+        item of the token table, opened with the stack's token key), as the functions read it."""
+        from smartsheet_oauth.config import load_config  # noqa: PLC0415
+        from smartsheet_oauth.stores.token_stores import build_token_stores  # noqa: PLC0415
+
+        item = self.aws.dynamodb.get_item(
+            TableName=self.table_name("CONNECTIONS_TABLE_NAME"),
+            Key={"connection_id": {"S": connection_id}},
+            ConsistentRead=True,
+        ).get("Item")
+        ref = item["secret_arn"]["S"] if item else f"{self.token_secret_prefix}{connection_id}"
+        environment = next(iter(self.functions.values())).spec.environment
+        config = load_config(environment)
+        stores = build_token_stores(
+            config,
+            dynamodb=lambda: self.aws.dynamodb,
+            secrets=lambda: self.aws.secretsmanager,
+            kms=lambda: self.aws.client("kms"),
+        )
+        pair: dict[str, Any] = json.loads(stores.load(ref).to_json())
+        return pair
+
     @property
     def token_secret_prefix(self) -> str:
         return self._lookup("TOKEN_SECRET_PREFIX", lambda key: f"{self.stack_name}/connections/")
