@@ -74,10 +74,7 @@ def live_connections(stack: LocalStack, connections: list[dict[str, Any]]) -> di
     live = {}
     for item in connections:
         connection_id = item["connection_id"]["S"]
-        secret = stack.aws.secretsmanager.get_secret_value(
-            SecretId=f"{stack.token_secret_prefix}{connection_id}", VersionStage="AWSCURRENT"
-        )
-        tokens = json.loads(secret["SecretString"])
+        tokens = stack.token_pair(connection_id)  # a secret, or a sealed item of the token table
         if item["status"]["S"] == "active" and stack.emulator.refresh_token_is_live(tokens["refresh_token"]):
             live[connection_id] = item["email"]["S"]
     return live
@@ -87,10 +84,12 @@ def describe(run: BrowserRun) -> str:
     return f"user {run.user_id}: {run.outcome} after {run.seconds:.1f} s via {run.hops}"
 
 
-def test_sign_in_under_load(scale: Scale, figures: Callable[..., None]) -> None:
+def test_sign_in_under_load(scale: Scale, figures: Callable[..., None], token_store: str) -> None:
     n = scale.sign_in_browsers
     logged = CallbackOutcomes()
-    with LocalStack(stack_name=f"reliability-sign-in-{os.getpid()}", log_sink=logged) as stack:
+    parameters = {"TokenStore": token_store}
+    name = f"reliability-sign-in-{token_store[:3]}-{os.getpid()}"
+    with LocalStack(stack_name=name, log_sink=logged, parameters=parameters) as stack:
         created = requests.post(f"{stack.emulator.base_url}/_emulator/users", json={"count": n}, timeout=30)
         assert created.status_code == 200, created.text
         emails = {str(user["id"]): user["email"] for user in created.json()}

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.domain.vocabulary import RefreshOutcome
 from smartsheet_oauth.stores.sweep_lease import LEASE_KEY
 
@@ -73,10 +72,8 @@ class Store:
         }
 
     def refresh_token(self, connection_id: str) -> str:
-        secret = self.stack.aws.secretsmanager.get_secret_value(
-            SecretId=f"{self.stack.token_secret_prefix}{connection_id}", VersionStage="AWSCURRENT"
-        )
-        return TokenSet.from_json(secret["SecretString"]).refresh_token
+        """The stored refresh token, from whichever store the stack keeps pairs in (its record says)."""
+        return str(self.stack.token_pair(connection_id)["refresh_token"])
 
     def update(self, connection_id: str, expression: str, values: dict[str, Any]) -> None:
         self.stack.aws.dynamodb.update_item(
@@ -87,10 +84,11 @@ class Store:
         )
 
 
-def test_kill_the_refresh_worker_mid_flight(scale: Scale, figures: Callable[..., None]) -> None:
+def test_kill_the_refresh_worker_mid_flight(scale: Scale, figures: Callable[..., None], token_store: str) -> None:
     n = scale.crash_mid_flight_users
     emulator = SmartsheetEmulator(users=users(n), seed=61)
-    with LocalStack(emulator=emulator, log_sink=lambda _function, _line: None) as stack:
+    parameters = {"TokenStore": token_store}
+    with LocalStack(emulator=emulator, log_sink=lambda _function, _line: None, parameters=parameters) as stack:
         client = BrokerClient.of(stack)
         store = Store(stack)
         session = boto3.session.Session(
