@@ -133,6 +133,7 @@ def deployed(
             dynamodb=lambda: dynamodb,
             secrets=lambda: secrets,
             kms=lambda: session.client("kms", config=QUICK_CALLS),
+            keep_pairs=False,
         ),
         smartsheet=smartsheet_factory(secrets, config),
         events=events_factory(lambda: session.client("events", config=QUICK_CALLS), config),

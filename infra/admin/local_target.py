@@ -123,7 +123,10 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
     if len(stacks) != 1:
         raise TargetError(f"{where} holds {len(stacks)} broker stacks ({', '.join(sorted(stacks))}), expected one.")
     stack_name = stacks.pop()
-    physical = _local_resources(stack_name, tables, secret_names, dynamodb=dynamodb, secrets=secrets, sqs=sqs)
+    physical = {
+        **_local_resources(stack_name, tables, secret_names, dynamodb=dynamodb, secrets=secrets, sqs=sqs),
+        **_token_key(stack_name, client("kms")),
+    }
     environment = _function_environment(template, stack_name, physical, _parameters(state, state_file))
     if emulator_url is not None:
         environment["SMARTSHEET_AUTHORIZE_URL"] = f"{emulator_url}/b/authorize"
@@ -163,7 +166,9 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
         config=config,
         connections=ConnectionStore(dynamodb, config.connections_table_name),
         dynamodb=dynamodb,
-        vault=build_token_stores(config, dynamodb=lambda: dynamodb, secrets=lambda: secrets, kms=lambda: client("kms")),
+        vault=build_token_stores(
+            config, dynamodb=lambda: dynamodb, secrets=lambda: secrets, kms=lambda: client("kms"), keep_pairs=False
+        ),
         smartsheet=smartsheet_factory(secrets, config),
         events=events_factory(lambda: client("events"), config),
         run_sweep=run_sweep,
@@ -222,6 +227,21 @@ def _local_resources(
     if "RefreshDeadLetterQueue" not in found:
         raise TargetError(f"the embedded AWS holds no refresh dead-letter queue of {stack_name}")
     return found
+
+
+def _token_key(stack_name: str, kms: Any) -> dict[str, PhysicalResource]:
+    """The stack's TokenSecretsKey in the embedded AWS, by the description the template gives it (it names the
+    stack): what a TokenStore=dynamodb stack's pairs are opened with."""
+    with aws_errors("reading the embedded AWS's keys"):
+        for key in kms.list_keys().get("Keys", []):
+            metadata = kms.describe_key(KeyId=key["KeyId"])["KeyMetadata"]
+            if str(metadata.get("Description", "")).startswith(f"{stack_name} - encrypts the Smartsheet token"):
+                return {
+                    "TokenSecretsKey": PhysicalResource(
+                        ref=metadata["KeyId"], attributes={"Arn": metadata["Arn"], "KeyId": metadata["KeyId"]}
+                    )
+                }
+    return {}
 
 
 @cache

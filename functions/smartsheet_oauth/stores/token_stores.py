@@ -104,11 +104,18 @@ class _Lazy:
 
 
 def build_token_stores(
-    config: Config, *, dynamodb: Callable[[], Any], secrets: Callable[[], Any], kms: Callable[[], Any]
+    config: Config,
+    *,
+    dynamodb: Callable[[], Any],
+    secrets: Callable[[], Any],
+    kms: Callable[[], Any],
+    keep_pairs: bool = True,
 ) -> TokenStores:
-    """The stores as a function's configuration names them (services.py and the admin CLI's targets)."""
+    """The stores as a function's configuration names them (services.py and the admin CLI's targets). keep_pairs:
+    seal a pair that cannot be saved onto its record (the functions; the admin CLI has done without)."""
     # The KMS client is made on the first seal (refresh only): sign-in with Secrets Manager never pays for it.
-    sealer = PairSealer(kms, config.pending_tokens_key_id) if config.pending_tokens_key_id else None
+    pending = config.pending_tokens_key_id if keep_pairs else None
+    sealer = PairSealer(kms, pending) if pending else None
     vault = TokenVault(
         _Lazy(secrets),  # type: ignore[arg-type]
         config.token_secret_prefix,
