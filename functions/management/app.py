@@ -72,7 +72,9 @@ def disconnect(connection_id: str) -> Response:
 @app.post("/connect-sessions")
 def create_connect_session() -> Response:
     body = management_api.json_body(app, required=True)
-    result = management.create_connect_session(deps(), body, broker_url=management_api.broker_url(app))
+    result = management.create_connect_session(
+        deps(), body, broker_url=management_api.broker_url(app, get_config().public_base_url)
+    )
     logger.info("connect session created", extra={"end_user_id": result["end_user_id"]})
     management_api.count("connect_session_created")
     return management_api.answer(201, result)

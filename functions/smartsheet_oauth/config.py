@@ -95,6 +95,9 @@ class Config:
     # under TOKEN_KMS_KEY_ID). Stored pairs are read where their record says, whichever this is.
     token_store: str = "secretsmanager"  # noqa: S105 (a store's name, not a secret)
     token_table_name: str | None = None
+    # The base of the login links the management API hands out (CustomDomainName): None means the host the request
+    # came in on.
+    public_base_url: str | None = None
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
@@ -141,6 +144,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         logo_url=_page_url(environ, "LOGO_URL", mailto=False),
         token_store=token_store,
         token_table_name=token_table_name,
+        public_base_url=_public_base_url(environ),
     )
 
 
@@ -260,6 +264,18 @@ def _check_url(name: str, url: str) -> None:
     if parts.scheme == "http" and is_loopback(parts.hostname):
         return
     raise ConfigError(name, f"must be an https:// URL (http:// only for 127.0.0.1/localhost), got {url!r}")
+
+
+def _public_base_url(environ: Mapping[str, str]) -> str | None:
+    """An origin (https://signin.example.com): login links append /login to it, so no path, query or fragment."""
+    value = environ.get("PUBLIC_BASE_URL", "").strip().rstrip("/")
+    if not value:
+        return None
+    _check_url("PUBLIC_BASE_URL", value)
+    parts = urlsplit(value)
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError("PUBLIC_BASE_URL", f"must be an origin such as https://signin.example.com, got {value!r}")
+    return value
 
 
 def _url_override(environ: Mapping[str, str], name: str, default: str) -> str:

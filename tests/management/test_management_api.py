@@ -462,6 +462,24 @@ def test_a_connect_session_answers_a_one_time_login_link_and_bad_requests_store_
     assert token not in json.dumps(items)  # only its hash is stored
 
 
+def test_a_connect_session_link_is_on_the_custom_domain_whatever_host_the_backend_called(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CustomDomainName sets PUBLIC_BASE_URL: a backend that signs its request for the execute-api host still hands
+    its user a link on the custom domain (the one whose /callback is registered at Smartsheet)."""
+    monkeypatch.setenv("PUBLIC_BASE_URL", "https://signin.example.com")
+    services.reset()
+    try:
+        answer = call_management(
+            "POST", "/connect-sessions", body={"end_user_id": "user-42", "return_to": "https://app.example.com/done"}
+        )
+    finally:
+        services.reset()
+
+    assert answer.status == 201
+    assert answer.body["login_url"].startswith("https://signin.example.com/login?session=")
+
+
 # ----------------------------------------------------------------------------------- a grant lost in flight
 def test_an_on_demand_refresh_that_finds_a_grant_lost_in_flight_is_a_500_incident_and_marks_it(
     sealing: Broker,

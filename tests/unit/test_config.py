@@ -139,3 +139,27 @@ def test_a_brand_value_a_page_must_not_show_is_refused(name: str, value: str) ->
     with pytest.raises(ConfigError) as refused:
         load_config({**BASE, name: value})
     assert refused.value.variable == name
+
+
+def test_the_public_base_url_is_an_origin_or_nothing() -> None:
+    """PUBLIC_BASE_URL (the stack's CustomDomainName): the base of connect sessions' login links."""
+    assert load_config(BASE).public_base_url is None
+    assert load_config({**BASE, "PUBLIC_BASE_URL": "https://signin.example.com/"}).public_base_url == (
+        "https://signin.example.com"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://signin.example.com",
+        "signin.example.com",
+        "https://signin.example.com/prefix",
+        "https://signin.example.com?x=1",
+        "https://user@signin.example.com",
+    ],
+)
+def test_a_public_base_url_a_login_link_cannot_start_with_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config({**BASE, "PUBLIC_BASE_URL": value})
+    assert refused.value.variable == "PUBLIC_BASE_URL"

@@ -86,9 +86,11 @@ def json_body(app: Router, *, required: bool) -> dict[str, Any]:
     return body
 
 
-def broker_url(app: Router) -> str:
-    """The broker's public base URL as the caller reached it (the HTTP API's $default stage has no path prefix).
-    http only for a loopback host: the local gateway."""
+def broker_url(app: Router, public_base_url: str | None = None) -> str:
+    """The broker's public base URL: the configured one (the stack's custom domain) when set, else as the caller
+    reached it (the HTTP API's $default stage has no path prefix). http only for a loopback host: the local gateway."""
+    if public_base_url:
+        return public_base_url
     event = app.current_event
     host = event.request_context.domain_name or event.headers.get("host", "")
     proto = event.headers.get("x-forwarded-proto", "https")
