@@ -123,13 +123,18 @@ SCOPED_NAMES = {
 NOT_NAMES = {"MetricName"}  # an alarm's metric: what it watches, not what it is called
 
 
-def physical_names(stack: str) -> dict[tuple[str, str], str]:
-    """(logical id, property) -> the resolved value of every name-like property the translation gives a resource."""
-    document = translate(parameters={"AWS::StackName": stack})
+def physical_names(stack: str, **parameters: str) -> dict[tuple[str, str], str]:
+    """(logical id, property) -> the resolved value of every name-like property the translation gives a resource
+    that the stack creates (its Condition true)."""
+    document = translate(parameters={"AWS::StackName": stack, **parameters})
     template = Template(path=TEMPLATE_PATH, document=document)
-    resolver = Resolver(template, stack_name=stack, parameters={"SmartsheetClientId": "placeholder-client-id"})
+    resolver = Resolver(
+        template, stack_name=stack, parameters={"SmartsheetClientId": "placeholder-client-id", **parameters}
+    )
     names = {}
     for logical_id, resource in document["Resources"].items():
+        if not resolver.is_active(logical_id):
+            continue
         for key, value in (resource.get("Properties") or {}).items():
             if not key.endswith("Name") or key in NOT_NAMES or (resource["Type"], key) in SCOPED_NAMES:
                 continue
@@ -137,8 +142,23 @@ def physical_names(stack: str) -> dict[tuple[str, str], str]:
     return names
 
 
-def test_two_stacks_in_one_account_and_region_share_no_physical_name() -> None:
-    staging, production = physical_names("staging"), physical_names("production")
+def certificate(stack: str) -> str:
+    return f"arn:aws:acm:us-east-1:123456789012:certificate/{stack}-0f1e2d3c-4b5a-6978-8a9b"
+
+
+# With a custom domain each stack is given its own (CustomDomainName): a domain name is unique in an account and region
+# by nature, like a DNS name, so its being the parameter's value is what keeps the stacks apart, not the stack's name.
+WITH_OWN_DOMAINS = {
+    "staging": {"CustomDomainName": "signin.staging.example.com", "CustomDomainCertificateArn": certificate("staging")},
+    "production": {"CustomDomainName": "signin.example.com", "CustomDomainCertificateArn": certificate("production")},
+}
+
+
+@pytest.mark.parametrize("own_domains", [False, True], ids=["default", "each-its-own-custom-domain"])
+def test_two_stacks_in_one_account_and_region_share_no_physical_name(own_domains: bool) -> None:
+    staging = physical_names("staging", **(WITH_OWN_DOMAINS["staging"] if own_domains else {}))
+    production = physical_names("production", **(WITH_OWN_DOMAINS["production"] if own_domains else {}))
+    assert (("CustomDomain", "DomainName") in staging) is own_domains
 
     shared = sorted(
         f"{lid}.{key} = {value!r}" for (lid, key), value in staging.items() if production.get((lid, key)) == value

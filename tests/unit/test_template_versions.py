@@ -55,6 +55,8 @@ OTHER_VALUES = {
     "AppName": "Acme Sheets",
     "SupportUrl": "https://acme.example.com/help",
     "LogoUrl": "https://cdn.acme.example.com/logo.png",
+    "CustomDomainName": "signin.example.com",
+    "CustomDomainCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b",
 }
 
 
@@ -145,6 +147,7 @@ def test_the_description_holds_the_longest_values_the_parameters_admit() -> None
         elif spec.get("Type") == "Number":
             longest[name] = max((str(spec.get(k, "")) for k in ("MinValue", "MaxValue")), key=len)
     longest["DebugLogSampleRate"] = "0.0001"  # its pattern: up to four decimals
+    longest["CustomDomainName"] = ".".join(["a" * 63] * 3 + ["a" * 61])  # 253: a host name with its pattern
     values = tuple((name, str(value)) for name, value in longest.items() if name not in ("SmartsheetRegion",))
     for function, (_, description) in published(values).items():
         assert 0 < len(description) <= DESCRIPTION_LIMIT, (function, len(description), description)
