@@ -218,3 +218,4 @@ def test_login_that_answers_nothing_fails() -> None:
     assert check.verdict == "failed"
     assert check.summary == "no answer from https://nowhere.example/login (gaierror: name not known)"
     assert check.fix.startswith("check the LoginUrl output and your network")
+    assert "CustomDomainTarget" in check.fix  # a custom domain whose DNS record is missing answers nothing too

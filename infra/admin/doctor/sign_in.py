@@ -104,7 +104,8 @@ def check_sign_in(settings: SignInSettings, get: Callable[[str], HttpAnswer] = f
         return failed(
             NAME,
             f"no answer from {settings.login_url} ({exc})",
-            "check the LoginUrl output and your network; a stack still deploying answers nothing yet",
+            "check the LoginUrl output and your network; a stack still deploying answers nothing yet; on a custom "
+            "domain (CustomDomainName), its DNS record must point at the CustomDomainTarget output",
         )
     return judge(answer, settings)
 
