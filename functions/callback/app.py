@@ -1,7 +1,9 @@
-"""GET /callback: Smartsheet sends the browser back here with a code (or an error) and our state."""
+"""GET /callback: Smartsheet sends the browser back here with a code (or an error) and our state. A sign-in that ends
+here answers 303 See Other to GET /result, the page that says how it ended and that a reload cannot break."""
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -9,9 +11,9 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
-from smartsheet_oauth.domain.errors import BindingConflict, CodeRefused, SignInRejected
+from smartsheet_oauth.domain.errors import BindingConflict, CodeRefused, ConfigError, SignInRejected, StorageError
 from smartsheet_oauth.domain.lifecycle import detail_type, status_after
-from smartsheet_oauth.edge import pages
+from smartsheet_oauth.edge import pages, result
 from smartsheet_oauth.edge.router import Cookie, Response
 from smartsheet_oauth.edge.web import count, failure_page, html, query_params, redirect, resolver
 from smartsheet_oauth.flows.connect_return import ConnectSignInFailed
@@ -26,13 +28,6 @@ app = resolver(operation="callback")
 
 # The nonce is single-use like the state: expire it in the browser whatever the outcome.
 _CLEAR_NONCE = Cookie(name=NONCE_COOKIE, value="", path="/", secure=True, http_only=True, same_site="Lax", max_age=0)
-# Set with the "connected" page: a reload (or the back button) in this browser shortly after finds the state used, and
-# the page says connected again instead of "expired". It holds nothing but that this browser finished a sign-in.
-DONE_COOKIE = "__Host-smartsheet-oauth-done"
-DONE_SECONDS = 900
-_DONE = Cookie(
-    name=DONE_COOKIE, value="1", path="/", secure=True, http_only=True, same_site="Lax", max_age=DONE_SECONDS
-)
 
 
 @app.get("/callback")
@@ -71,16 +66,54 @@ def callback() -> Response:
     )
     if signed_in.return_to:
         return redirect(303, signed_in.return_to, cookies=[_CLEAR_NONCE])
-    return html(200, pages.signed_in(signed_in.email), cookies=[_CLEAR_NONCE, _DONE])
+    # The page itself is GET /result: this URL's state is spent, so a reload here could only say "used"; the result's
+    # cookie (signed, this sign-in's) is what a reload of /result, or the back button to this URL, reads again.
+    now = int(time.time())
+    outcome = result.SignInResult(
+        result.CONNECTED, signed_in.email, now + result.RESULT_SECONDS, result.state_hash(params["state"])
+    )
+    secret = services.app_credentials(config).client_secret
+    return redirect(
+        303, result.RESULT_PATH, cookies=[_CLEAR_NONCE, result.result_cookie(outcome, client_secret=secret, now=now)]
+    )
+
+
+@app.get(result.RESULT_PATH)
+def result_page() -> Response:
+    """How this browser's last sign-in ended, from its signed cookie alone: no value in the address can change what
+    it says. Without a valid cookie (expired, another browser, never signed in here) it says it has nothing to show."""
+    try:
+        shown = _this_browsers_result()
+    except (StorageError, ConfigError) as exc:  # the key is out of reach: say what is known, which is nothing
+        logger.warning("result cookie not checked", extra={"outcome": "result_unchecked", "error": type(exc).__name__})
+        shown = None
+    if shown is not None and shown.outcome == result.CONNECTED:
+        logger.info("result page shown", extra={"outcome": "result_connected"})
+        return html(200, pages.signed_in(shown.email))
+    logger.info("result page shown", extra={"outcome": "result_none"})
+    return html(200, pages.no_result(start_again="/login" if get_config().anonymous_login else None))
+
+
+def _this_browsers_result() -> result.SignInResult | None:
+    value = app.current_event.cookies.get(result.RESULT_COOKIE)
+    if not value:
+        return None  # nothing to check: no read of the client secret
+    secret = services.app_credentials().client_secret
+    return result.open_result(value, client_secret=secret, now=int(time.time()))
 
 
 @app.exception_handler(SignInRejected)
 def _rejected(exc: SignInRejected) -> Response:
     # Each case worded for what it is: a reload of the "connected" page, a bare /callback, another browser, too slow.
+    if exc.reason == "unknown_or_used_state":
+        # The back button (or a reload of this URL) after this browser finished this very sign-in: its result page.
+        shown = _this_browsers_result()  # the key was read already: the callback's Smartsheet client needs it
+        state = app.current_event.query_string_parameters.get("state", "")
+        if shown is not None and hmac.compare_digest(shown.state_hash, result.state_hash(state)):
+            logger.info("finished sign-in revisited", extra={"outcome": "result_again"})
+            return redirect(303, result.RESULT_PATH)
     logger.info("sign-in rejected", extra={"outcome": "bad_state", "reason": exc.reason})
     count("callback", "bad_state")
-    if exc.reason == "unknown_or_used_state" and app.current_event.cookies.get(DONE_COOKIE) == "1":
-        return html(200, pages.already_connected())
     start_again = "/login" if get_config().anonymous_login else None
     return html(400, pages.sign_in_rejected(exc.reason, start_again=start_again))
 

@@ -105,6 +105,12 @@ class BrokerClient:
         headers = {"Cookie": sign_in.nonce_cookie if cookie is None else cookie}
         return self.http.get(sign_in.callback_url, headers=headers, allow_redirects=False, timeout=60)
 
+    def result(self, cookie: str) -> requests.Response:
+        """GET /result, the page a finished sign-in's 303 leads to, with the result cookie the callback set."""
+        return self.http.get(
+            f"{self.gateway_url}/result", headers={"Cookie": cookie}, allow_redirects=False, timeout=30
+        )
+
     def emulator_admin(self, path: str, payload: dict[str, Any] | None = None) -> Any:
         if payload is None:
             answer = self.http.get(f"{self.emulator_url}/_emulator/{path}", timeout=30)
@@ -184,11 +190,19 @@ class Story:
         assert self.first is not None
         calls = self.client.token_calls()
         answer = self.client.callback(self.first)
-        check(answer.status_code == 200, f"callback answered {answer.status_code}: {answer.text[:200]}")
-        check("Smartsheet connected" in answer.text, "the success page is not shown")
+        check(answer.status_code == 303, f"callback answered {answer.status_code}: {answer.text[:200]}")
+        check(
+            answer.headers.get("Location") == "/result",
+            f"callback sent the browser to {answer.headers.get('Location')}",
+        )
         check(self.client.token_calls() == calls + 1, "expected exactly one token exchange")
-        cleared = answer.raw.headers.getlist("Set-Cookie")
-        self.out(f"    200 'Smartsheet connected' (one token exchange; nonce cookie cleared: {bool(cleared)})")
+        set_cookies = answer.raw.headers.getlist("Set-Cookie")
+        cleared = any(c.startswith("__Host-smartsheet-oauth-nonce=;") for c in set_cookies)
+        result = [c for c in set_cookies if c.startswith("__Host-smartsheet-oauth-result=")]
+        check(len(result) == 1, "the callback set no result cookie")
+        page = self.client.result(_cookie(result))
+        check(page.status_code == 200 and "Smartsheet connected" in page.text, "the result page does not say connected")
+        self.out(f"    303 /result (one token exchange; nonce cookie cleared: {cleared}) -> 200 'Smartsheet connected'")
 
     def connection_stored(self) -> None:
         record = self.connection()

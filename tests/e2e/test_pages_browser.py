@@ -1,12 +1,15 @@
 """The pages an end user sees, in the system's headless Chromium at a phone's size (390x844): each case worded for
-what it is (a reload of the "connected" page, a bare /callback, a sign-in finished in another browser, a link that
-was changed), in the integrator's name (AppName, SupportUrl, LogoUrl), and free of accessibility violations as
-axe-core (tests/support/axe, pinned by its lockfile, installed by `make axe`) finds them: contrast, labels, language,
-headings, landmarks. Screenshots land in $PAGE_SCREENSHOTS when it is set."""
+what it is (a reload of the result page a sign-in lands on, the back button, a bare /callback, a result past its
+lifetime, a sign-in finished in another browser, a link that was changed), in the integrator's name (AppName,
+SupportUrl, LogoUrl), and free of accessibility violations as axe-core (tests/support/axe, pinned by its lockfile,
+installed by `make axe`) finds them: contrast, labels, language, headings, landmarks. Screenshots land in
+$PAGE_SCREENSHOTS when it is set."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,7 +71,8 @@ def phone(browser: Any) -> Iterator[Any]:
 def branded_pages() -> dict[str, Callable[[], str]]:
     return {
         "connected": lambda: pages.signed_in("ada@example.com"),
-        "connected-again": pages.already_connected,
+        "no-result": lambda: pages.no_result(start_again="/login"),
+        "no-result-from-the-app": lambda: pages.no_result(start_again=None),
         "nothing-to-finish": lambda: pages.sign_in_rejected("missing_state", start_again="/login"),
         "other-browser": lambda: pages.sign_in_rejected("nonce_mismatch", start_again=None),
         "too-slow": lambda: pages.sign_in_rejected("expired_state", start_again="/login"),
@@ -117,7 +121,7 @@ def test_every_page_names_the_app_passes_axe_and_fits_a_phone(
     screenshot(page, name)
 
 
-def test_the_connected_page_survives_a_reload_and_other_cases_say_what_they_are(
+def test_the_result_page_survives_a_reload_and_other_cases_say_what_they_are(
     local_stack: LocalStack, phone: Any, browser: Any
 ) -> None:
     from tests.management.test_over_http import unbind
@@ -126,22 +130,50 @@ def test_the_connected_page_survives_a_reload_and_other_cases_say_what_they_are(
     page = phone.new_page()
     page.goto(f"{local_stack.url}/login")
     page.select_option("#user", ADA)
+    callbacks: list[tuple[str, int]] = []
+    page.on("response", lambda r: callbacks.append((r.url, r.status)) if "/callback" in r.url else None)
     page.click("#allow")
-    page.wait_for_url(f"{local_stack.url}/callback?*")
+    page.wait_for_url(f"{local_stack.url}/result")  # 303 See Other from /callback: the address holds no code or state
+    assert [status for _, status in callbacks] == [303]
     assert page.title() == "Smartsheet connected"
+    assert "ada@example.com" in page.locator("main").inner_text()
+    assert axe_violations(page) == []
     screenshot(page, "stack-connected")
 
-    page.reload()  # the state is used up: the page still says connected, in this browser
+    page.reload()  # the page reads its signed cookie again: still connected, nothing spent
 
+    assert page.url == f"{local_stack.url}/result"
     assert page.title() == "Smartsheet connected"
-    assert "is connected" in page.locator("main").inner_text()
-    assert axe_violations(page) == []
+    assert "ada@example.com" in page.locator("main").inner_text()
     screenshot(page, "stack-connected-reloaded")
+
+    # Back: the consent page (the 303 replaced /callback in the history); Allow there again brings back this sign-in's
+    # spent callback URL, which leads to its result page again. Forward: the result page.
+    page.go_back()
+    assert page.url.startswith(local_stack.emulator.authorize_url)
+    page.go_forward()
+    assert page.url == f"{local_stack.url}/result"
+    assert page.title() == "Smartsheet connected"
+    spent = next(url for url, _ in callbacks)
+    page.goto(spent)  # the spent /callback?code&state of this sign-in (a back button, a bookmark)
+    assert page.url == f"{local_stack.url}/result"
+    assert page.title() == "Smartsheet connected"
 
     page.goto(f"{local_stack.url}/callback")  # bare
     assert page.title() == "Nothing to finish here"
     assert axe_violations(page) == []
     screenshot(page, "stack-bare-callback")
+
+    # The cookie's 15 minutes are over (the browser drops it at Max-Age): the page says what it knows, and no more.
+    phone.clear_cookies(name="__Host-smartsheet-oauth-result")
+    page.goto(f"{local_stack.url}/result")
+    assert page.title() == "No sign-in result to show"
+    assert "ada@example.com" not in page.content()
+    assert axe_violations(page) == []
+    assert fits_the_phone(page)
+    screenshot(page, "stack-result-expired")
+    page.goto(spent)  # and the spent callback, without this sign-in's result, says it is used
+    assert page.title() == "This sign-in link can't be used again"
 
     # Started here, finished in another browser (a link copied across): neither "expired" nor "connected".
     page.goto(f"{local_stack.url}/login")  # this browser holds the nonce; Smartsheet's consent, then the other
@@ -153,6 +185,8 @@ def test_the_connected_page_survives_a_reload_and_other_cases_say_what_they_are(
         assert elsewhere.title() == "Finish in the browser where you started"
         assert axe_violations(elsewhere) == []
         screenshot(elsewhere, "stack-other-browser")
+        elsewhere.goto(f"{local_stack.url}/result")  # the other browser's result page: nothing of the first's
+        assert elsewhere.title() == "No sign-in result to show"
     finally:
         other.close()
 
@@ -161,3 +195,31 @@ def test_the_connected_page_survives_a_reload_and_other_cases_say_what_they_are(
     assert "return_to" not in page.content()  # no developer words
     assert fits_the_phone(page)
     screenshot(page, "stack-bad-link")
+
+
+def test_a_result_cookie_past_its_expiry_is_not_believed(local_stack: LocalStack, phone: Any) -> None:
+    """A browser that kept the cookie past its Max-Age (or a copy set back by hand) gets the truthful page: the
+    expiry is inside the signed value."""
+    from smartsheet_oauth.edge import result
+
+    secret = json_secret(local_stack)
+    stale = result.seal(
+        result.SignInResult(result.CONNECTED, "ada@example.com", int(time.time()) - 1, "0" * 32), client_secret=secret
+    )
+    page = phone.new_page()
+    # Set as the broker sets it, on its origin (the Max-Age still runs: only the signed expiry is past).
+    planted = f"{result.RESULT_COOKIE}={stale}; Path=/; Max-Age=600; HttpOnly; Secure; SameSite=Lax"
+    page.route(f"{local_stack.url}/plant", lambda route: route.fulfill(body="ok", headers={"Set-Cookie": planted}))
+    page.goto(f"{local_stack.url}/plant")
+    assert [c["name"] for c in phone.cookies(local_stack.url)] == [result.RESULT_COOKIE]
+
+    page.goto(f"{local_stack.url}/result")
+
+    assert page.title() == "No sign-in result to show"
+    assert "ada@example.com" not in page.content()
+
+
+def json_secret(stack: LocalStack) -> str:
+    arn = stack.functions["CallbackFunction"].spec.environment["APP_CREDENTIALS_SECRET_ARN"]
+    value: str = json.loads(stack.aws.secretsmanager.get_secret_value(SecretId=arn)["SecretString"])["client_secret"]
+    return value

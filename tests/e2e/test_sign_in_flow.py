@@ -39,10 +39,14 @@ def test_sign_in_stores_the_connection_under_the_exact_user_id(local_stack: Loca
     client.consent(sign_in, allow=True, user_id=ALAN)
     answer = client.callback(sign_in)
 
-    assert answer.status_code == 200
-    assert "alan@example.com" in answer.text
+    assert (answer.status_code, answer.headers["Location"]) == (303, "/result")
     assert answer.headers["Cache-Control"] == "no-store"
-    assert "Content-Security-Policy" in answer.headers
+    [result] = [c for c in answer.raw.headers.getlist("Set-Cookie") if c.startswith("__Host-smartsheet-oauth-result=")]
+    page = client.result(result.split(";")[0])  # through the gateway, as the browser follows the 303
+    assert page.status_code == 200
+    assert "alan@example.com" in page.text
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "Content-Security-Policy" in page.headers
     record = _connection(local_stack, ALAN)
     assert record is not None
     assert record["status"]["S"] == "active"
@@ -96,6 +100,7 @@ def test_every_template_route_is_served(local_stack: LocalStack) -> None:
         "GET /login",
         "POST /login",
         "GET /callback",
+        "GET /result",
         "GET /connections",
         "GET /connections/{connection_id}",
         "POST /connections/{connection_id}/refresh",
@@ -119,7 +124,7 @@ def test_the_schedule_delivers_an_eventbridge_scheduler_event(local_stack: Local
 def test_function_logs_never_carry_tokens(local_stack: LocalStack, client: BrokerClient) -> None:
     sign_in = client.login()
     callback_url = client.consent(sign_in, allow=True)
-    assert client.callback(sign_in).status_code == 200
+    assert client.callback(sign_in).status_code == 303  # to /result
     record = _connection(local_stack, str(local_stack.emulator.users[0].id))
     assert record is not None
     secret = local_stack.aws.secretsmanager.get_secret_value(SecretId=record["secret_arn"]["S"])

@@ -63,10 +63,13 @@ def test_login_redirects_to_smartsheet_with_a_stored_state_and_a_bound_cookie(br
 def test_full_sign_in_stores_tokens_and_the_connection(broker: Broker) -> None:
     answer = broker.sign_in(user_id=ALAN)
 
-    assert answer.status == 200, answer.body
+    assert answer.status == 200, answer.body  # the result page the callback's 303 led to
     assert "alan@example.com" in answer.body
     assert_secure_headers(answer.headers)
-    assert answer.cookie(NONCE_COOKIE) == ""  # the nonce is cleared
+    assert answer.via is not None
+    assert (answer.via.status, answer.via.location) == (303, "/result")
+    assert_secure_headers(answer.via.headers)
+    assert answer.via.cookie(NONCE_COOKIE) == ""  # the nonce is cleared
     record = broker.connection(ALAN)
     assert record is not None
     assert record["connection_id"] == str(ALAN)

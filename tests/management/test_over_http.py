@@ -47,7 +47,8 @@ def unbind(stack: LocalStack, connection_id: str) -> None:
 def sign_in(client: BrokerClient, user_id: str) -> None:
     sign_in = client.login()
     client.consent(sign_in, allow=True, user_id=user_id)
-    assert client.callback(sign_in).status_code == 200
+    answer = client.callback(sign_in)
+    assert (answer.status_code, answer.headers["Location"]) == (303, "/result"), answer.text
 
 
 def test_every_iam_route_of_the_template_refuses_unsigned_requests_and_serves_signed_ones(

@@ -26,7 +26,8 @@ class BrowserRun:
     hops: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status) of every answer
     state: str | None = None  # the state /login put in the authorize redirect
     final_status: int | None = None  # the broker's answer to /callback (None: the flow ended before it)
-    final_body: str = ""
+    final_body: str = ""  # the page the browser ended on: /result's after a 303, else the callback's own
+    final_path: str = ""
     failed_at: str | None = None  # where the flow stopped short: "login 503", "consent page 500", "transport"
     seconds: float = 0.0
 
@@ -127,11 +128,14 @@ class Browser:
         answer = self.navigate(
             "POST", urljoin(consent.url, form.action), {**form.fields, "user_id": self.run.user_id, "decision": "allow"}
         )
-        if not urlsplit(answer.url).path.endswith("/callback"):
+        callbacks = [status for _, path, status in self.run.hops if path.endswith("/callback")]
+        if not callbacks:
             self.run.failed_at = f"consent {answer.status_code}"
             return
-        self.run.final_status = answer.status_code
+        # A finished sign-in's callback answers 303 to /result, the page the user reads: the body is that page's.
+        self.run.final_status = callbacks[-1]
         self.run.final_body = answer.text
+        self.run.final_path = urlsplit(answer.url).path
 
 
 def sign_in_all(login_url: str, user_ids: list[str]) -> tuple[list[BrowserRun], float]:

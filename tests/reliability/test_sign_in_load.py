@@ -25,7 +25,7 @@ from tests.reliability.harness import SPAWN
 
 # The status the callback answers with, by the outcome it logs (smartsheet_oauth/edge/web.py, callback/app.py).
 STATUS_OF_OUTCOME = {
-    "success": 200,
+    "success": 303,  # to /result, the page that says connected
     "bad_request": 400,
     "bad_state": 400,
     "denied": 400,
@@ -104,11 +104,15 @@ def test_sign_in_under_load(scale: Scale, figures: Callable[..., None], token_st
 
     ended: Counter[str] = Counter(run.outcome for run in runs)
     seconds = [run.seconds for run in runs]
-    connected = {run.user_id for run in runs if run.final_status == 200 and emails[run.user_id] in run.final_body}
+    connected = {
+        run.user_id
+        for run in runs
+        if run.final_status == 303 and run.final_path.endswith("/result") and emails[run.user_id] in run.final_body
+    }
     figures(
         connections=len(connected),
         refreshers=f"{n} browsers",
-        outcomes={"ok": ended.pop("200", 0), **dict(sorted(ended.items()))},
+        outcomes={"ok": ended.pop("303", 0), **dict(sorted(ended.items()))},
         latency=f"{percentile(seconds, 0.5):.1f} / {percentile(seconds, 0.95):.1f} / {max(seconds):.1f}",
         states_left=len(states_left),
         sign_in_seconds=round(wall, 1),
@@ -121,7 +125,7 @@ def test_sign_in_under_load(scale: Scale, figures: Callable[..., None], token_st
     unexplained = [
         describe(run)
         for run in runs
-        if not (run.outcome in ("200", "503", "login 503") or (run.outcome == "400" and run.seconds > state_ttl))
+        if not (run.outcome in ("303", "503", "login 503") or (run.outcome == "400" and run.seconds > state_ttl))
     ]
     assert not unexplained, unexplained[:5]
     # The broker's own account of every callback matches what the browsers were answered, one for one.

@@ -75,7 +75,7 @@ def status_of(stack: LocalStack, connection_id: str) -> str:
 def connect(client: BrokerClient, user_id: str) -> None:
     sign_in = client.login()
     client.consent(sign_in, allow=True, user_id=user_id)
-    assert client.callback(sign_in).status_code == 200
+    assert client.callback(sign_in).status_code == 303  # to /result
 
 
 # ------------------------------------------------------------------------------------ the embedded AWS

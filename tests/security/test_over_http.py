@@ -57,6 +57,14 @@ def test_every_answer_a_browser_gets_carries_the_security_headers(
     sign_in = client.login()
     client.consent(sign_in, allow=True)
     answers["success"] = client.callback(sign_in)
+    result_cookies = [
+        c.split(";")[0]
+        for c in answers["success"].raw.headers.getlist("Set-Cookie")
+        if c.startswith("__Host-smartsheet-oauth-result=")
+    ]
+    assert len(result_cookies) == 1
+    answers["result"] = client.result(result_cookies[0])
+    answers["no result"] = get(local_stack, "/result")
     answers["replay"] = client.callback(sign_in)
     declined = client.login()
     client.consent(declined, allow=False)
@@ -75,7 +83,9 @@ def test_every_answer_a_browser_gets_carries_the_security_headers(
     statuses = {name: answer.status_code for name, answer in answers.items()}
     assert statuses == {
         "login": 302,
-        "success": 200,
+        "success": 303,
+        "result": 200,
+        "no result": 200,
         "replay": 400,
         "declined": 400,
         "return_to": 400,

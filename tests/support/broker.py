@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 NONCE_COOKIE = "__Host-smartsheet-oauth-nonce"
 CONNECT_COOKIE = "__Host-smartsheet-oauth-connect"
+RESULT_COOKIE = "__Host-smartsheet-oauth-result"
 _HIDDEN_FIELD = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
 
 
@@ -31,6 +32,7 @@ class Answer:
     headers: dict[str, str]
     cookies: list[str]
     body: str
+    via: Answer | None = None  # the callback's own answer when this is the /result page its 303 led to
 
     @property
     def location(self) -> str:
@@ -82,11 +84,30 @@ class Broker:
         event["body"], event["isBase64Encoded"] = base64.b64encode(body.encode()).decode(), True
         return answer_of(lambda_handler(event, LambdaContext()))
 
-    def callback(self, query: dict[str, str] | str | None, nonce: str | None) -> Answer:
+    def callback(
+        self, query: dict[str, str] | str | None, nonce: str | None, *, cookies: dict[str, str] | None = None
+    ) -> Answer:
+        """GET /callback; a 303 to /result is followed as a browser would, with the result cookie it set: the answer is
+        then the result page, and `via` the callback's own."""
         from callback.app import lambda_handler
 
-        cookies = {NONCE_COOKIE: nonce} if nonce is not None else None
-        return answer_of(lambda_handler(http_event("/callback", query, cookies=cookies), LambdaContext()))
+        sent = {**({NONCE_COOKIE: nonce} if nonce is not None else {}), **(cookies or {})}
+        answer = answer_of(lambda_handler(http_event("/callback", query, cookies=sent or None), LambdaContext()))
+        if answer.status != 303 or answer.headers.get("Location") != "/result":
+            return answer
+        kept = {**(cookies or {})}
+        result = answer.cookie(RESULT_COOKIE)
+        if result:
+            kept[RESULT_COOKIE] = result
+        page = self.result(kept)
+        page.via = answer
+        return page
+
+    def result(self, cookies: dict[str, str] | None = None) -> Answer:
+        """GET /result, the page a finished sign-in lands on."""
+        from callback.app import lambda_handler
+
+        return answer_of(lambda_handler(http_event("/result", cookies=cookies), LambdaContext()))
 
     def sweep(self, timeout_seconds: float = 60.0) -> dict[str, Any]:
         from refresh.app import lambda_handler

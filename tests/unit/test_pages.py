@@ -15,6 +15,8 @@ def test_echoed_values_are_escaped() -> None:
 def test_pages_reference_no_external_resources() -> None:
     for body in (
         pages.signed_in("a@b.c"),
+        pages.no_result(start_again="/login"),
+        pages.no_result(start_again=None),
         pages.expired_or_used(),
         pages.declined(),
         pages.smartsheet_error("r"),
@@ -52,6 +54,7 @@ def test_every_page_carries_the_brand_escaped_and_the_csp_admits_only_the_logos_
 
     for body in (
         pages.signed_in("a@b.c"),
+        pages.no_result(start_again=None),
         pages.declined(),
         pages.not_found(),
         pages.connect("h", session="s", form_token="t"),

@@ -424,4 +424,5 @@ def test_the_handlers_read_around_mistyped_headers_and_cookies(broker: Broker) -
     accepted = http_event("/callback", broker.consent(location))
     accepted["cookies"] = [None, 7, "junk", f"{NONCE_COOKIE}={nonce}", {"a": "b"}]
     accepted["headers"] = "not a dict"
-    assert answer_of(callback(accepted, LambdaContext())).status == 200
+    finished = answer_of(callback(accepted, LambdaContext()))
+    assert (finished.status, finished.location) == (303, "/result")

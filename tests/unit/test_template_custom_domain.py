@@ -112,6 +112,7 @@ def test_the_custom_domain_maps_its_root_to_the_stage_that_serves_login_and_call
     paths = document["Resources"]["HttpApi"]["Properties"]["Body"]["paths"]
     assert "get" in paths["/login"]
     assert "get" in paths["/callback"]
+    assert "get" in paths["/result"]  # where a finished sign-in lands: on the same domain
 
 
 def test_with_a_custom_domain_the_outputs_and_the_login_links_are_on_it() -> None:

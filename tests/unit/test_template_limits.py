@@ -24,6 +24,7 @@ ROUTE_LIMITS = {
     "GET /login": SIGN_IN_LIMITS,
     "POST /login": SIGN_IN_LIMITS,  # the connect page's button
     "GET /callback": ("CallbackRateLimit", "CallbackBurstLimit"),
+    "GET /result": ("CallbackRateLimit", "CallbackBurstLimit"),  # the callback's result page
 }
 MANAGEMENT_LIMITS = ("ManagementRateLimit", "ManagementBurstLimit")
 

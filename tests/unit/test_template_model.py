@@ -153,6 +153,7 @@ def test_the_projects_template_has_the_broker_functions() -> None:
         "GET /login": "NONE",
         "POST /login": "NONE",
         "GET /callback": "NONE",
+        "GET /result": "NONE",
         "GET /connections": "AWS_IAM",
         "GET /connections/{connection_id}": "AWS_IAM",
         "POST /connections/{connection_id}/refresh": "AWS_IAM",

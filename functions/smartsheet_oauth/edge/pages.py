@@ -132,11 +132,16 @@ def signed_in(email: str) -> str:
     )
 
 
-def already_connected() -> str:
-    """The result page again: this browser finished this sign-in minutes ago (a reload, the back button)."""
+def no_result(*, start_again: str | None) -> str:
+    """GET /result without a result of this browser's to show: its 15 minutes are over, the sign-in ended in another
+    browser, or none ended here. True in each case, and it claims nothing about the account."""
+    again, link = _again(start_again)
     return page(
-        "Smartsheet connected",
-        f"Your Smartsheet account is connected to {brand().app}. You can close this window.",
+        "No sign-in result to show",
+        "This page shows how a sign-in in this browser ended, for 15 minutes after it ends, and there is none to"
+        f" show now. That does not mean anything went wrong: {brand().app} shows whether your Smartsheet account is"
+        f" connected. {again}",
+        link=link,
     )
 
 

@@ -102,7 +102,7 @@ def test_kill_the_refresh_worker_mid_flight(scale: Scale, figures: Callable[...,
             # The emulator's app is registered with the default callback URL; this gateway has a port of its own.
             redirect = client.consent(attempt, allow=True, user_id=str(user.id))
             attempt.callback_url = stack.callback_url + redirect[len(DEFAULT_APP.redirect_uri) :]
-            assert client.callback(attempt).status_code == 200
+            assert client.callback(attempt).status_code == 303  # to /result
         ids = sorted(store.records())
         assert len(ids) == n
 
