@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 from infra.local.aws import LOCAL_CREDENTIALS, LocalAws
+from infra.local.event_sources import QueuePoller, read_queue_sources
 from infra.local.gateway import Gateway, ScheduleRun
 from infra.local.lambda_runtime import LocalFunction, LogSink
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator
@@ -97,6 +98,7 @@ class LocalStack:
         self._aws: LocalAws | None = None
         self._gateway: Gateway | None = None
         self.functions: dict[str, LocalFunction] = {}
+        self.pollers: list[QueuePoller] = []  # the template's SQS event source mappings
         self.startup_seconds = 0.0
 
     # ------------------------------------------------------------------------------------ lifecycle
@@ -164,6 +166,10 @@ class LocalStack:
             for thread in threads:
                 thread.join()
         self._gateway.start(self.functions)
+        self.pollers = [
+            QueuePoller(source, self.functions[source.function], self._aws.client("sqs"), self._aws.region).start()
+            for source in read_queue_sources(resolver)
+        ]
 
     def _app_credentials(self) -> tuple[str, str]:
         if self.real_smartsheet is not None:
@@ -175,6 +181,9 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop everything this stack started (safe to call twice, and after a failed start)."""
+        pollers, self.pollers = self.pollers, []
+        for poller in pollers:
+            poller.stop()
         gateway, self._gateway = self._gateway, None
         if gateway is not None:
             gateway.stop()

@@ -207,7 +207,10 @@ def reads_tokens(d: Deployment, callers_: list[Caller]) -> dict[str, tuple[str, 
 
 
 # ------------------------------------------------------------------------------------------------------------ tests
-TOKEN_READERS = {"CallbackFunction", "RefreshFunction", "ManagementFunction", "reader"}
+# The callback writes pairs and never reads one: its role reads the app credentials secret only. (Until the offline
+# identities gave secrets real ARNs, that secret's Resource was a bare name, which the simulator matched against
+# every ARN, so the callback looked like a reader.)
+TOKEN_READERS = {"RefreshFunction", "ManagementFunction", "reader"}
 
 
 def test_only_the_broker_and_the_named_readers_can_read_a_connections_tokens() -> None:

@@ -84,6 +84,7 @@ class LocalAws:
             region=region,
             account_id=self.account_id,
             physical=self._physical,
+            loopback_http=True,
         )
         unknown = sorted(set(self._secret_values) - set(template.resources_of_type(SECRET_TYPE)))
         if unknown:

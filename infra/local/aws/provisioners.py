@@ -1,5 +1,6 @@
 """How the embedded AWS creates each resource type of the template from its own Properties: DynamoDB tables (SAM's
-SimpleTable too), Secrets Manager secrets (GenerateSecretString's rules), SQS queues, KMS keys, EventBridge buses."""
+SimpleTable too), Secrets Manager secrets (GenerateSecretString's rules), SQS queues and their policies, KMS keys,
+EventBridge buses and rules (moto matches each event against a rule's pattern and sends it to its SQS targets)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ SECRET_TYPE: Final = "AWS::SecretsManager::Secret"  # noqa: S105 - a resource ty
 QUEUE_TYPE: Final = "AWS::SQS::Queue"
 KMS_KEY_TYPE: Final = "AWS::KMS::Key"
 EVENT_BUS_TYPE: Final = "AWS::Events::EventBus"
+EVENT_RULE_TYPE: Final = "AWS::Events::Rule"
+QUEUE_POLICY_TYPE: Final = "AWS::SQS::QueuePolicy"
 
 
 def random_suffix(length: int = 12) -> str:
@@ -214,6 +217,35 @@ def _provision_event_bus(aws: LocalAws, logical_id: str, props: Mapping[str, Any
     return PhysicalResource(ref=name, attributes={"Arn": arn, "Name": name})
 
 
+def _provision_event_rule(aws: LocalAws, logical_id: str, props: Mapping[str, Any]) -> PhysicalResource:
+    name = props.get("Name") or aws.physical_name(logical_id, 64)
+    bus = str(props.get("EventBusName") or "default")
+    events = aws.client("events")
+    request: dict[str, Any] = {"Name": name, "EventBusName": bus, "State": props.get("State", "ENABLED")}
+    for key in ("EventPattern", "ScheduleExpression", "Description"):
+        if key in props:
+            value = props[key]
+            request[key] = json.dumps(value) if isinstance(value, dict) else str(value)
+    arn = events.put_rule(**request)["RuleArn"]
+    targets = [
+        {key: target[key] for key in ("Id", "Arn", "Input", "RetryPolicy", "DeadLetterConfig") if key in target}
+        for target in props.get("Targets") or []
+    ]
+    if targets:
+        events.put_targets(Rule=name, EventBusName=bus, Targets=targets)
+    return PhysicalResource(ref=f"{bus}|{name}", attributes={"Arn": arn})
+
+
+def _provision_queue_policy(aws: LocalAws, logical_id: str, props: Mapping[str, Any]) -> PhysicalResource:
+    policy = props["PolicyDocument"]
+    sqs = aws.client("sqs")
+    for url in props.get("Queues") or []:
+        sqs.set_queue_attributes(
+            QueueUrl=str(url), Attributes={"Policy": policy if isinstance(policy, str) else json.dumps(policy)}
+        )
+    return PhysicalResource(ref=f"{aws.stack_name}-{logical_id}", attributes={})
+
+
 type Provisioner = Callable[[LocalAws, str, Mapping[str, Any]], PhysicalResource]
 PROVISIONERS: Final[Mapping[str, Provisioner]] = {
     **dict.fromkeys(TABLE_TYPES, _provision_table),
@@ -221,4 +253,6 @@ PROVISIONERS: Final[Mapping[str, Provisioner]] = {
     QUEUE_TYPE: _provision_queue,
     KMS_KEY_TYPE: _provision_kms_key,
     EVENT_BUS_TYPE: _provision_event_bus,
+    EVENT_RULE_TYPE: _provision_event_rule,
+    QUEUE_POLICY_TYPE: _provision_queue_policy,
 }

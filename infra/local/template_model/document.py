@@ -180,6 +180,17 @@ def synthesize_physical(
         name = f"{stack_name}-{logical_id}-{suffix}"[:64]
         return PhysicalResource(ref=name, attributes={"Arn": f"arn:aws:iam::{account_id}:role/{name}"})
     name = f"{stack_name}-{logical_id}-{suffix}"
+    if kind == "AWS::SQS::Queue":
+        name = name[:80]
+        url = f"https://sqs.{region}.amazonaws.com/{account_id}/{name}"
+        arn = f"arn:aws:sqs:{region}:{account_id}:{name}"
+        return PhysicalResource(ref=url, attributes={"Arn": arn, "QueueName": name, "QueueUrl": url})
+    if kind == "AWS::SecretsManager::Secret":  # its Ref is its ARN, with Secrets Manager's 6-character suffix
+        arn = f"arn:aws:secretsmanager:{region}:{account_id}:secret:{logical_id}-{suffix[:6]}"
+        return PhysicalResource(ref=arn, attributes={"Id": arn})
+    if kind == "AWS::Events::Rule":
+        name = name[:64]
+        return PhysicalResource(ref=name, attributes={"Arn": f"arn:aws:events:{region}:{account_id}:rule/{name}"})
     service = kind.split("::")[1].lower() if kind.count("::") == 2 else "unknown"
     return PhysicalResource(
         ref=name, attributes={"Arn": f"arn:aws:{service}:{region}:{account_id}:{logical_id.lower()}/{name}"}

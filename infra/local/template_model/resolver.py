@@ -24,6 +24,7 @@ from infra.local.template_model.document import (
 from infra.local.template_model.functions import FunctionSpec, HttpRoute, read_functions
 
 _SUB_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+_LOOPBACK_HTTP = re.compile(r"http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]{1,5})?(/[^\s#]*)?")
 
 
 class Resolver:
@@ -42,8 +43,12 @@ class Resolver:
         region: str = LOCAL_REGION,
         account_id: str = LOCAL_ACCOUNT_ID,
         physical: PhysicalLookup | None = None,
+        loopback_http: bool = False,
     ) -> None:
         self.template = template
+        # The local stack's one relaxation (the template's Metadata.LocalStack.LoopbackHttpParameters): those
+        # parameters also take http:// on a loopback host, a receiver on this machine. CloudFormation never does.
+        self._loopback_http = loopback_http
         self.stack_name = stack_name
         self.region = region
         self.account_id = account_id
@@ -78,11 +83,16 @@ class Resolver:
         else:
             raise TemplateError(f"parameter {name} has no Default: give it a value")
         value = stringify(raw, f"parameter {name}")
-        self._validate_parameter(name, spec, value)
+        if not (self._loopback_http and self._local_loopback_url(name, value)):
+            self._validate_parameter(name, spec, value)
         kind = str(spec.get("Type", "String"))
         if kind == "CommaDelimitedList" or kind.startswith("List<"):
             return [item.strip() for item in value.split(",")] if value else []
         return value
+
+    def _local_loopback_url(self, name: str, value: str) -> bool:
+        local = self.template.section("Metadata").get("LocalStack") or {}
+        return name in (local.get("LoopbackHttpParameters") or []) and bool(_LOOPBACK_HTTP.fullmatch(value))
 
     @staticmethod
     def _validate_parameter(name: str, spec: Mapping[str, Any], value: str) -> None:
