@@ -98,6 +98,9 @@ class Config:
     # The base of the login links the management API hands out (CustomDomainName): None means the host the request
     # came in on.
     public_base_url: str | None = None
+    # What each connection event names in its `resources`: the stack's connections table, so a rule on a bus that
+    # several stacks share (the webhook's) matches this stack's events only.
+    event_resource: str | None = None
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
@@ -145,6 +148,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         token_store=token_store,
         token_table_name=token_table_name,
         public_base_url=_public_base_url(environ),
+        event_resource=environ.get("EVENT_RESOURCE_ARN", "").strip() or None,
     )
 
 
@@ -320,3 +324,39 @@ def _switch(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
     if raw in ("disabled", "false"):
         return False
     raise ConfigError(name, f"must be 'enabled' or 'disabled', got {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """The webhook delivery function's settings (WebhookUrl and the resources the template makes for it)."""
+
+    url: str
+    signing_secret_arn: str
+    delivery_queue_url: str
+    dead_letter_queue_url: str
+    # A failed attempt's message comes back after min(max, base * 2^(attempt-1)) seconds, jittered down by up to a
+    # quarter. The template leaves both at their defaults; the local tests shorten them.
+    retry_base_seconds: int = 30
+    retry_max_seconds: int = 3600
+    secret_max_age_seconds: int = 300
+
+
+def load_webhook_config(environ: Mapping[str, str]) -> WebhookConfig:
+    """Read and validate the delivery function's settings; raise ConfigError naming the first bad variable."""
+    url = _required(environ, "WEBHOOK_URL")
+    parts = urlsplit(url)
+    # Not quoted in the message: a receiver may carry its own token in the URL's query.
+    if not (parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname))) or not parts.hostname:
+        raise ConfigError("WEBHOOK_URL", "must be an https:// URL (http:// only for 127.0.0.1/localhost)")
+    if parts.username is not None or parts.password is not None or parts.fragment:
+        raise ConfigError("WEBHOOK_URL", "must not carry credentials or a fragment")
+    return WebhookConfig(
+        url=url,
+        signing_secret_arn=_required(environ, "WEBHOOK_SIGNING_SECRET_ARN"),
+        delivery_queue_url=_required(environ, "WEBHOOK_DELIVERY_QUEUE_URL"),
+        dead_letter_queue_url=_required(environ, "WEBHOOK_DEAD_LETTER_QUEUE_URL"),
+        retry_base_seconds=_int(environ, "WEBHOOK_RETRY_BASE_SECONDS", 30, low=0, high=900),
+        # SQS keeps a message invisible for 12 hours at most.
+        retry_max_seconds=_int(environ, "WEBHOOK_RETRY_MAX_SECONDS", 3600, low=0, high=43200),
+        secret_max_age_seconds=_int(environ, "WEBHOOK_SECRET_MAX_AGE_SECONDS", 300, low=0, high=86400),
+    )

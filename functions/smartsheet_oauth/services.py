@@ -126,7 +126,12 @@ def event_publisher() -> EventPublisher:
     from smartsheet_oauth.stores.events import EventPublisher  # noqa: PLC0415
 
     config = get_config()
-    return EventPublisher(aws.events(), config.event_bus_name, include_email=config.events_include_email)
+    return EventPublisher(
+        aws.events(),
+        config.event_bus_name,
+        include_email=config.events_include_email,
+        resources=(config.event_resource,) if config.event_resource else (),
+    )
 
 
 @cache

@@ -23,11 +23,16 @@ docs/integrating.md in the broker's repository.
 A stack with TokenStore=dynamodb keeps each pair sealed in its token table: set SMARTSHEET_BROKER_TOKEN_TABLE (its
 TokenTableName output) and this reads the item and opens it (a KMS Decrypt per data key, cached, then AES-256-GCM,
 which needs the `cryptography` package). A pair not in the table (a migration under way) is read from its secret.
+
+A stack with WebhookUrl POSTs each connection event to your URL, signed; check it before you trust the body:
+
+    event = verify_webhook(request_body_bytes, headers["Broker-Signature"], signing_secret)  # raises if not genuine
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -35,7 +40,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -60,7 +66,15 @@ __all__ = [
     "RefreshResult",
     "TokenError",
     "TokenProvider",
+    "WebhookReplayed",
+    "WebhookSignatureError",
+    "WebhookSignatureExpired",
+    "WebhookSignatureInvalid",
+    "WebhookSignatureMalformed",
+    "WebhookSignatureMissing",
+    "WebhookVerifier",
     "is_connection_id",
+    "verify_webhook",
 ]
 
 API_BASE_URLS = {
@@ -809,3 +823,138 @@ def _as_body(failure: BrokerApiError) -> dict[str, Any]:
     if failure.retry_after is not None:
         body["retry_after"] = failure.retry_after
     return body
+
+
+# -- webhooks: checking a delivery is the broker's ------------------------------------------------------------------
+# The headers of a delivery (docs/webhooks.md). Broker-Signature is `t=<unix seconds>,v1=<hex HMAC-SHA256 of
+# "<t>.<raw body>" under the signing secret>`; Broker-Event-Id stays the same across retries of one event.
+WEBHOOK_SIGNATURE_HEADER = "Broker-Signature"
+WEBHOOK_EVENT_ID_HEADER = "Broker-Event-Id"
+DEFAULT_WEBHOOK_TOLERANCE_SECONDS = 300
+_SIGNATURE_PART = re.compile(r"([a-z0-9]+)=([^,=\s]*)")
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class WebhookSignatureError(Exception):
+    """A delivery that is not proven to be the broker's, as sent: answer it 400 (or 401) and do not act on it."""
+
+
+class WebhookSignatureMissing(WebhookSignatureError):
+    """No Broker-Signature header (or an empty one)."""
+
+
+class WebhookSignatureMalformed(WebhookSignatureError):
+    """The header is not `t=<unix seconds>,v1=<64 hex digits>`."""
+
+
+class WebhookSignatureInvalid(WebhookSignatureError):
+    """No v1 signature matches the body under the secret(s): a tampered body or timestamp, or the wrong secret."""
+
+
+class WebhookSignatureExpired(WebhookSignatureError):
+    """A genuine signature made outside the tolerance window: an old delivery replayed (or a clock far off)."""
+
+
+class WebhookReplayed(WebhookSignatureError):
+    """The very same signed delivery seen before within the tolerance window (WebhookVerifier only)."""
+
+
+def _signature_parts(header: str | None) -> tuple[int, list[str]]:
+    if header is None or not header.strip():
+        raise WebhookSignatureMissing(f"no {WEBHOOK_SIGNATURE_HEADER} header")
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        match = _SIGNATURE_PART.fullmatch(part.strip())
+        if match is None:
+            raise WebhookSignatureMalformed(f"{WEBHOOK_SIGNATURE_HEADER} is not t=<seconds>,v1=<hex>")
+        name, value = match.groups()
+        if name == "t":
+            if timestamp is not None or not value.isdigit() or len(value) > 12:
+                raise WebhookSignatureMalformed(f"{WEBHOOK_SIGNATURE_HEADER} has a bad timestamp")
+            timestamp = int(value)
+        elif name == "v1":
+            if not _HEX_SHA256.fullmatch(value):
+                raise WebhookSignatureMalformed(f"{WEBHOOK_SIGNATURE_HEADER} has a v1 that is not 64 hex digits")
+            signatures.append(value)
+        # Other schemes (a later v2) are skipped: a receiver keeps working while the broker adds one.
+    if timestamp is None or not signatures:
+        raise WebhookSignatureMalformed(f"{WEBHOOK_SIGNATURE_HEADER} lacks t= or v1=")
+    return timestamp, signatures
+
+
+def verify_webhook(
+    body: bytes,
+    signature_header: str | None,
+    secret: str | Sequence[str],
+    *,
+    tolerance_seconds: float = DEFAULT_WEBHOOK_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """The delivered event (the parsed body) once its signature proves the broker sent this body at a time within
+    `tolerance_seconds` of now; else WebhookSignatureMissing / Malformed / Invalid / Expired.
+
+    `body` is the raw request body, byte for byte (not a re-serialized parse). `secret` is the stack's signing
+    secret, or several while you rotate it. Deduplicate on the event's `id` (Broker-Event-Id): a retry of a delivery
+    whose answer was lost brings the same event again, freshly signed."""
+    if not isinstance(body, bytes | bytearray):
+        raise TypeError("body must be the raw request body (bytes)")
+    timestamp, signatures = _signature_parts(signature_header)
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    if not secrets or not all(isinstance(s, str) and s for s in secrets):
+        raise ValueError("secret must be the webhook signing secret (a non-empty string), or a list of them")
+    signed = f"{timestamp}.".encode() + bytes(body)
+    expected = [hmac.new(s.encode(), signed, hashlib.sha256).hexdigest() for s in secrets]
+    # Every pair is compared, in constant time, whatever matches first.
+    matched = [hmac.compare_digest(e, given) for e in expected for given in signatures]
+    if not any(matched):
+        raise WebhookSignatureInvalid("the signature does not match the body")
+    current = time.time() if now is None else now
+    if abs(current - timestamp) > tolerance_seconds:
+        raise WebhookSignatureExpired(
+            f"signed {int(current - timestamp)} s from now, beyond the {int(tolerance_seconds)} s tolerance"
+        )
+    try:
+        event = json.loads(body)
+    except ValueError as exc:  # signed by the broker but not JSON: never sent by it
+        raise WebhookSignatureInvalid("the signed body is not JSON") from exc
+    if not isinstance(event, dict):
+        raise WebhookSignatureInvalid("the signed body is not a JSON object")
+    return event
+
+
+class WebhookVerifier:
+    """verify_webhook, and refusing the very same signed delivery twice within the tolerance window (a captured
+    request replayed at once). One per process; a fleet of receivers deduplicates on the event id instead."""
+
+    def __init__(
+        self,
+        secret: str | Sequence[str],
+        *,
+        tolerance_seconds: float = DEFAULT_WEBHOOK_TOLERANCE_SECONDS,
+        clock: Callable[[], float] = time.time,
+        max_remembered: int = 100_000,
+    ) -> None:
+        self._secret = secret
+        self._tolerance = tolerance_seconds
+        self._clock = clock
+        self._max = max_remembered
+        self._seen: OrderedDict[str, float] = OrderedDict()  # signature header -> its timestamp
+        self._lock = threading.Lock()
+
+    def verify(self, body: bytes, signature_header: str | None) -> dict[str, Any]:
+        now = self._clock()
+        event = verify_webhook(body, signature_header, self._secret, tolerance_seconds=self._tolerance, now=now)
+        key = hashlib.sha256(str(signature_header).encode()).hexdigest()
+        with self._lock:
+            while self._seen and (
+                len(self._seen) >= self._max or now - next(iter(self._seen.values())) > self._tolerance
+            ):
+                self._seen.popitem(last=False)
+            if key in self._seen:
+                raise WebhookReplayed("this signed delivery was already received")
+            self._seen[key] = now
+        return event
+
+    def __repr__(self) -> str:
+        return "WebhookVerifier(<secret hidden>)"

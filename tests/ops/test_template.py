@@ -33,12 +33,8 @@ MATH_WORDS = frozenset({"IF", "FILL", "AND", "OR", "NOT", "SUM", "MAX", "MIN", "
 
 
 def resolver(stack: str = STACK, **parameters: str) -> Resolver:
-    def physical(logical_id: str) -> PhysicalResource:
-        found = synthesize_physical(TEMPLATE, logical_id, stack, "eu-west-1", LOCAL_ACCOUNT_ID)
-        if TEMPLATE.resources[logical_id]["Type"] == "AWS::SQS::Queue":
-            queue = {**found.attributes, "QueueName": found.ref}
-            return PhysicalResource(ref=f"https://sqs/{found.ref}", attributes=queue)
-        return found
+    def physical(logical_id: str) -> PhysicalResource:  # a queue's is its URL, with QueueName among its attributes
+        return synthesize_physical(TEMPLATE, logical_id, stack, "eu-west-1", LOCAL_ACCOUNT_ID)
 
     return Resolver(
         TEMPLATE,
@@ -50,7 +46,18 @@ def resolver(stack: str = STACK, **parameters: str) -> Resolver:
 
 
 def alarms(r: Resolver) -> dict[str, dict[str, Any]]:
-    return {lid: r.resolve(res["Properties"]) for lid, res in TEMPLATE.resources_of_type(ALARM).items()}
+    """The alarms the stack has (their Condition true), resolved."""
+    return {
+        lid: r.resolve(res["Properties"]) for lid, res in TEMPLATE.resources_of_type(ALARM).items() if r.is_active(lid)
+    }
+
+
+# With WebhookUrl: the webhook delivery function and its alarms exist too.
+WITH_WEBHOOK = {"WebhookUrl": "https://hooks.example.com/broker"}
+
+
+def active_functions(r: Resolver) -> list[str]:
+    return [lid for lid in TEMPLATE.resources_of_type("AWS::Serverless::Function") if r.is_active(lid)]
 
 
 def dashboard(r: Resolver) -> dict[str, Any]:
@@ -219,9 +226,11 @@ def test_every_alarm_notifies_the_topic_both_ways_and_says_what_to_do() -> None:
         assert props["TreatMissingData"] in {"notBreaching", "ignore", "breaching"}, lid
 
 
-def test_lambda_alarms_cover_every_function_of_the_template() -> None:
-    r = resolver()
-    functions = {r.ref(lid) for lid in TEMPLATE.resources_of_type("AWS::Serverless::Function")}
+@pytest.mark.parametrize("parameters", [{}, WITH_WEBHOOK], ids=["default", "with-webhook"])
+def test_lambda_alarms_cover_every_function_of_the_template(parameters: dict[str, str]) -> None:
+    r = resolver(**parameters)
+    functions = {r.ref(lid) for lid in active_functions(r)}
+    assert ("WebhookDeliveryFunction" in active_functions(r)) is bool(parameters)
     for metric in ("Errors", "Throttles"):
         watched = {
             dims["FunctionName"]
@@ -295,11 +304,12 @@ def test_the_outputs_hold_what_the_admin_cli_looks_for() -> None:
     assert "DashboardUrl" in outputs
 
 
-def test_the_dashboards_log_widget_reads_every_functions_log_group() -> None:
-    r = resolver()
+@pytest.mark.parametrize("parameters", [{}, WITH_WEBHOOK], ids=["default", "with-webhook"])
+def test_the_dashboards_log_widget_reads_every_functions_log_group(parameters: dict[str, str]) -> None:
+    r = resolver(**parameters)
     (query,) = [w["properties"]["query"] for w in dashboard(r)["widgets"] if w["type"] == "log"]
     sources = set(re.findall(r"SOURCE '([^']+)'", query))
-    groups = {spec_group(r, lid) for lid in TEMPLATE.resources_of_type("AWS::Serverless::Function")}
+    groups = {spec_group(r, lid) for lid in active_functions(r)}
     assert sources == groups
 
 
@@ -362,5 +372,6 @@ def _is_api_count(function: ast.expr, path: Path) -> bool:
 def test_every_alarm_has_its_row_in_the_operations_runbook() -> None:
     runbook = (FUNCTIONS.parent / "docs" / "operations.md").read_text(encoding="utf-8")
     rows = {line.split("|")[1].strip() for line in runbook.splitlines() if line.startswith("| `<stack>-")}
-    names = {props["AlarmName"].replace(f"{STACK}-", "`<stack>-", 1) + "`" for props in alarms(resolver()).values()}
+    every = alarms(resolver(**WITH_WEBHOOK))
+    names = {props["AlarmName"].replace(f"{STACK}-", "`<stack>-", 1) + "`" for props in every.values()}
     assert names == rows, f"undocumented: {sorted(names - rows)}; documented but gone: {sorted(rows - names)}"

@@ -220,7 +220,12 @@ def test_the_template_keeps_the_secret_out_of_parameters_and_environment() -> No
     assert "APP_CREDENTIALS_SECRET_ARN" in names
     for variables in environments:
         for name, value in variables.items():
-            assert "SECRET" not in name or name in ("APP_CREDENTIALS_SECRET_ARN", "TOKEN_SECRET_PREFIX"), name
+            # Names and ARNs of secrets, never a value: the webhook's signing secret is a !Ref to its secret resource.
+            allowed = ("APP_CREDENTIALS_SECRET_ARN", "TOKEN_SECRET_PREFIX", "WEBHOOK_SIGNING_SECRET_ARN")
+            assert "SECRET" not in name or name in allowed, name
+            if name == "WEBHOOK_SIGNING_SECRET_ARN":
+                assert value == {"Ref": "WebhookSigningSecret"}, value
+                assert template.resources["WebhookSigningSecret"]["Type"] == "AWS::SecretsManager::Secret"
             assert "client_secret" not in json.dumps(value), name
             assert name not in EVENT_PRINTING_SWITCHES, name
     secret = template.resources["AppCredentialsSecret"]["Properties"]

@@ -129,6 +129,17 @@ EXPECTED: dict[str, set[Grant]] = {
     | SEAL_PENDING_PAIRS
     | PUBLISH_EVENTS,
 }
+# WebhookUrl: the delivery function reads its signing secret, takes deliveries from its queue (Lambda's poller acts with
+# the function's role: receive, delete, attributes; the function sets a failed delivery's backoff) and sends what it
+# cannot deliver to the dead-letter queue. No table, no token, no bus.
+EXPECTED["WebhookDeliveryFunction"] = (
+    grants(["secretsmanager:GetSecretValue"], {"Ref": "WebhookSigningSecret"})
+    | grants(
+        ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"],
+        {"Fn::GetAtt": ["WebhookDeliveryQueue", "Arn"]},
+    )
+    | grants(["sqs:SendMessage"], {"Fn::GetAtt": ["WebhookDeadLetterQueue", "Arn"]})
+)
 USES_TOKEN_SECRETS = frozenset({"CallbackFunction", "RefreshFunction", "ManagementFunction"})
 
 # TokenStore=dynamodb: the token table and the token key's data keys (this context only) instead of the secrets.

@@ -21,7 +21,18 @@ ROOT = Path(__file__).resolve().parents[2]
 NEVER = ("aws_lambda_powertools.event_handler", "requests", "moto", "werkzeug")
 # /login starts a sign-in or shows the connect page: it reads and writes states, never a token.
 NOT_ON_LOGIN = ("smartsheet_oauth.stores.token_vault", "cryptography", "smartsheet_oauth.flows.refresh")
+# The webhook delivery function signs and posts events: no token, no connection or state store, no refresh.
+NOT_ON_WEBHOOKS = (
+    "smartsheet_oauth.stores.token_vault",
+    "smartsheet_oauth.stores.token_stores",
+    "smartsheet_oauth.stores.connections",
+    "smartsheet_oauth.stores.states",
+    "smartsheet_oauth.flows.refresh",
+    "smartsheet_oauth.services",
+    "cryptography",
+)
 FORBIDDEN = {
+    "WebhookDeliveryFunction": NEVER + NOT_ON_WEBHOOKS,
     "AuthorizeFunction": NEVER + NOT_ON_LOGIN,
     "CallbackFunction": NEVER,
     "RefreshFunction": NEVER,
@@ -40,7 +51,12 @@ print(json.dumps(sorted(
 
 
 def functions() -> list[tuple[str, str, str, dict[str, str]]]:
-    resolver = Resolver(Template.load(), stack_name="broker-prod", parameters={"SmartsheetClientId": "1a2b3c4d5e6f"})
+    resolver = Resolver(
+        Template.load(),
+        stack_name="broker-prod",
+        # WebhookUrl set: the optional webhook delivery function exists too.
+        parameters={"SmartsheetClientId": "1a2b3c4d5e6f", "WebhookUrl": "https://hooks.example.com/broker"},
+    )
     return [
         (spec.logical_id, spec.module, spec.attribute, dict(spec.environment))
         for spec in sorted(resolver.functions(), key=lambda spec: spec.logical_id)

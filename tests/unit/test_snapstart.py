@@ -98,6 +98,11 @@ CONFIG = {
     "APP_CREDENTIALS_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf",
     "TOKEN_SECRET_PREFIX": "stack/connections/",
     "OAUTH_SCOPES": "READ_SHEETS",
+    # The webhook delivery function's own (WebhookUrl set).
+    "WEBHOOK_URL": "https://hooks.example.com/broker",
+    "WEBHOOK_SIGNING_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:signing-AbCdEf",
+    "WEBHOOK_DELIVERY_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/deliveries",
+    "WEBHOOK_DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/undelivered",
 }
 
 

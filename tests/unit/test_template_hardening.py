@@ -120,7 +120,8 @@ SCOPED_NAMES = {
     ("AWS::Lambda::Alias", "Name"),  # an alias name is per function
     ("AWS::ApiGatewayV2::Stage", "StageName"),  # a stage name is per API
 }
-NOT_NAMES = {"MetricName"}  # an alarm's metric: what it watches, not what it is called
+# An alarm's metric: what it watches, not what it is called; a rule's bus: where it listens (two stacks may share it).
+NOT_NAMES = {"MetricName", "EventBusName"}
 
 
 def physical_names(stack: str, **parameters: str) -> dict[tuple[str, str], str]:
@@ -154,11 +155,21 @@ WITH_OWN_DOMAINS = {
 }
 
 
-@pytest.mark.parametrize("own_domains", [False, True], ids=["default", "each-its-own-custom-domain"])
-def test_two_stacks_in_one_account_and_region_share_no_physical_name(own_domains: bool) -> None:
-    staging = physical_names("staging", **(WITH_OWN_DOMAINS["staging"] if own_domains else {}))
-    production = physical_names("production", **(WITH_OWN_DOMAINS["production"] if own_domains else {}))
+# Both with webhooks (WebhookUrl): their secrets, queues, rules, function and alarms too.
+WITH_WEBHOOKS = {"WebhookUrl": "https://hooks.example.com/broker"}
+
+
+@pytest.mark.parametrize(
+    ("own_domains", "webhooks"),
+    [(False, False), (True, False), (False, True)],
+    ids=["default", "each-its-own-custom-domain", "both-with-webhooks"],
+)
+def test_two_stacks_in_one_account_and_region_share_no_physical_name(own_domains: bool, webhooks: bool) -> None:
+    more = WITH_WEBHOOKS if webhooks else {}
+    staging = physical_names("staging", **(WITH_OWN_DOMAINS["staging"] if own_domains else {}), **more)
+    production = physical_names("production", **(WITH_OWN_DOMAINS["production"] if own_domains else {}), **more)
     assert (("CustomDomain", "DomainName") in staging) is own_domains
+    assert (("WebhookDeadLetterAlarm", "AlarmName") in staging) is webhooks
 
     shared = sorted(
         f"{lid}.{key} = {value!r}" for (lid, key), value in staging.items() if production.get((lid, key)) == value

@@ -36,6 +36,10 @@ TOO_LONG_FOR_THE_DESCRIPTION = frozenset(
         "LogoUrl",
     }
 )
+# The webhook delivery function reads its own variables and Powertools' (log level, sampling), none of the broker's
+# that Globals gives every function: a change of those leaves its behaviour as it was, and its description holds the
+# URL instead (tests/unit/test_webhook_delivery.py runs its handler with nothing else set).
+OWN_VARIABLES_ONLY = {"WebhookDeliveryFunction": ("WEBHOOK_", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_LOGGER_SAMPLE_RATE")}
 DESCRIPTION_LIMIT = 256  # AWS::Lambda::Version Description, Lambda's PublishVersion
 # A valid value other than the default, for the parameters whose spec does not give one.
 OTHER_VALUES = {
@@ -56,6 +60,7 @@ OTHER_VALUES = {
     "SupportUrl": "https://acme.example.com/help",
     "LogoUrl": "https://cdn.acme.example.com/logo.png",
     "CustomDomainName": "signin.example.com",
+    "WebhookUrl": "https://hooks.example.com/broker",
     "CustomDomainCertificateArn": "arn:aws:acm:us-east-1:123456789012:certificate/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b",
 }
 
@@ -101,7 +106,12 @@ def configuration_reads() -> dict[str, frozenset[str]]:
     for logical_id, resource in document["Resources"].items():
         if resource["Type"] != "AWS::Lambda::Function":
             continue
-        names = parameters_read(resource["Properties"])
+        properties = dict(resource["Properties"])
+        if logical_id in OWN_VARIABLES_ONLY:
+            variables = properties["Environment"]["Variables"]
+            own = {k: v for k, v in variables.items() if k.startswith(OWN_VARIABLES_ONLY[logical_id])}
+            properties["Environment"] = {"Variables": own}
+        names = parameters_read(properties)
         for condition in names & set(CONDITIONS):
             names |= parameters_read(CONDITIONS[condition])
         reads[logical_id] = frozenset(names & set(PARAMETERS))
@@ -148,6 +158,7 @@ def test_the_description_holds_the_longest_values_the_parameters_admit() -> None
             longest[name] = max((str(spec.get(k, "")) for k in ("MinValue", "MaxValue")), key=len)
     longest["DebugLogSampleRate"] = "0.0001"  # its pattern: up to four decimals
     longest["CustomDomainName"] = ".".join(["a" * 63] * 3 + ["a" * 61])  # 253: a host name with its pattern
+    longest["WebhookUrl"] = "https://" + "a" * (int(PARAMETERS["WebhookUrl"]["MaxLength"]) - len("https://"))
     values = tuple((name, str(value)) for name, value in longest.items() if name not in ("SmartsheetRegion",))
     for function, (_, description) in published(values).items():
         assert 0 < len(description) <= DESCRIPTION_LIMIT, (function, len(description), description)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -54,9 +54,15 @@ def kms() -> KMSClient:
     return boto3.client("kms", config=_BOTO_CONFIG)
 
 
+@cache
+def sqs() -> Any:  # no mypy_boto3_sqs among the dev dependencies
+    return boto3.client("sqs", config=_BOTO_CONFIG)
+
+
 def reset() -> None:
     """Forget the cached clients (tests switch endpoints between cases)."""
     kms.cache_clear()
     dynamodb.cache_clear()
     secretsmanager.cache_clear()
     events.cache_clear()
+    sqs.cache_clear()

@@ -78,10 +78,11 @@ def authorize_url(base: str, *, client_id: str, scopes: tuple[str, ...], state: 
     return f"{base}?{urlencode(params, quote_via=quote)}"
 
 
-def _pool(retry: Retry, base_url: str) -> PoolManager:
-    """Keep-alive connections to Smartsheet, shared by the sweep's worker threads (hence the pool size). TLS is
-    verified against AWS_CA_BUNDLE when the function sets one, else the CA bundle botocore ships (what the AWS SDK
-    trusts on Lambda). A proxy set for the function (HTTPS_PROXY, NO_PROXY: as botocore honours them) is used."""
+def https_pool(retry: Retry | bool, base_url: str) -> PoolManager:
+    """Keep-alive HTTPS connections: to Smartsheet (shared by the sweep's worker threads, hence the pool size) and
+    to a webhook receiver. TLS is verified against AWS_CA_BUNDLE when the function sets one, else the CA bundle
+    botocore ships (what the AWS SDK trusts on Lambda). A proxy set for the function (HTTPS_PROXY, NO_PROXY: as
+    botocore honours them) is used."""
     from urllib.parse import urlsplit  # noqa: PLC0415
     from urllib.request import getproxies, proxy_bypass  # noqa: PLC0415 (loaded by botocore)
 
@@ -162,8 +163,8 @@ class SmartsheetClient:
         self.client_id = client_id
         self._secret = client_secret
         self._timeouts = timeouts or Timeouts()
-        self._pool = pool or _pool(_safe_retry(), self._base)
-        self._refresh_pool = refresh_pool or pool or _pool(_refresh_retry(), self._base)
+        self._pool = pool or https_pool(_safe_retry(), self._base)
+        self._refresh_pool = refresh_pool or pool or https_pool(_refresh_retry(), self._base)
 
     def exchange_code(self, code: str, *, redirect_uri: str | None = None) -> TokenGrant:
         form = {

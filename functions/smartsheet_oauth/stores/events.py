@@ -85,6 +85,7 @@ class EventPublisher:
         bus_name: str,
         *,
         include_email: bool = False,
+        resources: tuple[str, ...] = (),
         attempts: int = PUBLISH_ATTEMPTS,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -92,6 +93,7 @@ class EventPublisher:
         self._client = client
         self._bus = bus_name
         self._include_email = include_email
+        self._resources = list(resources)
         self._attempts = max(1, attempts)
         self._clock = clock
         self._sleep = sleep
@@ -110,7 +112,7 @@ class EventPublisher:
                 "DetailType": event.detail_type,
                 "Detail": json.dumps(detail, separators=(",", ":")),
                 "EventBusName": self._bus,
-                "Resources": [],
+                "Resources": list(self._resources),
             }
             reason = self._put(entry)
         except Exception as exc:  # a bug here must not cost a user their sign-in

@@ -1,0 +1,1 @@
+"""WebhookDeliveryFunction: signed webhook deliveries."""
