@@ -146,12 +146,24 @@ def _banner(stack: LocalStack) -> str:
         f"               tables: {tables}",
         f"               token secrets: {stack.token_secret_prefix}<connection id>",
         "  refresh now: make refresh   (python -m infra.local.dev refresh)",
+        *_webhook_lines(stack),
         "Your own code against this stack (boto3, smartsheet_oauth_client): paste into its shell",
         *environment_block(stack),
         "Ctrl-C stops everything.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _webhook_lines(stack: LocalStack) -> list[str]:
+    """Only with --param WebhookUrl=...: where events go and the secret a receiver checks them with."""
+    if "WebhookSigningSecret" not in stack.aws.resources:
+        return []
+    secret = stack.aws.secret_arn("WebhookSigningSecret")
+    return [
+        f"  webhooks:    every connection event POSTed, signed, to {stack.parameters.get('WebhookUrl', '')}",
+        f"               signing secret: aws secretsmanager get-secret-value --secret-id {secret} (docs/webhooks.md)",
+    ]
 
 
 def serve(args: argparse.Namespace) -> int:

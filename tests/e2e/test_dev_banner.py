@@ -80,6 +80,7 @@ def test_the_banner_offers_login_only_when_anonymous_sign_in_is_on(
 ) -> None:
     assert f"sign in:     {local_stack.login_url}" in _banner(local_stack)
     assert "/_emulator/revoke-user" in _banner(local_stack)
+    assert "webhooks:" not in _banner(local_stack)  # only with --param WebhookUrl=...
 
     monkeypatch.setattr(local_stack, "parameters", {**local_stack.parameters, "AnonymousLogin": "disabled"})
 

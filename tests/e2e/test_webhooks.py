@@ -28,6 +28,7 @@ from smartsheet_oauth_client import (
 )
 
 from infra.local.demo import BrokerClient
+from infra.local.dev import _banner
 from infra.local.stack import LocalStack
 
 pytestmark = pytest.mark.e2e
@@ -310,3 +311,11 @@ def test_what_never_lands_goes_to_the_dead_letter_queue(stack: LocalStack, recei
     assert json.loads(lost["Body"])["id"] == receiver.of(failing)[0].headers["Broker-Event-Id"]
     time.sleep(3)
     assert len(receiver.of(failing)) == MAX_RECEIVES  # moved, so no 13th attempt
+
+
+def test_make_devs_banner_says_where_events_go_and_where_the_secret_is(stack: LocalStack, receiver: Receiver) -> None:
+    banner = _banner(stack)
+
+    assert f"POSTed, signed, to {receiver.url}" in banner
+    assert stack.aws.secret_arn("WebhookSigningSecret") in banner
+    assert signing_secret(stack) not in banner
