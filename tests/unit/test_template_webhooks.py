@@ -5,11 +5,15 @@ dead-letter queue, and the URL must be https (loopback http only in the local st
 
 from __future__ import annotations
 
+import json
 from functools import cache
 from typing import Any
 
+import boto3
 import pytest
-from smartsheet_oauth.flows.webhook_delivery import ATTEMPT_SECONDS, backoff_seconds
+from moto import mock_aws
+from smartsheet_oauth.flows.webhook_delivery import ATTEMPT_SECONDS, WebhookDelivery, backoff_seconds
+from smartsheet_oauth.stores.webhook_queue import SigningSecret, SqsDeliveryQueue
 
 from infra.local.template_model import Resolver, Template, TemplateError
 from infra.scripts.sam_translate import TEMPLATE as TEMPLATE_PATH
@@ -264,3 +268,69 @@ def test_the_delivery_function_reads_its_secret_and_its_queues_only() -> None:
         if (decision == ALLOWED) != allowed
     ]
     assert not wrong, wrong
+
+
+def test_every_call_the_delivery_makes_is_allowed_by_its_role() -> None:
+    """The real adapters (SigningSecret, SqsDeliveryQueue) against moto, each AWS call recorded, then each decided by
+    the IAM simulator for the function's role on the stack's own resource."""
+    d = deployment({"WebhookUrl": URL})
+    calls: list[tuple[str, dict[str, Any]]] = []
+    recording = [False]
+
+    def record(model: Any, params: dict[str, Any], **_: Any) -> None:
+        if recording[0]:
+            calls.append((f"{model.service_model.signing_name}:{model.name}", dict(params)))
+
+    with mock_aws():
+        session = boto3.session.Session(region_name=REGION)
+        # The call's own parameters; clients copy the session's events when they are made.
+        session.events.register("before-parameter-build", record)
+        secrets, sqs = session.client("secretsmanager"), session.client("sqs")
+        secret_arn = secrets.create_secret(Name="signing", SecretString="k" * 64)["ARN"]
+        deliveries = sqs.create_queue(QueueName="deliveries")["QueueUrl"]
+        undelivered = sqs.create_queue(QueueName="undelivered")["QueueUrl"]
+        for body in ('{"source": "smartsheet-oauth-broker"}',) * 3:
+            sqs.send_message(QueueUrl=deliveries, MessageBody=body)
+        received = sqs.receive_message(QueueUrl=deliveries, MaxNumberOfMessages=3, AttributeNames=["All"])
+        recording[0] = True  # from here on, only what the delivery does
+        answers = iter([503, 404, 200])
+        flow = WebhookDelivery(
+            URL,
+            secret=SigningSecret(secrets, secret_arn, max_age_seconds=0),
+            post=lambda url, body, headers: next(answers),
+            queue=SqsDeliveryQueue(sqs, delivery_queue_url=deliveries, dead_letter_queue_url=undelivered),
+            retry_base_seconds=30,
+            retry_max_seconds=3600,
+            clock=lambda: 1_796_300_000,
+        )
+        event = {"version": "0", "id": "e-1", "detail-type": "Connection Created", "detail": {}}
+        records = [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": json.dumps({**event, "source": "smartsheet-oauth-broker"}),
+                "attributes": m["Attributes"],
+            }
+            for m in received["Messages"]
+        ]
+        flow.run({"Records": records}, time_left=lambda: 60.0)
+
+    # Which of the stack's resources each call is on (moto's stand-ins mapped to the deployment's).
+    on = {secret_arn: "WebhookSigningSecret", deliveries: "WebhookDeliveryQueue", undelivered: "WebhookDeadLetterQueue"}
+    arn = {
+        "WebhookSigningSecret": str(d.resolver.physical("WebhookSigningSecret").ref),
+        "WebhookDeliveryQueue": queue_arn(d, "WebhookDeliveryQueue"),
+        "WebhookDeadLetterQueue": queue_arn(d, "WebhookDeadLetterQueue"),
+    }
+    made = sorted({(action, on[params.get("SecretId") or params.get("QueueUrl")]) for action, params in calls})
+    assert made == [
+        ("secretsmanager:GetSecretValue", "WebhookSigningSecret"),
+        ("sqs:ChangeMessageVisibility", "WebhookDeliveryQueue"),
+        ("sqs:SendMessage", "WebhookDeadLetterQueue"),
+    ]
+    role = d.role_arn("WebhookDeliveryFunction")
+    requests = [
+        Request(session_of(role), action, arn[target], d.role_policies("WebhookDeliveryFunction"))
+        for action, target in made
+    ]
+    assert decide(requests) == [ALLOWED] * len(made)
