@@ -41,7 +41,9 @@ def login() -> Response:
         return _connect_page(params["session"], config, now)
     if not config.anonymous_login:
         raise AnonymousLoginDisabled
-    return _start(config, now, return_to=params.get("return_to"), end_user_id=None, status=302)
+    return _start(
+        config, now, return_to=params.get("return_to"), end_user_id=None, status=302, region=params.get("region")
+    )
 
 
 @app.post("/login")
@@ -62,7 +64,9 @@ def connect() -> Response:
     # A connect session binds the sign-in to the integrator's end user; its return_to is the one the integrator
     # chose (it receives the completion code).
     session = services.connect_sessions().consume(session_token, now=now)
-    return _start(config, now, return_to=session.return_to, end_user_id=session.end_user_id, status=303)
+    return _start(
+        config, now, return_to=session.return_to, end_user_id=session.end_user_id, status=303, region=session.region
+    )
 
 
 def _connect_page(session_token: str, config: Config, now: int) -> Response:
@@ -80,7 +84,8 @@ def _connect_page(session_token: str, config: Config, now: int) -> Response:
         same_site="Strict",
         max_age=session.expires_at - now,
     )
-    authorize = urlsplit(config.authorize_url)
+    # The form's answer redirects to the session's region's authorize page: the CSP names that one.
+    authorize = urlsplit(config.endpoints(session.region)[0])
     body = pages.connect(
         urlsplit(session.return_to).hostname or "the app",
         session=session_token,
@@ -98,7 +103,15 @@ def _form_token(browser_key: str, session_token: str) -> str:
     return hmac.new(browser_key.encode(), session_token.encode(), hashlib.sha256).hexdigest()
 
 
-def _start(config: Config, now: int, *, return_to: str | None, end_user_id: str | None, status: int) -> Response:
+def _start(
+    config: Config,
+    now: int,
+    *,
+    return_to: str | None,
+    end_user_id: str | None,
+    status: int,
+    region: str | None = None,
+) -> Response:
     started = begin_sign_in(
         config=config,
         client_id=config.client_id,
@@ -106,6 +119,7 @@ def _start(config: Config, now: int, *, return_to: str | None, end_user_id: str 
         now=now,
         return_to=return_to,
         end_user_id=end_user_id,
+        region=region,
     )
     cookie = Cookie(
         name=NONCE_COOKIE,
@@ -116,7 +130,10 @@ def _start(config: Config, now: int, *, return_to: str | None, end_user_id: str 
         same_site="Lax",
         max_age=started.max_age,
     )
-    logger.info("sign-in started", extra={"outcome": "redirected", "connect_session": end_user_id is not None})
+    logger.info(
+        "sign-in started",
+        extra={"outcome": "redirected", "connect_session": end_user_id is not None, "region": region or config.region},
+    )
     count("login", "started")
     return redirect(status, started.location, cookies=[cookie])
 

@@ -101,6 +101,30 @@ class Config:
     # What each connection event names in its `resources`: the stack's connections table, so a rule on a bus that
     # several stacks share (the webhook's) matches this stack's events only.
     event_resource: str | None = None
+    # The regions a sign-in may choose (AllowedRegions; `region` above is the default and always among them), and each
+    # of the four regions' (authorize page, API base) with the overrides applied: a connection keeps its region's API
+    # for its refreshes and revocation even after its region leaves the allowed list.
+    allowed_regions: tuple[str, ...] = ()
+    region_endpoints: tuple[tuple[str, str, str], ...] = ()
+
+    def regions_allowed(self) -> tuple[str, ...]:
+        """The regions a new sign-in may choose, the default first."""
+        return self.allowed_regions or (self.region,)
+
+    def region_of(self, recorded: str | None) -> str:
+        """The region of a connection as its record or pair names it: none (written before regions were recorded)
+        means the stack's default region."""
+        return recorded or self.region
+
+    def endpoints(self, region: str | None = None) -> tuple[str, str]:
+        """(authorize page, API base) of a region (default: the stack's); KeyError for an unknown one."""
+        wanted = self.region_of(region)
+        if wanted == self.region:
+            return self.authorize_url, self.api_base_url
+        for name, authorize, api in self.region_endpoints:
+            if name == wanted:
+                return authorize, api
+        raise KeyError(wanted)
 
 
 def load_config(environ: Mapping[str, str]) -> Config:
@@ -117,6 +141,10 @@ def load_config(environ: Mapping[str, str]) -> Config:
         _check_url("REDIRECT_URI", redirect_uri)
 
     token_store, token_table_name = _token_store(environ)
+    authorize_url = _url_override(environ, "SMARTSHEET_AUTHORIZE_URL", default_authorize)
+    api_base_url = _url_override(environ, "SMARTSHEET_API_BASE_URL", default_api).rstrip("/")
+    endpoints = _region_endpoints(environ, region, authorize_url, api_base_url)
+    default_authorize, default_api = next((a, b) for name, a, b in endpoints if name == region)
     return Config(
         state_table_name=values["STATE_TABLE_NAME"],
         connections_table_name=values["CONNECTIONS_TABLE_NAME"],
@@ -124,8 +152,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         app_credentials_secret_arn=values["APP_CREDENTIALS_SECRET_ARN"],
         token_secret_prefix=_secret_prefix(values["TOKEN_SECRET_PREFIX"]),
         region=region,
-        authorize_url=_url_override(environ, "SMARTSHEET_AUTHORIZE_URL", default_authorize),
-        api_base_url=_url_override(environ, "SMARTSHEET_API_BASE_URL", default_api).rstrip("/"),
+        authorize_url=default_authorize,
+        api_base_url=default_api,
         scopes=_scopes(environ.get("OAUTH_SCOPES", "")),
         redirect_uri=redirect_uri,
         state_ttl_seconds=_int(environ, "STATE_TTL_SECONDS", 600, low=60, high=3600),
@@ -149,7 +177,39 @@ def load_config(environ: Mapping[str, str]) -> Config:
         token_table_name=token_table_name,
         public_base_url=_public_base_url(environ),
         event_resource=environ.get("EVENT_RESOURCE_ARN", "").strip() or None,
+        allowed_regions=_allowed_regions(environ.get("ALLOWED_REGIONS", ""), region),
+        region_endpoints=endpoints,
     )
+
+
+def _allowed_regions(raw: str, default: str) -> tuple[str, ...]:
+    """AllowedRegions: comma- or space-separated region names; the default region is always allowed (first)."""
+    names = [name.strip().lower() for name in raw.replace(",", " ").split()]
+    unknown = sorted({name for name in names if name not in REGIONS})
+    if unknown:
+        raise ConfigError("ALLOWED_REGIONS", f"has unknown region(s) {', '.join(unknown)}; use {', '.join(REGIONS)}")
+    # The default region stays allowed whatever the list says: /login without ?region= must keep working.
+    return tuple(dict.fromkeys([default, *names]))
+
+
+def _region_endpoints(
+    environ: Mapping[str, str], default: str, authorize_url: str, api_base_url: str
+) -> tuple[tuple[str, str, str], ...]:
+    """Every region's (name, authorize page, API base). SMARTSHEET_AUTHORIZE_URL_<REGION> and
+    SMARTSHEET_API_BASE_URL_<REGION> replace one region's URLs (the local stack's emulator per region); the
+    unsuffixed pair keeps meaning the default region's."""
+    found = []
+    for name, urls in REGIONS.items():
+        authorize, api = (authorize_url, api_base_url) if name == default else urls
+        suffix = name.upper()
+        found.append(
+            (
+                name,
+                _url_override(environ, f"SMARTSHEET_AUTHORIZE_URL_{suffix}", authorize),
+                _url_override(environ, f"SMARTSHEET_API_BASE_URL_{suffix}", api).rstrip("/"),
+            )
+        )
+    return tuple(found)
 
 
 _APP_NAME_MAX = 64

@@ -162,10 +162,13 @@ def smartsheet_client() -> SmartsheetClient:
     credentials = app_credentials()
     with _client_lock:
         if _client is None or _client[0] != credentials:
+            config = get_config()
             client = SmartsheetClient(
-                api_base_url=get_config().api_base_url,
+                api_base_url=config.api_base_url,
                 client_id=credentials.client_id,
                 client_secret=credentials.client_secret,
+                # Every region's API, not only the allowed ones: a connection keeps its region's for its refreshes.
+                region_bases={name: api for name, _, api in config.region_endpoints},
             )
             _client = (credentials, client)
         return _client[1]

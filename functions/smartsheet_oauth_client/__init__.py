@@ -536,12 +536,15 @@ class TokenProvider:
         send: Send | None = None,
         clock: Callable[[], float] = time.time,
         api_base_url: str | None = None,
+        api_base_urls: Mapping[str, str] | None = None,
     ) -> None:
         """api_url: the stack's ManagementApiUrl output; secret_prefix: its TokenSecretPrefix output; token_table: its
         TokenTableName output, with TokenStore=dynamodb (None: the pairs are secrets).
         min_valid_seconds: a token valid for less than this is refreshed first. cache_seconds: how long a secret
         read is reused (the broker rotates at most a few times a week, so minutes are safe). api_base_url: the
-        Smartsheet API your tokens' api_base_url names instead of their region's (the local stack's emulator)."""
+        Smartsheet API your tokens' api_base_url names instead of their region's (the local stack's emulator).
+        api_base_urls: the same for one region each ({"eu": ...}), ahead of api_base_url: a token's api_base_url is
+        its connection's region's (tokens work only in the region that issued them)."""
         self._api = _SignedApi(api_url, region=region, session=session, timeout_seconds=timeout_seconds, send=send)
         self.management = ManagementClient.__new__(ManagementClient)
         self.management._api = self._api  # one signer, one connection setup, for both
@@ -562,6 +565,12 @@ class TokenProvider:
             if base.scheme not in ("https", "http") or not base.hostname:
                 raise ValueError(f"api_base_url must be an http(s) URL, got {api_base_url!r}")
         self._api_base = api_base_url.rstrip("/") if api_base_url else None
+        self._api_bases: dict[str, str] = {}
+        for name, url in (api_base_urls or {}).items():
+            parts = urlsplit(url)
+            if name not in API_BASE_URLS or parts.scheme not in ("https", "http") or not parts.hostname:
+                raise ValueError(f"api_base_urls takes {', '.join(API_BASE_URLS)} to http(s) URLs, got {name!r}")
+            self._api_bases[name] = url.rstrip("/")
         self._min_valid = min_valid_seconds
         self._cache_seconds = cache_seconds
         self._clock = clock
@@ -579,10 +588,13 @@ class TokenProvider:
     def from_environment(cls, **kwargs: Any) -> TokenProvider:
         """From SMARTSHEET_BROKER_API_URL and SMARTSHEET_BROKER_SECRET_PREFIX (the stack's outputs),
         SMARTSHEET_BROKER_TOKEN_TABLE with TokenStore=dynamodb (its TokenTableName output), and SMARTSHEET_API_BASE_URL
-        when set (the Smartsheet API to use instead of the token's region's)."""
+        (and SMARTSHEET_API_BASE_URL_<REGION>, e.g. _EU) when set: the Smartsheet API to use instead of the token's
+        region's."""
         api_url = _environment("SMARTSHEET_BROKER_API_URL")
         prefix = _environment("SMARTSHEET_BROKER_SECRET_PREFIX")
         kwargs.setdefault("api_base_url", os.environ.get("SMARTSHEET_API_BASE_URL") or None)
+        regional = {name: os.environ.get(f"SMARTSHEET_API_BASE_URL_{name.upper()}", "") for name in API_BASE_URLS}
+        kwargs.setdefault("api_base_urls", {name: url for name, url in regional.items() if url})
         kwargs.setdefault("token_table", os.environ.get("SMARTSHEET_BROKER_TOKEN_TABLE") or None)
         return cls(api_url=api_url, secret_prefix=prefix, **kwargs)
 
@@ -718,13 +730,14 @@ class TokenProvider:
                 if retired and exc.status == "not_found":  # its pair retired with the disconnect
                     raise ConnectionUnavailable(connection_id, "revoked", "the connection was disconnected") from None
                 raise
+        region = str(data.get("region") or "us")
         token = AccessToken(
             access_token=str(data["access_token"]),
             expires_at=int(data["expires_at"]),
             connection_id=connection_id,
             email=str(data.get("email", "")),
-            region=str(data.get("region", "us")),
-            api_base_override=self._api_base,
+            region=region,
+            api_base_override=self._api_bases.get(region) or self._api_base,
         )
         self._cache[connection_id] = _Cached(token, self._clock())
         return token

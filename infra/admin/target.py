@@ -98,7 +98,11 @@ def smartsheet_factory(secrets: Any, config: Config) -> Callable[[], SmartsheetC
         # The client id is the stack's configuration (SMARTSHEET_CLIENT_ID), the secret only holds the secret.
         client_secret = _client_secret(secrets, config.app_credentials_secret_arn)
         return SmartsheetClient(
-            api_base_url=config.api_base_url, client_id=config.client_id, client_secret=client_secret
+            api_base_url=config.api_base_url,
+            client_id=config.client_id,
+            client_secret=client_secret,
+            # Each connection's refresh and revoke go to its own region's API, as the functions' do.
+            region_bases={name: api for name, _, api in config.region_endpoints},
         )
 
     return build

@@ -405,7 +405,9 @@ class Answers(SmartsheetClient):
         super().__init__(api_base_url="https://api.smartsheet.com/2.0", client_id="id", client_secret="secret")
         self.error = error
 
-    def refresh(self, refresh_token: str, *, answer_within: float | None = None) -> TokenGrant:
+    def refresh(
+        self, refresh_token: str, *, answer_within: float | None = None, region: str | None = None
+    ) -> TokenGrant:
         raise self.error
 
 
@@ -486,7 +488,9 @@ def test_invalid_grant_after_a_concurrent_refresh_is_not_marked(refresher: Broke
     class OtherWorkerFirst(SmartsheetClient):
         """Another worker (whose lease this one took over after it expired) rotates and commits first."""
 
-        def refresh(self, refresh_token: str, *, answer_within: float | None = None) -> TokenGrant:
+        def refresh(
+            self, refresh_token: str, *, answer_within: float | None = None, region: str | None = None
+        ) -> TokenGrant:
             newer = real.refresh(refresh_token)
             stored = dataclasses.replace(
                 TokenSet.from_json(json.dumps(stale)),

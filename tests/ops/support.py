@@ -221,12 +221,12 @@ def refresh_raced(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     _due_connection(broker)
     original = SmartsheetClient.refresh
 
-    def rotated_first(self: SmartsheetClient, refresh_token: str, *, answer_within: float | None = None) -> TokenGrant:
+    def rotated_first(self: SmartsheetClient, refresh_token: str, **options: Any) -> TokenGrant:
         grant = original(self, refresh_token)  # the other worker's refresh...
         vault = services.token_vault()
         name = vault.secret_name(str(ADA))
         vault.save(str(ADA), _with_pair(vault.load(name), grant), known_arn=name)  # ...and its save
-        return original(self, refresh_token)  # ours, with the token that rotation killed: invalid_grant
+        return original(self, refresh_token, **options)  # ours, with the token that rotation killed: invalid_grant
 
     monkeypatch.setattr(SmartsheetClient, "refresh", rotated_first)
     assert outcomes(broker.sweep()) == {"raced": 1}

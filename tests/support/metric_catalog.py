@@ -16,6 +16,7 @@ LOGIN: Final = frozenset(
         "login_bad_session",
         "login_anonymous_refused",
         "login_bad_request",
+        "login_region_not_allowed",  # ?region= (or a connect session's) not among AllowedRegions
         "login_storage_error",
         "login_internal_error",
         "login_connect_page",  # a connect link's page (GET /login?session=)
@@ -32,6 +33,7 @@ CALLBACK: Final = frozenset(
         "callback_bad_request",
         "callback_authorize_error",
         "callback_binding_conflict",
+        "callback_region_conflict",  # the user id is connected from another Smartsheet region
         "callback_smartsheet_error",
         "callback_smartsheet_unavailable",
         "callback_storage_error",
@@ -77,6 +79,7 @@ MANAGEMENT: Final = frozenset(
                 "changed_meanwhile",
                 "not_found",
                 "invalid_request",
+                "region_not_allowed",
                 "no_such_route",
                 "smartsheet_refused",
                 "smartsheet_unavailable",

@@ -163,3 +163,55 @@ def test_a_public_base_url_a_login_link_cannot_start_with_is_refused(value: str)
     with pytest.raises(ConfigError) as refused:
         load_config({**BASE, "PUBLIC_BASE_URL": value})
     assert refused.value.variable == "PUBLIC_BASE_URL"
+
+
+def test_allowed_regions_default_to_the_stacks_region_alone() -> None:
+    assert load_config(BASE).regions_allowed() == ("us",)
+    assert load_config({**BASE, "SMARTSHEET_REGION": "eu"}).regions_allowed() == ("eu",)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("us,eu", ("us", "eu")),
+        ("EU, au gov", ("us", "eu", "au", "gov")),
+        ("eu", ("us", "eu")),  # the default region stays allowed: /login without ?region= keeps working
+        ("eu,eu,us", ("us", "eu")),
+    ],
+)
+def test_allowed_regions_are_read_with_the_default_first(raw: str, expected: tuple[str, ...]) -> None:
+    assert load_config({**BASE, "ALLOWED_REGIONS": raw}).regions_allowed() == expected
+
+
+@pytest.mark.parametrize("raw", ["us,mars", "emea", "us;eu"])
+def test_an_unknown_allowed_region_fails_the_cold_start_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="ALLOWED_REGIONS") as info:
+        load_config({**BASE, "ALLOWED_REGIONS": raw})
+    assert info.value.variable == "ALLOWED_REGIONS"
+
+
+def test_every_region_has_its_endpoints_and_each_can_be_overridden_on_its_own() -> None:
+    config = load_config(
+        {
+            **BASE,
+            "SMARTSHEET_API_BASE_URL": "http://127.0.0.1:9001/2.0/",
+            "SMARTSHEET_AUTHORIZE_URL_EU": "http://127.0.0.1:9002/b/authorize",
+            "SMARTSHEET_API_BASE_URL_EU": "http://127.0.0.1:9002/2.0",
+        }
+    )
+
+    assert config.endpoints() == ("https://app.smartsheet.com/b/authorize", "http://127.0.0.1:9001/2.0")
+    assert config.endpoints("us") == config.endpoints()
+    assert config.endpoints("eu") == ("http://127.0.0.1:9002/b/authorize", "http://127.0.0.1:9002/2.0")
+    assert config.endpoints("au") == REGIONS["au"]
+    assert config.endpoints("gov") == REGIONS["gov"]
+    assert config.region_of("") == "us"  # a record written before regions were recorded
+    assert config.region_of(None) == "us"
+    assert config.region_of("eu") == "eu"
+    with pytest.raises(KeyError):
+        config.endpoints("mars")
+
+
+def test_a_regions_override_must_be_https_or_loopback() -> None:
+    with pytest.raises(ConfigError, match="SMARTSHEET_API_BASE_URL_EU"):
+        load_config({**BASE, "SMARTSHEET_API_BASE_URL_EU": "http://api.smartsheet.eu/2.0"})

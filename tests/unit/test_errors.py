@@ -26,6 +26,8 @@ SAMPLES: dict[type[Exception], Exception] = {
     errors.BindingConflict: errors.BindingConflict(
         "end_user_has_another_account", end_user_id="u-1", smartsheet_user_id="7", existing_connection_id="8"
     ),
+    errors.RegionNotAllowed: errors.RegionNotAllowed("mars", ("us", "eu")),
+    errors.RegionConflict: errors.RegionConflict(connection_id="7", region="eu", existing_region="us"),
     errors.TransientSmartsheetError: errors.TransientSmartsheetError("busy", status=503, retry_after=7),
     errors.InvalidClient: errors.InvalidClient("bad secret", status=401, error_code=1072, oauth_error="invalid_client"),
     errors.SmartsheetError: errors.SmartsheetError("no", status=400),

@@ -6,8 +6,10 @@ import hashlib
 import re
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+from smartsheet_oauth.domain.errors import MalformedResponse
 from smartsheet_oauth.domain.tokens import TokenGrant
-from smartsheet_oauth.smartsheet.client import Reply, authorize_url, request_hash
+from smartsheet_oauth.smartsheet.client import Reply, SmartsheetClient, authorize_url, request_hash
 
 
 def test_scopes_are_joined_with_percent_20_not_plus() -> None:
@@ -55,3 +57,19 @@ def test_a_reply_repr_leaves_its_body_out() -> None:
     assert "ACCESS-123" not in repr(reply)
     assert "REFRESH-456" not in repr(reply)
     assert repr(reply) == "Reply(status=200, content=<62 bytes>, retry_after='')"
+
+
+def test_each_call_goes_to_the_api_of_the_region_it_names() -> None:
+    client = SmartsheetClient(
+        api_base_url="https://api.smartsheet.com/2.0",
+        client_id="c",
+        client_secret="s",
+        region_bases={"us": "https://api.smartsheet.com/2.0", "eu": "https://api.smartsheet.eu/2.0/"},
+    )
+
+    assert client.base_url() == "https://api.smartsheet.com/2.0"
+    assert client.base_url("eu") == "https://api.smartsheet.eu/2.0"
+    with pytest.raises(MalformedResponse, match="mars"):  # never another region's API
+        client.base_url("mars")
+    single = SmartsheetClient(api_base_url="http://127.0.0.1:9/2.0", client_id="c", client_secret="s")
+    assert single.base_url("eu") == "http://127.0.0.1:9/2.0"  # a one-region client (tools, tests): its only API

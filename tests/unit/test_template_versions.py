@@ -53,6 +53,7 @@ OTHER_VALUES = {
         "arn:aws:wafv2:us-east-1:123456789012:global/webacl/front-door/0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b"
     ),
     "EventBusName": "integration-events",
+    "AllowedRegions": "us,eu,gov,au",
     "RefreshSchedule": "rate(15 minutes)",
     "AlarmEmail": "ops@example.com",
     "DebugLogSampleRate": "0.05",
@@ -157,6 +158,7 @@ def test_the_description_holds_the_longest_values_the_parameters_admit() -> None
         elif spec.get("Type") == "Number":
             longest[name] = max((str(spec.get(k, "")) for k in ("MinValue", "MaxValue")), key=len)
     longest["DebugLogSampleRate"] = "0.0001"  # its pattern: up to four decimals
+    longest["AllowedRegions"] = "us,eu,gov,au"  # its pattern within its MaxLength
     longest["CustomDomainName"] = ".".join(["a" * 63] * 3 + ["a" * 61])  # 253: a host name with its pattern
     longest["WebhookUrl"] = "https://" + "a" * (int(PARAMETERS["WebhookUrl"]["MaxLength"]) - len("https://"))
     values = tuple((name, str(value)) for name, value in longest.items() if name not in ("SmartsheetRegion",))

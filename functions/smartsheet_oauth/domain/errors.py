@@ -35,6 +35,35 @@ class BadRequest(BrokerError):
         return {"detail": str(self)}
 
 
+class RegionNotAllowed(BadRequest):
+    """A sign-in or connect session asked for a Smartsheet region this stack does not offer (unknown, or not in
+    AllowedRegions). The message names the regions it offers; nothing was started."""
+
+    def __init__(self, region: str, allowed: tuple[str, ...]) -> None:
+        shown = region if region.isascii() and region.isprintable() and len(region) <= 16 else "(malformed)"
+        super().__init__(f"region {shown!r} is not offered here; choose one of: {', '.join(allowed)}")
+        self.region = shown
+        self.allowed = allowed
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"region": self.region}
+
+
+class RegionConflict(BrokerError):
+    """The Smartsheet user id that signed in is already a connection of another Smartsheet region: connection ids are
+    Smartsheet user ids, and each region numbers its users on its own. Refused before anything is stored; the
+    existing connection, its tokens and its binding stay as they were."""
+
+    def __init__(self, *, connection_id: str, region: str, existing_region: str) -> None:
+        super().__init__("connected_in_another_region")
+        self.connection_id = connection_id
+        self.region = region
+        self.existing_region = existing_region
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"connection_id": self.connection_id, "region": self.region, "existing_region": self.existing_region}
+
+
 class SignInRejected(BrokerError):
     """The sign-in cannot go on: unknown, used or expired state, or a nonce cookie that does not match."""
 
@@ -321,6 +350,8 @@ _REFUSED = "Smartsheet refused the request"
 ANSWERS: tuple[Answer, ...] = (
     # error                   surfaces     status code                  level       log line
     Answer(NoSuchRoute,           PAGES,       404, "not_found",          None, page="not_found", counted=False),
+    Answer(RegionNotAllowed,      (LOGIN,),    400, "region_not_allowed", INFO,    "region not offered",
+           page="region_not_allowed"),
     Answer(BadRequest,            PAGES,       400, "bad_request",        INFO,    "bad request", page="bad_request"),
     Answer(SignInRejected,        (CALLBACK,), 400, "bad_state",          INFO,    "sign-in rejected",
            page="expired_or_used"),
@@ -332,6 +363,8 @@ ANSWERS: tuple[Answer, ...] = (
            page="code_refused"),
     Answer(BindingConflict,       (CALLBACK,), 409, "binding_conflict",   WARNING, "connection binding refused",
            page="binding_conflict"),
+    Answer(RegionConflict,        (CALLBACK,), 409, "region_conflict",    WARNING,
+           "sign-in refused: the user id is connected in another region", page="region_conflict"),
     Answer(TransientSmartsheetError, (CALLBACK,), 503, "smartsheet_unavailable", WARNING, "Smartsheet unavailable",
            retry_after=60, page="unavailable"),
     Answer(InvalidClient,         (CALLBACK,), 502, "smartsheet_error",   ERROR,   _REFUSED, page="smartsheet_error"),
@@ -347,6 +380,7 @@ ANSWERS: tuple[Answer, ...] = (
     Answer(Exception,             PAGES,       500, "internal_error",     UNEXPECTED, page="internal_error"),
     # -- the management API
     Answer(NoSuchRoute,           (API,),      404, "no_such_route",      None, message=_NO_ROUTE),
+    Answer(RegionNotAllowed,      (API,),      400, "region_not_allowed", INFO,    "region not offered"),
     Answer(BadRequest,            (API,),      400, "invalid_request",    INFO,    "bad request"),
     Answer(NotFound,              (API,),      404, "not_found",          None),
     Answer(RefreshFailed,         (API,),      503, "",                   None, retry_after=60, own=True),

@@ -246,6 +246,31 @@ def bad_request(detail: str) -> str:
     )
 
 
+REGION_NAMES = {"us": "US", "eu": "EU", "au": "Australia", "gov": "Smartsheet Gov"}
+
+
+def region_not_allowed(allowed: tuple[str, ...]) -> str:
+    """/login?region= (or a connect session) named a region this deployment does not offer."""
+    offered = ", ".join(f"{REGION_NAMES.get(name, name)} (region={name})" for name in allowed)
+    return page(
+        "This Smartsheet region is not available",
+        f"{brand().app} does not connect Smartsheet accounts of the region this link asked for. It offers: {offered}."
+        " Nothing was started; go back and choose one of these.",
+    )
+
+
+def region_conflict(existing_region: str, reference: str) -> str:
+    """The Smartsheet user id that signed in is already connected from another region."""
+    where = REGION_NAMES.get(existing_region, existing_region)
+    return page(
+        "This Smartsheet account can't be connected from this region",
+        f"An account with the same Smartsheet user id is already connected to {brand().app} from Smartsheet"
+        f" {where}. Nothing was changed and this sign-in's access was not kept. Connect from Smartsheet {where},"
+        " or ask support to remove the other connection first.",
+        reference=reference,
+    )
+
+
 def not_found() -> str:
     return page("Page not found", "There is nothing at this address.")
 

@@ -94,6 +94,8 @@ _PAGES: dict[str, Callable[[Any, str], str]] = {
         if exc.reason == "account_bound_to_an_end_user"
         else pages.binding_conflict(exc.reason)
     ),
+    "region_not_allowed": lambda exc, reference: pages.region_not_allowed(exc.allowed),
+    "region_conflict": lambda exc, reference: pages.region_conflict(exc.existing_region, reference),
     "unavailable": lambda exc, reference: pages.unavailable(reference),
     "smartsheet_error": lambda exc, reference: pages.smartsheet_error(reference),
     "connect_link": lambda exc, reference: pages.connect_link_expired(),

@@ -125,15 +125,16 @@ def bind_or_refuse(
     *,
     end_user_id: str,
     smartsheet_user_id: str,
+    region: str | None = None,
 ) -> None:
     """Before anything is stored: refuse a binding that would merge two identities, and revoke the grant this
-    sign-in just got, so no token outlives the refusal. Only that grant: the account's other connection (if
-    any) keeps its own."""
+    sign-in just got (at its region's API), so no token outlives the refusal. Only that grant: the account's other
+    connection (if any) keeps its own."""
     try:
         check_binding(connections, end_user_id=end_user_id, smartsheet_user_id=smartsheet_user_id)
     except BindingConflict:
         try:
-            smartsheet.revoke(access_token)
+            smartsheet.revoke(access_token, region=region)
         except SmartsheetError as exc:
             logger.warning("could not revoke the refused grant", extra={"reason": exc.reason})
         raise
@@ -224,6 +225,7 @@ def _store(
             ),
             now=now,
             end_user_id=held.end_user_id,
+            default_region=deps.config.region,
         )
     except ConditionFailed:
         # Bound to another end user in the instant since check_binding looked. The pair is the same Smartsheet
@@ -263,12 +265,12 @@ def _void(
             logger.warning("refused completion's grant not revoked", extra={"reason": exc.code})
     completions.finish(held, owner=owner, outcome=VOIDED, now=now)
     if tokens is not None:
-        _revoke(deps.smartsheet(), tokens.access_token)
+        _revoke(deps.smartsheet(), tokens.access_token, region=tokens.region)
 
 
-def _revoke(smartsheet: SmartsheetClient, access_token: str) -> None:
+def _revoke(smartsheet: SmartsheetClient, access_token: str, *, region: str | None = None) -> None:
     try:
-        smartsheet.revoke(access_token)
+        smartsheet.revoke(access_token, region=region or None)
     except SmartsheetError as exc:
         logger.warning("refused completion's grant not revoked", extra={"reason": exc.reason})
 
@@ -319,7 +321,7 @@ def hold_for_confirmation(
     try:
         code = completions.hold(tokens, end_user_id=end_user_id, sealer=sealer, now=now)
     except StorageError:
-        _revoke(smartsheet, tokens.access_token)
+        _revoke(smartsheet, tokens.access_token, region=tokens.region)
         raise
     return AwaitingConfirmation(
         location=completion_url(return_to, code), smartsheet_user_id=tokens.user_id, end_user_id=end_user_id

@@ -22,6 +22,7 @@ from smartsheet_oauth.domain.errors import (
     BindingConflict,
     BrokerError,
     CodeRefused,
+    RegionConflict,
     SignInRejected,
     SmartsheetError,
     StorageError,
@@ -38,6 +39,7 @@ FAILURE_CODES = {
     "code_refused": "Smartsheet refused the sign-in's authorization code (it took too long, or was used)",
     "browser_mismatch": "the sign-in was finished in another browser than the one that started it",
     "binding_conflict": "the account or the end user is already connected otherwise (error_detail says which)",
+    "region_conflict": "the same Smartsheet user id is already connected from another region (error_detail names it)",
     "temporarily_unavailable": "Smartsheet or AWS storage did not answer; the user can try again in a few minutes",
     "smartsheet_error": "Smartsheet refused the sign-in (e.g. the app's credentials are wrong)",
     "invalid_request": "the callback came without what Smartsheet sends (no code)",
@@ -60,6 +62,8 @@ def failure_params(exc: BaseException) -> dict[str, str]:
         return {OUTCOME: FAILED, ERROR: "authorization_failed"}
     if isinstance(exc, BindingConflict):
         return {OUTCOME: FAILED, ERROR: "binding_conflict", ERROR_DETAIL: exc.reason}
+    if isinstance(exc, RegionConflict):
+        return {OUTCOME: FAILED, ERROR: "region_conflict", ERROR_DETAIL: exc.existing_region}
     if isinstance(exc, SignInRejected):
         return {OUTCOME: FAILED, ERROR: "browser_mismatch"}
     error = "server_error"

@@ -24,7 +24,7 @@ from smartsheet_oauth.domain.errors import (
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.flows.connect import checked_end_user_id
 from smartsheet_oauth.flows.deps import ManagementDeps
-from smartsheet_oauth.flows.sign_in import checked_return_to
+from smartsheet_oauth.flows.sign_in import checked_region, checked_return_to
 from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.connections import Connection
 
@@ -179,15 +179,16 @@ def _revoke_at_smartsheet(deps: ManagementDeps, held: Connection) -> str:
             return "no_tokens"
         raise
     client = deps.smartsheet()
+    region = deps.config.region_of(held.region)  # the connection's tokens work only at its region's API
     try:
-        client.revoke(tokens.access_token, all_for_client=True)
+        client.revoke(tokens.access_token, all_for_client=True, region=region)
         return "revoked"
     except SmartsheetError as exc:
         if not _access_token_unusable(exc):
             raise _refused(exc) from None
     # The access token is expired or dead; the grant may still live behind the refresh token.
     try:
-        grant = client.refresh(tokens.refresh_token)
+        grant = client.refresh(tokens.refresh_token, region=region)
     except InvalidGrant:
         return "already_invalid"
     except SmartsheetError as exc:
@@ -200,7 +201,7 @@ def _revoke_at_smartsheet(deps: ManagementDeps, held: Connection) -> str:
         generation=held.generation,
     )
     try:
-        client.revoke(grant.access_token, all_for_client=True)
+        client.revoke(grant.access_token, all_for_client=True, region=region)
     except SmartsheetError as exc:
         raise _refused(exc) from None
     return "revoked"
@@ -226,9 +227,11 @@ def _refused(exc: SmartsheetError) -> SmartsheetError:
 
 # --------------------------------------------------------------------------------------------- connect sessions
 def create_connect_session(deps: ManagementDeps, body: dict[str, Any], *, broker_url: str) -> dict[str, Any]:
-    unknown = sorted(set(body) - {"end_user_id", "return_to"})
+    unknown = sorted(set(body) - {"end_user_id", "return_to", "region"})
     if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; the body holds end_user_id and return_to")
+        raise BadRequest(
+            f"unknown field(s): {', '.join(unknown)}; the body holds end_user_id, return_to and (optional) region"
+        )
     if "end_user_id" not in body:
         raise BadRequest("end_user_id is required")
     end_user_id = checked_end_user_id(body["end_user_id"])
@@ -239,10 +242,20 @@ def create_connect_session(deps: ManagementDeps, body: dict[str, Any], *, broker
     return_to = checked_return_to(return_to, deps.config.allowed_return_to)
     if return_to is None:  # checked_return_to answers None only for an empty value, refused above
         raise BadRequest("return_to is required: the page of your app that receives the completion code")
-    issued = deps.sessions.create(end_user_id=end_user_id, return_to=return_to, now=int(deps.clock()))
+    raw_region = body.get("region")
+    if raw_region is not None and not isinstance(raw_region, str):
+        raise BadRequest("region must be a string: one of the regions this stack allows")
+    region = checked_region(raw_region, deps.config)
+    issued = deps.sessions.create(
+        end_user_id=end_user_id,
+        return_to=return_to,
+        now=int(deps.clock()),
+        region=None if region == deps.config.region else region,
+    )
     return {
         "end_user_id": issued.end_user_id,
         "login_url": f"{broker_url}/login?session={issued.token}",
         "expires_at": issued.expires_at,
         "return_to": return_to,
+        "region": region,
     }

@@ -171,7 +171,9 @@ def _rotate(
         return _defer(leased, owner, deps, settled=own_marker, seconds_left=deadline - deps.monotonic())
     steps.passed(deps.steps, steps.REFRESH_SENDING, leased.connection_id)
     try:
-        return deps.smartsheet.refresh(current.refresh_token, answer_within=within)
+        # The connection's own region: its tokens work nowhere else (a record without one is the stack's default).
+        region = deps.config.region_of(leased.region)
+        return deps.smartsheet.refresh(current.refresh_token, answer_within=within, region=region)
     except NoTimeToRefresh:
         return _defer(leased, owner, deps, settled=own_marker, seconds_left=deadline - deps.monotonic())
     except InvalidGrant as exc:

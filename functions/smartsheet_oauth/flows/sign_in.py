@@ -15,10 +15,15 @@ from smartsheet_oauth.domain.errors import (
     CodeRefused,
     ConditionFailed,
     InvalidGrant,
+    RegionConflict,
+    RegionNotAllowed,
     SignInRejected,
+    SmartsheetError,
     UserDeclined,
 )
+from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.flows import steps
+from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.smartsheet.client import authorize_url
 
 if TYPE_CHECKING:
@@ -83,6 +88,17 @@ def checked_return_to(raw: str | None, allowed: tuple[str, ...]) -> str | None:
     raise BadRequest("return_to is not an allowed address")
 
 
+def checked_region(raw: str | None, config: Config) -> str:
+    """The region a sign-in chose (?region=, a connect session's `region`): one of AllowedRegions, else
+    RegionNotAllowed naming them. None or "" is the stack's default region."""
+    if raw is None or raw == "":
+        return config.region
+    region = raw.strip().lower()
+    if region not in config.regions_allowed():
+        raise RegionNotAllowed(raw, config.regions_allowed())
+    return region
+
+
 def begin_sign_in(
     *,
     config: Config,
@@ -91,11 +107,16 @@ def begin_sign_in(
     now: int,
     return_to: str | None = None,
     end_user_id: str | None = None,
+    region: str | None = None,
 ) -> LoginRedirect:
     checked = checked_return_to(return_to, config.allowed_return_to)
-    pending = states.create(now=now, return_to=checked, end_user_id=end_user_id)
+    chosen = checked_region(region, config)
+    # The default region's state carries no region: an older callback (mid-deploy) finishes it as before.
+    pending = states.create(
+        now=now, return_to=checked, end_user_id=end_user_id, region=None if chosen == config.region else chosen
+    )
     location = authorize_url(
-        config.authorize_url,
+        config.endpoints(chosen)[0],
         client_id=client_id,
         scopes=config.scopes,
         state=pending.state,
@@ -104,13 +125,16 @@ def begin_sign_in(
     return LoginRedirect(location=location, nonce=pending.nonce, max_age=config.state_ttl_seconds)
 
 
-def start_again_url(*, connect_session: bool, return_to: str | None, anonymous_login: bool) -> str | None:
-    """Where a user whose sign-in failed after its state was spent starts a new one like it. A connect session's
-    link was single-use and made by the integrator's app, so its user goes back to the app, never to a plain
-    /login (that would connect them unbound, or be refused when anonymous sign-in is off): None."""
+def start_again_url(
+    *, connect_session: bool, return_to: str | None, anonymous_login: bool, region: str | None = None
+) -> str | None:
+    """Where a user whose sign-in failed after its state was spent starts a new one like it (its region too). A
+    connect session's link was single-use and made by the integrator's app, so its user goes back to the app, never
+    to a plain /login (that would connect them unbound, or be refused when anonymous sign-in is off): None."""
     if connect_session or not anonymous_login:
         return None
-    return f"/login?{urlencode({'return_to': return_to})}" if return_to else "/login"
+    params = {name: value for name, value in (("return_to", return_to), ("region", region)) if value}
+    return f"/login?{urlencode(params)}" if params else "/login"
 
 
 def _code(raw: str | None) -> str:
@@ -119,6 +143,30 @@ def _code(raw: str | None) -> str:
     if len(raw) > MAX_CODE_LENGTH or not raw.isascii() or not raw.isprintable():
         raise BadRequest("The authorization code is not valid.")
     return raw
+
+
+def refuse_other_region(
+    connections: ConnectionStore,
+    smartsheet: SmartsheetClient,
+    access_token: str,
+    *,
+    config: Config,
+    user_id: str,
+    region: str,
+) -> None:
+    """Before anything is stored: a Smartsheet user id that is already a connection of another region is refused
+    (connection ids are Smartsheet user ids, and every consumer keys by them: the secret's name, the token client,
+    the API's paths, the events). The grant this sign-in just got is revoked, so no token outlives the refusal; the
+    existing connection keeps its tokens, status and binding. A disconnected (revoked) connection holds no grant
+    and no binding: the id is free for a sign-in of another region."""
+    existing = connections.get(user_id)
+    if existing is None or config.region_of(existing.region) == region or existing.status == ConnectionStatus.REVOKED:
+        return
+    try:
+        smartsheet.revoke(access_token, region=region)
+    except SmartsheetError as exc:
+        logger.warning("could not revoke the refused grant", extra={"reason": exc.reason})
+    raise RegionConflict(connection_id=user_id, region=region, existing_region=config.region_of(existing.region))
 
 
 def finish_sign_in(
@@ -193,24 +241,32 @@ def _finish(
         error = query["error"][:64]
         raise (UserDeclined if error == "access_denied" else AccessDenied)(error)
     code = _code(query.get("code"))
+    region = config.region_of(record.region)
 
     try:
-        grant = smartsheet.exchange_code(code, redirect_uri=config.redirect_uri)
+        grant = smartsheet.exchange_code(code, redirect_uri=config.redirect_uri, region=region)
     except InvalidGrant as exc:  # the code's refusal; a wrong secret (1072, invalid_client) stays the app's
         start_again = start_again_url(
             connect_session=record.end_user_id is not None,
             return_to=record.return_to,
             anonymous_login=config.anonymous_login,
+            region=record.region,
         )
         raise CodeRefused(exc.reason, start_again=start_again) from None
     steps.passed(watcher, steps.CALLBACK_CODE_EXCHANGED)
-    user = smartsheet.current_user(grant.access_token)
+    user = smartsheet.current_user(grant.access_token, region=region)
+    refuse_other_region(connections, smartsheet, grant.access_token, config=config, user_id=user.id, region=region)
     if record.end_user_id is not None:
         bind_or_refuse(
-            connections, smartsheet, grant.access_token, end_user_id=record.end_user_id, smartsheet_user_id=user.id
+            connections,
+            smartsheet,
+            grant.access_token,
+            end_user_id=record.end_user_id,
+            smartsheet_user_id=user.id,
+            region=region,
         )
     tokens = TokenSet.from_grant(
-        grant, obtained_at=now, scope=" ".join(config.scopes), region=config.region, user_id=user.id, email=user.email
+        grant, obtained_at=now, scope=" ".join(config.scopes), region=region, user_id=user.id, email=user.email
     )
     if record.end_user_id is not None and record.return_to is not None:
         from smartsheet_oauth.flows.connect import hold_for_confirmation  # noqa: PLC0415
@@ -236,12 +292,18 @@ def _finish(
             access_expires_at=tokens.expires_at,
             refresh_due_at=refresh_due_at(tokens.expires_at, window_seconds=config.refresh_window_seconds, now=now),
             now=now,
+            default_region=config.region,
         )
     except ConditionFailed:
         # The account is bound to one of the integrator's end users: only a confirmed connect session of theirs
         # may bring it back or change it, so its status and binding stay as they were. The pair just stored is a
         # grant of this same Smartsheet user (nothing foreign in the secret), so it is not revoked.
         bound = connections.get(user.id)
+        if bound is not None and config.region_of(bound.region) != region and bound.status != ConnectionStatus.REVOKED:
+            # Another region's sign-in of this id won the instant since refuse_other_region looked.
+            raise RegionConflict(
+                connection_id=user.id, region=region, existing_region=config.region_of(bound.region)
+            ) from None
         raise BindingConflict(
             "account_bound_to_an_end_user",
             end_user_id=(bound.end_user_id if bound else None) or "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
@@ -147,7 +148,9 @@ def _refresh_retry(total: int = REFRESH_RETRIES) -> Retry:
 
 
 class SmartsheetClient:
-    """Talks to one Smartsheet region's API for one app (client id + secret)."""
+    """Talks to Smartsheet's API for one app (client id + secret): the default region's (api_base_url), or another
+    region's when a call names it (`region=`, one of `region_bases`). Tokens are region-specific, so each call goes
+    to the region its code or token came from. The pools serve every region's host."""
 
     def __init__(
         self,
@@ -158,15 +161,28 @@ class SmartsheetClient:
         timeouts: Timeouts | None = None,
         pool: PoolManager | None = None,
         refresh_pool: PoolManager | None = None,
+        region_bases: Mapping[str, str] | None = None,
     ) -> None:
         self._base = api_base_url.rstrip("/")
+        self._region_bases = {name: base.rstrip("/") for name, base in (region_bases or {}).items()}
         self.client_id = client_id
         self._secret = client_secret
         self._timeouts = timeouts or Timeouts()
         self._pool = pool or https_pool(_safe_retry(), self._base)
         self._refresh_pool = refresh_pool or pool or https_pool(_refresh_retry(), self._base)
 
-    def exchange_code(self, code: str, *, redirect_uri: str | None = None) -> TokenGrant:
+    def base_url(self, region: str | None = None) -> str:
+        """The API base of a region: None (or a region without a base of its own) is the default one."""
+        if not region:
+            return self._base
+        try:
+            return self._region_bases[region]
+        except KeyError:
+            if not self._region_bases:  # a single-region client (tests, tools): every call is its region's
+                return self._base
+            raise MalformedResponse(f"no API base for Smartsheet region {region!r}") from None
+
+    def exchange_code(self, code: str, *, redirect_uri: str | None = None, region: str | None = None) -> TokenGrant:
         form = {
             "grant_type": "authorization_code",
             "client_id": self.client_id,
@@ -175,13 +191,15 @@ class SmartsheetClient:
         }
         if redirect_uri:
             form["redirect_uri"] = redirect_uri
-        return token_grant(self._post_token(self._pool, form))
+        return token_grant(self._post_token(self._pool, form, base=self.base_url(region)))
 
     @property
     def timeouts(self) -> Timeouts:
         return self._timeouts
 
-    def refresh(self, refresh_token: str, *, answer_within: float | None = None) -> TokenGrant:
+    def refresh(
+        self, refresh_token: str, *, answer_within: float | None = None, region: str | None = None
+    ) -> TokenGrant:
         """Rotate the pair. With `answer_within` (seconds from now), no attempt is sent that could still be waiting
         for its answer after that: the first must fit (else NoTimeToRefresh, and nothing is sent), and only as many
         retries as fit are allowed (refresh_window.py says why)."""
@@ -198,13 +216,14 @@ class SmartsheetClient:
                 raise NoTimeToRefresh(f"{answer_within:.1f} s left for an answer; one attempt may need {attempt:.2f} s")
             fit = int((answer_within - attempt) // (attempt + REFRESH_RETRY_PAUSE_SECONDS))
             retries = _refresh_retry(min(REFRESH_RETRIES, fit))
-        return token_grant(self._post_token(self._refresh_pool, form, retries=retries))
+        base = self.base_url(region)
+        return token_grant(self._post_token(self._refresh_pool, form, retries=retries, base=base))
 
-    def current_user(self, access_token: str) -> SmartsheetUser:
+    def current_user(self, access_token: str, *, region: str | None = None) -> SmartsheetUser:
         response = self._send(
             self._pool,
             "GET",
-            f"{self._base}/users/me",
+            f"{self.base_url(region)}/users/me",
             headers={"Authorization": f"Bearer {access_token}"},
         )
         body = json_object(response)
@@ -227,21 +246,22 @@ class SmartsheetClient:
             last_name=text(body.get("lastName")),
         )
 
-    def revoke(self, access_token: str, *, all_for_client: bool = False) -> None:
+    def revoke(self, access_token: str, *, all_for_client: bool = False, region: str | None = None) -> None:
         query = "?deleteAllForApiClient=true" if all_for_client else ""
         response = self._send(
             self._pool,
             "DELETE",
-            f"{self._base}/token{query}",
+            f"{self.base_url(region)}/token{query}",
             headers={"Authorization": f"Bearer {access_token}"},
         )
         json_object(response)
 
-    def _post_token(self, pool: PoolManager, form: dict[str, str], *, retries: Retry | None = None) -> dict[str, Any]:
+    def _post_token(
+        self, pool: PoolManager, form: dict[str, str], *, retries: Retry | None = None, base: str | None = None
+    ) -> dict[str, Any]:
         # Form-encoded body: the documented form (never JSON).
-        response = self._send(
-            pool, "POST", f"{self._base}/token", headers={"Content-Type": _FORM}, body=urlencode(form), retries=retries
-        )
+        url = f"{base or self._base}/token"
+        response = self._send(pool, "POST", url, headers={"Content-Type": _FORM}, body=urlencode(form), retries=retries)
         return json_object(response)
 
     def _send(

@@ -43,6 +43,8 @@ class ConnectSession:
     end_user_id: str
     return_to: str
     expires_at: int
+    # The Smartsheet region the sign-in goes to; None: the stack's default.
+    region: str | None = None
 
 
 def _key(token: str) -> str:
@@ -55,7 +57,7 @@ class ConnectSessionStore:
         self._table = table_name
         self._ttl = ttl_seconds
 
-    def create(self, *, end_user_id: str, return_to: str, now: int) -> IssuedSession:
+    def create(self, *, end_user_id: str, return_to: str, now: int, region: str | None = None) -> IssuedSession:
         token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
         expires_at = now + self._ttl
         item = {
@@ -66,6 +68,8 @@ class ConnectSessionStore:
             "created_at": {"N": str(now)},
             "expires_at": {"N": str(expires_at)},
         }
+        if region:
+            item["region"] = {"S": region}
         with storage("sessions.create"):
             self._client.put_item(
                 TableName=self._table,
@@ -123,4 +127,5 @@ def _session(item: dict[str, Any], *, now: int) -> ConnectSession:
         end_user_id=item["end_user_id"]["S"],
         return_to=item["return_to"]["S"],
         expires_at=int(item["expires_at"]["N"]),
+        region=item["region"]["S"] if "region" in item else None,
     )

@@ -64,8 +64,12 @@ class ConnectionStore:
         refresh_due_at: int,
         now: int,
         end_user_id: str | None = None,
+        default_region: str | None = None,
     ) -> bool:
         """Create or update the connection after a successful sign-in; it is active again, whatever it was.
+        With default_region (the stack's SmartsheetRegion), ConditionFailed too when the connection exists in another
+        region than `region` (a record without one is of the default region) and is not revoked: a live connection
+        never changes region.
         Returns True when the connection is new. With an end_user_id (a confirmed connect session) the connection
         is bound to that end user; ConditionFailed when it is bound to another one and not revoked
         (flows/connect.check_binding looks first; this closes the race of two sign-ins at once). Without one (a
@@ -91,7 +95,12 @@ class ConnectionStore:
         # ALL_OLD: no attributes back means there was no item. (UPDATED_OLD leaves out attributes whose value did
         # not change, such as an if_not_exists created_at, in moto at least.)
         write = "sign_in_bound" if end_user_id is not None else "sign_in_unbound"
-        answer = self._write("connections.sign_in", write, connection_id, values, returns="ALL_OLD")
+        also = None
+        if default_region is not None:
+            also = "attribute_not_exists(connection_id) OR #region = :region OR #status = :revoked"
+            if region == default_region:
+                also += " OR attribute_not_exists(#region)"
+        answer = self._write("connections.sign_in", write, connection_id, values, returns="ALL_OLD", also=also)
         return not answer.get("Attributes")
 
     def get(self, connection_id: str) -> Connection | None:
@@ -351,18 +360,21 @@ class ConnectionStore:
         *,
         returns: str | None = None,
         settled: bool = False,
+        also: str | None = None,
     ) -> dict[str, Any]:
-        """One of the lifecycle's conditional writes (domain/lifecycle.WRITES) on one record, as the table has it."""
+        """One of the lifecycle's conditional writes (domain/lifecycle.WRITES) on one record, as the table has it;
+        `also` is a further condition the write must meet."""
         update = WRITES[write]
         expression = update.update(settled=settled)
+        guard = f"({update.guard}) AND ({also})" if also else update.guard
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"connection_id": _str(connection_id)},
             "UpdateExpression": expression,
-            "ConditionExpression": update.guard,
+            "ConditionExpression": guard,
             "ExpressionAttributeValues": values,
         }
-        names = {placeholder: name for placeholder, name in _NAMES.items() if placeholder in update.guard + expression}
+        names = {placeholder: name for placeholder, name in _NAMES.items() if placeholder in guard + expression}
         if names:
             kwargs["ExpressionAttributeNames"] = names
         if returns:

@@ -39,6 +39,8 @@ class StateRecord:
     expires_at: int
     # Set when the sign-in started from a connect session: the integrator's user the connection is bound to.
     end_user_id: str | None = None
+    # The Smartsheet region the sign-in chose; None (a state written before regions) means the stack's default.
+    region: str | None = None
 
     def matches(self, nonce: str | None) -> bool:
         """Constant-time comparison of the cookie's nonce with the stored hash."""
@@ -61,7 +63,9 @@ class StateStore:
         self._table = table_name
         self._ttl = ttl_seconds
 
-    def create(self, *, now: int, return_to: str | None = None, end_user_id: str | None = None) -> PendingSignIn:
+    def create(
+        self, *, now: int, return_to: str | None = None, end_user_id: str | None = None, region: str | None = None
+    ) -> PendingSignIn:
         pending = PendingSignIn(state=secrets.token_urlsafe(STATE_BYTES), nonce=secrets.token_urlsafe(32))
         item = {
             "state": {"S": pending.state},
@@ -73,6 +77,8 @@ class StateStore:
             item["return_to"] = {"S": return_to}
         if end_user_id:
             item["end_user_id"] = {"S": end_user_id}
+        if region:
+            item["region"] = {"S": region}
         with storage("state.create"):
             # 256 random bits cannot collide in practice; the condition makes a collision an error, not a takeover.
             self._client.put_item(
@@ -106,6 +112,7 @@ class StateStore:
             created_at=int(item["created_at"]["N"]),
             expires_at=int(item["expires_at"]["N"]),
             end_user_id=item["end_user_id"]["S"] if "end_user_id" in item else None,
+            region=item["region"]["S"] if "region" in item else None,
         )
         # TTL deletion is lazy (up to days late) and DynamoDB still returns expired items: check it here.
         if record.expires_at <= now:

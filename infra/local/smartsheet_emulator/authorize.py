@@ -68,9 +68,10 @@ def _parse_scopes(decoded: str, *, commas: bool) -> tuple[str, ...] | None:
 class AuthorizePage:
     """Answers the authorize page over HTTP (`get`, `post`) and as a Python call (`consent`)."""
 
-    def __init__(self, model: SmartsheetModel, ledger: Ledger) -> None:
+    def __init__(self, model: SmartsheetModel, ledger: Ledger, *, region: str | None = None) -> None:
         self._model = model
         self._ledger = ledger
+        self._region = region
 
     def consent(self, authorize_url: str, user_id: int | str | None, allow: bool) -> str:
         """Answer the page as the user would; the callback URL the browser is sent to. AuthorizeError where Smartsheet
@@ -172,10 +173,11 @@ class AuthorizePage:
             for index, user in enumerate(self._model.users)
         )
         scopes = "".join(f"<li><code>{html.escape(scope)}</code></li>" for scope in request.scopes)
+        region = f'<p id="region">Smartsheet region: {html.escape(self._region)}</p>' if self._region else ""
         content = (
             f'<h1 id="app-name">{html.escape(request.app.name)}</h1>'
             "<p>would like to access your Smartsheet account with these permissions:</p>"
-            f'<ul id="scopes">{scopes}</ul>'
+            f'<ul id="scopes">{scopes}</ul>{region}'
             f'<form method="post" action="{AUTHORIZE_PATH}">{inputs}'
             f'<p><label for="user">Signed in as </label><select id="user" name="user_id">{options}</select></p>'
             '<button id="allow" type="submit" name="decision" value="allow">Allow</button>'

@@ -39,7 +39,10 @@ class SmartsheetEmulator:
         settings: Settings | None = None,
         faults: Faults | None = None,
         verbose: bool = False,
+        region: str | None = None,
     ) -> None:
+        """region: the Smartsheet region this instance plays (shown on its authorize page); each region is its own
+        instance, with its own users, codes and tokens, as Smartsheet's regions are."""
         changes: dict[str, Any] = {}
         if access_lifetime is not None:
             changes["access_lifetime"] = access_lifetime
@@ -56,7 +59,8 @@ class SmartsheetEmulator:
         )
         self._ledger = Ledger(clock=clock, lock=self._lock)
         self._injector = FaultInjector(faults or Faults(), seed=seed, lock=self._lock)
-        self._pages = AuthorizePage(self._model, self._ledger)
+        self.region = region
+        self._pages = AuthorizePage(self._model, self._ledger, region=region)
         self._api = SmartsheetApi(self._model)
         self._admin = AdminRoutes(self, self._model)
         self.verbose = verbose
@@ -204,6 +208,9 @@ class SmartsheetEmulator:
 
     def access_token_is_live(self, token: str) -> bool:
         return self._model.access_token_is_live(token)
+
+    def live_grants(self) -> int:
+        return self._model.live_grants()
 
     def refresh_token_is_live(self, token: str) -> bool:
         return self._model.refresh_token_is_live(token)

@@ -235,6 +235,11 @@ class SmartsheetModel:
 
     # ----- observations and resets -------------------------------------------------------------------
 
+    def live_grants(self) -> int:
+        """Grants not revoked (whatever their tokens' expiry): what a refused sign-in must not leave behind."""
+        with self._lock:
+            return sum(1 for grant in self._grants if not grant.revoked)
+
     def access_token_is_live(self, token: str) -> bool:
         with self._lock:
             access = self._by_access.get(token)
