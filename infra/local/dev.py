@@ -101,6 +101,10 @@ def your_code_environment(stack: LocalStack) -> dict[str, str]:
     }
     if stack.real_smartsheet is None:
         variables["SMARTSHEET_API_BASE_URL"] = stack.emulator.api_base_url
+        default = next(iter(stack.emulators))
+        for region, emulator in stack.emulators.items():
+            if region != default:  # another region's tokens work only at its own emulator
+                variables[f"SMARTSHEET_API_BASE_URL_{region.upper()}"] = emulator.api_base_url
     return variables
 
 
@@ -134,6 +138,12 @@ def _banner(stack: LocalStack) -> str:
             f'               test routes: POST {emulator.base_url}/_emulator/revoke-user {{"user_id": ID}},',
             "               /_emulator/expire, /_emulator/faults, GET /_emulator/stats (docs/local-development.md)",
         ]
+        for region, regional in list(stack.emulators.items())[1:]:
+            users = ", ".join(f"{user.email} ({user.id})" for user in regional.users)
+            start = f"/login?region={region}; " if anonymous else ""
+            lines.append(
+                f"  region {region}:{' ' * (5 - len(region))}emulator at {regional.base_url} ({start}users: {users})"
+            )
     else:
         lines += [
             f"  Smartsheet:  REAL, region {stack.real_smartsheet.region}, client id {stack.real_smartsheet.client_id}",

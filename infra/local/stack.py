@@ -17,7 +17,7 @@ from infra.local.aws import LOCAL_CREDENTIALS, LocalAws
 from infra.local.event_sources import QueuePoller, read_queue_sources
 from infra.local.gateway import Gateway, ScheduleRun
 from infra.local.lambda_runtime import LocalFunction, LogSink
-from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator
+from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator, users_of_region
 from infra.local.template_model import (
     DEFAULT_TEMPLATE,
     LOCAL_REGION,
@@ -92,6 +92,8 @@ class LocalStack:
         self._emulator = emulator
         self._own_emulator = emulator is None and real_smartsheet is None
         self._started_emulator = False
+        # The other regions AllowedRegions names: one emulator each, on its own port (stack.emulators).
+        self._regional: dict[str, SmartsheetEmulator] = {}
         self._max_concurrency = max_concurrency
         self._log_sink = log_sink
         self._prewarm = prewarm
@@ -147,12 +149,20 @@ class LocalStack:
             # Routes with AWS_IAM authorization take requests signed with the local credentials (moto's).
             credentials={LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"]: LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"]},
         )
+        default_region, others = self._regions(parameters)
         if self._own_emulator:
             app = dataclasses.replace(DEFAULT_APP, redirect_uri=self.callback_url)
-            self._emulator = SmartsheetEmulator(apps=[app])
+            self._emulator = SmartsheetEmulator(apps=[app], region=default_region)
         if self._emulator is not None and not self._emulator.running:
             self._emulator.start(self.host, self._ports["emulator"])
             self._started_emulator = True
+        if self._emulator is not None:
+            # Each region is its own Smartsheet: its own users, codes and tokens, on its own loopback port.
+            for region in others:
+                regional = SmartsheetEmulator(
+                    apps=self._emulator.apps, users=users_of_region(region, default_region), region=region
+                )
+                self._regional[region] = regional.start(self.host, 0)
         self.functions = {
             spec.logical_id: LocalFunction(
                 spec, self.function_environment(spec), max_concurrency=self._max_concurrency, log_sink=self._log_sink
@@ -170,6 +180,14 @@ class LocalStack:
             QueuePoller(source, self.functions[source.function], self._aws.client("sqs"), self._aws.region).start()
             for source in read_queue_sources(resolver)
         ]
+
+    @staticmethod
+    def _regions(parameters: Mapping[str, str]) -> tuple[str, list[str]]:
+        """The stack's default region and the other regions its AllowedRegions names (the functions' config checks
+        the names again)."""
+        default = (parameters.get("SmartsheetRegion") or "us").strip().lower()
+        named = parameters.get("AllowedRegions", "").replace(",", " ").lower().split()
+        return default, [region for region in dict.fromkeys(named) if region != default]
 
     def _app_credentials(self) -> tuple[str, str]:
         if self.real_smartsheet is not None:
@@ -195,6 +213,9 @@ class LocalStack:
             self._started_emulator = False
         if self._own_emulator:
             self._emulator = None
+        regional, self._regional = self._regional, {}
+        for emulator in regional.values():
+            emulator.stop()
         aws, self._aws = self._aws, None
         if aws is not None:
             aws.stop()
@@ -234,6 +255,9 @@ class LocalStack:
         if self._emulator is not None:
             env["SMARTSHEET_AUTHORIZE_URL"] = self._emulator.authorize_url
             env["SMARTSHEET_API_BASE_URL"] = self._emulator.api_base_url
+        for region, emulator in self._regional.items():
+            env[f"SMARTSHEET_AUTHORIZE_URL_{region.upper()}"] = emulator.authorize_url
+            env[f"SMARTSHEET_API_BASE_URL_{region.upper()}"] = emulator.api_base_url
         env.update(self._environment)
         return env
 
@@ -255,6 +279,12 @@ class LocalStack:
         if self._emulator is None:
             raise RuntimeError("this stack talks to the real Smartsheet (or is not started): no emulator")
         return self._emulator
+
+    @property
+    def emulators(self) -> dict[str, SmartsheetEmulator]:
+        """Each region's emulator: the default region's (`emulator`) and one per other region in AllowedRegions."""
+        default, _ = self._regions(self.parameters)
+        return {default: self.emulator, **self._regional}
 
     @property
     def url(self) -> str:

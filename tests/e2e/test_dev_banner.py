@@ -72,7 +72,9 @@ def test_the_banners_environment_block_is_all_your_code_needs(
         "SMARTSHEET_BROKER_API_URL",
         "SMARTSHEET_BROKER_SECRET_PREFIX",
         "SMARTSHEET_API_BASE_URL",
+        "SMARTSHEET_API_BASE_URL_EU",  # the test stack's second region (AllowedRegions=us,eu): its own emulator
     }
+    assert variables["SMARTSHEET_API_BASE_URL_EU"] == local_stack.emulators["eu"].api_base_url
 
 
 def test_the_banner_offers_login_only_when_anonymous_sign_in_is_on(

@@ -1,7 +1,15 @@
 """The Smartsheet OAuth emulator on loopback, as tests and tools import it: `from infra.local.smartsheet_emulator import
 SmartsheetEmulator`, and `python -m infra.local.smartsheet_emulator` to run it on its own."""
 
-from infra.local.smartsheet_emulator.accounts import DEFAULT_APP, DEFAULT_USERS, SCOPES, App, User
+from infra.local.smartsheet_emulator.accounts import (
+    DEFAULT_APP,
+    DEFAULT_USERS,
+    REGIONAL_USERS,
+    SCOPES,
+    App,
+    User,
+    users_of_region,
+)
 from infra.local.smartsheet_emulator.api import token_hash
 from infra.local.smartsheet_emulator.cli import main
 from infra.local.smartsheet_emulator.emulator import SmartsheetEmulator
@@ -14,6 +22,7 @@ from infra.local.smartsheet_emulator.settings import Settings
 __all__ = [
     "DEFAULT_APP",
     "DEFAULT_USERS",
+    "REGIONAL_USERS",
     "SCOPES",
     "App",
     "AuthorizeError",
@@ -25,4 +34,5 @@ __all__ = [
     "is_loopback_host",
     "main",
     "token_hash",
+    "users_of_region",
 ]

@@ -106,3 +106,48 @@ def user_id_of(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"user_id must be an integer or a string of digits, not {value!r}")
     return int(value)
+
+
+# The local stack's other regions: each its own instance with its own users (ids unlike the default region's, as two
+# regions' users are different people), so a sign-in there and its tokens are told apart from the default region's.
+REGIONAL_USERS: dict[str, tuple[User, ...]] = {
+    "eu": (
+        User(
+            5136270480238468,
+            "eve@example.eu",
+            "Eve",
+            "Europa",
+            account_id=7254813458524111,
+            locale="en_GB",
+            time_zone="Europe/Paris",
+        ),
+        User(
+            5136270480238469,
+            "max@example.eu",
+            "Max",
+            "Planck",
+            account_id=7254813458524111,
+            locale="de_DE",
+            time_zone="Europe/Berlin",
+        ),
+    ),
+    "au": (
+        User(
+            6204113998839812,
+            "kim@example.au",
+            "Kim",
+            "Kangaroo",
+            account_id=7254813458524222,
+            locale="en_AU",
+            time_zone="Australia/Sydney",
+        ),
+    ),
+    "gov": (User(3348297211723652, "sam@example.gov", "Sam", "Federal", account_id=7254813458524333),),
+}
+
+
+def users_of_region(region: str, default_region: str) -> tuple[User, ...]:
+    """The users an emulated region knows: the default users in the stack's default region, else the region's own."""
+    if region == default_region:
+        return DEFAULT_USERS
+    return REGIONAL_USERS[region]
