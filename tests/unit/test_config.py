@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from smartsheet_oauth.config import REGIONS, load_config
 from smartsheet_oauth.domain.errors import ConfigError
+
+from infra.scripts.sam_translate import load_template
 
 BASE = {
     "STATE_TABLE_NAME": "states",
@@ -215,3 +219,26 @@ def test_every_region_has_its_endpoints_and_each_can_be_overridden_on_its_own() 
 def test_a_regions_override_must_be_https_or_loopback() -> None:
     with pytest.raises(ConfigError, match="SMARTSHEET_API_BASE_URL_EU"):
         load_config({**BASE, "SMARTSHEET_API_BASE_URL_EU": "http://api.smartsheet.eu/2.0"})
+
+
+@pytest.mark.parametrize(
+    ("value", "admitted"),
+    [
+        ("", True),
+        ("us", True),
+        ("us,eu", True),
+        ("us,eu,gov,au", True),
+        ("eu,au", True),
+        ("US", False),
+        ("us eu", False),
+        ("us,", False),
+        ("mars", False),
+        ("us,eu,gov,au,us", False),  # past MaxLength: four regions are all there are
+    ],
+)
+def test_the_templates_allowed_regions_parameter_admits_only_what_the_config_reads(value: str, admitted: bool) -> None:
+    spec = load_template()["Parameters"]["AllowedRegions"]
+    matches = re.fullmatch(spec["AllowedPattern"], value) is not None and len(value) <= int(spec["MaxLength"])
+    assert matches is admitted
+    if matches:  # whatever the template lets through starts the functions
+        assert load_config({**BASE, "ALLOWED_REGIONS": value}).regions_allowed()[0] == "us"
