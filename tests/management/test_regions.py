@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.domain.errors import ConditionFailed
+from smartsheet_oauth.stores.connections import Connection, ConnectionStore
 from smartsheet_oauth_client import TokenProvider
 
 from infra.local.smartsheet_emulator import SmartsheetEmulator, User
@@ -355,3 +356,29 @@ def test_a_refused_code_in_another_region_offers_to_start_again_in_that_region(
     assert 'href="/login?region=eu"' in refused.body
     assert eu.counts["token.code"] == 1  # refused at the EU, where the sign-in was
     assert regional.emulator.counts["token.code"] == 0
+
+
+def test_two_regions_in_the_same_instant_the_loser_revokes_its_grant_so_no_live_foreign_token_is_stored(
+    regional: Broker, eu: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert regional.sign_in(user_id=ADA).status == 200
+    before = regional.connection(ADA)
+    real_get = ConnectionStore.get
+    looked: list[str] = []
+
+    def missed_once(self: ConnectionStore, connection_id: str) -> Connection | None:
+        looked.append(connection_id)
+        # The look before storing runs while the other region's first sign-in has not written its record yet.
+        return None if len(looked) == 1 else real_get(self, connection_id)
+
+    monkeypatch.setattr(ConnectionStore, "get", missed_once)
+
+    status, body = sign_in_eu(regional, eu, ADA)
+
+    assert status == 409, body
+    assert regional.connection(ADA) == before  # the record refused the region change
+    stored = regional.tokens(ADA)
+    assert stored["region"] == "eu"  # the window: this pair was stored before its record write was refused...
+    assert not eu.access_token_is_live(stored["access_token"])  # ...and its grant revoked at once
+    assert not eu.refresh_token_is_live(stored["refresh_token"])
+    assert eu.live_grants() == 0

@@ -300,7 +300,13 @@ def _finish(
         # grant of this same Smartsheet user (nothing foreign in the secret), so it is not revoked.
         bound = connections.get(user.id)
         if bound is not None and config.region_of(bound.region) != region and bound.status != ConnectionStatus.REVOKED:
-            # Another region's sign-in of this id won the instant since refuse_other_region looked.
+            # Another region's sign-in of this id won the instant since refuse_other_region looked, and this pair has
+            # replaced its pair in the secret: revoke this grant, so the other connection never hands out a live
+            # token of this account (it goes needs_reauth at its next refresh and its user signs in again).
+            try:
+                smartsheet.revoke(grant.access_token, region=region)
+            except SmartsheetError as exc:
+                logger.warning("could not revoke the refused grant", extra={"reason": exc.reason})
             raise RegionConflict(
                 connection_id=user.id, region=region, existing_region=config.region_of(bound.region)
             ) from None
