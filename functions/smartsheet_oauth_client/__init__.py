@@ -224,6 +224,7 @@ class ConnectSession:
     login_url: str = field(repr=False)  # a bearer link
     expires_at: int
     return_to: str
+    region: str | None = None  # the Smartsheet region the sign-in goes to (the broker's answer names it)
 
 
 @dataclass(frozen=True)
@@ -420,16 +421,20 @@ class ManagementClient:
         raise _api_error(status, answer)
 
     # ------------------------------------------------------------------------------------------ connect sessions
-    def create_connect_session(self, end_user_id: str, *, return_to: str) -> ConnectSession:
+    def create_connect_session(self, end_user_id: str, *, return_to: str, region: str | None = None) -> ConnectSession:
         """A one-time link (login_url) that connects your end user's Smartsheet account; the sign-in ends at
-        return_to with outcome=connected&completion_code=... (or outcome=declined / failed&error=...)."""
+        return_to with outcome=connected&completion_code=... (or outcome=declined / failed&error=...). region: the
+        Smartsheet region to sign in to (one of the stack's AllowedRegions; None: its SmartsheetRegion)."""
         body = {"end_user_id": _checked_end_user_id(end_user_id), "return_to": return_to}
+        if region is not None:
+            body["region"] = region
         answer = self._ok("POST", "/connect-sessions", body)
         return ConnectSession(
             end_user_id=str(answer["end_user_id"]),
             login_url=str(answer["login_url"]),
             expires_at=int(answer["expires_at"]),
             return_to=str(answer["return_to"]),
+            region=str(answer["region"]) if answer.get("region") else None,
         )
 
     def complete_connect_session(self, completion_code: str, *, end_user_id: str) -> ConnectResult:

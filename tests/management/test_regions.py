@@ -15,7 +15,7 @@ import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.domain.errors import ConditionFailed
 from smartsheet_oauth.stores.connections import Connection, ConnectionStore
-from smartsheet_oauth_client import TokenProvider
+from smartsheet_oauth_client import BrokerApiError, TokenProvider
 
 from infra.local.smartsheet_emulator import SmartsheetEmulator, User
 from tests.management.conftest import RETURN_TO, call_management, complete, integrator_tokens
@@ -382,3 +382,14 @@ def test_two_regions_in_the_same_instant_the_loser_revokes_its_grant_so_no_live_
     assert not eu.access_token_is_live(stored["access_token"])  # ...and its grant revoked at once
     assert not eu.refresh_token_is_live(stored["refresh_token"])
     assert eu.live_grants() == 0
+
+
+def test_the_management_client_asks_for_a_region_and_reads_the_broker_s_refusal(regional: Broker) -> None:
+    management = integrator_tokens(regional).management
+
+    session = management.create_connect_session("user-7", return_to=RETURN_TO, region="eu")
+    assert session.region == "eu"
+    assert management.create_connect_session("user-8", return_to=RETURN_TO).region == "us"
+    with pytest.raises(BrokerApiError) as refused:
+        management.create_connect_session("user-9", return_to=RETURN_TO, region="au")
+    assert (refused.value.status, refused.value.error) == (400, "region_not_allowed")
