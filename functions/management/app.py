@@ -12,7 +12,7 @@ from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
 from smartsheet_oauth.edge import management_api
 from smartsheet_oauth.edge.router import Response
-from smartsheet_oauth.flows import connect, management, on_demand
+from smartsheet_oauth.flows import connect, import_grant, management, on_demand
 from smartsheet_oauth.flows.deps import ManagementDeps
 from smartsheet_oauth.platform import snapstart
 from smartsheet_oauth.platform.observability import logger, metrics
@@ -91,6 +91,23 @@ def complete_connect_session() -> Response:
     )
     management_api.count("connect_session_completed")
     return management_api.answer(200, {"outcome": outcome, "connection": management.view(completed.connection)})
+
+
+@app.post("/connections/import")
+def import_connection() -> Response:
+    body = management_api.json_body(app, required=True)
+    current = deps()
+    grant = import_grant.checked_grant(body, config=current.config, now=int(current.clock()))
+    # One request never retries a failing keep past API Gateway's timeout or the function's own.
+    time_left = current.request_time_left(lambda: app.lambda_context.get_remaining_time_in_millis() / 1000)
+    result = import_grant.import_grant(current, services.import_ledger(), grant, time_left=time_left)
+    outcome = "already_present" if result.already else ("created" if result.is_new else "reconnected")
+    logger.info("grant imported", extra={"connection_id": result.connection.connection_id, "outcome": outcome})
+    management_api.count(f"import_{outcome}")
+    answer = {"outcome": outcome, "connection": management.view(result.connection)}
+    if result.already:
+        return management_api.answer(200, answer)
+    return management_api.answer(201, answer)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True, log_event=False)

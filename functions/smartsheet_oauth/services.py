@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
     from smartsheet_oauth.stores.connections import ConnectionStore
     from smartsheet_oauth.stores.events import EventPublisher
+    from smartsheet_oauth.stores.imports import ImportLedger
     from smartsheet_oauth.stores.pace import SharedPace
     from smartsheet_oauth.stores.states import StateStore
     from smartsheet_oauth.stores.sweep_lease import SweepLeases
@@ -122,6 +123,13 @@ def completion_store() -> CompletionStore:
 
 
 @cache
+def import_ledger() -> ImportLedger:
+    from smartsheet_oauth.stores.imports import ImportLedger  # noqa: PLC0415
+
+    return ImportLedger(aws.dynamodb(), get_config().state_table_name)
+
+
+@cache
 def event_publisher() -> EventPublisher:
     from smartsheet_oauth.stores.events import EventPublisher  # noqa: PLC0415
 
@@ -182,7 +190,7 @@ def reset() -> None:
     with _credentials_lock:
         _credentials = None
     factories = (state_store, connection_store, token_vault, event_publisher, connect_sessions, completion_store)
-    for factory in (*factories, sweep_leases):
+    for factory in (*factories, sweep_leases, import_ledger):
         factory.cache_clear()
     with _client_lock:
         _client = None

@@ -92,6 +92,15 @@ MANAGEMENT: Final = frozenset(
                 "end_user_mismatch",
                 "binding_conflict",
                 "completion_in_progress",
+                # POST /connections/import: imported grants by outcome, and its refusals
+                "import_created",
+                "import_reconnected",
+                "import_already_present",
+                "grant_refused",
+                "lost_in_flight",
+                "imported_connection_gone",
+                "import_in_progress",
+                "connection_busy",
             )
         ),
     }

@@ -43,6 +43,7 @@ SAMPLES: dict[type[Exception], Exception] = {
     errors.PaceExhausted: errors.PaceExhausted(6),
     errors.Conflict: errors.Conflict("needs_reauth", "sign in again"),
     errors.CompletionRefused: errors.CompletionRefused("completion_expired", "too late", status=410),
+    errors.GrantRefused: errors.GrantRefused("lost_in_flight", "spent"),
 }
 ROWS = [(row, surface) for row in ANSWERS for surface in row.surfaces]
 

@@ -44,6 +44,8 @@ SWEEP_LEASE_ONLY = {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["swee
 PACE_WINDOWS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["pace:*"]}}
 # ...and so do connect-session sign-ins held for the integrator's confirmation ("connect-completion:").
 COMPLETION_KEYS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["connect-completion:*"]}}
+# ...and the ledger of imported grants ("grant-import:": a hash of each imported refresh token, never the token).
+IMPORT_KEYS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["grant-import:*"]}}
 ONLY_PENDING_PAIRS = {"StringEquals": {"kms:EncryptionContext:purpose": "pending-token-pair"}}
 TOKEN_KEY = {"Ref": "TokenKmsKeyArn"}
 VIA_SECRETS_MANAGER = {
@@ -114,6 +116,7 @@ EXPECTED: dict[str, set[Grant]] = {
     | grants(["dynamodb:PutItem"], STATE_TABLE, SESSION_KEYS_ONLY)
     | SHARE_THE_PACE
     | grants(["dynamodb:UpdateItem", "dynamodb:GetItem"], STATE_TABLE, COMPLETION_KEYS_ONLY)
+    | grants(["dynamodb:UpdateItem", "dynamodb:GetItem"], STATE_TABLE, IMPORT_KEYS_ONLY)
     | READ_APP_CREDENTIALS
     | grants(
         [
@@ -658,6 +661,10 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
     with recorder.acting_as("ManagementFunction"):
         assert call_management("DELETE", f"/connections/{ALAN}").status == 200
     connect_through_a_session(broker, recorder, ALAN, "user-1")  # a disconnected account's secret is restored
+    imported = broker.emulator.issue_grant(user_id=ADA)
+    with recorder.acting_as("ManagementFunction"):  # an imported grant: its ledger item, one refresh, the secret
+        answer = call_management("POST", "/connections/import", body={"refresh_token": imported["refresh_token"]})
+    assert answer.status == 201, answer.body
 
     token_key = deployed.parameters.get("TokenKmsKeyArn")
     seen: dict[str, list[str]] = {}

@@ -160,6 +160,7 @@ def test_the_projects_template_has_the_broker_functions() -> None:
         "DELETE /connections/{connection_id}": "AWS_IAM",
         "POST /connect-sessions": "AWS_IAM",
         "POST /connect-sessions/complete": "AWS_IAM",
+        "POST /connections/import": "AWS_IAM",
     }
     assert functions["RefreshFunction"].schedules[0].kind == "ScheduleV2"
     assert "REDIRECT_URI" not in functions["CallbackFunction"].environment  # !If ... AWS::NoValue

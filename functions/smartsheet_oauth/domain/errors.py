@@ -271,6 +271,29 @@ class CompletionRefused(BrokerError):
         self.retry_after = retry_after
 
 
+class LineRefused(BadRequest):
+    """An import line (or the import route's body) that cannot be imported as it is: `code` names the problem for the
+    CLI's summary (the API answers 400 invalid_request with the message). Never carries a token."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class GrantRefused(BrokerError):
+    """A grant that will not be imported: Smartsheet refused its refresh token, an earlier import's refresh of it was
+    lost in flight, or binding it would merge two identities. `code` is the API's error code; final (a re-run refuses
+    it again without calling Smartsheet)."""
+
+    def __init__(self, code: str, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"reason": self.code}
+
+
 class NotFound(BrokerError):
     """The management API was asked about a connection that does not exist."""
 
@@ -390,6 +413,7 @@ ANSWERS: tuple[Answer, ...] = (
            "on-demand refresh held back by the pace", own=True, message=_PACED),
     Answer(Conflict,              (API,),      409, "",                   None, own=True),
     Answer(CompletionRefused,     (API,),      409, "",                   WARNING, "completion code refused", own=True),
+    Answer(GrantRefused,          (API,),      422, "",                   WARNING, "grant import refused", own=True),
     Answer(TransientSmartsheetError, (API,),   503, "smartsheet_unavailable", WARNING, "Smartsheet unavailable",
            retry_after=30, message=_BUSY),
     Answer(SmartsheetError,       (API,),      502, "smartsheet_refused", WARNING, "Smartsheet refused"),

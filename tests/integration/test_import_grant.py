@@ -1,0 +1,366 @@
+"""Importing existing grants (flows/import_grant.py) against the in-process broker and the emulator: one refresh makes
+each grant ours and its new pair is durable before anything else; re-runs skip what is done and finish what a crash
+left; refusals are final and clear; the binding rules of connect sessions hold; no token is stored in clear."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from smartsheet_oauth import services
+from smartsheet_oauth.config import get_config
+from smartsheet_oauth.domain.errors import (
+    Conflict,
+    GrantRefused,
+    LineRefused,
+    TransientSmartsheetError,
+)
+from smartsheet_oauth.flows import import_grant as flow
+from smartsheet_oauth.flows.deps import ManagementDeps
+from smartsheet_oauth.flows.import_grant import GrantLine, checked_grant, import_grant
+from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
+from smartsheet_oauth.stores.imports import grant_key
+
+from infra.local.smartsheet_emulator import DEFAULT_APP
+from tests.support.broker import Broker
+from tests.support.fixtures import BOTH_STORES
+
+pytestmark = BOTH_STORES
+
+FIRST = 7_300_000_000_000_001
+USERS = [FIRST + n for n in range(4)]
+
+
+class Crash(BaseException):
+    """A worker dying at a step boundary (a BaseException, as a SIGKILL is nothing the flow may catch)."""
+
+
+@pytest.fixture(autouse=True)
+def _users(broker: Broker) -> None:
+    known = {user.id for user in broker.emulator.users}
+    if not set(USERS) <= known:
+        broker.emulator.add_users(len(USERS), first_id=FIRST)
+
+
+def deps(smartsheet: Callable[[], SmartsheetClient] = services.smartsheet_client) -> ManagementDeps:
+    return ManagementDeps(
+        config=get_config(),
+        connections=services.connection_store(),
+        vault=services.token_vault(),
+        sessions=services.connect_sessions(),
+        smartsheet=smartsheet,
+        events=services.event_publisher(),
+        pace=services.shared_pace(),
+    )
+
+
+def grant_of(broker: Broker, user: int, **extra: Any) -> GrantLine:
+    issued = broker.emulator.issue_grant(user_id=user)
+    body = {"refresh_token": issued["refresh_token"], "access_token": issued["access_token"], **extra}
+    return checked_grant(body, config=get_config(), now=0)
+
+
+def run(grant: GrantLine, smartsheet: SmartsheetClient | None = None, **kwargs: Any) -> flow.Imported:
+    current = deps(lambda: smartsheet) if smartsheet is not None else deps()
+    return import_grant(current, services.import_ledger(), grant, **kwargs)
+
+
+def impatient(broker: Broker) -> SmartsheetClient:
+    """A client that gives up waiting for an answer after half a second."""
+    return SmartsheetClient(
+        api_base_url=broker.emulator.api_base_url,
+        client_id=DEFAULT_APP.client_id,
+        client_secret=DEFAULT_APP.client_secret,
+        timeouts=Timeouts(connect=1.0, read=0.5),
+    )
+
+
+def token_requests(broker: Broker) -> int:
+    return len(broker.emulator.token_requests)
+
+
+def state_items(broker: Broker) -> str:
+    return json.dumps(broker.dynamodb.scan(TableName=broker.state_table)["Items"], default=str)
+
+
+def test_a_grant_becomes_a_connection_with_one_refresh_and_its_new_pair_stored(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[0])
+
+    result = run(grant)
+
+    assert result.is_new
+    assert not result.already
+    assert result.connection.connection_id == str(USERS[0])
+    assert result.connection.status == "active"
+    assert token_requests(broker) == 1
+    stored = broker.tokens(USERS[0])
+    assert broker.emulator.refresh_token_is_live(stored["refresh_token"])
+    assert not broker.emulator.refresh_token_is_live(grant.refresh_token)  # rotated: the file's token is dead now
+    assert stored["user_id"] == str(USERS[0])
+    record = broker.connection(USERS[0])
+    assert record is not None
+    assert record["due_shard"] == "due"
+    # The ledger holds a hash, never a token in clear (nor the new pair, once imported).
+    items = state_items(broker)
+    assert grant.refresh_token not in items
+    assert stored["refresh_token"] not in items
+    assert grant_key(grant.refresh_token) in items
+
+
+def test_a_rerun_skips_an_imported_grant_without_sending_its_dead_token(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[0])
+    run(grant)
+    stored = broker.tokens(USERS[0])
+
+    again = run(grant)
+
+    assert again.already
+    assert not again.is_new
+    assert again.connection.connection_id == str(USERS[0])
+    assert token_requests(broker) == 1
+    assert broker.tokens(USERS[0]) == stored
+
+
+def test_a_dead_grant_is_refused_and_a_rerun_asks_again_in_case_the_app_credentials_were_wrong(
+    broker: Broker,
+) -> None:
+    grant = grant_of(broker, USERS[1])
+    broker.emulator.revoke_user(USERS[1])
+
+    with pytest.raises(GrantRefused) as first:
+        run(grant)
+    with pytest.raises(GrantRefused) as second:
+        run(grant)
+
+    assert first.value.code == second.value.code == "grant_refused"
+    assert first.value.status == 422
+    assert token_requests(broker) == 2  # not final: a dead token sent again changes nothing
+    assert broker.connection(USERS[1]) is None
+
+
+def test_a_grant_refused_while_the_client_secret_was_wrong_imports_once_it_is_fixed(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[1])
+    wrong = SmartsheetClient(
+        api_base_url=broker.emulator.api_base_url, client_id=DEFAULT_APP.client_id, client_secret="not-the-secret"
+    )
+    broker.emulator.update_settings(hash_mismatch_error_code=1071)
+
+    try:
+        with pytest.raises(GrantRefused):
+            run(grant, wrong)
+    finally:
+        broker.emulator.update_settings(hash_mismatch_error_code=1072)
+    result = run(grant)
+
+    assert result.is_new
+    assert broker.emulator.refresh_token_is_live(broker.tokens(USERS[1])["refresh_token"])
+
+
+def test_a_lost_in_flight_refusal_is_final(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[2])
+    broker.emulator.set_faults(next_outcomes=["timeout"], timeout_processes=True)
+    with pytest.raises(TransientSmartsheetError):
+        run(grant, impatient(broker))
+    broker.emulator.reset_faults()
+    with pytest.raises(GrantRefused):
+        run(grant)
+    sent = token_requests(broker)
+
+    with pytest.raises(GrantRefused) as again:
+        run(grant)
+
+    assert again.value.code == "lost_in_flight"
+    assert token_requests(broker) == sent
+
+
+def test_a_crash_after_the_pair_is_kept_resumes_without_a_second_refresh(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[0])
+
+    def die(step: str, _connection_id: str) -> None:
+        if step == flow.IMPORT_KEPT:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run(grant, watcher=die)
+    assert broker.connection(USERS[0]) is None
+    # The claim of the dead worker lapses (its lease time); a re-run then goes on from the kept pair.
+    expire_claims(broker)
+    resumed = run(grant)
+
+    assert resumed.is_new
+    assert not resumed.already
+    assert token_requests(broker) == 1  # the kept pair was used: no second refresh
+    assert broker.emulator.refresh_token_is_live(broker.tokens(USERS[0])["refresh_token"])
+
+
+@pytest.mark.parametrize("step", [flow.IMPORT_STORED, flow.IMPORT_RECORDED])
+def test_a_crash_after_the_secret_write_finishes_on_the_rerun(broker: Broker, step: str) -> None:
+    grant = grant_of(broker, USERS[0])
+
+    def die(at: str, _connection_id: str) -> None:
+        if at == step:
+            raise Crash
+
+    with pytest.raises(Crash):
+        run(grant, watcher=die)
+    expire_claims(broker)
+    resumed = run(grant)
+
+    assert not resumed.already
+    assert token_requests(broker) == 1
+    assert broker.emulator.refresh_token_is_live(broker.tokens(USERS[0])["refresh_token"])
+    assert run(grant).already
+
+
+def test_a_refresh_whose_answer_was_lost_is_reported_lost_in_flight_on_the_rerun(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[2])
+    # Smartsheet rotates the grant, and its answer never arrives.
+    broker.emulator.set_faults(next_outcomes=["timeout"], timeout_processes=True)
+
+    with pytest.raises(TransientSmartsheetError) as lost:
+        run(grant, impatient(broker))
+    assert lost.value.outcome_unknown
+    broker.emulator.reset_faults()
+    with pytest.raises(GrantRefused) as rerun:
+        run(grant)
+
+    assert rerun.value.code == "lost_in_flight"
+    assert broker.connection(USERS[2]) is None
+
+
+def test_smartsheet_down_fails_transiently_and_a_rerun_imports(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[0])
+    broker.emulator.set_faults(error_rate=1.0, token_only=True, server_error_codes=[4001])
+
+    with pytest.raises(TransientSmartsheetError):
+        run(grant)
+    broker.emulator.reset_faults()
+    result = run(grant)
+
+    assert result.is_new
+    assert broker.emulator.refresh_token_is_live(broker.tokens(USERS[0])["refresh_token"])
+
+
+def test_users_me_down_after_the_refresh_keeps_the_pair_and_a_rerun_uses_it(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[0])
+    broker.emulator.set_faults(next_outcomes=["ok", 4001, 4001, 4001, 4001, 4001])
+
+    with pytest.raises(TransientSmartsheetError):
+        run(grant)
+    broker.emulator.reset_faults()
+    result = run(grant)
+
+    assert result.is_new
+    assert token_requests(broker) == 1
+
+
+def test_end_user_id_binds_like_a_confirmed_connect_session(broker: Broker) -> None:
+    result = run(grant_of(broker, USERS[0], end_user_id="user-7"))
+
+    assert result.connection.end_user_id == "user-7"
+
+
+def test_a_second_end_user_for_one_account_is_refused_and_the_new_grant_revoked(broker: Broker) -> None:
+    run(grant_of(broker, USERS[0], end_user_id="user-7"))
+    kept = broker.tokens(USERS[0])
+    other = grant_of(broker, USERS[0], end_user_id="user-8")
+
+    with pytest.raises(GrantRefused) as refused:
+        run(other)
+
+    assert refused.value.code == "binding_conflict"
+    assert refused.value.status == 409
+    record = broker.connection(USERS[0])
+    assert record is not None
+    assert record["end_user_id"] == "user-7"
+    assert broker.tokens(USERS[0]) == kept  # the bound connection keeps its own pair
+    assert broker.emulator.refresh_token_is_live(kept["refresh_token"])
+    # The grant this import made ours was revoked: no token outlives the refusal.
+    assert broker.emulator.counts["revoke"] == 1
+    assert not broker.emulator.refresh_token_is_live(other.refresh_token)
+
+
+def test_an_unbound_import_cannot_take_an_account_bound_to_an_end_user(broker: Broker) -> None:
+    run(grant_of(broker, USERS[0], end_user_id="user-7"))
+
+    with pytest.raises(GrantRefused) as refused:
+        run(grant_of(broker, USERS[0]))
+
+    assert refused.value.code == "binding_conflict"
+    assert "end_user_id" in str(refused.value)
+
+
+def test_a_connection_held_by_a_refresh_waits_and_the_pair_is_kept(broker: Broker) -> None:
+    assert broker.sign_in(user_id=USERS[3]).status == 200
+    # A worker holds the connection's lease (a sweep refreshing it, a disconnect).
+    services.connection_store().hold(str(USERS[3]), owner="sweep", now=int(time.time()), lease_seconds=600)
+    grant = grant_of(broker, USERS[3])
+    before = token_requests(broker)
+
+    with pytest.raises(Conflict) as busy:
+        run(grant)
+    assert busy.value.code == "connection_busy"
+    services.connection_store().release(str(USERS[3]), owner="sweep")
+    result = run(grant)
+
+    assert not result.is_new
+    assert not result.already
+    assert token_requests(broker) == before + 1  # the kept pair was used
+    assert broker.tokens(USERS[3])["refresh_token"] != grant.refresh_token
+
+
+def expire_claims(broker: Broker) -> None:
+    """Time passing past a dead worker's claim on its ledger items."""
+    for item in broker.dynamodb.scan(TableName=broker.state_table)["Items"]:
+        if item.get("kind", {}).get("S") == "grant_import" and "claim_until" in item:
+            broker.dynamodb.update_item(
+                TableName=broker.state_table,
+                Key={"state": item["state"]},
+                UpdateExpression="SET claim_until = :past",
+                ExpressionAttributeValues={":past": {"N": "0"}},
+            )
+
+
+# ------------------------------------------------------------------------------------------------ checked lines
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ([], "not_an_object"),
+        ({}, "missing_refresh_token"),
+        ({"refresh_token": ""}, "missing_refresh_token"),
+        ({"refresh_token": 42}, "invalid_refresh_token"),
+        ({"refresh_token": "has space"}, "invalid_refresh_token"),
+        ({"refresh_token": "x" * 3000}, "invalid_refresh_token"),
+        ({"refresh_token": "rt", "access_token": ["a"]}, "invalid_access_token"),
+        ({"refresh_token": "rt", "expires_at": 1, "expires_in": 2}, "invalid_expiry"),
+        ({"refresh_token": "rt", "expires_in": -1}, "invalid_expiry"),
+        ({"refresh_token": "rt", "expires_at": True}, "invalid_expiry"),
+        ({"refresh_token": "rt", "region": "mars"}, "invalid_region"),
+        ({"refresh_token": "rt", "region": "eu"}, "region_not_served"),
+        ({"refresh_token": "rt", "end_user_id": "no spaces allowed"}, "invalid_end_user_id"),
+        ({"refresh_token": "rt", "tags": "a"}, "invalid_tags"),
+        ({"refresh_token": "rt", "tags": ["a"]}, "tags_not_supported"),
+        ({"refresh_token": "rt", "password": "x"}, "unknown_field"),
+    ],
+)
+def test_a_bad_line_is_refused_with_a_code_and_never_quotes_a_token(broker: Broker, body: object, code: str) -> None:
+    with pytest.raises(LineRefused) as refused:
+        checked_grant(body, config=get_config(), now=0)
+
+    assert refused.value.code == code
+    assert "rt" not in str(refused.value).split()
+    assert "has space" not in str(refused.value)
+
+
+def test_a_good_line_keeps_its_fields(broker: Broker) -> None:
+    line = checked_grant(
+        {"refresh_token": "rt", "region": "US", "expires_in": 60, "end_user_id": "u-1", "tags": []},
+        config=get_config(),
+        now=100,
+    )
+
+    assert (line.region, line.expires_at, line.end_user_id) == ("us", 160, "u-1")
+    assert "rt" not in repr(line)
