@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
 
 from smartsheet_oauth.domain.errors import StorageError
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
@@ -24,6 +24,9 @@ from infra.admin import actions, doctor
 from infra.admin.actions import ActionError
 from infra.admin.deployed_target import deployed
 from infra.admin.doctor.checklist import render
+
+if TYPE_CHECKING:
+    from infra.admin.importing import ImportReport
 from infra.admin.target import DEV_STATE_FILE, Target, TargetError
 
 # Exit statuses: 0 done (health: healthy), 1 the action failed or health needs attention, 2 usage or target errors.
@@ -105,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     move.add_argument("--to", required=True, choices=("dynamodb", "secretsmanager"), help="the store to move to")
     move.add_argument("--only", nargs="+", metavar="ID", help="only these connections")
+    grants = commands.add_parser(
+        "import",
+        parents=[common],
+        help="import grants your integration already holds (JSON lines: refresh_token, ...), one refresh each;"
+        " a re-run skips what is done",
+        description="Import existing Smartsheet grants as connections, without their users signing in again. Each"
+        " line of FILE is a JSON object: refresh_token (required), access_token, expires_at or expires_in, region,"
+        " end_user_id, tags. Each grant is made the broker's by one refresh at the shared pace (its refresh token is"
+        " dead afterwards). Resumable and idempotent: run it again after a failure or a crash. Tokens are never"
+        " printed.",
+        epilog="exit status: 0 every line imported or already present; 1 some line refused or failed (the summary"
+        " says which and why; run the same command again for the failed ones); 2 FILE cannot be read, or the stack"
+        " cannot be used.",
+    )
+    grants.add_argument("file", metavar="FILE", help="the JSON-lines file, or - for stdin")
     commands.add_parser("sweep", parents=[common], help="run the refresh sweep now and print its report")
     commands.add_parser(
         "health", parents=[common], help="connections by status, due, failing, dead letters, alarms firing"
@@ -380,6 +398,99 @@ def cmd_migrate_store(target: Target, args: argparse.Namespace, out: Output) -> 
     return FAILED
 
 
+_IMPORT_LABELS = {
+    "imported": "imported",
+    "already_present": "already present",
+    "refused": "refused",
+    "failed": "failed (transient: run again)",
+}
+
+
+def _import_summary(report: ImportReport, out: Output, *, source: str, target: Target, started: float) -> None:
+    """The summary table and each line that was not imported, by number, code and reason (never its content)."""
+    from infra.admin import importing  # noqa: PLC0415
+
+    counts = report.counts
+    out.line(
+        f"import of {source} into {target.description}: {len(report.results)} line(s) in "
+        f"{time.monotonic() - started:.1f}s"
+    )
+    imported = [r for r in report.results if r.outcome == importing.IMPORTED]
+    new = sum(1 for r in imported if r.code == "created")
+    rows = [["OUTCOME", "LINES"]]
+    rows += [[_IMPORT_LABELS[name], str(counts[name])] for name in importing.OUTCOMES]
+    _table(rows, out.out)
+    if imported:
+        out.line(f"  ({new} new connection(s), {len(imported) - new} account(s) the broker knew)")
+    for outcome, heading in (
+        (importing.REFUSED, "refused (the user must connect again, or fix the line):"),
+        (importing.FAILED, "failed (nothing lost: run the same command again, what is done is skipped):"),
+    ):
+        listed = [r for r in report.results if r.outcome == outcome]
+        if listed:
+            out.line(heading)
+            for result in listed:
+                out.line(f"  line {result.line}: {result.code}: {result.message}")
+    refusals = sum(1 for r in report.results if r.code == "grant_refused")
+    if refusals > 5 and not imported:
+        out.line(
+            f"note: Smartsheet refused all {refusals} grant(s) it was asked about and none was imported: check the"
+            " app's client secret (a wrong one can look like a dead grant), then run again"
+        )
+    if report.stopped:
+        out.line(report.stopped)
+    if report.complete:
+        out.line("done: every grant is a connection")
+
+
+def cmd_import(target: Target, args: argparse.Namespace, out: Output, err: TextIO) -> int:
+    """Import each line of `grants` (never printed: line numbers, outcomes, codes and connection ids only)."""
+    from smartsheet_oauth.stores.pace import PaceWindows, SharedPace  # noqa: PLC0415
+
+    from infra.admin import importing  # noqa: PLC0415
+
+    stdin: BinaryIO = sys.stdin.buffer
+    try:
+        if args.file == "-":
+            grants, total = stdin, None
+        else:
+            with Path(args.file).open("rb") as counted:
+                total = sum(1 for _ in importing.grant_lines(counted))
+            grants = Path(args.file).open("rb")  # noqa: SIM115 - closed below, after the run
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror or exc}", file=err)
+        return UNUSABLE
+    pace = SharedPace(
+        PaceWindows(target.dynamodb, target.config.state_table_name), target.config.refresh_rate_per_minute
+    )
+    deps = importing.import_deps(target, pace)
+    started = time.monotonic()
+    try:
+        report = importing.run_import(
+            deps,
+            importing.ledger_of(target),
+            importing.grant_lines(grants),
+            progress=importing.Progress(err, total),
+        )
+    finally:
+        if grants is not stdin:
+            grants.close()
+    counts = report.counts
+    if out.as_json:
+        out.json(
+            {
+                "file": args.file,
+                "counts": {name: counts[name] for name in importing.OUTCOMES},
+                "complete": report.complete,
+                "stopped": report.stopped or None,
+                "lines": [result.as_dict() for result in report.results],
+            }
+        )
+        return OK if report.complete else FAILED
+    _import_summary(report, out, source="stdin" if args.file == "-" else args.file, target=target, started=started)
+    return OK if report.complete else FAILED
+
+
 def cmd_health(target: Target, _args: argparse.Namespace, out: Output) -> int:
     report = actions.health(target)
     if out.as_json:
@@ -444,7 +555,7 @@ def _unknown_flags(parser: argparse.ArgumentParser, arguments: Sequence[str]) ->
     for argument in arguments:
         if argument == "--":
             return None
-        if argument.startswith("-") and argument.split("=", 1)[0] not in known:
+        if argument.startswith("-") and argument != "-" and argument.split("=", 1)[0] not in known:  # "-": stdin
             return argument.split("=", 1)[0]
     return None
 
@@ -499,6 +610,8 @@ def main(
         with _library_logs(err, verbose=args.verbose):
             if args.command == "disconnect":
                 return cmd_disconnect(target, args, output, ask)
+            if args.command == "import":
+                return cmd_import(target, args, output, err)
             return COMMANDS[args.command](target, args, output)
     except ActionError as exc:
         print(f"error: {exc}", file=err)

@@ -229,19 +229,27 @@ def _local_resources(
     return found
 
 
+# PendingTokensKey's description (template.yaml) does not name the stack; the embedded AWS holds one broker stack.
+_PENDING_KEY_DESCRIPTION = "smartsheet-oauth-broker - seals refreshed token pairs"
+
+
 def _token_key(stack_name: str, kms: Any) -> dict[str, PhysicalResource]:
-    """The stack's TokenSecretsKey in the embedded AWS, by the description the template gives it (it names the
-    stack): what a TokenStore=dynamodb stack's pairs are opened with."""
+    """The stack's KMS keys in the embedded AWS, by the descriptions the template gives them: TokenSecretsKey (it
+    names the stack: what a TokenStore=dynamodb stack's pairs are opened with) and PendingTokensKey (what an import
+    keeps its new pairs under)."""
+    found: dict[str, PhysicalResource] = {}
     with aws_errors("reading the embedded AWS's keys"):
         for key in kms.list_keys().get("Keys", []):
             metadata = kms.describe_key(KeyId=key["KeyId"])["KeyMetadata"]
-            if str(metadata.get("Description", "")).startswith(f"{stack_name} - encrypts the Smartsheet token"):
-                return {
-                    "TokenSecretsKey": PhysicalResource(
-                        ref=metadata["KeyId"], attributes={"Arn": metadata["Arn"], "KeyId": metadata["KeyId"]}
-                    )
-                }
-    return {}
+            description = str(metadata.get("Description", ""))
+            resource = PhysicalResource(
+                ref=metadata["KeyId"], attributes={"Arn": metadata["Arn"], "KeyId": metadata["KeyId"]}
+            )
+            if description.startswith(f"{stack_name} - encrypts the Smartsheet token"):
+                found["TokenSecretsKey"] = resource
+            elif description.startswith(_PENDING_KEY_DESCRIPTION):
+                found["PendingTokensKey"] = resource
+    return found
 
 
 @cache

@@ -4,6 +4,7 @@ left; refusals are final and clear; the binding rules of connect sessions hold; 
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
@@ -364,3 +365,26 @@ def test_a_good_line_keeps_its_fields(broker: Broker) -> None:
 
     assert (line.region, line.expires_at, line.end_user_id) == ("us", 160, "u-1")
     assert "rt" not in repr(line)
+
+
+# ------------------------------------------------------------------------------------- the admin CLI's file run
+def test_a_file_run_stops_at_once_when_smartsheet_refuses_the_app_and_spends_no_grant(broker: Broker) -> None:
+    from infra.admin import importing
+
+    grants = [broker.emulator.issue_grant(user_id=user) for user in USERS[:3]]
+    lines = [(n, json.dumps({"refresh_token": g["refresh_token"]}).encode()) for n, g in enumerate(grants, start=1)]
+    wrong = SmartsheetClient(
+        api_base_url=broker.emulator.api_base_url, client_id=DEFAULT_APP.client_id, client_secret="not-the-secret"
+    )
+
+    report = importing.run_import(
+        deps(lambda: wrong), services.import_ledger(), lines, progress=importing.Progress(io.StringIO(), 3)
+    )
+
+    assert "Smartsheet refuses the app's credentials" in report.stopped
+    assert report.results == []
+    assert not report.complete
+    assert all(broker.emulator.refresh_token_is_live(g["refresh_token"]) for g in grants)  # none spent
+    again = importing.run_import(deps(), services.import_ledger(), lines, progress=importing.Progress(io.StringIO(), 3))
+    assert again.complete
+    assert [r.outcome for r in again.results] == ["imported"] * 3
