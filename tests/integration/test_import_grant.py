@@ -388,3 +388,26 @@ def test_a_file_run_stops_at_once_when_smartsheet_refuses_the_app_and_spends_no_
     again = importing.run_import(deps(), services.import_ledger(), lines, progress=importing.Progress(io.StringIO(), 3))
     assert again.complete
     assert [r.outcome for r in again.results] == ["imported"] * 3
+
+
+def test_no_log_line_of_any_outcome_carries_a_token(broker: Broker) -> None:
+    from tests.ops.support import captured_logs
+
+    grants = [grant_of(broker, USERS[0], end_user_id="user-8"), grant_of(broker, USERS[1]), grant_of(broker, USERS[2])]
+    bound = grant_of(broker, USERS[0], end_user_id="user-9")
+    broker.emulator.revoke_user(USERS[2])
+    with captured_logs() as sink:
+        run(grants[0])  # imported
+        run(grants[0])  # already present
+        for refused in (grants[2], bound):  # a dead grant; a binding refused (the new grant revoked)
+            with pytest.raises(GrantRefused):
+                run(refused)
+        broker.emulator.set_faults(error_rate=1.0, token_only=True, server_error_codes=[4004])
+        with pytest.raises(TransientSmartsheetError):
+            run(grants[1])
+    logged = sink.getvalue()
+
+    assert "grant imported" in logged  # the sink saw the flow's lines
+    secrets = [g.refresh_token for g in (*grants, bound)] + [g.access_token or "" for g in (*grants, bound)]
+    secrets += [broker.tokens(USERS[0])["refresh_token"], broker.tokens(USERS[0])["access_token"]]
+    assert not [secret for secret in secrets if secret and secret in logged]
