@@ -411,3 +411,17 @@ def test_no_log_line_of_any_outcome_carries_a_token(broker: Broker) -> None:
     secrets = [g.refresh_token for g in (*grants, bound)] + [g.access_token or "" for g in (*grants, bound)]
     secrets += [broker.tokens(USERS[0])["refresh_token"], broker.tokens(USERS[0])["access_token"]]
     assert not [secret for secret in secrets if secret and secret in logged]
+
+
+def test_a_grant_revoked_at_smartsheet_after_a_lost_answer_is_refused_not_lost_in_flight(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[2])
+    broker.emulator.set_faults(next_outcomes=["timeout"], timeout_processes=False)  # the request never arrives
+    with pytest.raises(TransientSmartsheetError):
+        run(grant, impatient(broker))
+    broker.emulator.reset_faults()
+    broker.emulator.revoke_user(USERS[2])  # 1132: a live token revoked, not one an attempt of ours spent
+
+    with pytest.raises(GrantRefused) as refused:
+        run(grant)
+
+    assert refused.value.code == "grant_refused"

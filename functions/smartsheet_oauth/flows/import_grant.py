@@ -38,6 +38,7 @@ from smartsheet_oauth.domain.errors import (
     GrantRefused,
     InvalidGrant,
     LineRefused,
+    NoTimeToRefresh,
     RefreshLost,
     SmartsheetError,
     StorageError,
@@ -48,6 +49,7 @@ from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.flows import steps
 from smartsheet_oauth.flows.connect import check_binding, checked_end_user_id
 from smartsheet_oauth.flows.refresh_window import answer_within
+from smartsheet_oauth.flows.refusals import REVOKED_CODE
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.imports import IMPORTED, KEPT, REFUSED, LedgerEntry, grant_key, sealed_binding
@@ -194,7 +196,7 @@ def import_grant(
     time_left: Callable[[], float] | None = None,
     watcher: steps.StepWatcher | None = None,
 ) -> Imported:
-    """Import one grant (the module's docstring says how). Returns Imported; raises GrantRefused (final), Conflict
+    """Import one grant (the module's docstring says how). Returns Imported; raises GrantRefused, Conflict
     (another attempt holds the grant or its connection: retry_after), PaceExhausted, TransientSmartsheetError,
     SmartsheetError (the app's problem, not the grant's), StorageError or RefreshLost (the new pair could not be
     kept: the grant is lost)."""
@@ -305,8 +307,8 @@ def _exchange(
     if sealer is None:  # without a key the new pair could not be made durable: refresh nothing
         raise StorageError("imports.seal", "NoSealingKey", transient=False)
     own_marker = entry.in_flight_attempt == owner
-    smartsheet = deps.smartsheet()
     try:
+        smartsheet = deps.smartsheet()  # reads the app credentials on first use
         sealer.prepare()  # the data key before the send: no KMS call between the answer and the keep
         if deps.pace is not None:
             deps.pace.take_one(max_wait=min(PACE_WAIT_SECONDS, max(0.0, deadline - deps.monotonic() - 10.0)))
@@ -316,8 +318,13 @@ def _exchange(
     steps.passed(watcher, IMPORT_SENDING)
     try:
         answer = smartsheet.refresh(grant.refresh_token, answer_within=answer_within(deadline - deps.monotonic()))
+    except NoTimeToRefresh:
+        _release(ledger, entry.key, owner, settled=own_marker)  # nothing was sent
+        raise
     except InvalidGrant as exc:
-        if entry.in_flight_attempt in (None, owner):
+        # 1132 names a token revoked at Smartsheet (by its user or an admin): alive until then, so no attempt of
+        # ours spent it.
+        if entry.in_flight_attempt in (None, owner) or exc.error_code == REVOKED_CODE:
             # Not recorded as final: the token is dead (sending it again is harmless) or, when a wave of these
             # comes, the app's credentials are wrong (1071 for a bad hash: SMARTSHEET.md), and a re-run after the
             # fix imports it. A refusal is an answer: this attempt rotated nothing.
