@@ -5,6 +5,7 @@ numbers, outcomes, error codes and connection ids."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -151,7 +152,7 @@ def import_deps(target: Target, pace: Any) -> ManagementDeps:
             "the stack names no pending-tokens key (PENDING_TOKENS_KEY_ID): imports need it to keep pairs"
         )
     # The admin targets build their stores without one (keep_pairs=False): only the import keeps pairs.
-    target.vault.sealer = PairSealer(lambda: target.stack.client("kms"), key)
+    target.vault.sealer = PairSealer(functools.cache(lambda: target.stack.client("kms")), key)
     return ManagementDeps(
         config=target.config,
         connections=target.connections,
