@@ -113,13 +113,24 @@ class Importer:
 def importer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Importer]:
     state_file = tmp_path_factory.mktemp("dev") / "dev.json"
     files = tmp_path_factory.mktemp("grants")
-    with (
-        LocalStack(stack_name=f"imp-{os.getpid()}", prewarm=False, parameters={"RefreshRatePerMinute": PACE}) as stack,
-        pytest.MonkeyPatch.context() as patch,
-    ):
-        patch.setattr(dev, "STATE_FILE", state_file)
-        dev._write_state(stack)  # exactly what `make dev` writes
-        yield Importer(stack, state_file, files)
+    try:
+        with (
+            LocalStack(
+                stack_name=f"imp-{os.getpid()}", prewarm=False, parameters={"RefreshRatePerMinute": PACE}
+            ) as stack,
+            pytest.MonkeyPatch.context() as patch,
+        ):
+            patch.setattr(dev, "STATE_FILE", state_file)
+            dev._write_state(stack)  # exactly what `make dev` writes
+            yield Importer(stack, state_file, files)
+    finally:
+        # moto's backends are the process's, whatever server serves them: leave no table of this stack behind for
+        # the next module's local stack, whose admin target expects one broker stack in the embedded AWS.
+        from moto.core.base_backend import BackendDict
+        from moto.core.model_instances import reset_model_data
+
+        BackendDict.reset()
+        reset_model_data()
 
 
 def outcomes(run: Run) -> dict[int, dict[str, Any]]:
