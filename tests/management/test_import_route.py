@@ -74,7 +74,7 @@ def test_an_account_already_connected_is_reconnected_with_the_imported_grant(sea
         ({}, None, "refresh_token is required"),
         ({"refresh_token": "abc", "extra": 1}, None, "unknown field(s): extra"),
         ({"refresh_token": "abc", "expires_at": 1, "expires_in": 1}, None, "expires_at or expires_in"),
-        ({"refresh_token": "abc", "region": "eu"}, None, "serves Smartsheet's us region"),
+        ({"refresh_token": "abc", "region": "eu"}, None, "serves Smartsheet's us region(s)"),
         ({"refresh_token": "abc", "region": "moon"}, None, "region must be one of"),
         ({"refresh_token": "abc", "end_user_id": "a b"}, None, "end_user_id must be"),
         ({"refresh_token": "abc", "tags": ["vip"]}, None, "no tags"),

@@ -184,7 +184,7 @@ def test_a_thousand_grants_with_faults_then_a_rerun_imports_every_one_and_prints
     assert re.search(rf"^already present\s+{GRANTS}$", third.out, re.MULTILINE), third.out
     assert re.search(r"^imported\s+0$", third.out, re.MULTILINE), third.out
     assert f"line {GRANTS + 2}: malformed_json: not valid JSON" in third.out
-    assert f"line {GRANTS + 4}: region_not_served: this stack serves Smartsheet's us region" in third.out
+    assert f"line {GRANTS + 4}: region_not_served: this stack serves Smartsheet's us region(s)" in third.out
     assert all(importer.live(user) for user in range(FIRST, FIRST + GRANTS))
     for run in (first, again, third):
         text = run.out + run.err

@@ -101,6 +101,7 @@ MANAGEMENT: Final = frozenset(
                 "imported_connection_gone",
                 "import_in_progress",
                 "connection_busy",
+                "region_conflict",
             )
         ),
     }

@@ -167,12 +167,12 @@ def _region(region: object, config: Config) -> str | None:
         if not isinstance(region, str) or region.lower() not in REGIONS:
             raise LineRefused("invalid_region", f"region must be one of {', '.join(REGIONS)}")
         region = region.lower()
-        # One region per stack today (SmartsheetRegion): a token of another region is useless here.
-        if region != config.region:
+        # A token works only in the region that issued it: the stack must serve it (SmartsheetRegion, AllowedRegions).
+        if region not in config.regions_allowed():
             raise LineRefused(
                 "region_not_served",
-                f"this stack serves Smartsheet's {config.region} region (SmartsheetRegion); a {region} grant only"
-                f" works with a {region} stack",
+                f"this stack serves Smartsheet's {', '.join(config.regions_allowed())} region(s) (SmartsheetRegion,"
+                f" AllowedRegions); a {region} grant only works where {region} is allowed",
             )
     return region
 
@@ -271,6 +271,8 @@ _REFUSALS = {
     "end_user_has_another_smartsheet_account": "This end user already has another Smartsheet account connected.",
     "account_bound_to_an_end_user": "This Smartsheet account is connected to one of your end users: import it with"
     " that end_user_id.",
+    "region_conflict": "This Smartsheet user id is already a connection of another region; nothing was connected and"
+    " the imported grant was revoked.",
 }
 _BINDING = ("smartsheet_account_bound_to_another_end_user", "end_user_has_another_smartsheet_account")
 
@@ -281,6 +283,8 @@ def _refusal(reason: str) -> GrantRefused:
     if reason in _BINDING or reason == "account_bound_to_an_end_user":
         detail = f"{message} Nothing was connected and the imported grant was revoked ({reason})."
         return GrantRefused("binding_conflict", detail, status=409)
+    if reason == "region_conflict":
+        return GrantRefused("region_conflict", message, status=409)
     if reason == "lost_in_flight":
         return GrantRefused("lost_in_flight", message)
     return GrantRefused("grant_refused", message)
@@ -307,6 +311,7 @@ def _exchange(
     if sealer is None:  # without a key the new pair could not be made durable: refresh nothing
         raise StorageError("imports.seal", "NoSealingKey", transient=False)
     own_marker = entry.in_flight_attempt == owner
+    region = deps.config.region_of(grant.region)
     try:
         smartsheet = deps.smartsheet()  # reads the app credentials on first use
         sealer.prepare()  # the data key before the send: no KMS call between the answer and the keep
@@ -317,7 +322,9 @@ def _exchange(
         raise
     steps.passed(watcher, IMPORT_SENDING)
     try:
-        answer = smartsheet.refresh(grant.refresh_token, answer_within=answer_within(deadline - deps.monotonic()))
+        answer = smartsheet.refresh(
+            grant.refresh_token, answer_within=answer_within(deadline - deps.monotonic()), region=region
+        )
     except NoTimeToRefresh:
         _release(ledger, entry.key, owner, settled=own_marker)  # nothing was sent
         raise
@@ -350,7 +357,7 @@ def _exchange(
         answer,
         obtained_at=obtained,
         scope=" ".join(deps.config.scopes),
-        region=deps.config.region,
+        region=region,
         user_id="",
         email="",
     )
@@ -399,9 +406,22 @@ def _make_ours(
     """Learn whose grant it is, check the binding, store the pair under the connection's lease, record the
     connection as a sign-in does, and mark the grant imported."""
     smartsheet = deps.smartsheet()
-    user = smartsheet.current_user(tokens.access_token)
+    region = tokens.region
+    user = smartsheet.current_user(tokens.access_token, region=region)
     tokens = replace(tokens, user_id=user.id, email=user.email)
     existing = deps.connections.get(user.id)
+    if (
+        existing is not None
+        and deps.config.region_of(existing.region) != region
+        and existing.status != ConnectionStatus.REVOKED
+    ):
+        # Connection ids are Smartsheet user ids: one id is never a connection of two regions (sign_in.py).
+        conflict = BindingConflict(
+            "region_conflict", end_user_id="", smartsheet_user_id=user.id, existing_connection_id=user.id
+        )
+        _refuse_binding(
+            deps, ledger, key=entry.key, owner=owner, smartsheet=smartsheet, tokens=tokens, conflict=conflict
+        )
     try:
         _check_binding(deps, existing, end_user_id=grant.end_user_id, smartsheet_user_id=user.id)
     except BindingConflict as conflict:
@@ -500,7 +520,7 @@ def _refuse_binding(
     if any, keeps its own), so no token outlives the refusal."""
     ledger.finish(key, owner=owner, status=REFUSED, reason=conflict.reason, now=int(deps.clock()))
     try:
-        smartsheet.revoke(tokens.access_token)
+        smartsheet.revoke(tokens.access_token, region=tokens.region)
     except SmartsheetError as exc:
         logger.warning("refused import's grant not revoked", extra={"reason": exc.reason})
     raise _refusal(conflict.reason) from None
