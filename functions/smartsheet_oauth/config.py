@@ -11,6 +11,7 @@ from functools import cache
 from urllib.parse import urlsplit
 
 from smartsheet_oauth.domain.errors import ConfigError
+from smartsheet_oauth.domain.shards import MAX_DUE_SHARDS
 from smartsheet_oauth.flows.refresh_window import MIN_LEASE_SECONDS
 
 KNOWN_SCOPES = frozenset(
@@ -106,6 +107,11 @@ class Config:
     # for its refreshes and revocation even after its region leaves the allowed list.
     allowed_regions: tuple[str, ...] = ()
     region_endpoints: tuple[tuple[str, str, str], ...] = ()
+    # The fan-out (DueShards): new due times go to one of this many partitions of the due index, by connection id.
+    due_shards: int = 1
+    # How often the scheduled dispatcher runs (RefreshSchedule, in minutes): it queues what the pace can refresh
+    # before its next run.
+    dispatch_interval_minutes: int = 30
 
     def regions_allowed(self) -> tuple[str, ...]:
         """The regions a new sign-in may choose, the default first."""
@@ -179,6 +185,8 @@ def load_config(environ: Mapping[str, str]) -> Config:
         event_resource=environ.get("EVENT_RESOURCE_ARN", "").strip() or None,
         allowed_regions=_allowed_regions(environ.get("ALLOWED_REGIONS", ""), region),
         region_endpoints=endpoints,
+        due_shards=_int(environ, "DUE_SHARDS", 1, low=1, high=MAX_DUE_SHARDS),
+        dispatch_interval_minutes=_schedule_minutes(environ.get("REFRESH_SCHEDULE", "")),
     )
 
 
@@ -210,6 +218,27 @@ def _region_endpoints(
             )
         )
     return tuple(found)
+
+
+_RATE = re.compile(r"rate\((\d+) (minute|minutes|hour|hours)\)")
+_CRON_STEP = re.compile(r"cron\(\d+/(\d+) ")
+
+
+def _schedule_minutes(raw: str) -> int:
+    """The minutes between two runs of RefreshSchedule's expression (the forms its AllowedPattern lets through);
+    30 when unset (tests, a stack without the variable)."""
+    expression = raw.strip()
+    if not expression:
+        return 30
+    rate = _RATE.fullmatch(expression)
+    if rate:
+        return int(rate.group(1)) * (60 if rate.group(2).startswith("hour") else 1)
+    step = _CRON_STEP.match(expression)
+    if step:
+        return int(step.group(1))
+    if expression.startswith("cron("):
+        return 60  # cron(M * * * ? *): once an hour
+    raise ConfigError("REFRESH_SCHEDULE", f"must be a rate() or cron() expression, got {expression!r}")
 
 
 _APP_NAME_MAX = 64

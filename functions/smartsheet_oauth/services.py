@@ -96,7 +96,8 @@ def state_store() -> StateStore:
 def connection_store() -> ConnectionStore:
     from smartsheet_oauth.stores.connections import ConnectionStore  # noqa: PLC0415
 
-    return ConnectionStore(aws.dynamodb(), get_config().connections_table_name)
+    config = get_config()
+    return ConnectionStore(aws.dynamodb(), config.connections_table_name, due_shards=config.due_shards)
 
 
 @cache

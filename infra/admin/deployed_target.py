@@ -126,7 +126,7 @@ def deployed(
     return Target(
         description=where,
         config=config,
-        connections=ConnectionStore(dynamodb, config.connections_table_name),
+        connections=ConnectionStore(dynamodb, config.connections_table_name, due_shards=config.due_shards),
         dynamodb=dynamodb,
         vault=build_token_stores(
             config,

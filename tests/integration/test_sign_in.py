@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from smartsheet_oauth.config import get_config
+from smartsheet_oauth.domain.shards import due_jitter
 from smartsheet_oauth.stores.states import nonce_hash
 
 from tests.support.broker import NONCE_COOKIE, Broker
@@ -77,7 +78,9 @@ def test_full_sign_in_stores_tokens_and_the_connection(broker: Broker) -> None:
     assert record["generation"] == 1
     assert record["email"] == "alan@example.com"
     assert record["region"] == "us"
-    assert record["access_expires_at"] - record["refresh_due_at"] == 172800
+    # The window, and a spread of up to a tenth of it by connection id (domain/shards.due_jitter).
+    assert record["access_expires_at"] - record["refresh_due_at"] == 172800 + due_jitter(str(ALAN), 172800)
+    assert 0 < due_jitter(str(ALAN), 172800) <= 17280
     tokens = broker.tokens(ALAN)
     assert tokens["user_id"] == str(ALAN)
     assert broker.emulator.access_token_is_live(tokens["access_token"])

@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 
-def refresh_due_at(expires_at: int, *, window_seconds: int, now: int) -> int:
+def refresh_due_at(expires_at: int, *, window_seconds: int, now: int, jitter_seconds: int = 0) -> int:
     """When a pair that expires at `expires_at` is due for its refresh: `window_seconds` before it expires, and never
     before `now`. A pair that already lives less than the window (an organisation's token policy can shorten it) is due
     now, not in the past: the due index is served earliest first, and the sweep's lag (sweep_lag, and its alarm) is
-    measured from the earliest due time, so a time in the past would jump the queue and read as a sweep running late."""
-    return max(now, expires_at - window_seconds)
+    measured from the earliest due time, so a time in the past would jump the queue and read as a sweep running late.
+    `jitter_seconds` moves it earlier still (domain/shards.due_jitter: pairs issued together come due spread out)."""
+    return max(now, expires_at - window_seconds - jitter_seconds)
 
 
 class TokenGrant(NamedTuple):

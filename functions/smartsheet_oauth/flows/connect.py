@@ -31,6 +31,7 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
 )
 from smartsheet_oauth.domain.lifecycle import detail_type, status_after
+from smartsheet_oauth.domain.shards import due_jitter
 from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.flows.connect_return import CONNECTED, OUTCOME, with_params
@@ -221,7 +222,10 @@ def _store(
             region=tokens.region,
             access_expires_at=tokens.expires_at,
             refresh_due_at=refresh_due_at(
-                tokens.expires_at, window_seconds=deps.config.refresh_window_seconds, now=now
+                tokens.expires_at,
+                window_seconds=deps.config.refresh_window_seconds,
+                now=now,
+                jitter_seconds=due_jitter(held.smartsheet_user_id, deps.config.refresh_window_seconds),
             ),
             now=now,
             end_user_id=held.end_user_id,

@@ -232,6 +232,7 @@ def _finish(
     completions: Callable[[], CompletionStore],
     watcher: steps.StepWatcher | None,
 ) -> SignedIn | AwaitingConfirmation:
+    from smartsheet_oauth.domain.shards import due_jitter  # noqa: PLC0415
     from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at  # noqa: PLC0415
     from smartsheet_oauth.flows.connect import bind_or_refuse  # noqa: PLC0415
 
@@ -290,7 +291,12 @@ def _finish(
             scopes=tokens.scope,
             region=tokens.region,
             access_expires_at=tokens.expires_at,
-            refresh_due_at=refresh_due_at(tokens.expires_at, window_seconds=config.refresh_window_seconds, now=now),
+            refresh_due_at=refresh_due_at(
+                tokens.expires_at,
+                window_seconds=config.refresh_window_seconds,
+                now=now,
+                jitter_seconds=due_jitter(user.id, config.refresh_window_seconds),
+            ),
             now=now,
             default_region=config.region,
         )

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,9 @@ class SweepReport:
     duration_seconds: float = 0.0
     # The earliest refresh time among the due connections the sweep found first (None: nothing was due).
     oldest_due_at: int | None = None
+    # The connections dispatched, and those whose refresh crashed (a worker reports these back to its queue).
+    tried: list[str] = field(default_factory=list)
+    crashed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -104,19 +108,48 @@ def sweep(
     pace: Pace | None = None,
     progress: Callable[[SweepReport], None] | None = None,
 ) -> SweepReport:
-    """Refresh due connections, earliest first, at most `refresh_concurrency` at once and at the pace (by default
-    `refresh_rate_per_minute` in this process, after a burst of a tenth of it; the scheduled sweep passes the pace
-    every refresher shares), and stop dispatching when less than the safety margin is left or after
-    BREAKER_THRESHOLD struggling outcomes in a row: what is not reached waits for the next sweep. `progress` gets
-    the report as it grows: after the first page, every PROGRESS_SECONDS, and before the in-flight refreshes are
-    waited for."""
+    """Refresh due connections in this process: the dispatcher's reading of the due index (due_connections) fed
+    straight to the worker's loop (refresh_each), as the admin CLI's local target, the tests and the benchmarks
+    run it. Deployed, the dispatcher queues them instead and workers run refresh_each on what they receive
+    (flows/fanout.py)."""
+    report = SweepReport()
+    return refresh_each(
+        deps,
+        due_connections(deps, page_size=page_size, report=report),
+        time_left=time_left,
+        safety_margin_seconds=safety_margin_seconds,
+        page_size=page_size,
+        pace=pace,
+        progress=progress,
+        report=report,
+    )
+
+
+def refresh_each(
+    deps: RefreshDeps,
+    due: Iterable[DueConnection],
+    *,
+    time_left: Callable[[], float],
+    safety_margin_seconds: float = 30.0,
+    page_size: int = 32,
+    pace: Pace | None = None,
+    progress: Callable[[SweepReport], None] | None = None,
+    report: SweepReport | None = None,
+) -> SweepReport:
+    """Refresh the given due connections, earliest first, at most `refresh_concurrency` at once and at the pace (by
+    default `refresh_rate_per_minute` in this process, after a burst of a tenth of it; the scheduled path passes the
+    pace every refresher shares), and stop dispatching when less than the safety margin is left or after
+    BREAKER_THRESHOLD struggling outcomes in a row: what is not reached stays due for the next dispatch. `progress`
+    gets the report as it grows: after the first page, every PROGRESS_SECONDS, and before the in-flight refreshes
+    are waited for. The report names each connection it dispatched (`tried`) and those whose refresh crashed."""
     started = time.monotonic()
-    report, guard = SweepReport(), GrantGuard()
+    report = report if report is not None else SweepReport()
+    guard = GrantGuard()
     tally, report_progress = _Tally(report), _Progress(report, progress, deps.monotonic)
     concurrency = deps.config.refresh_concurrency
     pace = pace or LocalPace(deps.config.refresh_rate_per_minute, deps.monotonic, deps.sleep)
     seen: set[str] = set()
-    in_flight: set[Future[str]] = set()
+    in_flight: dict[Future[str], str] = {}
     order = random.Random()  # noqa: S311 (spreading work, not security)
 
     def stop_now() -> bool:
@@ -124,39 +157,43 @@ def sweep(
             report.stopped_early = True
         return report.stopped_early
 
+    def collect(done: set[Future[str]]) -> None:
+        for future in done:
+            connection_id = in_flight.pop(future)
+            if future.exception() is not None:
+                report.crashed.append(connection_id)
+        tally.collect(done)
+
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="refresh") as pool:
-        start_key = None
+        due_iter = iter(due)
         while not stop_now():
-            page = _due_page(deps, page_size, start_key)
-            if page is None:
-                report.outcomes["error"] += 1
-                break
-            due_connections, start_key = page
-            if report.oldest_due_at is None and due_connections:
-                report.oldest_due_at = min(due.refresh_due_at for due in due_connections)
+            page = list(itertools.islice(due_iter, page_size))
+            if report.oldest_due_at is None and page:
+                report.oldest_due_at = min(item.refresh_due_at for item in page)
                 report_progress(now=True)
             # Earliest first page by page; within a page, a random order keeps overlapping sweeps from
             # walking the same connections in lockstep, each losing the lease race on every one.
-            order.shuffle(due_connections)
-            for due in due_connections:
-                if due.connection_id in seen:
+            order.shuffle(page)
+            for item in page:
+                if item.connection_id in seen:
                     continue
                 while len(in_flight) >= concurrency:
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                    in_flight.difference_update(done)
-                    tally.collect(done)
+                    collect(done)
                 report_progress()
                 if stop_now() or not _paced(pace, lambda: time_left() - safety_margin_seconds, report):
                     report.stopped_early = True
                     break
-                seen.add(due.connection_id)
-                in_flight.add(pool.submit(refresh_connection, due, deps, time_left=time_left, guard=guard))
+                seen.add(item.connection_id)
+                future = pool.submit(refresh_connection, item, deps, time_left=time_left, guard=guard)
+                in_flight[future] = item.connection_id
+                report.tried.append(item.connection_id)
                 report.dispatched += 1
-            if report.stopped_early or not start_key:
+            if report.stopped_early or len(page) < page_size:
                 break
         report_progress(now=True)
         done, _ = wait(in_flight)
-        tally.collect(done)
+        collect(done)
     report.duration_seconds = time.monotonic() - started
     return report
 
@@ -171,13 +208,31 @@ def _paced(pace: Pace, seconds_left: Callable[[], float], report: SweepReport) -
         return False
 
 
-def _due_page(
-    deps: RefreshDeps, page_size: int, start_key: dict[str, Any] | None
-) -> tuple[list[DueConnection], dict[str, Any] | None] | None:
-    """One page of the due index; a throttled or failed read is retried briefly, then the sweep ends."""
+class _DueUnreadable(Exception):
+    """The due index could not be read, after DUE_QUERY_ATTEMPTS."""
+
+
+def due_connections(deps: RefreshDeps, *, page_size: int, report: SweepReport) -> Iterator[DueConnection]:
+    """The due connections of every partition of the due index, earliest first (ConnectionStore.due_everywhere),
+    read lazily. A read that keeps failing ends them: counted as an `error` outcome."""
+
+    def read(**kwargs: Any) -> tuple[list[DueConnection], dict[str, Any] | None]:
+        page = _due_page(deps, **kwargs)
+        if page is None:
+            raise _DueUnreadable
+        return page
+
+    try:
+        yield from deps.connections.due_everywhere(now=int(deps.clock()), page_size=page_size, read=read)
+    except _DueUnreadable:
+        report.outcomes["error"] += 1
+
+
+def _due_page(deps: RefreshDeps, **kwargs: Any) -> tuple[list[DueConnection], dict[str, Any] | None] | None:
+    """One page of one partition of the due index; a throttled or failed read is retried briefly, then None."""
     for attempt in range(DUE_QUERY_ATTEMPTS):
         try:
-            return deps.connections.due(now=int(deps.clock()), limit=page_size, start_key=start_key)
+            return deps.connections.due(**kwargs)
         except StorageError as exc:
             logger.warning("could not read due connections", extra={"reason": exc.code, "attempt": attempt + 1})
             if attempt < DUE_QUERY_ATTEMPTS - 1:

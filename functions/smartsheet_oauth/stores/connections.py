@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from smartsheet_oauth.domain.lifecycle import WRITES
+from smartsheet_oauth.domain.shards import LEGACY_SHARD, due_shard, every_shard
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.stores.connection_records import (
     Connection,
@@ -25,10 +27,10 @@ if TYPE_CHECKING:
 DUE_INDEX = "by-refresh-due"
 # Sparse too: only connections bound to an integrator's end user (through a connect session) carry end_user_id.
 END_USER_INDEX = "by-end-user"
-# The sparse index's one partition value: only active connections carry it. A single partition keeps the
-# earliest-first order global; DynamoDB serves a few thousand reads a second from it, far above what one
-# sweep asks.
-DUE_SHARD = "due"
+# The sparse index's partition values: only active connections carry one. With DueShards 1 (and on a stack from
+# before the fan-out) every record has this one; with more, a stable hash of the connection id picks one of them
+# (domain/shards.py), and the due connections are read from all of them, merged earliest first (due_everywhere).
+DUE_SHARD = LEGACY_SHARD
 
 # The attribute names the lifecycle's writes refer to by placeholder (reserved words in DynamoDB).
 _NAMES = {"#status": "status", "#region": "region"}
@@ -48,9 +50,14 @@ def _fence(owner: str, generation: int, now: int) -> dict[str, Any]:
 
 
 class ConnectionStore:
-    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
+    def __init__(self, client: DynamoDBClient, table_name: str, *, due_shards: int = 1) -> None:
         self._client = client
         self._table = table_name
+        self._due_shards = due_shards
+
+    def shard_of(self, connection_id: str) -> str:
+        """The due index partition a new due time of this connection is written to."""
+        return due_shard(connection_id, self._due_shards)
 
     def record_sign_in(
         self,
@@ -84,7 +91,7 @@ class ConnectionStore:
             ":region": _str(region),
             ":exp": _num(access_expires_at),
             ":due": _num(refresh_due_at),
-            ":shard": _str(DUE_SHARD),
+            ":shard": _str(self.shard_of(connection_id)),
             ":zero": _num(0),
             ":one": _num(1),
             ":now": _num(now),
@@ -112,15 +119,15 @@ class ConnectionStore:
         return connection_from_item(item) if item else None
 
     def due(
-        self, *, now: int, limit: int, start_key: dict[str, Any] | None = None
+        self, *, now: int, limit: int, start_key: dict[str, Any] | None = None, shard: str = DUE_SHARD
     ) -> tuple[list[DueConnection], dict[str, Any] | None]:
-        """Active connections whose refresh is due, earliest first, through the sparse index (no scan).
-        Returns one page and the key to continue from."""
+        """Active connections of one partition of the due index whose refresh is due, earliest first, through the
+        sparse index (no scan). Returns one page and the key to continue from."""
         kwargs: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": DUE_INDEX,
             "KeyConditionExpression": "due_shard = :shard AND refresh_due_at <= :now",
-            "ExpressionAttributeValues": {":shard": {"S": DUE_SHARD}, ":now": {"N": str(now)}},
+            "ExpressionAttributeValues": {":shard": {"S": shard}, ":now": {"N": str(now)}},
             "ScanIndexForward": True,
             "Limit": limit,
         }
@@ -140,6 +147,24 @@ class ConnectionStore:
             if (number(item, "lease_until", 0) or 0) <= now
         ]
         return due, answer.get("LastEvaluatedKey")
+
+    def due_everywhere(
+        self, *, now: int, page_size: int, read: Callable[..., tuple[list[DueConnection], Any]] | None = None
+    ) -> Iterator[DueConnection]:
+        """The due connections of every partition (domain/shards.every_shard), merged earliest first, each partition
+        read a page at a time as the merge needs it. `read` is how a page is read (default: due); it may raise."""
+        page_of = read or self.due
+
+        def partition(shard: str) -> Iterator[tuple[int, str, DueConnection]]:
+            start_key: dict[str, Any] | None = None
+            while True:
+                page, start_key = page_of(now=now, limit=page_size, start_key=start_key, shard=shard)
+                yield from ((due.refresh_due_at, due.connection_id, due) for due in page)
+                if not start_key:
+                    return
+
+        for _, _, due in heapq.merge(*(partition(shard) for shard in every_shard())):
+            yield due
 
     def acquire_lease(
         self, connection_id: str, *, generation: int, owner: str, now: int, lease_seconds: int
@@ -230,26 +255,31 @@ class ConnectionStore:
         self, *, now: int, max_pages: int | None = None, keep_going: Callable[[], bool] | None = None
     ) -> tuple[int, bool]:
         """How many active connections are due at `now` (leased ones included): the sweep's backlog when `now` is
-        the time the sweep started. COUNT queries on the sparse index, never a scan; each reads up to 1 MB of index
-        entries (thousands). With `max_pages`, or when `keep_going` says no before a page after the first, it stops
-        early: returns (the count so far, whether it is complete)."""
-        kwargs: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": DUE_INDEX,
-            "KeyConditionExpression": "due_shard = :shard AND refresh_due_at <= :now",
-            "ExpressionAttributeValues": {":shard": {"S": DUE_SHARD}, ":now": {"N": str(now)}},
-            "Select": "COUNT",
-        }
+        the time the sweep started. COUNT queries on every partition of the sparse index, never a scan; each reads
+        up to 1 MB of index entries (thousands), an empty partition one small read. With `max_pages` (pages after
+        a partition's first), or when `keep_going` says no before such a page, it stops early: returns (the count
+        so far, whether it is complete)."""
         total = pages = 0
-        while True:
-            with storage("connections.count_due"):
-                answer = self._client.query(**kwargs)
-            total, pages = total + int(answer.get("Count", 0)), pages + 1
-            if not answer.get("LastEvaluatedKey"):
-                return total, True
-            if (max_pages is not None and pages >= max_pages) or (keep_going is not None and not keep_going()):
-                return total, False
-            kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        for shard in every_shard():
+            kwargs: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": DUE_INDEX,
+                "KeyConditionExpression": "due_shard = :shard AND refresh_due_at <= :now",
+                "ExpressionAttributeValues": {":shard": {"S": shard}, ":now": {"N": str(now)}},
+                "Select": "COUNT",
+            }
+            while True:
+                with storage("connections.count_due"):
+                    answer = self._client.query(**kwargs)
+                total = total + int(answer.get("Count", 0))
+                if not answer.get("LastEvaluatedKey"):
+                    break
+                # A partition's first page is always read (most are empty); `max_pages` bounds the pages after it.
+                pages += 1
+                if (max_pages is not None and pages >= max_pages) or (keep_going is not None and not keep_going()):
+                    return total, False
+                kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+        return total, True
 
     def scan(self, *, status: str | None = None) -> Iterator[Connection]:
         """Every connection, or those of one status, page by page (operators' listing; never on a request path)."""
@@ -275,7 +305,7 @@ class ConnectionStore:
             ":active": _str(ConnectionStatus.ACTIVE),
             ":revoked": _str(ConnectionStatus.REVOKED),
             ":now": _num(now),
-            ":shard": _str(DUE_SHARD),
+            ":shard": _str(self.shard_of(connection_id)),
         }
         answer = self._write("connections.request_refresh", "request_refresh", connection_id, values, returns="ALL_NEW")
         return connection_from_item(answer["Attributes"])
@@ -345,7 +375,7 @@ class ConnectionStore:
         holds its lease: then there is nothing to expedite, only to wait for."""
         values = {
             ":now": _num(now),
-            ":shard": _str(DUE_SHARD),
+            ":shard": _str(self.shard_of(connection_id)),
             ":active": _str(ConnectionStatus.ACTIVE),
             ":gen": _num(generation),
         }
