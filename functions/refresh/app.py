@@ -1,4 +1,5 @@
-"""The scheduled refresh sweep (EventBridge Scheduler): refresh every due connection before it expires."""
+"""The scheduled refresh sweep (EventBridge Scheduler): queue every due connection for the refresh workers
+(refresh/worker.py) before it expires; with no refresh queue configured, refresh them in this process."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         owner=context.aws_request_id,
         time_left=lambda: context.get_remaining_time_in_millis() / 1000,
         safety_margin_seconds=SAFETY_MARGIN_SECONDS,
+        queue=services.refresh_queue(),
     )
     logger.info("sweep skipped" if summary["skipped"] else "sweep finished", extra=summary)
     return summary

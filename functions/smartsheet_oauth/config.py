@@ -112,6 +112,8 @@ class Config:
     # How often the scheduled dispatcher runs (RefreshSchedule, in minutes): it queues what the pace can refresh
     # before its next run.
     dispatch_interval_minutes: int = 30
+    # Where the dispatcher sends due connections (RefreshQueue); None: the sweep refreshes them in its own process.
+    refresh_queue_url: str | None = None
 
     def regions_allowed(self) -> tuple[str, ...]:
         """The regions a new sign-in may choose, the default first."""
@@ -187,6 +189,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         region_endpoints=endpoints,
         due_shards=_int(environ, "DUE_SHARDS", 1, low=1, high=MAX_DUE_SHARDS),
         dispatch_interval_minutes=_schedule_minutes(environ.get("REFRESH_SCHEDULE", "")),
+        refresh_queue_url=environ.get("REFRESH_QUEUE_URL", "").strip() or None,
     )
 
 

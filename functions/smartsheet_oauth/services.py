@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from smartsheet_oauth.stores.events import EventPublisher
     from smartsheet_oauth.stores.imports import ImportLedger
     from smartsheet_oauth.stores.pace import SharedPace
+    from smartsheet_oauth.stores.refresh_queue import RefreshQueue
     from smartsheet_oauth.stores.states import StateStore
     from smartsheet_oauth.stores.sweep_lease import SweepLeases
     from smartsheet_oauth.stores.token_stores import TokenStores
@@ -148,6 +149,15 @@ def sweep_leases() -> SweepLeases:
     from smartsheet_oauth.stores.sweep_lease import SweepLeases  # noqa: PLC0415
 
     return SweepLeases(aws.dynamodb(), get_config().state_table_name)
+
+
+def refresh_queue() -> RefreshQueue | None:
+    """The refresh queue the scheduled dispatcher sends due connections to (None: no REFRESH_QUEUE_URL, the sweep
+    runs in this process)."""
+    from smartsheet_oauth.stores.refresh_queue import RefreshQueue  # noqa: PLC0415
+
+    url = get_config().refresh_queue_url
+    return RefreshQueue(aws.sqs(), url) if url else None
 
 
 def shared_pace() -> SharedPace:

@@ -30,6 +30,8 @@ from infra.local.template_model import (
 log = logging.getLogger("infra.local.stack")
 
 DEFAULT_STACK_NAME: Final = "smartsheet-oauth-broker-local"
+# How long a schedule run waits for the work its function queued (the refresh workers draining the refresh queue).
+QUEUE_DRAIN_SECONDS: Final = 600.0
 APP_CREDENTIALS_VARIABLE: Final = "APP_CREDENTIALS_SECRET_ARN"
 
 
@@ -175,6 +177,7 @@ class LocalStack:
                 thread.start()
             for thread in threads:
                 thread.join()
+        self._gateway.after_schedule = self._drained
         self._gateway.start(self.functions)
         self.pollers = [
             QueuePoller(source, self.functions[source.function], self._aws.client("sqs"), self._aws.region).start()
@@ -196,6 +199,38 @@ class LocalStack:
             app = self._emulator.apps[0]
             return app.client_id, app.client_secret
         return DEFAULT_APP.client_id, DEFAULT_APP.client_secret
+
+    def wait_for_queues(self, timeout: float = QUEUE_DRAIN_SECONDS) -> bool:
+        """Wait until every event source mapping's queue is drained (nothing visible, nothing being delivered);
+        False if `timeout` passed first. Messages a function reported failed wait out their visibility timeout
+        invisibly: they do not hold this up."""
+        since = time.monotonic()
+        deadline = since + timeout
+        while time.monotonic() < deadline:
+            if all(poller.idle(since) for poller in self.pollers):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _drained(self, run: ScheduleRun) -> ScheduleRun:
+        """A schedule run once the work it queued is done: the refresh dispatcher's answer with the workers'
+        outcomes added (on AWS they are the workers' metrics; locally `make refresh` and `sweep` print them)."""
+        if not self.pollers or not run.invocation.ok or not isinstance(run.invocation.payload, dict):
+            return run
+        before = [poller.snapshot() for poller in self.pollers]
+        drained = self.wait_for_queues()
+        after = [poller.snapshot() for poller in self.pollers]
+        outcomes = dict(run.invocation.payload.get("outcomes") or {})
+        batches = failed = 0
+        for (b0, f0, o0), (b1, f1, o1) in zip(before, after, strict=True):
+            batches, failed = batches + b1 - b0, failed + f1 - f0
+            for name, count in (o1 - o0).items():
+                outcomes[name] = outcomes.get(name, 0) + count
+        payload = run.invocation.payload | {
+            "outcomes": outcomes,
+            "workers": {"batches": batches, "failed_messages": failed, "drained": drained},
+        }
+        return dataclasses.replace(run, invocation=dataclasses.replace(run.invocation, payload=payload))
 
     def stop(self) -> None:
         """Stop everything this stack started (safe to call twice, and after a failed start)."""

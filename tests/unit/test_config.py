@@ -79,6 +79,9 @@ def test_a_missing_variable_is_named(name: str) -> None:
         ("ALLOWED_RETURN_TO", "https://user@app.example.com", "userinfo"),
         ("ALLOWED_RETURN_TO", "javascript:alert(1)", "https://"),
         ("EVENTS_INCLUDE_EMAIL", "yes", "'enabled' or 'disabled'"),
+        ("DUE_SHARDS", "17", "between"),
+        ("DUE_SHARDS", "0", "between"),
+        ("REFRESH_SCHEDULE", "every half hour", r"a rate\(\) or cron\(\) expression"),
     ],
 )
 def test_a_malformed_variable_is_named(name: str, value: str, problem: str) -> None:
@@ -242,3 +245,21 @@ def test_the_templates_allowed_regions_parameter_admits_only_what_the_config_rea
     assert matches is admitted
     if matches:  # whatever the template lets through starts the functions
         assert load_config({**BASE, "ALLOWED_REGIONS": value}).regions_allowed()[0] == "us"
+
+
+@pytest.mark.parametrize(
+    ("expression", "minutes"),
+    [
+        ("rate(30 minutes)", 30),
+        ("rate(15 minutes)", 15),
+        ("rate(1 hour)", 60),
+        ("cron(0/20 * * * ? *)", 20),
+        ("cron(5 * * * ? *)", 60),
+        ("", 30),
+    ],
+)
+def test_the_dispatcher_reckons_its_interval_from_the_schedule(expression: str, minutes: int) -> None:
+    config = load_config({**BASE, "REFRESH_SCHEDULE": expression})
+    assert config.dispatch_interval_minutes == minutes
+    assert config.due_shards == 1  # one partition of the due index unless DueShards says more
+    assert config.refresh_queue_url is None  # no queue: the sweep refreshes in its own process

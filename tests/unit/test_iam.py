@@ -37,6 +37,7 @@ TOKEN_SECRETS = {
 EVENT_BUS = {"Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}"}
 PENDING_TOKENS_KEY = {"Fn::GetAtt": ["PendingTokensKey", "Arn"]}
 FAILED_SWEEP_QUEUE = {"Fn::GetAtt": ["FailedSweepQueue", "Arn"]}
+REFRESH_WORK_QUEUE = {"Fn::GetAtt": ["RefreshWorkQueue", "Arn"]}
 # Connect sessions share the state table with pending sign-ins; their keys start with "connect-session:".
 SESSION_KEYS_ONLY = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["connect-session:*"]}}
 # The sweep lease and the shared pace's windows live there too, under keys of their own.
@@ -110,7 +111,19 @@ EXPECTED: dict[str, set[Grant]] = {
     | SEAL_PENDING_PAIRS
     | PUBLISH_EVENTS
     # Lambda sends a failed sweep's record to its on-failure destination with the function's own role.
-    | grants(["sqs:SendMessage"], FAILED_SWEEP_QUEUE),
+    | grants(["sqs:SendMessage"], FAILED_SWEEP_QUEUE)
+    # The dispatcher: due connections to the refresh queue, and how much it still holds (no flood).
+    | grants(["sqs:SendMessage", "sqs:GetQueueAttributes"], REFRESH_WORK_QUEUE),
+    # A worker: no due index, no sweep lease; its event source mapping polls the refresh queue, this queue only.
+    "RefreshWorkerFunction": grants(
+        ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"], REFRESH_WORK_QUEUE
+    )
+    | grants(["dynamodb:GetItem", "dynamodb:UpdateItem"], CONNECTIONS_TABLE)
+    | SHARE_THE_PACE
+    | READ_APP_CREDENTIALS
+    | grants(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], TOKEN_SECRETS)
+    | SEAL_PENDING_PAIRS
+    | PUBLISH_EVENTS,
     "ManagementFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"], CONNECTIONS_TABLE)
     | grants(["dynamodb:Query"], END_USER_INDEX)
     | grants(["dynamodb:PutItem"], STATE_TABLE, SESSION_KEYS_ONLY)
@@ -143,7 +156,7 @@ EXPECTED["WebhookDeliveryFunction"] = (
     )
     | grants(["sqs:SendMessage"], {"Fn::GetAtt": ["WebhookDeadLetterQueue", "Arn"]})
 )
-USES_TOKEN_SECRETS = frozenset({"CallbackFunction", "RefreshFunction", "ManagementFunction"})
+USES_TOKEN_SECRETS = frozenset({"CallbackFunction", "RefreshFunction", "RefreshWorkerFunction", "ManagementFunction"})
 
 # TokenStore=dynamodb: the token table and the token key's data keys (this context only) instead of the secrets.
 TOKEN_TABLE = {"Fn::GetAtt": ["TokenTable", "Arn"]}
@@ -160,6 +173,7 @@ def token_secret_grants(function: str) -> set[Grant]:
 TOKEN_TABLE_GRANTS: dict[str, set[Grant]] = {
     "CallbackFunction": grants(["dynamodb:UpdateItem"], TOKEN_TABLE),
     "RefreshFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem"], TOKEN_TABLE),
+    "RefreshWorkerFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem"], TOKEN_TABLE),
     "ManagementFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem"], TOKEN_TABLE),
 }
 # The stack's token key names the roles in its key policy (tests/unit/test_token_access.py); a customer key needs
@@ -167,6 +181,7 @@ TOKEN_TABLE_GRANTS: dict[str, set[Grant]] = {
 CUSTOMER_KEY_PAIR_GRANTS: dict[str, set[Grant]] = {
     "CallbackFunction": grants(["kms:GenerateDataKey"], TOKEN_KEY, ONLY_TOKEN_PAIRS),  # seals, never opens
     "RefreshFunction": grants(["kms:GenerateDataKey", "kms:Decrypt"], TOKEN_KEY, ONLY_TOKEN_PAIRS),
+    "RefreshWorkerFunction": grants(["kms:GenerateDataKey", "kms:Decrypt"], TOKEN_KEY, ONLY_TOKEN_PAIRS),
     "ManagementFunction": grants(["kms:GenerateDataKey", "kms:Decrypt"], TOKEN_KEY, ONLY_TOKEN_PAIRS),
 }
 

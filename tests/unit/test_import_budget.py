@@ -36,6 +36,7 @@ FORBIDDEN = {
     "AuthorizeFunction": NEVER + NOT_ON_LOGIN,
     "CallbackFunction": NEVER,
     "RefreshFunction": NEVER,
+    "RefreshWorkerFunction": NEVER,
     "ManagementFunction": NEVER,
 }
 

@@ -159,6 +159,7 @@ def test_the_description_holds_the_longest_values_the_parameters_admit() -> None
             longest[name] = max((str(spec.get(k, "")) for k in ("MinValue", "MaxValue")), key=len)
     longest["DebugLogSampleRate"] = "0.0001"  # its pattern: up to four decimals
     longest["AllowedRegions"] = "us,eu,gov,au"  # its pattern within its MaxLength
+    longest["RefreshSchedule"] = "cron(59/30 * * * ? *)"  # the longest its pattern admits
     longest["CustomDomainName"] = ".".join(["a" * 63] * 3 + ["a" * 61])  # 253: a host name with its pattern
     longest["WebhookUrl"] = "https://" + "a" * (int(PARAMETERS["WebhookUrl"]["MaxLength"]) - len("https://"))
     values = tuple((name, str(value)) for name, value in longest.items() if name not in ("SmartsheetRegion",))

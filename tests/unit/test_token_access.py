@@ -361,7 +361,7 @@ def test_with_the_dynamodb_store_the_token_key_opens_token_pairs_for_the_broker_
     assert set(statements) == {"BrokerFunctionsSealTokenPairs", "NamedReadersOpenTokenPairs"}
     broker = statements["BrokerFunctionsSealTokenPairs"]
     assert sorted(broker["Principal"]["AWS"]) == sorted(
-        d.role_arn(f) for f in ("CallbackFunction", "RefreshFunction", "ManagementFunction")
+        d.role_arn(f) for f in ("CallbackFunction", "RefreshFunction", "RefreshWorkerFunction", "ManagementFunction")
     )
     assert broker["Condition"] == {"StringEquals": TOKEN_PAIRS_ONLY}
     readers = statements["NamedReadersOpenTokenPairs"]

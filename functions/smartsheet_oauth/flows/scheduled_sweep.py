@@ -1,5 +1,6 @@
-"""One scheduled sweep: a heartbeat metric first, then the sweep lease (one sweep at a time), the sweep at the pace
-every refresher shares, and its figures flushed as it goes."""
+"""One scheduled sweep: a heartbeat metric first, then the sweep lease (one sweep at a time), then the dispatch of
+the due connections to the refresh queue (flows/fanout.py; or, with no queue, the sweep in this process at the pace
+every refresher shares), and its figures flushed as it goes."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import time
 from collections.abc import Callable
 
 from smartsheet_oauth.domain.errors import StorageError
+from smartsheet_oauth.flows import fanout
 from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.flows.sweep import sweep
 from smartsheet_oauth.flows.sweep_metrics import SweepFigures
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores.pace import Pace
+from smartsheet_oauth.stores.refresh_queue import RefreshQueue
 from smartsheet_oauth.stores.sweep_lease import SweepLeases, SweepRunning
 
 
@@ -25,6 +28,7 @@ def run(
     time_left: Callable[[], float],
     safety_margin_seconds: float,
     clock: Callable[[], float] = time.time,
+    queue: RefreshQueue | None = None,
 ) -> dict[str, object]:
     """Sweep once, unless another sweep holds the lease (a late scheduled sweep that meets the next one, or an
     operator's `sweep`): then nothing is refreshed and the answer says `skipped`. The lease lasts as long as
@@ -48,17 +52,29 @@ def run(
         )
         return {"skipped": True, "reason": "another_sweep_running", "lease_until": running.lease_until}
     try:
-        report = sweep(
-            deps,
-            time_left=time_left,
-            safety_margin_seconds=safety_margin_seconds,
-            pace=pace,
-            progress=figures.progress,
-        )
+        extra: dict[str, object] = {}
+        if queue is not None:
+            report, extra = fanout.dispatch(
+                deps, queue, time_left=time_left, safety_margin_seconds=safety_margin_seconds, progress=figures.progress
+            )
+        else:
+            report = sweep(
+                deps,
+                time_left=time_left,
+                safety_margin_seconds=safety_margin_seconds,
+                pace=pace,
+                progress=figures.progress,
+            )
         return (
             {"skipped": False}
             | report.as_dict()
-            | figures.finished(report, connections=deps.connections, time_left=time_left)
+            | extra
+            | figures.finished(
+                report,
+                connections=deps.connections,
+                time_left=time_left,
+                queued=report.dispatched if queue is not None else 0,
+            )
         )
     finally:
         try:

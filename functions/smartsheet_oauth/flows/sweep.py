@@ -27,6 +27,8 @@ _STRUGGLING = frozenset({RefreshOutcome.TRANSIENT, RefreshOutcome.KEPT, RefreshO
 _NEUTRAL = frozenset({RefreshOutcome.DEFERRED, RefreshOutcome.LOST_IN_FLIGHT})
 # This many struggling outcomes in a row stop the sweep: an outage is waited out, not hammered.
 BREAKER_THRESHOLD = 25
+# An open breaker of a refresh worker's container lets its messages go (they stay due) for this long.
+BREAKER_COOL_DOWN_SECONDS = 300.0
 DUE_QUERY_ATTEMPTS = 3
 # A sweep hands its figures over (to be flushed as metrics) at least this often: one cut short by its timeout loses
 # at most this much of them.
@@ -60,14 +62,33 @@ class SweepReport:
         }
 
 
+class Breaker:
+    """A run of struggling outcomes, and whether it opened. A sweep has its own; a refresh worker keeps one for its
+    container, so the run counts across its batches (each only ten), and stays open BREAKER_COOL_DOWN_SECONDS."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.struggling = 0
+        self.opened_at: float | None = None
+        self._monotonic = monotonic
+
+    @property
+    def is_open(self) -> bool:
+        if self.opened_at is not None and self._monotonic() - self.opened_at >= BREAKER_COOL_DOWN_SECONDS:
+            self.opened_at, self.struggling = None, 0  # cooled down: try again
+        return self.opened_at is not None
+
+    def open(self) -> None:
+        self.opened_at = self._monotonic()
+
+
 class _Tally:
     """Counts finished refreshes into the report and opens the breaker after a run of struggling outcomes."""
 
-    def __init__(self, report: SweepReport) -> None:
+    def __init__(self, report: SweepReport, breaker: Breaker) -> None:
         self.report = report
-        self._struggling = 0
+        self._breaker = breaker
 
-    def collect(self, done: set[Future[str]]) -> None:
+    def collect(self, done: set[Future[Any]]) -> None:
         for future in done:
             try:
                 outcome = future.result()
@@ -76,10 +97,13 @@ class _Tally:
                 outcome = "error"
             self.report.outcomes[outcome] += 1
             if outcome not in _NEUTRAL:
-                self._struggling = self._struggling + 1 if outcome in _STRUGGLING else 0
-        if self._struggling >= BREAKER_THRESHOLD and not self.report.breaker_open:
+                self._breaker.struggling = self._breaker.struggling + 1 if outcome in _STRUGGLING else 0
+        if self._breaker.struggling >= BREAKER_THRESHOLD and not self.report.breaker_open:
             self.report.breaker_open = True
-            logger.error("refreshes keep failing; the sweep stops for now", extra={"in_a_row": self._struggling})
+            self._breaker.open()
+            logger.error(
+                "refreshes keep failing; the sweep stops for now", extra={"in_a_row": self._breaker.struggling}
+            )
 
 
 class _Progress:
@@ -135,6 +159,7 @@ def refresh_each(
     pace: Pace | None = None,
     progress: Callable[[SweepReport], None] | None = None,
     report: SweepReport | None = None,
+    breaker: Breaker | None = None,
 ) -> SweepReport:
     """Refresh the given due connections, earliest first, at most `refresh_concurrency` at once and at the pace (by
     default `refresh_rate_per_minute` in this process, after a burst of a tenth of it; the scheduled path passes the
@@ -145,11 +170,13 @@ def refresh_each(
     started = time.monotonic()
     report = report if report is not None else SweepReport()
     guard = GrantGuard()
-    tally, report_progress = _Tally(report), _Progress(report, progress, deps.monotonic)
+    breaker = breaker or Breaker(deps.monotonic)
+    report.breaker_open = breaker.is_open
+    tally, report_progress = _Tally(report, breaker), _Progress(report, progress, deps.monotonic)
     concurrency = deps.config.refresh_concurrency
     pace = pace or LocalPace(deps.config.refresh_rate_per_minute, deps.monotonic, deps.sleep)
     seen: set[str] = set()
-    in_flight: dict[Future[str], str] = {}
+    in_flight: dict[Future[Any], str] = {}
     order = random.Random()  # noqa: S311 (spreading work, not security)
 
     def stop_now() -> bool:
@@ -157,7 +184,7 @@ def refresh_each(
             report.stopped_early = True
         return report.stopped_early
 
-    def collect(done: set[Future[str]]) -> None:
+    def collect(done: set[Future[Any]]) -> None:
         for future in done:
             connection_id = in_flight.pop(future)
             if future.exception() is not None:

@@ -61,13 +61,20 @@ class SweepFigures:
         flush_metrics_now()
 
     def finished(
-        self, report: SweepReport, *, connections: ConnectionStore, time_left: Callable[[], float]
+        self,
+        report: SweepReport,
+        *,
+        connections: ConnectionStore,
+        time_left: Callable[[], float],
+        queued: int = 0,
     ) -> dict[str, object]:
         """The last outcomes (printed before the backlog is counted: that count reads the due index), then the
         duration and the backlog, flushed by the handler's log_metrics. Returns the figures for its log line.
 
         The backlog is what was due when the sweep started and still is: connections it did not reach (time ran
-        out), plus any another worker was holding. A failure to count it is logged and leaves the metric out."""
+        out), plus any another worker was holding. A dispatch passes what it `queued`: those are reached (still due
+        until a worker refreshes them), so they are not backlog. A failure to count it is logged and leaves the
+        metric out."""
         self.progress(report)
         add_metric_safely("sweep_duration", "Seconds", report.duration_seconds)
         if report.oldest_due_at is None:
@@ -82,6 +89,7 @@ class SweepFigures:
         except StorageError as exc:
             logger.warning("could not count the sweep's backlog", extra={"reason": exc.code})
             return figures
+        backlog = max(0, backlog - queued)
         add_metric_safely("sweep_backlog", "Count", backlog)
         figures["backlog"] = backlog
         figures["backlog_complete"] = complete
@@ -91,3 +99,12 @@ class SweepFigures:
         """Another sweep holds the lease: this invocation did nothing, and says so."""
         add_metric_safely("sweep_skipped", "Count", 1)
         add_metric_safely("sweep_duration", "Seconds", duration_seconds)
+
+
+def worker_outcomes(report: SweepReport) -> None:
+    """A refresh worker's outcomes (zeros included), as the sweep's: the alarms on them do not care which ran them."""
+    totals: Counter[str] = Counter({metric_of(outcome): 0 for outcome in REFRESH_OUTCOMES})
+    for outcome, count in report.outcomes.items():
+        totals[metric_of(outcome)] += count
+    for name, count in totals.items():
+        add_metric_safely(name, "Count", count)

@@ -61,6 +61,7 @@ def sqs() -> Any:  # no mypy_boto3_sqs among the dev dependencies
 
 def reset() -> None:
     """Forget the cached clients (tests switch endpoints between cases)."""
+    sqs.cache_clear()
     kms.cache_clear()
     dynamodb.cache_clear()
     secretsmanager.cache_clear()

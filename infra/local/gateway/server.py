@@ -6,7 +6,7 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -56,12 +56,15 @@ class Gateway:
         region: str = "us-east-1",
         credentials: Mapping[str, str] | None = None,
         control_token: str | None = None,
+        after_schedule: Callable[[ScheduleRun], ScheduleRun] | None = None,
     ) -> None:
         self.routes = RouteTable(routes)
         self.control_token = control_token or secrets.token_urlsafe(32)
         # access key id -> secret access key: who may call routes with AWS_IAM authorization (SigV4).
         self.credentials = dict(credentials or {})
         self.schedules = list(schedules)
+        # What the stack does once a schedule's function returned (the local stack: wait for the work it queued).
+        self.after_schedule = after_schedule
         self.functions: dict[str, Invoker] = {}
         self.api_id = api_id
         self.account_id = account_id
@@ -139,5 +142,6 @@ class Gateway:
                 schedule.function,
                 "ok" if invocation.ok else f"{invocation.error_type}: {invocation.error_message}",
             )
-            runs.append(ScheduleRun(schedule, event, invocation))
+            run = ScheduleRun(schedule, event, invocation)
+            runs.append(self.after_schedule(run) if self.after_schedule is not None else run)
         return runs

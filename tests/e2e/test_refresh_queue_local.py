@@ -1,0 +1,104 @@
+"""The local stack runs the refresh fan-out from the template: the scheduled dispatcher fills the template's refresh
+queue, and the local event source mapping hands batches to the worker function in its own process, keeping only
+the messages it reports failed (ReportBatchItemFailures), as Lambda does."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from infra.local.demo import BrokerClient
+from infra.local.event_sources import failed_ids
+from infra.local.lambda_runtime import Invocation
+from infra.local.stack import LocalStack
+
+RECORDS = [{"messageId": "a"}, {"messageId": "b"}, {"messageId": "c"}]
+
+
+def test_a_partial_batch_response_keeps_only_the_named_messages() -> None:
+    ok = Invocation("r", {"batchItemFailures": [{"itemIdentifier": "b"}]})
+    assert failed_ids(ok, RECORDS, partial=True) == {"b"}
+    assert failed_ids(Invocation("r", {"batchItemFailures": []}), RECORDS, partial=True) == set()
+    assert failed_ids(Invocation("r", None), RECORDS, partial=True) == set()
+
+
+def test_what_lambda_takes_for_a_failure_of_the_whole_batch() -> None:
+    crashed = Invocation("r", None, "Sandbox.Timedout", "Task timed out")
+    assert failed_ids(crashed, RECORDS, partial=True) is None
+    assert failed_ids(crashed, RECORDS, partial=False) is None
+    for bad in ([{"itemIdentifier": "zzz"}], [{"itemIdentifier": ""}], [{}], "b"):
+        assert failed_ids(Invocation("r", {"batchItemFailures": bad}), RECORDS, partial=True) is None
+    # Without ReportBatchItemFailures on the mapping, a returned list means nothing: the batch succeeded.
+    assert (
+        failed_ids(Invocation("r", {"batchItemFailures": [{"itemIdentifier": "b"}]}), RECORDS, partial=False) == set()
+    )
+
+
+@pytest.fixture
+def queue(local_stack: LocalStack) -> str:
+    url: str = local_stack.aws.queue_url("RefreshWorkQueue")
+    assert local_stack.wait_for_queues(timeout=60)
+    return url
+
+
+def attributes(stack: LocalStack, url: str) -> dict[str, int]:
+    answer = stack.aws.client("sqs").get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )
+    return {k: int(v) for k, v in answer["Attributes"].items()}
+
+
+def test_the_worker_runs_from_the_template_and_only_a_failed_message_stays(local_stack: LocalStack, queue: str) -> None:
+    # The one local poller runs every mapping of the template (the webhook's too, when WebhookUrl is set).
+    (poller,) = [p for p in local_stack.pollers if p.source.function == "RefreshWorkerFunction"]
+    assert poller.source.report_item_failures
+    assert (poller.source.batch_size, poller.source.maximum_concurrency) == (10, 2)  # RefreshWorkerConcurrency
+    sqs = local_stack.aws.client("sqs")
+    # A message for a connection that does not exist (its lease is refused: done) and one that cannot be read.
+    unknown = {"v": 1, "connection_id": "no-such-connection", "generation": 1, "refresh_due_at": 0}
+    invisible = attributes(local_stack, queue)["ApproximateNumberOfMessagesNotVisible"]
+    before = poller.snapshot()
+    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(unknown))
+    sqs.send_message(QueueUrl=queue, MessageBody="not a refresh")
+
+    assert local_stack.wait_for_queues(timeout=60)
+
+    batches, failed, _ = poller.snapshot()
+    assert failed - before[1] == 1
+    assert batches > before[0]
+    # The unreadable one waits out the queue's visibility timeout (1,080 s) invisibly; the other is gone.
+    assert attributes(local_stack, queue) == {
+        "ApproximateNumberOfMessages": 0,
+        "ApproximateNumberOfMessagesNotVisible": invisible + 1,
+    }
+
+
+def test_the_scheduled_refresh_goes_through_the_queue_and_reports_the_workers_outcomes(
+    local_stack: LocalStack, client: BrokerClient, queue: str
+) -> None:
+    sign_in = client.login()
+    client.consent(sign_in, allow=True)
+    assert client.callback(sign_in).status_code == 303  # connected: See Other to the result page
+    user = str(local_stack.emulator.users[0].id)
+    table = local_stack.table_name("CONNECTIONS_TABLE_NAME")
+    local_stack.aws.dynamodb.update_item(
+        TableName=table,
+        Key={"connection_id": {"S": user}},
+        UpdateExpression="SET refresh_due_at = :due",
+        ExpressionAttributeValues={":due": {"N": "0"}},
+    )
+    before = local_stack.emulator.counts["token.refresh"]
+
+    (run,) = local_stack.run_schedule()
+
+    payload: dict[str, Any] = run.invocation.payload
+    assert payload["queued"] >= 1
+    assert payload["outcomes"]["refreshed"] >= 1
+    assert payload["workers"]["drained"] is True
+    assert local_stack.emulator.counts["token.refresh"] >= before + 1
+    item = local_stack.aws.dynamodb.get_item(TableName=table, Key={"connection_id": {"S": user}})["Item"]
+    assert int(item["refresh_due_at"]["N"]) > time.time()
+    assert attributes(local_stack, queue)["ApproximateNumberOfMessages"] == 0
