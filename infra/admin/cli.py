@@ -359,6 +359,9 @@ def cmd_sweep(target: Target, _args: argparse.Namespace, out: Output) -> int:
     outcomes = ", ".join(f"{name} {count}" for name, count in happened) or "none"
     out.line(f"sweep done in {time.monotonic() - started:.1f}s on {target.description}")
     out.line(f"  dispatched {report.get('dispatched', 0)}; outcomes: {outcomes}")
+    if "queued" in report and "workers" not in report:
+        # Deployed: the dispatch queued them; the refresh workers refresh them now (their refresh_* metrics).
+        out.line(f"  queued {report['queued']} for the refresh workers (budget {report.get('budget')})")
     if "backlog" in report:
         out.line(f"  backlog (due, not reached): {report['backlog']}")
     if report.get("stopped_early"):

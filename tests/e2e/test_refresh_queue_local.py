@@ -29,6 +29,7 @@ def test_what_lambda_takes_for_a_failure_of_the_whole_batch() -> None:
     crashed = Invocation("r", None, "Sandbox.Timedout", "Task timed out")
     assert failed_ids(crashed, RECORDS, partial=True) is None
     assert failed_ids(crashed, RECORDS, partial=False) is None
+    bad: object
     for bad in ([{"itemIdentifier": "zzz"}], [{"itemIdentifier": ""}], [{}], "b"):
         assert failed_ids(Invocation("r", {"batchItemFailures": bad}), RECORDS, partial=True) is None
     # Without ReportBatchItemFailures on the mapping, a returned list means nothing: the batch succeeded.

@@ -47,7 +47,7 @@ class Context:
 def queue_url() -> str:
     sqs = boto3.client("sqs", region_name="us-east-1")
     [url] = [u for u in sqs.list_queues().get("QueueUrls", []) if "RefreshWorkQueue" in u]
-    return url
+    return str(url)
 
 
 @pytest.fixture
@@ -273,9 +273,10 @@ def test_a_worker_reports_only_unreadable_messages_and_crashed_refreshes(
         {"messageId": "m-bad-types", "body": json.dumps({"v": 1, "connection_id": 5, "generation": "1"})},
     ]
     crash_for = json.loads(records[0]["body"])["connection_id"]
+    from smartsheet_oauth.flows import refresh
     from smartsheet_oauth.flows import sweep as sweep_module
 
-    real = sweep_module.refresh_connection
+    real = refresh.refresh_connection
 
     def crashing(due: Any, deps: Any, **kwargs: Any) -> Any:
         if due.connection_id == crash_for:
@@ -308,3 +309,28 @@ def test_a_message_the_pace_has_no_slot_for_is_not_reported_failed_and_stays_due
     assert refreshes(fanned) == before + 1
     assert services.connection_store().count_due(now=int(time.time()))[0] == 2
     assert fanned.sweep()["queued"] == 2
+
+
+def test_an_open_breaker_lets_the_containers_next_batches_go_and_they_stay_due(
+    fanned: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a run of struggling outcomes a worker container stops refreshing for a while, across its batches (each
+    only ten): what it receives meanwhile is neither refreshed nor sent towards the dead-letter queue."""
+    import refresh.worker
+    from smartsheet_oauth.flows.sweep import Breaker
+
+    signed_in_and_due(fanned, *USERS[:2])
+    fanned.sweep()
+    records = receive_all()
+    breaker = Breaker()
+    breaker.open()
+    monkeypatch.setattr(refresh.worker, "BREAKER", breaker)
+    before = refreshes(fanned)
+
+    assert run_worker(records) == {"batchItemFailures": []}
+
+    assert refreshes(fanned) == before
+    assert services.connection_store().count_due(now=int(time.time()))[0] == 2
+    breaker.opened_at = time.monotonic() - 301  # cooled down: the next batch is refreshed
+    assert run_worker(records) == {"batchItemFailures": []}
+    assert refreshes(fanned) == before + 2

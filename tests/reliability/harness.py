@@ -26,11 +26,13 @@ from smartsheet_oauth.config import Config, load_config
 from smartsheet_oauth.domain.errors import StorageError
 from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.domain.vocabulary import RefreshOutcome
-from smartsheet_oauth.flows import steps
+from smartsheet_oauth.flows import fanout, steps
 from smartsheet_oauth.flows.deps import RefreshDeps
-from smartsheet_oauth.flows.sweep import SweepReport, sweep
+from smartsheet_oauth.flows.sweep import Breaker, SweepReport
 from smartsheet_oauth.smartsheet.client import SmartsheetClient, Timeouts
-from smartsheet_oauth.stores.connections import ConnectionStore
+from smartsheet_oauth.stores.connections import ConnectionStore, DueConnection
+from smartsheet_oauth.stores.pace import LocalPace
+from smartsheet_oauth.stores.refresh_queue import BATCH_SIZE, message_of
 from smartsheet_oauth.stores.token_stores import TokenStores, build_token_stores
 
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator, User
@@ -428,9 +430,60 @@ class _Http:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class MemoryQueue:
+    """The refresh queue, in memory: what the dispatcher sends, in order."""
+
+    def __init__(self) -> None:
+        self.bodies: list[str] = []
+
+    def send(self, batch: list[DueConnection]) -> int:
+        self.bodies.extend(message_of(due) for due in batch)
+        return len(batch)
+
+    def waiting(self) -> int:
+        return 0
+
+
 def run_sweep(deps: RefreshDeps, *, budget_seconds: float = 600.0) -> SweepReport:
+    """One run of the refresh through the fan-out, as deployed: the dispatcher queues the due connections, and a
+    worker container refreshes them a batch of ten at a time (its breaker kept across its batches) with every batch
+    delivered twice (at-least-once delivery). The report is the worker's, summed over its batches; `duplicates`
+    counts what the second deliveries did beyond being refused by the lease."""
     deadline = time.monotonic() + budget_seconds
-    return sweep(deps, time_left=lambda: deadline - time.monotonic(), safety_margin_seconds=30.0)
+
+    def time_left() -> float:
+        return deadline - time.monotonic()
+
+    queue = MemoryQueue()
+    dispatched, _ = fanout.dispatch(deps, queue, time_left=time_left, safety_margin_seconds=30.0)
+    report = SweepReport(oldest_due_at=dispatched.oldest_due_at, stopped_early=dispatched.stopped_early)
+    report.outcomes.update(dispatched.outcomes)
+    breaker = Breaker(deps.monotonic)
+    pace = LocalPace(deps.config.refresh_rate_per_minute, deps.monotonic, deps.sleep)
+    for start in range(0, len(queue.bodies), BATCH_SIZE):
+        records = [
+            {"messageId": f"m{start + n}", "body": body}
+            for n, body in enumerate(queue.bodies[start : start + BATCH_SIZE])
+        ]
+        for delivery in (1, 2):
+            batch, failed = fanout.work(
+                deps, records, pace=pace, time_left=time_left, safety_margin_seconds=30.0, breaker=breaker
+            )
+            report.crashed.extend(failed)
+            report.stopped_early |= batch.stopped_early
+            report.breaker_open |= batch.breaker_open
+            if delivery == 1:
+                report.outcomes.update(batch.outcomes)
+                report.dispatched += batch.dispatched
+                report.tried.extend(batch.tried)
+            else:
+                DUPLICATES.update({k: v for k, v in batch.outcomes.items() if v and k != RefreshOutcome.LEASE_BUSY})
+    return report
+
+
+# What second deliveries did other than be refused by the lease (a scenario may look: nothing but what the first
+# delivery left due, e.g. deferred for lack of time).
+DUPLICATES: Counter[str] = Counter()
 
 
 def total(reports: Iterable[SweepReport]) -> Counter[str]:

@@ -23,8 +23,9 @@ from smartsheet_oauth.stores.pace import LocalPace, Pace
 # Outcomes that mean "Smartsheet or AWS is struggling": a long run of them stops the sweep (see sweep()).
 _STRUGGLING = frozenset({RefreshOutcome.TRANSIENT, RefreshOutcome.KEPT, RefreshOutcome.LOST})
 # Outcomes that say nothing of how Smartsheet and AWS are doing now (a refresh not sent for lack of time, a loss in
-# flight found out now but caused earlier): they neither extend nor end a run of struggling ones.
-_NEUTRAL = frozenset({RefreshOutcome.DEFERRED, RefreshOutcome.LOST_IN_FLIGHT})
+# flight found out now but caused earlier, a lease another refresher holds or a duplicate message the lease
+# refused): they neither extend nor end a run of struggling ones.
+_NEUTRAL = frozenset({RefreshOutcome.DEFERRED, RefreshOutcome.LOST_IN_FLIGHT, RefreshOutcome.LEASE_BUSY})
 # This many struggling outcomes in a row stop the sweep: an outage is waited out, not hammered.
 BREAKER_THRESHOLD = 25
 # An open breaker of a refresh worker's container lets its messages go (they stay due) for this long.
