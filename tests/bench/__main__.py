@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench import cold_start, package, store_calls, sweep, warm, world
+from tests.bench import cold_start, fanout, package, store_calls, sweep, warm, world
 from tests.bench.report import Row, exit_code, render
 
 
@@ -32,11 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="warm requests per call-count figure")
     parser.add_argument("--connections", type=int, default=10_000, help="due connections for the sweep")
     parser.add_argument("--window", type=float, default=40.0, help="seconds the measured sweep dispatches")
+    parser.add_argument("--pace-seconds", type=float, default=300.0, help="seconds the shared pace is measured over")
     parser.add_argument("--quick", action="store_true", help="small numbers, for trying the bench itself")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     args = parser.parse_args(argv)
     if args.quick:
         args.cold_runs, args.iterations, args.repeats, args.connections, args.window = 3, 20, 3, 1000, 15.0
+        args.pace_seconds = 30.0
 
     started = time.monotonic()
     rows: list[Row] = []
@@ -75,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         _progress("10. AWS calls per operation for each token store (writes docs/measured-calls.json)", started)
         found, figures["token_stores"] = store_calls.measure(emulator)
         rows += found
+
+    _progress(f"11. refresh fan-out: capacity, dispatch CPU, shared pace over {args.pace_seconds:.0f} s", started)
+    found, figures["fanout"] = fanout.measure(pace_seconds=args.pace_seconds)
+    rows += found
 
     rows.sort(key=lambda row: row.section.split(".")[0])
     print(render(rows))
