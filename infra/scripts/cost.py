@@ -58,6 +58,12 @@ ASSUMPTIONS = {
     "pair_item_bytes": 1400,  # token table item: two sealed pairs (current and previous) and their attributes
     "record_bytes": 600,  # connection record (and its sparse index entry)
     "metrics": 45,  # custom metrics the functions emit (tests/support/metric_catalog.py, one dimension)
+    # The refresh fan-out (template.yaml): SQS requests a refresh costs (a tenth each of the dispatcher's
+    # SendMessageBatch, the mapping's ReceiveMessage and its DeleteMessageBatch: batches of ten).
+    "sqs_requests_per_refresh": 0.3,
+    # The event source mapping's pollers long-poll an empty queue too: ~5 pollers, a 20 s poll each.
+    "sqs_idle_polls_per_month": 5 * 3 * 60 * 24 * 30.4375,
+    "dispatch_seconds": 2.0,  # one dispatch (a due-index read and a few SendMessageBatch calls)
 }
 
 
@@ -131,14 +137,19 @@ def bill(connections: int, store: str, measured: dict[str, Any], template: Templ
         # Secrets Manager asks KMS for the secret's (customer-managed) key on each token-secret read and write.
         kms_requests += total("secrets-manager", ("GetSecretValue", "PutSecretValue", "CreateSecret"))
     kms = 2 * p["kms_key_month"] + max(kms_requests - 20_000, 0) / 1e4 * p["kms_per_10k"]
-    lambda_seconds = refreshes * a["refresh_seconds"] + sign_ins * 0.3
-    invocations = plan.sweeps_per_month + sign_ins * 2 + reads * 0.01  # on-demand refreshes: a hundredth of reads
+    # The workers: each refresh's share of a worker's time; the dispatcher: one short run per schedule tick.
+    lambda_seconds = refreshes * a["refresh_seconds"] + sign_ins * 0.3 + plan.sweeps_per_month * a["dispatch_seconds"]
+    worker_invocations = refreshes / 10  # batches of ten
+    # on-demand refreshes: a hundredth of reads
+    invocations = plan.sweeps_per_month + worker_invocations + sign_ins * 2 + reads * 0.01
     lambda_cost = lambda_seconds * 0.25 * p["lambda_gb_s"] + invocations / 1e6 * p["lambda_per_m"]
     logs_gb = (refreshes + sign_ins * 3) * a["log_bytes_per_refresh"] / 1e9
     cloudwatch = logs_gb * p["logs_gb"] + a["metrics"] * p["metric_month"] + alarms(template) * p["alarm_month"]
     events = sign_ins * _calls(figures["sign_in"], "eventbridge") / 1e6 * p["events_per_m"]
     scheduler = max(plan.sweeps_per_month - 14e6, 0) / 1e6 * p["scheduler_per_m"]
-    sqs = 0.0  # dead-letter queues only: empty while nothing fails (the fan-out branch adds its queue's requests)
+    # The refresh queue (its dead-letter queues stay empty while nothing fails); SSE-SQS costs nothing extra.
+    sqs_requests = refreshes * a["sqs_requests_per_refresh"] + a["sqs_idle_polls_per_month"] + plan.sweeps_per_month
+    sqs = sqs_requests / 1e6 * p["sqs_per_m"]
     return {
         "Secrets Manager": secrets,
         "DynamoDB": dynamodb,
