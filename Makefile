@@ -92,7 +92,7 @@ dev: venv ## run the broker locally: embedded AWS + Smartsheet emulator on http:
 	$(PY) -m infra.local.dev $(ARGS)
 
 demo: venv ## run the whole sign-in and refresh story headless and print each step
-	$(PY) -m infra.local.demo $(ARGS)
+	PYTHONPATH=functions:. $(PY) -m infra.local.demo $(ARGS)
 
 refresh: venv ## trigger the scheduled refresh sweep on the running `make dev` stack
 	$(PY) -m infra.local.dev refresh $(ARGS)
