@@ -94,9 +94,13 @@ def every_metric(r: Resolver) -> list[tuple[str, str, dict[str, str]]]:
 
 
 def function_environment(r: Resolver) -> dict[str, str]:
-    environments = {tuple(sorted(spec.environment.items())) for spec in r.functions()}
-    assert len(environments) == 1, "the functions no longer share one environment"
-    return dict(environments.pop())
+    """The functions' environment: the one they share (the Globals), with what one function has of its own (the
+    refresh dispatcher's queue and schedule); no variable may differ between two functions."""
+    merged: dict[str, str] = {}
+    for spec in r.functions():
+        for name, value in spec.environment.items():
+            assert merged.setdefault(name, value) == value, f"{name} differs between the functions"
+    return merged
 
 
 # ------------------------------------------------------------------------------------------------------ tests
