@@ -53,6 +53,17 @@ REQUIRED = (
 )
 # The template's SmartsheetClientId pattern: the client id is not secret and travels in the environment, so /login
 # never reads the app credentials secret (only the functions that sign token requests do).
+# The pace's default (RefreshRatePerMinute): refreshes a minute, all refreshers together. Smartsheet documents 300
+# requests a minute per access token and each refresh uses its own, so the app-wide pace is the broker's own choice:
+# 360 a minute keeps 2.3 million connections alive (2x headroom at a million; docs/performance.md).
+DEFAULT_REFRESH_RATE_PER_MINUTE = 360
+# With TOKEN_STORE=secretsmanager every refresh writes a secret version (PutSecretValue): 600 a minute is 10 a
+# second, a fifth of the Region's 50-a-second quota that PutSecretValue shares with UpdateSecret and others (not
+# adjustable). The dynamodb store writes no secret, so it may go up to the parameter's maximum. The template passes
+# the ceiling for its store (REFRESH_RATE_CEILING); a cold start above it fails with a clear error.
+SECRETS_MANAGER_MAX_REFRESH_RATE_PER_MINUTE = 600
+MAX_REFRESH_RATE_PER_MINUTE = 6000
+
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -87,7 +98,7 @@ class Config:
     # Refresh: the KMS key a new pair is sealed with while it waits on the record for its secret, and the
     # sweep's pace towards Smartsheet (a storm after an outage is spread out, not fired at once).
     pending_tokens_key_id: str | None = None
-    refresh_rate_per_minute: int = 300
+    refresh_rate_per_minute: int = DEFAULT_REFRESH_RATE_PER_MINUTE
     # The integrator's name, support link and logo on every page the end user sees (edge/pages.py).
     app_name: str = ""
     support_url: str | None = None
@@ -177,7 +188,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         anonymous_login=_switch(environ, "ANONYMOUS_LOGIN", default=True),
         connect_session_ttl_seconds=_int(environ, "CONNECT_SESSION_TTL_SECONDS", 600, low=60, high=3600),
         pending_tokens_key_id=environ.get("PENDING_TOKENS_KEY_ID", "").strip() or None,
-        refresh_rate_per_minute=_int(environ, "REFRESH_RATE_PER_MINUTE", 300, low=1, high=100_000),
+        refresh_rate_per_minute=_refresh_rate(environ),
         app_name=_app_name(environ.get("APP_NAME", "")),
         support_url=_page_url(environ, "SUPPORT_URL", mailto=True),
         logo_url=_page_url(environ, "LOGO_URL", mailto=False),
@@ -287,6 +298,22 @@ def _token_store(environ: Mapping[str, str]) -> tuple[str, str | None]:
         if not environ.get("TOKEN_KMS_KEY_ID", "").strip():
             raise ConfigError("TOKEN_KMS_KEY_ID", "is needed with TOKEN_STORE=dynamodb (it seals the token pairs)")
     return store, table
+
+
+def _refresh_rate(environ: Mapping[str, str]) -> int:
+    """The pace, within the ceiling the template sets for its token store (REFRESH_RATE_CEILING: 600 while token
+    pairs are written to Secrets Manager, 6000 with the dynamodb store alone). Unset (tests, the bench) means none."""
+    rate = _int(environ, "REFRESH_RATE_PER_MINUTE", DEFAULT_REFRESH_RATE_PER_MINUTE, low=1, high=100_000)
+    ceiling = _int(environ, "REFRESH_RATE_CEILING", 100_000, low=1, high=100_000)
+    if rate > ceiling:
+        why = (
+            "each refresh writes a secret version, and 600 a minute is a fifth of the Region's PutSecretValue quota:"
+            " use TokenStore=dynamodb (and end TokenStoreMigration) for a higher pace"
+            if ceiling <= SECRETS_MANAGER_MAX_REFRESH_RATE_PER_MINUTE
+            else "the template's maximum"
+        )
+        raise ConfigError("REFRESH_RATE_PER_MINUTE", f"is {rate}, above {ceiling} for this token store ({why})")
+    return rate
 
 
 @cache

@@ -79,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         rows += found
 
     _progress(f"11. refresh fan-out: capacity, dispatch CPU, shared pace over {args.pace_seconds:.0f} s", started)
-    found, figures["fanout"] = fanout.measure(pace_seconds=args.pace_seconds)
+    # One worker instance refreshes as fast as the sweep's loop did in section 4 (Smartsheet at 100 ms), on Lambda.
+    rates = (figures.get("sweep") or {}).get("rates") or {}
+    worker_rate = min(rates["concurrency"], rates["CPU"]) if "concurrency" in rates and "CPU" in rates else None
+    found, figures["fanout"] = fanout.measure(
+        pace_seconds=args.pace_seconds, worker_rate=worker_rate, store_calls=figures.get("token_stores")
+    )
     rows += found
 
     rows.sort(key=lambda row: row.section.split(".")[0])

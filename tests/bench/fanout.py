@@ -6,24 +6,52 @@ at once. `python -m tests.bench.fanout` prints them alone; `make bench` adds the
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import threading
 import time
 from typing import Any
 
-from smartsheet_oauth.config import load_config
+from smartsheet_oauth.config import (
+    MAX_REFRESH_RATE_PER_MINUTE,
+    SECRETS_MANAGER_MAX_REFRESH_RATE_PER_MINUTE,
+    load_config,
+)
 from smartsheet_oauth.domain.errors import ConditionFailed
 from smartsheet_oauth.flows import fanout
 from smartsheet_oauth.flows.deps import RefreshDeps
 from smartsheet_oauth.stores.connections import DueConnection
 from smartsheet_oauth.stores.pace import PaceWindows, SharedPace, Windows
 
-from tests.bench.report import Row, check, render
+from infra.scripts.sam_translate import load_template
+from tests.bench import store_calls as store_calls_module
+from tests.bench.report import INFO, Row, check, render
 
 SECTION = "11. refresh fan-out"
 TOKEN_LIFETIME_SECONDS = 7 * 86_400
 TARGET_HEADROOM = 2.0
-DEFAULTS = {"pace": 300, "window": 172_800, "interval_minutes": 30}
+_PARAMETERS = load_template()["Parameters"]
+DEFAULTS = {
+    "pace": int(_PARAMETERS["RefreshRatePerMinute"]["Default"]),
+    "window": int(_PARAMETERS["RefreshWindowSeconds"]["Default"]),
+    "interval_minutes": 30,
+}
+# Ten million connections by raising documented parameters (docs/operations.md, "Scaling to 10 million"): the
+# dynamodb store (no secret write per refresh, so the pace may pass Secrets Manager's ceiling of 600), the pace,
+# the workers, the due index's partitions.
+TEN_MILLION: dict[str, Any] = {
+    "TokenStore": "dynamodb",
+    "RefreshRatePerMinute": 3600,
+    "RefreshWorkerConcurrency": 20,
+    "DueShards": 4,
+}
+# What one refresh holds a worker's slot for: Smartsheet's token answer plus the store's calls. An assumption, not a
+# measurement here (moto on a shared 2-core machine measures moto): a generous second.
+SECONDS_PER_REFRESH = 1.0
+# make cost's SQS requests a refresh costs (infra/scripts/cost.py): the bench checks the fan-out keeps to it.
+SQS_PER_REFRESH_BUDGET = 0.3
+# One partition of a DynamoDB index takes about 1,000 writes a second; a refresh rewrites one due-index entry.
+WRITES_PER_PARTITION = 1000
 
 
 def capacity(pace_per_minute: int, window_seconds: int) -> float:
@@ -40,6 +68,76 @@ def pace_needed(connections: int, window_seconds: int, headroom: float) -> int:
     while capacity(pace, window_seconds) < connections * headroom:
         pace = max(pace + 1, math.ceil(pace * 1.01))
     return pace
+
+
+def worker_rows(worker_rate: float | None, figures: dict[str, Any]) -> tuple[list[Row], float, str]:
+    """One worker instance's refreshes a second: section 4's measured rate with Smartsheet answering in 100 ms (the
+    worker runs the sweep's loop, RefreshConcurrency at once; its AWS calls at Lambda's usual answer times, its CPU
+    at 256 MB), or, run alone, RefreshConcurrency at SECONDS_PER_REFRESH a refresh (assumed). Target: the default
+    RefreshWorkerConcurrency keeps up with twice the default pace's scheduled share."""
+    concurrency = load_config(_BENCH_ENV).refresh_concurrency
+    source = "measured, section 4" if worker_rate is not None else f"assumed {SECONDS_PER_REFRESH:g} s a refresh"
+    rate = worker_rate if worker_rate is not None else concurrency / SECONDS_PER_REFRESH
+    shape = Windows(DEFAULTS["pace"])
+    share = shape.sweep_budget / shape.seconds
+    workers = int(_PARAMETERS["RefreshWorkerConcurrency"]["Default"])
+    figures["worker_rate"] = {"rate": rate, "source": source}
+    row = Row(
+        SECTION,
+        f"worker throughput per instance, Smartsheet at 100 ms ({source}; {workers} workers by default)",
+        f"{rate:.1f}/s each, {workers * rate:.1f}/s together",
+        f">= 2 x the default pace's share ({TARGET_HEADROOM * share:.1f}/s)",
+        check(workers * rate >= TARGET_HEADROOM * share),
+    )
+    return [row], rate, source
+
+
+def ten_million(window: int, figures: dict[str, Any], worker_rate: float, source: str) -> list[Row]:
+    """10,000,000 connections with TEN_MILLION's parameters: the pace's headroom, the workers' share of their
+    capacity, the due index's partitions, and the pace within the ceiling the template sets for the store."""
+    connections = 10_000_000
+    p = TEN_MILLION
+    pace = int(p["RefreshRatePerMinute"])
+    label = ", ".join(f"{k}={v}" for k, v in p.items())
+    keeps = capacity(pace, window)
+    shape = Windows(pace)
+    per_second = shape.sweep_budget / shape.seconds  # the workers' scheduled share of the pace
+    workers_can = int(p["RefreshWorkerConcurrency"]) * worker_rate
+    partitions_can = int(p["DueShards"]) * WRITES_PER_PARTITION
+    ceiling = (
+        MAX_REFRESH_RATE_PER_MINUTE if p["TokenStore"] == "dynamodb" else SECRETS_MANAGER_MAX_REFRESH_RATE_PER_MINUTE
+    )
+    figures["ten_million"] = {"keeps": keeps, "per_second": per_second, "workers_can": workers_can}
+    return [
+        Row(
+            SECTION,
+            f"capacity at 10,000,000 ({label})",
+            f"{keeps:,.0f} kept alive: {keeps / connections:.2f}x",
+            f">= {TARGET_HEADROOM:.0f}x",
+            check(keeps / connections >= TARGET_HEADROOM),
+        ),
+        Row(
+            SECTION,
+            f"10M: pace within the {p['TokenStore']} store's ceiling",
+            f"{pace:,}/min",
+            f"<= {ceiling:,}/min",
+            check(pace <= ceiling),
+        ),
+        Row(
+            SECTION,
+            f"10M: workers' load ({p['RefreshWorkerConcurrency']} workers at {worker_rate:.1f}/s each, {source})",
+            f"{per_second:.1f}/s of {workers_can:,.0f}/s",
+            "<= 50% (2x)",
+            check(per_second <= workers_can / TARGET_HEADROOM),
+        ),
+        Row(
+            SECTION,
+            f"10M: due-index writes ({p['DueShards']} partitions, ~{WRITES_PER_PARTITION:,}/s each)",
+            f"{per_second:.1f}/s of {partitions_can:,}/s",
+            "<= 50% (2x)",
+            check(per_second <= partitions_can / TARGET_HEADROOM),
+        ),
+    ]
 
 
 class _Windows(PaceWindows):
@@ -101,8 +199,10 @@ class _Store:
 class _Queue:
     def __init__(self) -> None:
         self.sent = 0
+        self.calls = 0  # SQS requests: SendMessageBatch and GetQueueAttributes
 
     def send(self, batch: list[DueConnection]) -> int:
+        self.calls += 1
         from smartsheet_oauth.stores.refresh_queue import message_of
 
         for due in batch:
@@ -114,8 +214,19 @@ class _Queue:
         return 0
 
 
-def dispatch_cpu(count: int) -> float:
-    """CPU seconds per connection the dispatcher spends reading, batching and encoding `count` due connections."""
+_BENCH_ENV = {
+    "STATE_TABLE_NAME": "s",
+    "CONNECTIONS_TABLE_NAME": "c",
+    "SMARTSHEET_CLIENT_ID": "bench",
+    "APP_CREDENTIALS_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:x",
+    "TOKEN_SECRET_PREFIX": "bench/connections/",
+    "OAUTH_SCOPES": "READ_SHEETS",
+}
+
+
+def dispatch_cpu(count: int) -> tuple[float, float]:
+    """CPU seconds per connection the dispatcher spends reading, batching and encoding `count` due connections, and
+    the SQS requests per connection it makes."""
     base = {
         "STATE_TABLE_NAME": "s",
         "CONNECTIONS_TABLE_NAME": "c",
@@ -133,10 +244,56 @@ def dispatch_cpu(count: int) -> float:
     report, _ = fanout.dispatch(deps, queue, time_left=lambda: 900.0, safety_margin_seconds=30.0)
     spent = time.process_time() - started
     assert queue.sent == report.dispatched == count, (queue.sent, report.dispatched)
-    return spent / count
+    return spent / count, queue.calls / count
 
 
-def measure(*, pace_seconds: float = 300.0, dispatch_count: int = 100_000) -> tuple[list[Row], dict[str, Any]]:
+def sqs_rows(dispatch_calls: float, store_calls: dict[str, Any] | None) -> list[Row]:
+    """SQS requests per refreshed connection (the dispatcher's, counted above, and the mapping's ReceiveMessage and
+    DeleteMessageBatch, one each per batch of the template's BatchSize), and each store's AWS calls per refreshed
+    connection through the queue: section 10's count (this run's, or docs/measured-calls.json's) plus that share.
+    Targets: make cost's assumption, and the design's minimum plus the same share."""
+    mapping = load_template()["Resources"]["RefreshWorkerQueueMapping"]["Properties"]
+    per_refresh = dispatch_calls + 2 / int(mapping["BatchSize"])  # the dispatch's one GetQueueAttributes is shared
+    if store_calls is None:
+        store_calls = json.loads(store_calls_module.MEASURED.read_text(encoding="utf-8"))
+        where = f"docs/measured-calls.json, {store_calls.get('measured_at')}"
+    else:
+        where = "section 10"
+    rows = [
+        Row(
+            SECTION,
+            "SQS requests per refreshed connection (dispatch counted; receive and delete per batch of BatchSize)",
+            f"{per_refresh:.3f}",
+            f"<= {SQS_PER_REFRESH_BUDGET} (make cost's figure)",
+            check(round(per_refresh, 3) <= SQS_PER_REFRESH_BUDGET),  # one GetQueueAttributes a dispatch
+        )
+    ]
+    for store, figures in sorted(store_calls["stores"].items()):
+        refresh = figures["refresh"]
+        own = sum(v for k, v in refresh.items() if k.split(".")[0] in ("dynamodb", "secrets-manager"))
+        total = own + per_refresh
+        target = store_calls_module.MINIMUM_PER_REFRESH + SQS_PER_REFRESH_BUDGET
+        rows.append(
+            Row(
+                SECTION,
+                f"{store}: AWS calls per refreshed connection through the queue ({where} + SQS)",
+                f"{own:.2f} + {per_refresh:.3f} = {total:.2f}",
+                f"<= {target:g} (the design's {store_calls_module.MINIMUM_PER_REFRESH} + SQS)",
+                check(round(total, 3) <= target),
+            )
+        )
+    return rows
+
+
+def measure(
+    *,
+    pace_seconds: float = 300.0,
+    dispatch_count: int = 100_000,
+    worker_rate: float | None = None,
+    store_calls: dict[str, Any] | None = None,
+) -> tuple[list[Row], dict[str, Any]]:
+    """`worker_rate`: one worker instance's refreshes a second as section 4 measured it (None: assumed);
+    `store_calls`: section 10's figures (None: docs/measured-calls.json's)."""
     rows: list[Row] = []
     figures: dict[str, Any] = {}
     pace, window = DEFAULTS["pace"], DEFAULTS["window"]
@@ -150,8 +307,8 @@ def measure(*, pace_seconds: float = 300.0, dispatch_count: int = 100_000) -> tu
                 SECTION,
                 f"capacity at {connections:,} connections, defaults (pace {pace}/min)",
                 f"{keeps:,.0f} kept alive: {headroom:.2f}x",
-                f">= {TARGET_HEADROOM:.0f}x",
-                check(headroom >= TARGET_HEADROOM),
+                f">= {TARGET_HEADROOM:.0f}x" if connections == 1_000_000 else "information (10M: next rows)",
+                check(headroom >= TARGET_HEADROOM) if connections == 1_000_000 else INFO,
             )
         )
         rows.append(
@@ -159,11 +316,15 @@ def measure(*, pace_seconds: float = 300.0, dispatch_count: int = 100_000) -> tu
                 SECTION,
                 f"RefreshRatePerMinute for {TARGET_HEADROOM:.0f}x at {connections:,}",
                 f"{needed:,}/min",
-                "<= 600 (the parameter's maximum)",
-                check(needed <= 600),
+                f"<= {SECRETS_MANAGER_MAX_REFRESH_RATE_PER_MINUTE} (secretsmanager), <= {MAX_REFRESH_RATE_PER_MINUTE}"
+                " (dynamodb)",
+                check(needed <= MAX_REFRESH_RATE_PER_MINUTE),
             )
         )
-    cpu = dispatch_cpu(dispatch_count)
+    speed, rate, source = worker_rows(worker_rate, figures)
+    rows.extend(speed)
+    rows.extend(ten_million(window, figures, rate, source))
+    cpu, dispatch_calls = dispatch_cpu(dispatch_count)
     figures["dispatch_cpu_per_connection"] = cpu
     rate = 1 / cpu
     rows.append(
@@ -175,16 +336,18 @@ def measure(*, pace_seconds: float = 300.0, dispatch_count: int = 100_000) -> tu
             check(cpu * dispatch_count < 60),
         )
     )
+    figures["dispatch_sqs_calls_per_connection"] = dispatch_calls
+    rows.extend(sqs_rows(dispatch_calls, store_calls))
     found_by: dict[int, dict[str, Any]] = {}
     runs = [
         threading.Thread(target=lambda p=p: found_by.__setitem__(p, pace_accuracy(p, 8, pace_seconds)))
-        for p in (300, 600)
+        for p in (DEFAULTS["pace"], 600)
     ]
     for run in runs:
         run.start()
     for run in runs:
         run.join()
-    for per_minute in (300, 600):
+    for per_minute in (DEFAULTS["pace"], 600):
         found = found_by[per_minute]
         figures[f"pace_{per_minute}"] = found
         error = found["taken"] / found["expected"] - 1

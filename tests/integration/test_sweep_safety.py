@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.config import REQUIRED, load_config
-from smartsheet_oauth.domain.errors import PaceExhausted, StorageError
+from smartsheet_oauth.domain.errors import ConfigError, PaceExhausted, StorageError
 from smartsheet_oauth.stores.pace import PaceWindows, SharedPace, Windows
 from smartsheet_oauth.stores.sweep_lease import LEASE_KEY, SweepLeases
 
@@ -292,11 +292,16 @@ def test_the_scheduled_sweep_takes_its_slots_from_the_shared_pace(
 def test_the_template_keeps_refresh_writes_within_a_fifth_of_the_regions_secret_write_quota() -> None:
     """Every refresh (sweep or on-demand) writes one secret version and takes one slot of the shared pace, so the
     broker's refresh writes per second are at most the pace / 60. AWS's quota for PutSecretValue and the writes
-    that share it is 50 a second per Region and account: the broker keeps to a fifth of it (docs/performance.md)."""
+    that share it is 50 a second per Region and account (not adjustable): while pairs are written to Secrets Manager
+    the template's ceiling keeps the broker to a fifth of it, and a cold start above the ceiling fails."""
     template = load_template(TEMPLATE)
-    configured = template["Globals"]["Function"]["Environment"]["Variables"].get("REFRESH_RATE_PER_MINUTE")
-    if isinstance(configured, dict):  # a parameter: the highest pace it accepts
-        highest = int(template["Parameters"][configured["Ref"]]["MaxValue"])
-    else:
-        highest = int(configured or load_config(REQUIRED_ONLY).refresh_rate_per_minute)
-    assert highest / 60 <= 0.2 * 50
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["REFRESH_RATE_PER_MINUTE"] == {"Ref": "RefreshRatePerMinute"}
+    condition, with_secrets, without = variables["REFRESH_RATE_CEILING"]["Fn::If"]
+    assert condition == "UsesTokenSecrets"
+    assert int(with_secrets) / 60 <= 0.2 * 50
+    assert int(without) == int(template["Parameters"]["RefreshRatePerMinute"]["MaxValue"])
+    environ = {**REQUIRED_ONLY, "SMARTSHEET_CLIENT_ID": "client", "REFRESH_RATE_CEILING": with_secrets}
+    with pytest.raises(ConfigError, match="REFRESH_RATE_PER_MINUTE is 601, above 600"):
+        load_config({**environ, "REFRESH_RATE_PER_MINUTE": "601"})
+    assert load_config(environ).refresh_rate_per_minute <= 600

@@ -263,3 +263,27 @@ def test_the_dispatcher_reckons_its_interval_from_the_schedule(expression: str, 
     assert config.dispatch_interval_minutes == minutes
     assert config.due_shards == 1  # one partition of the due index unless DueShards says more
     assert config.refresh_queue_url is None  # no queue: the sweep refreshes in its own process
+
+
+def test_the_pace_keeps_to_the_ceiling_the_template_sets_for_its_token_store() -> None:
+    # 360 a minute by default (2x headroom at a million connections); no ceiling in the environment (tests, the
+    # bench): none applies.
+    assert load_config(BASE).refresh_rate_per_minute == 360
+    assert load_config(BASE | {"REFRESH_RATE_PER_MINUTE": "100000"}).refresh_rate_per_minute == 100_000
+    # Pairs in Secrets Manager: 600 at most (a fifth of the Region's PutSecretValue quota), and the cold start says
+    # what to change above it.
+    with_secrets = BASE | {"REFRESH_RATE_CEILING": "600"}
+    assert load_config(with_secrets | {"REFRESH_RATE_PER_MINUTE": "600"}).refresh_rate_per_minute == 600
+    with pytest.raises(ConfigError) as refused:
+        load_config(with_secrets | {"REFRESH_RATE_PER_MINUTE": "3600"})
+    assert refused.value.variable == "REFRESH_RATE_PER_MINUTE"
+    assert "above 600" in str(refused.value)
+    assert "PutSecretValue" in str(refused.value)
+    assert "TokenStore=dynamodb" in str(refused.value)
+    # The dynamodb store alone: up to the parameter's maximum.
+    dynamodb = BASE | {"REFRESH_RATE_CEILING": "6000"}
+    assert load_config(dynamodb | {"REFRESH_RATE_PER_MINUTE": "6000"}).refresh_rate_per_minute == 6000
+    with pytest.raises(ConfigError, match="is 6001, above 6000 for this token store"):
+        load_config(dynamodb | {"REFRESH_RATE_PER_MINUTE": "6001"})
+    with pytest.raises(ConfigError, match="REFRESH_RATE_CEILING must be a whole number"):
+        load_config(with_secrets | {"REFRESH_RATE_CEILING": "six hundred"})
