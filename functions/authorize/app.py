@@ -42,7 +42,13 @@ def login() -> Response:
     if not config.anonymous_login:
         raise AnonymousLoginDisabled
     return _start(
-        config, now, return_to=params.get("return_to"), end_user_id=None, status=302, region=params.get("region")
+        config,
+        now,
+        return_to=params.get("return_to"),
+        end_user_id=None,
+        connection_id=None,
+        status=302,
+        region=params.get("region"),
     )
 
 
@@ -62,10 +68,16 @@ def connect() -> Response:
     config = get_config()
     now = int(time.time())
     # A connect session binds the sign-in to the integrator's end user; its return_to is the one the integrator
-    # chose (it receives the completion code).
+    # chose (it receives the completion code). A reconnect link also names the account that must sign in.
     session = services.connect_sessions().consume(session_token, now=now)
     return _start(
-        config, now, return_to=session.return_to, end_user_id=session.end_user_id, status=303, region=session.region
+        config,
+        now,
+        return_to=session.return_to,
+        end_user_id=session.end_user_id,
+        connection_id=session.connection_id,
+        status=303,
+        region=session.region,
     )
 
 
@@ -90,6 +102,7 @@ def _connect_page(session_token: str, config: Config, now: int) -> Response:
         urlsplit(session.return_to).hostname or "the app",
         session=session_token,
         form_token=_form_token(browser_key, session_token),
+        reconnect=session.connection_id is not None,
     )
     logger.info("connect page shown", extra={"outcome": "connect_page"})
     count("login", "connect_page")
@@ -109,6 +122,7 @@ def _start(
     *,
     return_to: str | None,
     end_user_id: str | None,
+    connection_id: str | None,
     status: int,
     region: str | None = None,
 ) -> Response:
@@ -120,6 +134,7 @@ def _start(
         return_to=return_to,
         end_user_id=end_user_id,
         region=region,
+        connection_id=connection_id,
     )
     cookie = Cookie(
         name=NONCE_COOKIE,

@@ -225,6 +225,7 @@ class ConnectSession:
     expires_at: int
     return_to: str
     region: str | None = None  # the Smartsheet region the sign-in goes to (the broker's answer names it)
+    connection_id: str | None = None  # a reconnect link's connection
 
 
 @dataclass(frozen=True)
@@ -428,6 +429,22 @@ class ManagementClient:
         body = {"end_user_id": _checked_end_user_id(end_user_id), "return_to": return_to}
         if region is not None:
             body["region"] = region
+        return self._session(body)
+
+    def create_reconnect_session(
+        self, connection_id: str, *, return_to: str, end_user_id: str | None = None
+    ) -> ConnectSession:
+        """A one-time reconnect link for a needs_reauth connection: only that connection's Smartsheet account can
+        finish it, in the region the connection was made in; redeemed like any connect session (finish_connect), the
+        connection is active again. end_user_id: the connection's own by default (required for a connection bound to
+        no end user). BrokerApiError reconnect_not_needed / revoked / end_user_mismatch (409) when there is nothing
+        to reconnect."""
+        body = {"connection_id": _checked_connection_id(connection_id), "return_to": return_to}
+        if end_user_id is not None:
+            body["end_user_id"] = _checked_end_user_id(end_user_id)
+        return self._session(body)
+
+    def _session(self, body: dict[str, Any]) -> ConnectSession:
         answer = self._ok("POST", "/connect-sessions", body)
         return ConnectSession(
             end_user_id=str(answer["end_user_id"]),
@@ -435,6 +452,7 @@ class ManagementClient:
             expires_at=int(answer["expires_at"]),
             return_to=str(answer["return_to"]),
             region=str(answer["region"]) if answer.get("region") else None,
+            connection_id=answer.get("connection_id"),
         )
 
     def complete_connect_session(self, completion_code: str, *, end_user_id: str) -> ConnectResult:

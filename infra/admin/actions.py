@@ -131,6 +131,37 @@ def disconnect(target: Target, connection_id: str) -> DisconnectResult:
     )
 
 
+# ------------------------------------------------------------------------------------------------ reconnect link
+def reconnect_link(
+    target: Target, connection_id: str, *, return_to: str, end_user_id: str | None = None
+) -> dict[str, Any]:
+    """The management API's POST /connect-sessions with connection_id (the library's one implementation): a one-time
+    link that only the connection's own Smartsheet account can finish, for a needs_reauth connection. The answer is
+    the API's (login_url: a bearer link, to hand to that user only)."""
+    deps = ManagementDeps(
+        config=target.config,
+        connections=target.connections,
+        vault=target.vault,
+        sessions=ConnectSessionStore(
+            target.dynamodb, target.config.state_table_name, target.config.connect_session_ttl_seconds
+        ),
+        smartsheet=target.smartsheet,
+        events=None,
+    )
+    body: dict[str, Any] = {"connection_id": connection_id, "return_to": return_to}
+    if end_user_id is not None:
+        body["end_user_id"] = end_user_id
+    login_url = target.stack.outputs.get("LoginUrl", "")
+    if not login_url.endswith("/login"):
+        raise ActionError(f"{target.description} has no LoginUrl output to build the link on")
+    try:
+        return management.create_connect_session(deps, body, broker_url=login_url.removesuffix("/login"))
+    except NotFound:
+        raise ActionError(f"no connection {connection_id}") from None
+    except (BadRequest, Conflict) as exc:
+        raise ActionError(str(exc)) from None
+
+
 # ----------------------------------------------------------------------------------------------------- health
 @dataclass
 class Health:

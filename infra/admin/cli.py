@@ -43,6 +43,7 @@ examples:
   make admin ARGS="--stack broker-prod --region eu-west-1 list --status needs_reauth"
   make admin ARGS="--stack broker-prod refresh 4583173393803140"
   make admin ARGS="--stack broker-prod disconnect 4583173393803140 --yes"
+  make admin ARGS="reconnect-link 4583173393803140 --return-to https://app.example.com/connected"
   make doctor STACK=broker-prod            (python -m infra.admin --stack broker-prod doctor)
 
 in scripts, run `.venv/bin/python -m infra.admin ...` from the repository's root: make turns every
@@ -100,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drop.add_argument("connection_id")
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+    relink = commands.add_parser(
+        "reconnect-link",
+        parents=[common],
+        help="a one-time link that lets a needs_reauth connection's own Smartsheet account connect again",
+    )
+    relink.add_argument("connection_id")
+    relink.add_argument(
+        "--return-to", required=True, metavar="URL", help="your app's page that receives the completion code"
+    )
+    relink.add_argument("--end-user", metavar="ID", help="the end user (default: the connection's own)")
 
     move = commands.add_parser(
         "migrate-store",
@@ -345,6 +357,20 @@ def cmd_disconnect(target: Target, args: argparse.Namespace, out: Output, ask: C
     return OK
 
 
+def cmd_reconnect_link(target: Target, args: argparse.Namespace, out: Output) -> int:
+    session = actions.reconnect_link(target, args.connection_id, return_to=args.return_to, end_user_id=args.end_user)
+    if out.as_json:
+        out.json(session)
+        return OK
+    out.line(
+        f"{args.connection_id}: reconnect link for end user {session['end_user_id']}, valid until"
+        f" {when(session['expires_at'], out.now)}; it works once, for this connection's Smartsheet account only:"
+    )
+    out.line(f"  {session['login_url']}")
+    out.line(f"  the sign-in ends at {session['return_to']} with a completion code your backend redeems")
+    return OK
+
+
 def cmd_sweep(target: Target, _args: argparse.Namespace, out: Output) -> int:
     started = time.monotonic()
     report = target.run_sweep()
@@ -537,6 +563,7 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace, Output], int]] = {
     "list": cmd_list,
     "show": cmd_show,
     "refresh": cmd_refresh,
+    "reconnect-link": cmd_reconnect_link,
     "sweep": cmd_sweep,
     "migrate-store": cmd_migrate_store,
     "health": cmd_health,

@@ -197,3 +197,59 @@ def test_declining_returns_the_user_to_the_app_with_the_outcome_and_binds_nothin
     assert (result.outcome, result.error) == ("declined", "access_denied")
     page.goto(link)
     assert page.title() == "This connect link has expired"
+
+
+def test_a_reconnect_link_brings_back_only_the_same_account(
+    local_stack: LocalStack, browsers: dict[str, Any], return_to: str
+) -> None:
+    """Issue 20 item 4: Grace removed the app at Smartsheet; the integrator's app sends her a reconnect link. Signed in
+    with another Smartsheet account she gets a page saying so and a way back, and nothing changes; with her own
+    account the connection is active again."""
+    backend = integrator_backend(local_stack)
+    page = browsers["grace"].new_page()
+    code = open_connect_link_and_allow(
+        page, local_stack, connect_link(local_stack, "grace", return_to), GRACE, return_to
+    )
+    assert backend.complete_connect_session(code, end_user_id="grace") == GRACE
+    dead = backend.token(end_user_id="grace")
+    local_stack.emulator.revoke_user(GRACE)  # she removes the app in Smartsheet
+    backend.invalidate(dead.connection_id)  # the integrator's call got a 401
+    with pytest.raises(ConnectionUnavailable) as unavailable:
+        backend.token(end_user_id="grace")
+    assert unavailable.value.status == "needs_reauth"
+    before = signed("GET", f"{local_stack.url}/connections/{GRACE}").json()
+
+    # Another Smartsheet account signs in through the link: a page says so, its button leads back to the app.
+    link = backend.management.create_reconnect_session(GRACE, return_to=return_to)
+    assert (link.end_user_id, link.connection_id) == ("grace", GRACE)
+    page.goto(link.login_url)
+    assert page.title() == "Reconnect your Smartsheet account to 127.0.0.1"
+    page.click("#connect")
+    page.wait_for_url(f"{local_stack.emulator.authorize_url}?*")
+    other = next(str(user.id) for user in local_stack.emulator.users if str(user.id) != GRACE)
+    page.select_option("#user", other)
+    page.click("#allow")
+    page.wait_for_load_state()
+    assert page.title() == "Sign in with the account you connected before"
+    assert "Nothing was changed" in page.inner_text("main")
+    assert signed("GET", f"{local_stack.url}/connections/{GRACE}").json() == before
+    page.click("a.button")
+    page.wait_for_url(f"{return_to}?*")
+    failed = backend.management.finish_connect(urlsplit(page.url).query, end_user_id="grace")
+    assert (failed.outcome, failed.error) == ("failed", "wrong_account")
+
+    # A new link, and her own account: active again, and the token works.
+    link = backend.management.create_reconnect_session(GRACE, return_to=return_to)
+    page.goto(link.login_url)
+    page.click("#connect")
+    page.wait_for_url(f"{local_stack.emulator.authorize_url}?*")
+    page.select_option("#user", GRACE)
+    page.click("#allow")
+    page.wait_for_url(f"{return_to}?*")
+    result = backend.management.finish_connect(urlsplit(page.url).query, end_user_id="grace")
+    assert (result.outcome, result.message) == ("connected", "reconnected")
+    assert result.connection is not None
+    assert (result.connection.connection_id, result.connection.status) == (GRACE, "active")
+    token = backend.token(end_user_id="grace")
+    assert token.access_token != dead.access_token
+    assert local_stack.emulator.access_token_is_live(token.access_token)

@@ -92,6 +92,10 @@ def branded_pages() -> dict[str, Callable[[], str]]:
         "anonymous-login-disabled": pages.anonymous_login_disabled,
         "binding-conflict-end-user": lambda: pages.binding_conflict("end_user_has_another_smartsheet_account"),
         "binding-conflict-account": lambda: pages.binding_conflict("smartsheet_account_bound_to_another_end_user"),
+        "reconnect": lambda: pages.connect("app.example.com", session="s" * 43, form_token="f" * 64, reconnect=True),
+        "reconnect-wrong-account": lambda: pages.reconnect_wrong_account(
+            "https://app.example.com/connected?outcome=failed&error=wrong_account"
+        ),
     }
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from smartsheet_oauth.stores.sweep_lease import SweepLeases
@@ -22,9 +23,12 @@ from infra.admin.cli import main
 from infra.local import dev
 from infra.local.demo import BrokerClient
 from infra.local.stack import LocalStack
+from tests.management.test_over_http import signed
 from tests.ops.support import ADA, ALAN, GRACE
 
 pytestmark = pytest.mark.e2e
+
+APP = "https://app.example.com"  # the integrator's app: AllowedReturnTo, where reconnect links return
 
 
 @dataclass
@@ -96,7 +100,10 @@ class Ops:
 def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     state_file = tmp_path_factory.mktemp("dev") / "dev.json"
     # No prewarm: only the functions these tests call start a worker (CPU is shared with the whole suite).
-    with LocalStack(stack_name=f"ops-{os.getpid()}", prewarm=False) as stack, pytest.MonkeyPatch.context() as patch:
+    with (
+        LocalStack(stack_name=f"ops-{os.getpid()}", prewarm=False, parameters={"AllowedReturnTo": APP}) as stack,
+        pytest.MonkeyPatch.context() as patch,
+    ):
         patch.setattr(dev, "STATE_FILE", state_file)
         dev._write_state(stack)  # exactly what `make dev` writes
         client = BrokerClient.of(stack)
@@ -355,6 +362,42 @@ def test_list_and_show_name_the_end_user_and_give_a_dead_connection_no_expiry(ad
     assert isinstance(as_json["scopes"], list)
     assert "next_refresh_at" in as_json
     assert "refresh_due_at" not in as_json
+
+
+def test_reconnect_link_lets_the_same_account_connect_again(ada: Ops) -> None:
+    """Issue 20 item 4: an operator hands a needs_reauth connection's user a reconnect link."""
+    not_needed = ada.admin("reconnect-link", str(ADA), "--return-to", f"{APP}/connected")
+    ada.update(ADA, "SET #status = :s", {":s": {"S": "needs_reauth"}})
+    try:
+        unbound = ada.admin("reconnect-link", str(ADA), "--return-to", f"{APP}/connected")
+        made = ada.admin("reconnect-link", str(ADA), "--return-to", f"{APP}/connected", "--end-user", "user-9")
+        as_json = ada.admin("reconnect-link", str(ADA), "--return-to", f"{APP}/x", "--end-user", "user-9", "--json")
+        [link] = re.findall(r"^  (http://\S+/login\?session=\S+)$", made.out, re.MULTILINE)
+        sign_in = ada.client.connect(link)
+        ada.client.consent(sign_in, allow=True, user_id=str(ADA))
+        returned = ada.client.callback(sign_in)
+        [code] = parse_qs(urlsplit(returned.headers["Location"]).query)["completion_code"]
+        redeemed = signed(
+            "POST", f"{ada.stack.url}/connect-sessions/complete", {"completion_code": code, "end_user_id": "user-9"}
+        )
+        record = ada.record(ADA)
+    finally:
+        ada.update(ADA, "REMOVE end_user_id")  # a bound account refuses the next test's plain sign-in
+
+    assert not_needed.code == 1
+    assert "only a needs_reauth connection gets a reconnect link" in not_needed.err
+    assert unbound.code == 1
+    assert "end_user_id is required" in unbound.err
+    assert made.code == 0, made.err
+    assert "for end user user-9" in made.out
+    assert "this connection's Smartsheet account only" in made.out
+    assert returned.status_code == 303
+    assert redeemed.status_code == 200, redeemed.text
+    assert redeemed.json()["outcome"] == "reconnected"
+    assert (record["status"], record["end_user_id"]) == ("active", "user-9")
+    assert as_json.code == 0
+    assert set(as_json.json()) == {"end_user_id", "connection_id", "login_url", "expires_at", "return_to"}
+    assert as_json.json()["connection_id"] == str(ADA)
 
 
 def test_without_a_running_dev_stack_the_cli_says_what_to_do(tmp_path: Path) -> None:

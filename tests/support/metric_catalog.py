@@ -60,6 +60,7 @@ MANAGEMENT: Final = frozenset(
         "management_listed",
         "management_read",
         "management_disconnected",
+        "management_reconnect_not_needed",  # a reconnect link asked for a connection that is not needs_reauth
         "management_connect_session_created",
         "management_connect_session_completed",
         "management_no_iam_caller",

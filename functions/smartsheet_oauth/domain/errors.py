@@ -260,6 +260,21 @@ class BindingConflict(BrokerError):
         return {"reason": self.reason, "end_user_id": self.end_user_id}
 
 
+class ReconnectWrongAccount(BindingConflict):
+    """A reconnect link (a connect session for one connection) finished by another Smartsheet account: nothing is
+    held or changed, the new grant is revoked. `back` is the integrator's return_to with outcome=failed added, for the
+    page's button."""
+
+    def __init__(self, *, end_user_id: str, smartsheet_user_id: str, connection_id: str, back: str) -> None:
+        super().__init__(
+            "reconnected_with_another_smartsheet_account",
+            end_user_id=end_user_id,
+            smartsheet_user_id=smartsheet_user_id,
+            existing_connection_id=connection_id,
+        )
+        self.back = back
+
+
 class CompletionRefused(BrokerError):
     """A completion code the integrator redeemed that binds nothing: unknown (404), already used, expired, issued for
     another end user, or a binding that would merge two identities (409). `code` is the API's error code."""

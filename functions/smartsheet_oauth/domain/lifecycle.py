@@ -128,6 +128,8 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("confirmed_created", (State.PENDING_BINDING,), State.ACTIVE, "sign_in_bound", DetailType.CREATED),
     Transition("confirmed_reconnected", (State.PENDING_BINDING,), State.ACTIVE, "sign_in_bound",
                DetailType.RECONNECTED),
+    # A reconnect link's sign-in (only the connection's own account gets this far), confirmed: it recovers.
+    Transition("confirmed_recovered", (State.PENDING_BINDING,), State.ACTIVE, "sign_in_bound", DetailType.RECOVERED),
     # Reported, never merged: nothing is bound or written, whichever state the account was in.
     Transition("binding_refused", (State.PENDING_BINDING, *SIGNED_IN), None, None, DetailType.BINDING_CONFLICT),
     # -- a refresh: under the lease, it ends in exactly one outcome, counted as its metric. A refresh keeps the metric

@@ -293,22 +293,30 @@ def connect_link_expired() -> str:
     )
 
 
-def connect(app_host: str, *, session: str, form_token: str) -> str:
+def connect(app_host: str, *, session: str, form_token: str, reconnect: bool = False) -> str:
     """The page a connect link opens: nothing happens until the user's click posts the form (a link scanner that
     fetches the link does not use it up). It names where the account will be connected (the app's name and the
-    address it returns to), so someone who was sent another person's link can tell."""
+    address it returns to), so someone who was sent another person's link can tell. A reconnect link says that only
+    the account connected before can sign in (it names no account: the link is a bearer link)."""
     name = brand().app_name
-    title = f"Connect your Smartsheet account to {name or app_host}"
+    verb = "Reconnect" if reconnect else "Connect"
+    title = f"{verb} your Smartsheet account to {name or app_host}"
     where = f"{name} ({app_host})" if name else app_host
+    asked = (
+        "asks you to reconnect the Smartsheet account you connected before: its access has stopped working. Sign in"
+        " to Smartsheet with that same account."
+        if reconnect
+        else "asked to connect your Smartsheet account."
+    )
     return _document(
         title,
         [
-            f"<p>{escape(where)} asked to connect your Smartsheet account. Continue only if you started this in"
+            f"<p>{escape(where)} {asked} Continue only if you started this in"
             f" {escape(name or app_host)} yourself. If someone sent you this link, close this page.</p>",
             '<form method="post" action="login">',
             f'<input type="hidden" name="session" value="{escape(session, quote=True)}">',
             f'<input type="hidden" name="form_token" value="{escape(form_token, quote=True)}">',
-            '<p><button type="submit" id="connect">Connect Smartsheet</button></p>',
+            f'<p><button type="submit" id="connect">{verb} Smartsheet</button></p>',
             "</form>",
         ],
     )
@@ -358,3 +366,15 @@ def binding_conflict(reason: str = "") -> str:
             " account is already connected to someone else. Nothing was changed."
         )
     return page("This Smartsheet account can't be connected here", message)
+
+
+def reconnect_wrong_account(back: str) -> str:
+    """A reconnect link finished by another Smartsheet account than the connection's: nothing changed."""
+    app = brand().app
+    return page(
+        "Sign in with the account you connected before",
+        f"This link reconnects the Smartsheet account you connected to {app} before, and you signed in to"
+        " Smartsheet with a different account. Nothing was changed. Sign out of Smartsheet, then ask"
+        f" {app} for a new reconnect link and sign in with the account you connected before.",
+        link=(back, f"Back to {app}"),
+    )

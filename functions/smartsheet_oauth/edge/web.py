@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from smartsheet_oauth.domain.errors import BadRequest, BrokerError, answer_for
+from smartsheet_oauth.domain.errors import BadRequest, BrokerError, ReconnectWrongAccount, answer_for
 from smartsheet_oauth.edge import pages
 from smartsheet_oauth.edge.router import Cookie, Response, Router
 from smartsheet_oauth.platform.observability import log_failure, metrics
@@ -92,6 +92,8 @@ _PAGES: dict[str, Callable[[Any, str], str]] = {
     "binding_conflict": lambda exc, reference: (
         pages.bound_through_app()
         if exc.reason == "account_bound_to_an_end_user"
+        else pages.reconnect_wrong_account(exc.back)
+        if isinstance(exc, ReconnectWrongAccount)
         else pages.binding_conflict(exc.reason)
     ),
     "region_not_allowed": lambda exc, reference: pages.region_not_allowed(exc.allowed),

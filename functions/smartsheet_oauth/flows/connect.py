@@ -27,6 +27,7 @@ from smartsheet_oauth.domain.errors import (
     BindingConflict,
     CompletionRefused,
     ConditionFailed,
+    ReconnectWrongAccount,
     SmartsheetError,
     StorageError,
 )
@@ -34,7 +35,7 @@ from smartsheet_oauth.domain.lifecycle import detail_type, status_after
 from smartsheet_oauth.domain.shards import due_jitter
 from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
-from smartsheet_oauth.flows.connect_return import CONNECTED, OUTCOME, with_params
+from smartsheet_oauth.flows.connect_return import CONNECTED, ERROR, FAILED, OUTCOME, with_params
 from smartsheet_oauth.platform.observability import logger
 from smartsheet_oauth.stores import events
 from smartsheet_oauth.stores.completions import BOUND, VOIDED, CompletionStore, HeldCompletion
@@ -44,6 +45,7 @@ from smartsheet_oauth.stores.token_vault import PairSealer
 if TYPE_CHECKING:
     from smartsheet_oauth.flows.deps import ManagementDeps
     from smartsheet_oauth.smartsheet.client import SmartsheetClient
+    from smartsheet_oauth.stores.states import StateRecord
 
 CODE_PARAMETER = "completion_code"  # the query parameter of return_to that carries the code
 _CODE = re.compile(r"[A-Za-z0-9_-]{43}")
@@ -141,6 +143,25 @@ def bind_or_refuse(
         raise
 
 
+def refuse_wrong_account(
+    smartsheet: SmartsheetClient, access_token: str, record: StateRecord, *, signed_in: str, region: str
+) -> None:
+    """A reconnect link brings back one connection: any other Smartsheet account that signs in through it is refused
+    before anything is held or stored, and the grant it just got is revoked (only that grant)."""
+    if record.connection_id is None or record.end_user_id is None or record.return_to is None:
+        raise ValueError("not a reconnect link's sign-in")
+    try:
+        smartsheet.revoke(access_token, region=region)
+    except SmartsheetError as exc:
+        logger.warning("could not revoke the refused grant", extra={"reason": exc.reason})
+    raise ReconnectWrongAccount(
+        end_user_id=record.end_user_id,
+        smartsheet_user_id=signed_in,
+        connection_id=record.connection_id,
+        back=with_params(record.return_to, {OUTCOME: FAILED, ERROR: "wrong_account"}),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- redeeming a code
 def checked_completion(body: dict[str, Any]) -> tuple[str, str]:
     """(completion_code, end_user_id) from the request body, or BadRequest naming the field."""
@@ -197,6 +218,9 @@ def _bind(
     if deps.vault.sealer is None:
         raise StorageError("completions.unseal", "NoSealingKey", transient=False)
     tokens = deps.vault.sealer.open(held.sealed, binding=held.binding)
+    if held.reconnect_of not in (None, held.smartsheet_user_id):  # the callback refused it; held by an older build?
+        _void(deps, completions, held, owner=owner, now=now, tokens=tokens)
+        raise _conflict("reconnected_with_another_smartsheet_account")
     try:
         check_binding(deps.connections, end_user_id=end_user_id, smartsheet_user_id=held.smartsheet_user_id)
     except BindingConflict as conflict:
@@ -247,7 +271,9 @@ def _store(
     connection = deps.connections.get(held.smartsheet_user_id)
     if connection is None:  # the record was written a moment ago; only a deletion by hand can get here
         raise StorageError("connections.get", "ConnectionMissing", transient=True)
-    events.announce(deps.events, "confirmed_created" if is_new else "confirmed_reconnected", connection)
+    # A reconnect link's sign-in recovers its connection (the user came back after needs_reauth): Recovered.
+    transition = "confirmed_recovered" if held.reconnect_of else "confirmed_reconnected"
+    events.announce(deps.events, "confirmed_created" if is_new else transition, connection)
     return Completed(connection=connection, is_new=is_new)
 
 
@@ -299,6 +325,7 @@ def _announce_refusal(
 _CONFLICT_MESSAGES = {
     "smartsheet_account_bound_to_another_end_user": "This Smartsheet account is connected to another end user.",
     "end_user_has_another_smartsheet_account": "This end user already has another Smartsheet account connected.",
+    "reconnected_with_another_smartsheet_account": "The reconnect link was signed in with another Smartsheet account.",
 }
 
 
@@ -319,11 +346,12 @@ def hold_for_confirmation(
     end_user_id: str,
     return_to: str,
     now: int,
+    reconnect_of: str | None = None,
 ) -> AwaitingConfirmation:
     """The callback's side: hold the new pair under a completion code and point the browser at return_to with it.
     If it cannot be held, the grant is revoked before the failure is reported, so no token outlives it."""
     try:
-        code = completions.hold(tokens, end_user_id=end_user_id, sealer=sealer, now=now)
+        code = completions.hold(tokens, end_user_id=end_user_id, sealer=sealer, now=now, reconnect_of=reconnect_of)
     except StorageError:
         _revoke(smartsheet, tokens.access_token, region=tokens.region)
         raise

@@ -40,6 +40,8 @@ FAILURE_CODES = {
     "browser_mismatch": "the sign-in was finished in another browser than the one that started it",
     "binding_conflict": "the account or the end user is already connected otherwise (error_detail says which)",
     "region_conflict": "the same Smartsheet user id is already connected from another region (error_detail names it)",
+    "wrong_account": "a reconnect link was signed in with another Smartsheet account than the connection's (the"
+    " broker's page said so; its button leads here)",
     "temporarily_unavailable": "Smartsheet or AWS storage did not answer; the user can try again in a few minutes",
     "smartsheet_error": "Smartsheet refused the sign-in (e.g. the app's credentials are wrong)",
     "invalid_request": "the callback came without what Smartsheet sends (no code)",

@@ -227,14 +227,21 @@ def _refused(exc: SmartsheetError) -> SmartsheetError:
 
 # --------------------------------------------------------------------------------------------- connect sessions
 def create_connect_session(deps: ManagementDeps, body: dict[str, Any], *, broker_url: str) -> dict[str, Any]:
-    unknown = sorted(set(body) - {"end_user_id", "return_to", "region"})
+    """A one-time login link for an end user; with `connection_id`, a reconnect link for that needs_reauth connection
+    (only its own Smartsheet account can finish it: flows/connect.py), in the connection's own region."""
+    unknown = sorted(set(body) - {"end_user_id", "return_to", "region", "connection_id"})
     if unknown:
         raise BadRequest(
-            f"unknown field(s): {', '.join(unknown)}; the body holds end_user_id, return_to and (optional) region"
+            f"unknown field(s): {', '.join(unknown)}; the body holds end_user_id, return_to and (optional) region or"
+            " connection_id"
         )
-    if "end_user_id" not in body:
-        raise BadRequest("end_user_id is required")
-    end_user_id = checked_end_user_id(body["end_user_id"])
+    connection_id = body.get("connection_id")
+    if connection_id is None:
+        if "end_user_id" not in body:
+            raise BadRequest("end_user_id is required")
+        checked_end_user_id(body["end_user_id"])
+    elif not isinstance(connection_id, str):
+        raise BadRequest("connection_id must be a Smartsheet user id (digits only)")
     return_to = body.get("return_to")
     if not isinstance(return_to, str) or not return_to:
         # The sign-in ends there with the completion code your backend redeems: without it nothing can be bound.
@@ -245,17 +252,64 @@ def create_connect_session(deps: ManagementDeps, body: dict[str, Any], *, broker
     raw_region = body.get("region")
     if raw_region is not None and not isinstance(raw_region, str):
         raise BadRequest("region must be a string: one of the regions this stack allows")
-    region = checked_region(raw_region, deps.config)
+    if connection_id is None:
+        end_user_id = checked_end_user_id(body["end_user_id"])
+        region = checked_region(raw_region, deps.config)
+    else:
+        end_user_id, region = _reconnect_target(deps, connection_id, body.get("end_user_id"), raw_region)
     issued = deps.sessions.create(
         end_user_id=end_user_id,
         return_to=return_to,
         now=int(deps.clock()),
         region=None if region == deps.config.region else region,
+        connection_id=connection_id,
     )
     return {
         "end_user_id": issued.end_user_id,
+        "connection_id": issued.connection_id,
         "login_url": f"{broker_url}/login?session={issued.token}",
         "expires_at": issued.expires_at,
         "return_to": return_to,
         "region": region,
     }
+
+
+def _reconnect_target(
+    deps: ManagementDeps, connection_id: str, raw_end_user_id: object, raw_region: str | None
+) -> tuple[str, str]:
+    """(end user, region) of a reconnect link of `connection_id`. The end user is the connection's own (`end_user_id`
+    may repeat it), or the one given for a connection bound to no one; the region is the one the connection was made
+    in (`region` may repeat it: its tokens live there). Only a needs_reauth connection is reconnected: an active one
+    works, and a revoked one was disconnected (its user connects again with a plain connect session)."""
+    end_user_id = None if raw_end_user_id is None else checked_end_user_id(raw_end_user_id)
+    connection = existing(deps, connection_id)
+    if connection.status == ConnectionStatus.REVOKED:
+        raise Conflict(
+            "revoked",
+            f"Connection {connection_id} was disconnected: make a connect session without connection_id instead.",
+        )
+    if connection.status != ConnectionStatus.NEEDS_REAUTH:
+        raise Conflict(
+            "reconnect_not_needed",
+            f"Connection {connection_id} is {connection.status}: only a needs_reauth connection gets a reconnect link.",
+        )
+    recorded = deps.config.region_of(connection.region)
+    if raw_region is not None and raw_region.strip().lower() != recorded:
+        raise BadRequest(
+            f"region: connection {connection_id} was made in region {recorded} and reconnects there (leave region out)"
+        )
+    region = checked_region(recorded, deps.config)  # RegionNotAllowed once AllowedRegions no longer offers it
+    if connection.end_user_id is None:
+        if end_user_id is None:
+            raise BadRequest(
+                f"end_user_id is required: connection {connection_id} is bound to no end user, and the reconnect binds"
+                " it to the one you name"
+            )
+        return end_user_id, region
+    if end_user_id not in (None, connection.end_user_id):
+        raise Conflict(
+            "end_user_mismatch",
+            f"Connection {connection_id} is bound to another end user than {end_user_id}: its reconnect link is"
+            " that end user's.",
+        )
+    return connection.end_user_id, region

@@ -15,6 +15,7 @@ from smartsheet_oauth.domain.errors import (
     CodeRefused,
     ConditionFailed,
     InvalidGrant,
+    ReconnectWrongAccount,
     RegionConflict,
     RegionNotAllowed,
     SignInRejected,
@@ -108,12 +109,17 @@ def begin_sign_in(
     return_to: str | None = None,
     end_user_id: str | None = None,
     region: str | None = None,
+    connection_id: str | None = None,
 ) -> LoginRedirect:
     checked = checked_return_to(return_to, config.allowed_return_to)
     chosen = checked_region(region, config)
     # The default region's state carries no region: an older callback (mid-deploy) finishes it as before.
     pending = states.create(
-        now=now, return_to=checked, end_user_id=end_user_id, region=None if chosen == config.region else chosen
+        now=now,
+        return_to=checked,
+        end_user_id=end_user_id,
+        region=None if chosen == config.region else chosen,
+        connection_id=connection_id,
     )
     location = authorize_url(
         config.endpoints(chosen)[0],
@@ -212,6 +218,8 @@ def finish_sign_in(
         return finish()
     try:
         return finish()
+    except ReconnectWrongAccount:
+        raise  # its own page: the user may simply have picked the wrong account (it links back to the app)
     except Exception as exc:
         # A connect session's user goes back to the integrator's app, whatever failed (flows/connect_return.py).
         from smartsheet_oauth.flows.connect_return import ConnectSignInFailed  # noqa: PLC0415
@@ -256,6 +264,10 @@ def _finish(
         raise CodeRefused(exc.reason, start_again=start_again) from None
     steps.passed(watcher, steps.CALLBACK_CODE_EXCHANGED)
     user = smartsheet.current_user(grant.access_token, region=region)
+    if record.connection_id is not None and user.id != record.connection_id:
+        from smartsheet_oauth.flows.connect import refuse_wrong_account  # noqa: PLC0415
+
+        refuse_wrong_account(smartsheet, grant.access_token, record, signed_in=user.id, region=region)
     refuse_other_region(connections, smartsheet, grant.access_token, config=config, user_id=user.id, region=region)
     if record.end_user_id is not None:
         bind_or_refuse(
@@ -280,6 +292,7 @@ def _finish(
             end_user_id=record.end_user_id,
             return_to=record.return_to,
             now=now,
+            reconnect_of=record.connection_id,
         )
     secret_arn = vault.save(user.id, tokens)
     steps.passed(watcher, steps.CALLBACK_STORED, user.id)

@@ -39,6 +39,7 @@ class HeldCompletion:
     smartsheet_user_id: str
     sealed: bytes
     expires_at: int
+    reconnect_of: str | None = None  # a reconnect link's connection
 
     def __repr__(self) -> str:
         return (
@@ -66,7 +67,15 @@ class CompletionStore:
         self._table = table_name
         self._ttl = ttl_seconds
 
-    def hold(self, tokens: TokenSet, *, end_user_id: str, sealer: PairSealer | None, now: int) -> str:
+    def hold(
+        self,
+        tokens: TokenSet,
+        *,
+        end_user_id: str,
+        sealer: PairSealer | None,
+        now: int,
+        reconnect_of: str | None = None,
+    ) -> str:
         """Keep the pair sealed under a new code and return the code (only its hash is stored)."""
         if sealer is None:  # the template always sets PENDING_TOKENS_KEY_ID; without a key, nothing is held
             raise StorageError("completions.seal", "NoSealingKey", transient=False)
@@ -81,6 +90,8 @@ class CompletionStore:
             "created_at": {"N": str(now)},
             "expires_at": {"N": str(now + self._ttl)},
         }
+        if reconnect_of is not None:
+            item["reconnect_of"] = {"S": reconnect_of}
         with storage("completions.hold"):
             self._client.put_item(
                 TableName=self._table,
@@ -122,6 +133,7 @@ class CompletionStore:
             smartsheet_user_id=item["smartsheet_user_id"]["S"],
             sealed=bytes(item["sealed_pair"]["B"]),
             expires_at=int(item["expires_at"]["N"]),
+            reconnect_of=item["reconnect_of"]["S"] if "reconnect_of" in item else None,
         )
 
     def _why_not_claimed(self, key: str, now: int) -> CompletionRefused:

@@ -30,9 +30,13 @@ class IssuedSession:
     token: str
     end_user_id: str
     expires_at: int
+    connection_id: str | None = None  # a reconnect link: the connection it brings back
 
     def __repr__(self) -> str:
-        return f"IssuedSession(end_user_id={self.end_user_id!r}, expires_at={self.expires_at}, token=<hidden>)"
+        return (
+            f"IssuedSession(end_user_id={self.end_user_id!r}, connection_id={self.connection_id!r},"
+            f" expires_at={self.expires_at}, token=<hidden>)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,8 @@ class ConnectSession:
     expires_at: int
     # The Smartsheet region the sign-in goes to; None: the stack's default.
     region: str | None = None
+    # A reconnect link's connection: the sign-in succeeds only as that Smartsheet account (flows/connect.py).
+    connection_id: str | None = None
 
 
 def _key(token: str) -> str:
@@ -57,7 +63,15 @@ class ConnectSessionStore:
         self._table = table_name
         self._ttl = ttl_seconds
 
-    def create(self, *, end_user_id: str, return_to: str, now: int, region: str | None = None) -> IssuedSession:
+    def create(
+        self,
+        *,
+        end_user_id: str,
+        return_to: str,
+        now: int,
+        region: str | None = None,
+        connection_id: str | None = None,
+    ) -> IssuedSession:
         token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
         expires_at = now + self._ttl
         item = {
@@ -70,6 +84,8 @@ class ConnectSessionStore:
         }
         if region:
             item["region"] = {"S": region}
+        if connection_id is not None:
+            item["connection_id"] = {"S": connection_id}
         with storage("sessions.create"):
             self._client.put_item(
                 TableName=self._table,
@@ -77,7 +93,7 @@ class ConnectSessionStore:
                 ConditionExpression="attribute_not_exists(#s)",
                 ExpressionAttributeNames={"#s": "state"},
             )
-        return IssuedSession(token=token, end_user_id=end_user_id, expires_at=expires_at)
+        return IssuedSession(token=token, end_user_id=end_user_id, expires_at=expires_at, connection_id=connection_id)
 
     def peek(self, token: str, *, now: int) -> ConnectSession:
         """What the session holds, leaving it unused: opening the link (GET) only shows the connect page, so a mail
@@ -128,4 +144,5 @@ def _session(item: dict[str, Any], *, now: int) -> ConnectSession:
         return_to=item["return_to"]["S"],
         expires_at=int(item["expires_at"]["N"]),
         region=item["region"]["S"] if "region" in item else None,
+        connection_id=item["connection_id"]["S"] if "connection_id" in item else None,
     )

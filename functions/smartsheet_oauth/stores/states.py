@@ -41,6 +41,8 @@ class StateRecord:
     end_user_id: str | None = None
     # The Smartsheet region the sign-in chose; None (a state written before regions) means the stack's default.
     region: str | None = None
+    # Set when the connect session was a reconnect link: the connection (Smartsheet account) that must sign in.
+    connection_id: str | None = None
 
     def matches(self, nonce: str | None) -> bool:
         """Constant-time comparison of the cookie's nonce with the stored hash."""
@@ -64,7 +66,13 @@ class StateStore:
         self._ttl = ttl_seconds
 
     def create(
-        self, *, now: int, return_to: str | None = None, end_user_id: str | None = None, region: str | None = None
+        self,
+        *,
+        now: int,
+        return_to: str | None = None,
+        end_user_id: str | None = None,
+        region: str | None = None,
+        connection_id: str | None = None,
     ) -> PendingSignIn:
         pending = PendingSignIn(state=secrets.token_urlsafe(STATE_BYTES), nonce=secrets.token_urlsafe(32))
         item = {
@@ -79,6 +87,8 @@ class StateStore:
             item["end_user_id"] = {"S": end_user_id}
         if region:
             item["region"] = {"S": region}
+        if connection_id:
+            item["connection_id"] = {"S": connection_id}
         with storage("state.create"):
             # 256 random bits cannot collide in practice; the condition makes a collision an error, not a takeover.
             self._client.put_item(
@@ -113,6 +123,7 @@ class StateStore:
             expires_at=int(item["expires_at"]["N"]),
             end_user_id=item["end_user_id"]["S"] if "end_user_id" in item else None,
             region=item["region"]["S"] if "region" in item else None,
+            connection_id=item["connection_id"]["S"] if "connection_id" in item else None,
         )
         # TTL deletion is lazy (up to days late) and DynamoDB still returns expired items: check it here.
         if record.expires_at <= now:
