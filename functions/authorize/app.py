@@ -47,6 +47,7 @@ def login() -> Response:
         return_to=params.get("return_to"),
         end_user_id=None,
         connection_id=None,
+        tags=None,
         status=302,
         region=params.get("region"),
     )
@@ -76,6 +77,7 @@ def connect() -> Response:
         return_to=session.return_to,
         end_user_id=session.end_user_id,
         connection_id=session.connection_id,
+        tags=session.tags,
         status=303,
         region=session.region,
     )
@@ -123,6 +125,7 @@ def _start(
     return_to: str | None,
     end_user_id: str | None,
     connection_id: str | None,
+    tags: dict[str, str] | None,
     status: int,
     region: str | None = None,
 ) -> Response:
@@ -135,6 +138,7 @@ def _start(
         end_user_id=end_user_id,
         region=region,
         connection_id=connection_id,
+        tags=tags,
     )
     cookie = Cookie(
         name=NONCE_COOKIE,

@@ -31,6 +31,7 @@ def deps() -> ManagementDeps:
         smartsheet=services.smartsheet_client,
         events=services.event_publisher(),
         pace=services.shared_pace(),
+        tags=services.connection_tags(),
     )
 
 
@@ -58,6 +59,14 @@ def refresh_connection(connection_id: str) -> Response:
     result = on_demand.refresh_on_demand(current, connection_id, min_valid=min_valid, time_left=time_left)
     logger.info("on-demand refresh", extra={"connection_id": connection_id, "outcome": result["outcome"]})
     management_api.count(f"refresh_{result['outcome']}")
+    return management_api.answer(200, result)
+
+
+@app.put("/connections/<connection_id>/tags")
+def set_tags(connection_id: str) -> Response:
+    result = management.set_tags(deps(), connection_id, management_api.json_body(app, required=True))
+    logger.info("connection tags set", extra={"connection_id": connection_id, "tags": len(result["tags"])})
+    management_api.count("tags_set")
     return management_api.answer(200, result)
 
 

@@ -107,6 +107,8 @@ class Config:
     # under TOKEN_KMS_KEY_ID). Stored pairs are read where their record says, whichever this is.
     token_store: str = "secretsmanager"  # noqa: S105 (a store's name, not a secret)
     token_table_name: str | None = None
+    # The tag index (ConnectionTagsTable, stores/connection_tags.py): None in a function that never changes tags.
+    connection_tags_table_name: str | None = None
     # The base of the login links the management API hands out (CustomDomainName): None means the host the request
     # came in on.
     public_base_url: str | None = None
@@ -194,6 +196,7 @@ def load_config(environ: Mapping[str, str]) -> Config:
         logo_url=_page_url(environ, "LOGO_URL", mailto=False),
         token_store=token_store,
         token_table_name=token_table_name,
+        connection_tags_table_name=environ.get("CONNECTION_TAGS_TABLE_NAME", "").strip() or None,
         public_base_url=_public_base_url(environ),
         event_resource=environ.get("EVENT_RESOURCE_ARN", "").strip() or None,
         allowed_regions=_allowed_regions(environ.get("ALLOWED_REGIONS", ""), region),

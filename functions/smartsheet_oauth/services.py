@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from smartsheet_oauth.smartsheet.client import SmartsheetClient
     from smartsheet_oauth.stores.completions import CompletionStore
     from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
+    from smartsheet_oauth.stores.connection_tags import ConnectionTagStore
     from smartsheet_oauth.stores.connections import ConnectionStore
     from smartsheet_oauth.stores.events import EventPublisher
     from smartsheet_oauth.stores.imports import ImportLedger
@@ -99,6 +100,14 @@ def connection_store() -> ConnectionStore:
 
     config = get_config()
     return ConnectionStore(aws.dynamodb(), config.connections_table_name, due_shards=config.due_shards)
+
+
+@cache
+def connection_tags() -> ConnectionTagStore:
+    from smartsheet_oauth.stores.connection_tags import ConnectionTagStore  # noqa: PLC0415
+
+    config = get_config()
+    return ConnectionTagStore(aws.dynamodb(), config.connections_table_name, config.connection_tags_table_name)
 
 
 @cache
@@ -200,7 +209,15 @@ def reset() -> None:
     aws.reset()
     with _credentials_lock:
         _credentials = None
-    factories = (state_store, connection_store, token_vault, event_publisher, connect_sessions, completion_store)
+    factories = (
+        state_store,
+        connection_store,
+        connection_tags,
+        token_vault,
+        event_publisher,
+        connect_sessions,
+        completion_store,
+    )
     for factory in (*factories, sweep_leases, import_ledger):
         factory.cache_clear()
     with _client_lock:

@@ -195,6 +195,7 @@ class Connection:
     created_at: int
     updated_at: int
     secret_arn: str
+    tags: Mapping[str, str] = field(default_factory=dict)  # your labels (PUT /connections/{id}/tags)
 
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> Connection:
@@ -213,6 +214,7 @@ class Connection:
             created_at=int(raw.get("created_at") or 0),
             updated_at=int(raw.get("updated_at") or 0),
             secret_arn=str(raw.get("secret_arn") or ""),
+            tags={str(k): str(v) for k, v in (raw.get("tags") or {}).items()},
         )
 
 
@@ -422,26 +424,43 @@ class ManagementClient:
         raise _api_error(status, answer)
 
     # ------------------------------------------------------------------------------------------ connect sessions
-    def create_connect_session(self, end_user_id: str, *, return_to: str, region: str | None = None) -> ConnectSession:
+    def create_connect_session(
+        self,
+        end_user_id: str,
+        *,
+        return_to: str,
+        region: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> ConnectSession:
         """A one-time link (login_url) that connects your end user's Smartsheet account; the sign-in ends at
         return_to with outcome=connected&completion_code=... (or outcome=declined / failed&error=...). region: the
-        Smartsheet region to sign in to (one of the stack's AllowedRegions; None: its SmartsheetRegion)."""
-        body = {"end_user_id": _checked_end_user_id(end_user_id), "return_to": return_to}
+        Smartsheet region to sign in to (one of the stack's AllowedRegions; None: its SmartsheetRegion). `tags`: set
+        on the connection when it is bound."""
+        body: dict[str, Any] = {"end_user_id": _checked_end_user_id(end_user_id), "return_to": return_to}
         if region is not None:
             body["region"] = region
+        if tags is not None:
+            body["tags"] = dict(tags)
         return self._session(body)
 
     def create_reconnect_session(
-        self, connection_id: str, *, return_to: str, end_user_id: str | None = None
+        self,
+        connection_id: str,
+        *,
+        return_to: str,
+        end_user_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> ConnectSession:
         """A one-time reconnect link for a needs_reauth connection: only that connection's Smartsheet account can
         finish it, in the region the connection was made in; redeemed like any connect session (finish_connect), the
         connection is active again. end_user_id: the connection's own by default (required for a connection bound to
         no end user). BrokerApiError reconnect_not_needed / revoked / end_user_mismatch (409) when there is nothing
         to reconnect."""
-        body = {"connection_id": _checked_connection_id(connection_id), "return_to": return_to}
+        body: dict[str, Any] = {"connection_id": _checked_connection_id(connection_id), "return_to": return_to}
         if end_user_id is not None:
             body["end_user_id"] = _checked_end_user_id(end_user_id)
+        if tags is not None:
+            body["tags"] = dict(tags)
         return self._session(body)
 
     def _session(self, body: dict[str, Any]) -> ConnectSession:
@@ -495,14 +514,22 @@ class ManagementClient:
         return Connection.from_api(self._ok("GET", path))
 
     def list_connections(
-        self, *, status: str | None = None, end_user_id: str | None = None, page_size: int = 50
+        self,
+        *,
+        status: str | None = None,
+        end_user_id: str | None = None,
+        tag: tuple[str, str] | None = None,
+        page_size: int = 50,
     ) -> Iterator[Connection]:
-        """Every connection (of a status, of an end user), page after page as you iterate."""
+        """Every connection (of a status; of an end user or of one tag, (key, value)), page after page as you
+        iterate."""
         query: dict[str, str] = {"limit": str(page_size)}
         if status is not None:
             query["status"] = status
         if end_user_id is not None:
             query["end_user_id"] = _checked_end_user_id(end_user_id)
+        if tag is not None:
+            query["tag"] = f"{tag[0]}={tag[1]}"
         while True:
             answer = self._ok("GET", f"/connections?{urlencode(query, quote_via=quote)}")
             for raw in answer.get("connections", []):
@@ -522,6 +549,11 @@ class ManagementClient:
         path = f"/connections/{quote(_checked_connection_id(connection_id), safe='')}/refresh"
         answer = self._ok("POST", path, {"min_valid_seconds": min_valid_seconds})
         return RefreshResult(outcome=str(answer["outcome"]), connection=Connection.from_api(answer["connection"]))
+
+    def set_tags(self, connection_id: str, tags: Mapping[str, str]) -> Connection:
+        """Replace the connection's tags with `tags` (an empty mapping removes them all); answers the connection."""
+        path = f"/connections/{quote(_checked_connection_id(connection_id), safe='')}/tags"
+        return Connection.from_api(self._ok("PUT", path, {"tags": dict(tags)}))
 
     def disconnect(self, connection_id: str) -> Disconnected:
         """Revoke the grant at Smartsheet, mark the connection revoked, schedule its secret's deletion."""

@@ -22,6 +22,7 @@ from smartsheet_oauth.flows.deps import ManagementDeps, RefreshDeps
 from smartsheet_oauth.flows.on_demand import PACE_WAIT_SECONDS
 from smartsheet_oauth.flows.refresh import refresh_connection
 from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
+from smartsheet_oauth.stores.connection_tags import ConnectionTagStore
 from smartsheet_oauth.stores.connections import Connection, DueConnection
 from smartsheet_oauth.stores.pace import PaceWindows, SharedPace
 
@@ -156,6 +157,35 @@ def reconnect_link(
         raise ActionError(f"{target.description} has no LoginUrl output to build the link on")
     try:
         return management.create_connect_session(deps, body, broker_url=login_url.removesuffix("/login"))
+    except NotFound:
+        raise ActionError(f"no connection {connection_id}") from None
+    except (BadRequest, Conflict) as exc:
+        raise ActionError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------------------- tags
+def set_tags(
+    target: Target, connection_id: str, *, put: dict[str, str], remove: list[str], clear: bool
+) -> dict[str, Any]:
+    """Change a connection's tags as PUT /connections/{id}/tags does (record and tag index in one transaction):
+    `clear` drops them all first, then `remove` drops keys and `put` sets keys. Answers the connection's view."""
+    deps = ManagementDeps(
+        config=target.config,
+        connections=target.connections,
+        vault=target.vault,
+        sessions=ConnectSessionStore(target.dynamodb, target.config.state_table_name, target.config.state_ttl_seconds),
+        smartsheet=target.smartsheet,
+        tags=ConnectionTagStore(
+            target.dynamodb, target.config.connections_table_name, target.config.connection_tags_table_name
+        ),
+    )
+    try:
+        current = management.get_connection(deps, connection_id)
+        tags = {} if clear else dict(current["tags"])
+        for key in remove:
+            tags.pop(key, None)
+        tags.update(put)
+        return management.set_tags(deps, connection_id, {"tags": tags})
     except NotFound:
         raise ActionError(f"no connection {connection_id}") from None
     except (BadRequest, Conflict) as exc:

@@ -44,6 +44,7 @@ examples:
   make admin ARGS="--stack broker-prod refresh 4583173393803140"
   make admin ARGS="--stack broker-prod disconnect 4583173393803140 --yes"
   make admin ARGS="reconnect-link 4583173393803140 --return-to https://app.example.com/connected"
+  make admin ARGS="tags 4583173393803140 --set workspace=acme --remove plan"
   make doctor STACK=broker-prod            (python -m infra.admin --stack broker-prod doctor)
 
 in scripts, run `.venv/bin/python -m infra.admin ...` from the repository's root: make turns every
@@ -112,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--return-to", required=True, metavar="URL", help="your app's page that receives the completion code"
     )
     relink.add_argument("--end-user", metavar="ID", help="the end user (default: the connection's own)")
+
+    tags = commands.add_parser(
+        "tags",
+        parents=[common],
+        help="show a connection's tags, or change them (the record and the tag index together)",
+    )
+    tags.add_argument("connection_id")
+    tags.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="set a tag (repeatable)")
+    tags.add_argument("--remove", action="append", default=[], metavar="KEY", help="remove a tag (repeatable)")
+    tags.add_argument("--clear", action="store_true", help="remove every tag first")
 
     move = commands.add_parser(
         "migrate-store",
@@ -371,6 +382,31 @@ def cmd_reconnect_link(target: Target, args: argparse.Namespace, out: Output) ->
     return OK
 
 
+def cmd_tags(target: Target, args: argparse.Namespace, out: Output) -> int:
+    if args.set or args.remove or args.clear:
+        put: dict[str, str] = {}
+        for pair in args.set:
+            key, separator, value = pair.partition("=")
+            if not separator:
+                raise ActionError(f"--set {pair!r}: write KEY=VALUE")
+            put[key] = value
+        connection = actions.set_tags(target, args.connection_id, put=put, remove=args.remove, clear=args.clear)
+        tags = connection["tags"]
+    else:
+        current = target.connections.get(args.connection_id)
+        if current is None:
+            raise ActionError(f"no connection {args.connection_id}")
+        tags = dict(current.tags)
+    if out.as_json:
+        out.json({"connection_id": args.connection_id, "tags": tags})
+        return OK
+    if not tags:
+        out.line(f"{args.connection_id}: no tags")
+    for key in sorted(tags):
+        out.line(f"{key}={tags[key]}")
+    return OK
+
+
 def cmd_sweep(target: Target, _args: argparse.Namespace, out: Output) -> int:
     started = time.monotonic()
     report = target.run_sweep()
@@ -564,6 +600,7 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace, Output], int]] = {
     "show": cmd_show,
     "refresh": cmd_refresh,
     "reconnect-link": cmd_reconnect_link,
+    "tags": cmd_tags,
     "sweep": cmd_sweep,
     "migrate-store": cmd_migrate_store,
     "health": cmd_health,

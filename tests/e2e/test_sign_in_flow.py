@@ -105,6 +105,7 @@ def test_every_template_route_is_served(local_stack: LocalStack) -> None:
         "GET /connections/{connection_id}",
         "POST /connections/{connection_id}/refresh",
         "DELETE /connections/{connection_id}",
+        "PUT /connections/{connection_id}/tags",
         "POST /connect-sessions",
         "POST /connect-sessions/complete",
     }

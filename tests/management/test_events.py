@@ -24,6 +24,7 @@ DETAIL_KEYS = {
     "status",
     "reason",
     "occurred_at",
+    "tags",
 }
 
 

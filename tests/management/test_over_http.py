@@ -60,6 +60,7 @@ def test_every_iam_route_of_the_template_refuses_unsigned_requests_and_serves_si
         "GET /connections/{connection_id}",
         "POST /connections/{connection_id}/refresh",
         "DELETE /connections/{connection_id}",
+        "PUT /connections/{connection_id}/tags",
         "POST /connect-sessions",
         "POST /connect-sessions/complete",
     }

@@ -396,8 +396,35 @@ def test_reconnect_link_lets_the_same_account_connect_again(ada: Ops) -> None:
     assert redeemed.json()["outcome"] == "reconnected"
     assert (record["status"], record["end_user_id"]) == ("active", "user-9")
     assert as_json.code == 0
-    assert set(as_json.json()) == {"end_user_id", "connection_id", "login_url", "expires_at", "return_to"}
+    assert set(as_json.json()) == {"end_user_id", "connection_id", "tags", "login_url", "expires_at", "return_to"}
     assert as_json.json()["connection_id"] == str(ADA)
+
+
+def test_tags_are_shown_set_and_removed_with_the_index_kept_in_step(ada: Ops) -> None:
+    """Issue 20 item 3: operators change tags from the CLI as the API does."""
+    try:
+        empty = ada.admin("tags", str(ADA))
+        set_ = ada.admin("tags", str(ADA), "--set", "workspace=acme", "--set", "plan=pro tier")
+        moved = ada.admin("tags", str(ADA), "--remove", "plan", "--set", "workspace=globex", "--json")
+        listed = signed("GET", f"{ada.stack.url}/connections?tag=workspace%3Dglobex").json()["connections"]
+        old = signed("GET", f"{ada.stack.url}/connections?tag=workspace%3Dacme").json()["connections"]
+        bad = ada.admin("tags", str(ADA), "--set", "a b=c")
+        malformed = ada.admin("tags", str(ADA), "--set", "novalue")
+    finally:
+        cleared = ada.admin("tags", str(ADA), "--clear")
+
+    assert (empty.code, empty.out.strip()) == (0, f"{ADA}: no tags")
+    assert set_.code == 0, set_.err
+    assert set_.out.splitlines() == ["plan=pro tier", "workspace=acme"]
+    assert moved.json() == {"connection_id": str(ADA), "tags": {"workspace": "globex"}}
+    assert [c["connection_id"] for c in listed] == [str(ADA)]
+    assert old == []
+    assert bad.code == 1
+    assert "tag key 'a b' is not allowed" in bad.err
+    assert malformed.code == 1
+    assert "KEY=VALUE" in malformed.err
+    assert cleared.code == 0
+    assert "tags" not in ada.record(ADA)
 
 
 def test_without_a_running_dev_stack_the_cli_says_what_to_do(tmp_path: Path) -> None:

@@ -119,6 +119,7 @@ def in_process_broker(
             "PENDING_TOKENS_KEY_ID": pending_tokens_key_arn(),
             "TOKEN_STORE": token_store,
             "TOKEN_TABLE_NAME": aws.table_name("TokenTable"),
+            "CONNECTION_TAGS_TABLE_NAME": aws.table_name("ConnectionTagsTable"),
             "POWERTOOLS_SERVICE_NAME": "smartsheet-oauth-broker",
             "POWERTOOLS_LOG_LEVEL": "DEBUG",
         }

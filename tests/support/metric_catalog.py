@@ -61,6 +61,7 @@ MANAGEMENT: Final = frozenset(
         "management_read",
         "management_disconnected",
         "management_reconnect_not_needed",  # a reconnect link asked for a connection that is not needs_reauth
+        "management_tags_set",  # PUT /connections/{id}/tags
         "management_connect_session_created",
         "management_connect_session_completed",
         "management_no_iam_caller",

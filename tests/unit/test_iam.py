@@ -26,6 +26,7 @@ BASIC_EXECUTION = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionR
 # -- the template's resources as its policies name them (after the transform) ------------------------
 STATE_TABLE = {"Fn::GetAtt": ["StateTable", "Arn"]}
 CONNECTIONS_TABLE = {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}
+TAGS_TABLE = {"Fn::GetAtt": ["ConnectionTagsTable", "Arn"]}
 DUE_INDEX = {"Fn::Sub": "${ConnectionsTable.Arn}/index/by-refresh-due"}
 END_USER_INDEX = {"Fn::Sub": "${ConnectionsTable.Arn}/index/by-end-user"}
 APP_CREDENTIALS = {"Ref": "AppCredentialsSecret"}
@@ -124,8 +125,12 @@ EXPECTED: dict[str, set[Grant]] = {
     | grants(["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], TOKEN_SECRETS)
     | SEAL_PENDING_PAIRS
     | PUBLISH_EVENTS,
-    "ManagementFunction": grants(["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan"], CONNECTIONS_TABLE)
+    "ManagementFunction": grants(
+        ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Scan", "dynamodb:BatchGetItem"], CONNECTIONS_TABLE
+    )
     | grants(["dynamodb:Query"], END_USER_INDEX)
+    # The tag index: its items written with the record's update in one transaction, and queried by tag.
+    | grants(["dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"], TAGS_TABLE)
     | grants(["dynamodb:PutItem"], STATE_TABLE, SESSION_KEYS_ONLY)
     | SHARE_THE_PACE
     | grants(["dynamodb:UpdateItem", "dynamodb:GetItem"], STATE_TABLE, COMPLETION_KEYS_ONLY)
@@ -487,6 +492,10 @@ def key_arn(key_id: str) -> str:
 def resources_of(call: Call) -> list[str]:
     """The ARNs IAM checks the call against."""
     p = call.params
+    if call.service == "dynamodb" and "TransactItems" in p:
+        return sorted({table_arn(params["TableName"]) for entry in p["TransactItems"] for params in entry.values()})
+    if call.service == "dynamodb" and "RequestItems" in p:
+        return sorted(table_arn(table) for table in p["RequestItems"])
     if call.service == "dynamodb" and "TableName" in p:
         arn = table_arn(p["TableName"])
         return [f"{arn}/index/{p['IndexName']}" if p.get("IndexName") else arn]
@@ -537,7 +546,24 @@ def needed(
     call: Call, token_key: str | None, partition_keys: Mapping[str, str] | None = None
 ) -> list[tuple[str, str, dict[str, Any]]]:
     """(action, resource, request context) IAM evaluates for the call, including what a service asks KMS for.
-    `partition_keys` maps a table name to its partition key attribute (for dynamodb:LeadingKeys)."""
+    `partition_keys` maps a table name to its partition key attribute (for dynamodb:LeadingKeys). A transaction is
+    its actions' own permissions (PutItem, UpdateItem, DeleteItem, ConditionCheckItem: "Using IAM with DynamoDB
+    transactions"); a BatchGetItem is dynamodb:BatchGetItem on each table it reads."""
+    if call.service == "dynamodb" and call.operation == "TransactWriteItems":
+        kinds = {
+            "Put": "PutItem",
+            "Update": "UpdateItem",
+            "Delete": "DeleteItem",
+            "ConditionCheck": "ConditionCheckItem",
+        }
+        return [
+            check
+            for entry in call.params["TransactItems"]
+            for kind, params in entry.items()
+            for check in needed(Call(call.function, "dynamodb", kinds[kind], params), token_key, partition_keys)
+        ]
+    if call.service == "dynamodb" and call.operation == "BatchGetItem":
+        return [("dynamodb:BatchGetItem", table_arn(table), {}) for table in call.params["RequestItems"]]
     context: dict[str, Any] = {
         f"kms:EncryptionContext:{k}": str(v) for k, v in (call.params.get("EncryptionContext") or {}).items()
     }
@@ -584,10 +610,12 @@ def deploy(
 ) -> Deployed:
     kms = boto3.client("kms", region_name=REGION)
     token_table = broker.env["TOKEN_TABLE_NAME"]
+    tags_table = broker.env["CONNECTION_TAGS_TABLE_NAME"]
     physical = {
         "StateTable": PhysicalResource(broker.state_table, {"Arn": table_arn(broker.state_table)}),
         "ConnectionsTable": PhysicalResource(broker.connections_table, {"Arn": table_arn(broker.connections_table)}),
         "TokenTable": PhysicalResource(token_table, {"Arn": table_arn(token_table)}),
+        "ConnectionTagsTable": PhysicalResource(tags_table, {"Arn": table_arn(tags_table)}),
         "AppCredentialsSecret": PhysicalResource(broker.env["APP_CREDENTIALS_SECRET_ARN"]),
     }
     # Keys the template creates (PendingTokensKey...) and the environment variables that name them, as deployed.
@@ -673,7 +701,11 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
     assert answer.body["outcome"] == "refreshed", answer.body
     connect_through_a_session(broker, recorder, ALAN, "user-1")  # held, then redeemed: bound, a new version
     connect_through_a_session(broker, recorder, ALAN, "user-2")  # redeemed for another end user: void, revoked
-    with recorder.acting_as("ManagementFunction"):
+    with recorder.acting_as("ManagementFunction"):  # tags: replaced (a transaction), listed by one (the index)
+        assert call_management("PUT", f"/connections/{ALAN}/tags", body={"tags": {"team": "a"}}).status == 200
+        listed = call_management("GET", "/connections", query={"tag": "team=a"})
+        assert [c["connection_id"] for c in listed.body["connections"]] == [str(ALAN)]
+    with recorder.acting_as("ManagementFunction"):  # a disconnect ends the tags too
         assert call_management("DELETE", f"/connections/{ALAN}").status == 200
     connect_through_a_session(broker, recorder, ALAN, "user-1")  # a disconnected account's secret is restored
     imported = broker.emulator.issue_grant(user_id=ADA)
@@ -721,6 +753,7 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
     assert {"dynamodb:UpdateItem", "kms:Decrypt", "secretsmanager:CreateSecret", "secretsmanager:RestoreSecret"} <= set(
         seen["ManagementFunction"]
     )
+    assert {"dynamodb:TransactWriteItems", "dynamodb:BatchGetItem"} <= set(seen["ManagementFunction"])
     counts = {f: dict(Counter(c.action for c in recorder.of(f))) for f in seen}
     print(f"AWS calls per function (4 sign-ins, 1 sweep of 2, 1 refresh, 3 connect sessions): {json.dumps(counts)}")
 
@@ -758,6 +791,18 @@ def test_a_call_outside_the_role_would_be_caught(broker: Broker, monkeypatch: py
     assert not allows(management, "dynamodb:PutItem", state_table, lease)
     assert not allows(management, "dynamodb:DeleteItem", state_table, lease)
     assert not allows(refresh, "dynamodb:Scan", table_arn(broker.connections_table), {})
+    # A transaction is checked action by action: the tag index is the management function's alone.
+    tags_table = broker.env["CONNECTION_TAGS_TABLE_NAME"]
+    tagging = Call(
+        "RefreshFunction",
+        "dynamodb",
+        "TransactWriteItems",
+        {"TransactItems": [{"Put": {"TableName": tags_table, "Item": {"tag": {"S": "a=b"}}}}]},
+    )
+    [(action, resource, context)] = needed(tagging, None, deployed.partition_keys)
+    assert (action, resource) == ("dynamodb:PutItem", table_arn(tags_table))
+    assert allows(management, action, resource, context)
+    assert not allows(refresh, action, resource, context)
 
 
 def test_the_condition_evaluator_denies_what_it_cannot_prove() -> None:

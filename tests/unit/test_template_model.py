@@ -158,6 +158,7 @@ def test_the_projects_template_has_the_broker_functions() -> None:
         "GET /connections/{connection_id}": "AWS_IAM",
         "POST /connections/{connection_id}/refresh": "AWS_IAM",
         "DELETE /connections/{connection_id}": "AWS_IAM",
+        "PUT /connections/{connection_id}/tags": "AWS_IAM",
         "POST /connect-sessions": "AWS_IAM",
         "POST /connect-sessions/complete": "AWS_IAM",
         "POST /connections/import": "AWS_IAM",

@@ -168,6 +168,9 @@ class Router:
     def post(self, path: str) -> Callable[[RouteFunction], RouteFunction]:
         return self._route("POST", path)
 
+    def put(self, path: str) -> Callable[[RouteFunction], RouteFunction]:
+        return self._route("PUT", path)
+
     def delete(self, path: str) -> Callable[[RouteFunction], RouteFunction]:
         return self._route("DELETE", path)
 

@@ -262,6 +262,10 @@ def _store(
         reason = "smartsheet_account_bound_to_another_end_user"
         _announce_refusal(deps, held, reason=reason)
         raise _conflict(reason) from None
+    if held.tags is not None:
+        # The session's tags, before the code is used up: a storage failure here gives the code back, and the retry
+        # binds (again, a no-op) and tags.
+        _tag(deps, held.smartsheet_user_id, held.tags, now=now)
     try:
         completions.finish(held, owner=owner, outcome=BOUND, now=now)
     except StorageError as exc:
@@ -275,6 +279,16 @@ def _store(
     transition = "confirmed_recovered" if held.reconnect_of else "confirmed_reconnected"
     events.announce(deps.events, "confirmed_created" if is_new else transition, connection)
     return Completed(connection=connection, is_new=is_new)
+
+
+def _tag(deps: ManagementDeps, connection_id: str, tags: dict[str, str], *, now: int) -> None:
+    for _ in range(3):  # a concurrent PUT of its tags: read again (the session's tags win, they come last)
+        try:
+            deps.tag_store().replace(connection_id, tags, now=now)
+            return
+        except ConditionFailed:
+            continue
+    raise StorageError("tags.write", "ChangedMeanwhile", transient=True)
 
 
 def _void(
@@ -347,11 +361,14 @@ def hold_for_confirmation(
     return_to: str,
     now: int,
     reconnect_of: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> AwaitingConfirmation:
     """The callback's side: hold the new pair under a completion code and point the browser at return_to with it.
     If it cannot be held, the grant is revoked before the failure is reported, so no token outlives it."""
     try:
-        code = completions.hold(tokens, end_user_id=end_user_id, sealer=sealer, now=now, reconnect_of=reconnect_of)
+        code = completions.hold(
+            tokens, end_user_id=end_user_id, sealer=sealer, now=now, reconnect_of=reconnect_of, tags=tags
+        )
     except StorageError:
         _revoke(smartsheet, tokens.access_token, region=tokens.region)
         raise

@@ -8,11 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from smartsheet_oauth.domain.errors import StorageError
+
 if TYPE_CHECKING:
     from smartsheet_oauth.config import Config
     from smartsheet_oauth.flows.steps import StepWatcher
     from smartsheet_oauth.smartsheet.client import SmartsheetClient
     from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore
+    from smartsheet_oauth.stores.connection_tags import ConnectionTagStore
     from smartsheet_oauth.stores.connections import ConnectionStore
     from smartsheet_oauth.stores.events import EventPublisher
     from smartsheet_oauth.stores.pace import SharedPace
@@ -58,6 +61,13 @@ class ManagementDeps:
     monotonic: Callable[[], float] = time.monotonic
     # The pace every refresher shares (the sweep too); None only for tools that refresh nothing.
     pace: SharedPace | None = None
+    # Connections' tags and their index; None only for tools that change no tags.
+    tags: ConnectionTagStore | None = None
+
+    def tag_store(self) -> ConnectionTagStore:
+        if self.tags is None:
+            raise StorageError("tags.table", "NoTagsTable", transient=False)
+        return self.tags
 
     def refresh_deps(self) -> RefreshDeps:
         return RefreshDeps(

@@ -21,6 +21,7 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
     TransientSmartsheetError,
 )
+from smartsheet_oauth.domain.tags import checked_filter, checked_tags
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.flows.connect import checked_end_user_id
 from smartsheet_oauth.flows.deps import ManagementDeps
@@ -57,6 +58,7 @@ def view(connection: Connection) -> dict[str, Any]:
         "created_at": connection.created_at,
         "updated_at": connection.updated_at,
         "secret_arn": connection.secret_arn,
+        "tags": dict(connection.tags),
     }
 
 
@@ -86,39 +88,74 @@ def _encode_next(key: dict[str, Any] | None) -> str | None:
     return base64.urlsafe_b64encode(json.dumps(flat, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def _decode_next(token: str, *, end_user_id: str | None) -> dict[str, Any]:
+def _decode_next(token: str, *, end_user_id: str | None, tag: str | None = None) -> dict[str, Any]:
     invalid = BadRequest("next is not a token this API handed out")
-    if len(token) > 1024:
+    if len(token) > 2048:
         raise invalid
     try:
         flat = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
     except (binascii.Error, ValueError):
         raise invalid from None
-    expected = {"connection_id", "end_user_id"} if end_user_id is not None else {"connection_id"}
+    expected = {"connection_id"} | ({"end_user_id"} if end_user_id is not None else set()) | ({"tag"} if tag else set())
     if not isinstance(flat, dict) or set(flat) != expected or not all(isinstance(v, str) for v in flat.values()):
         raise invalid
     checked_connection_id(flat["connection_id"])
     if end_user_id is not None and flat["end_user_id"] != end_user_id:
         raise invalid
+    if tag is not None and flat["tag"] != tag:
+        raise invalid
     return {name: {"S": value} for name, value in flat.items()}
 
 
 def list_connections(deps: ManagementDeps, query: dict[str, str]) -> dict[str, Any]:
-    unknown = sorted(set(query) - {"status", "end_user_id", "limit", "next"})
+    unknown = sorted(set(query) - {"status", "end_user_id", "tag", "limit", "next"})
     if unknown:
-        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}; use status, end_user_id, limit, next")
+        raise BadRequest(f"unknown query parameter(s): {', '.join(unknown)}; use status, end_user_id, tag, limit, next")
     status = query.get("status")
     if status is not None and status not in ConnectionStatus:
         raise BadRequest(f"status must be one of {', '.join(ConnectionStatus)}")
     end_user_id = checked_end_user_id(query["end_user_id"]) if "end_user_id" in query else None
+    tag = checked_filter(query["tag"]) if "tag" in query else None
+    if tag is not None and end_user_id is not None:
+        raise BadRequest("filter by end_user_id or by tag, not both")
     raw_limit = query.get("limit", str(DEFAULT_PAGE_SIZE))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
         raise BadRequest(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}")
-    start_key = _decode_next(query["next"], end_user_id=end_user_id) if "next" in query else None
-    page, last_key = deps.connections.page(
-        limit=int(raw_limit), status=status, end_user_id=end_user_id, start_key=start_key
+    start_key = (
+        _decode_next(query["next"], end_user_id=end_user_id, tag=tag and query["tag"]) if "next" in query else None
     )
+    if tag is not None:
+        page, last_key = deps.tag_store().page(*tag, limit=int(raw_limit), start_key=start_key)
+        page = [c for c in page if status is None or c.status == status]
+    else:
+        page, last_key = deps.connections.page(
+            limit=int(raw_limit), status=status, end_user_id=end_user_id, start_key=start_key
+        )
     return {"connections": [view(c) for c in page], "next": _encode_next(last_key)}
+
+
+# ---------------------------------------------------------------------------------------------------------- tags
+TAG_ATTEMPTS = 3  # a concurrent change of the same connection's tags: read again and retry
+
+
+def set_tags(deps: ManagementDeps, connection_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Replace a connection's tags (PUT /connections/{id}/tags, the admin CLI): its record and the tag index in one
+    transaction. A revoked connection's tags cannot change (a disconnect ended them)."""
+    unknown = sorted(set(body) - {"tags"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}; the body holds tags")
+    if "tags" not in body:
+        raise BadRequest("tags is required: the connection's tags, all of them ({} removes every tag)")
+    tags = checked_tags(body["tags"])
+    connection = existing(deps, connection_id)
+    for _ in range(TAG_ATTEMPTS):
+        if connection.status == ConnectionStatus.REVOKED:
+            raise Conflict("revoked", f"Connection {connection_id} was disconnected: its tags cannot change.")
+        try:
+            return view(deps.tag_store().replace(connection_id, tags, now=int(deps.clock())))
+        except ConditionFailed:
+            connection = existing(deps, connection_id)
+    raise Conflict("changed_meanwhile", "The connection's tags changed while these were being set; ask again.")
 
 
 # -------------------------------------------------------------------------------------------------- disconnect
@@ -151,6 +188,9 @@ def disconnect(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
             "The connection changed while it was being disconnected (its user signed in again?). Its grant at"
             " Smartsheet was revoked; ask again to finish.",
         ) from None
+    if held.tags:
+        # The tags ended with the binding (the Revoked event still carries them); a retry clears what is left.
+        _clear_tags(deps, connection_id)
     try:
         deps.vault.schedule_deletion(held.secret_arn, recovery_days=SECRET_RECOVERY_DAYS)
         stored_tokens = "deletion_scheduled"
@@ -168,6 +208,16 @@ def disconnect(deps: ManagementDeps, connection_id: str) -> dict[str, Any]:
         "recovery_window_days": SECRET_RECOVERY_DAYS,
         "connection": view(after),
     }
+
+
+def _clear_tags(deps: ManagementDeps, connection_id: str) -> None:
+    for _ in range(TAG_ATTEMPTS):
+        try:
+            deps.tag_store().replace(connection_id, {}, now=int(deps.clock()), revoked_too=True)
+            return
+        except ConditionFailed:  # changed by a concurrent PUT: read again
+            continue
+    raise Conflict("changed_meanwhile", "The connection's tags changed while it was being disconnected; ask again.")
 
 
 def _revoke_at_smartsheet(deps: ManagementDeps, held: Connection) -> str:
@@ -229,12 +279,13 @@ def _refused(exc: SmartsheetError) -> SmartsheetError:
 def create_connect_session(deps: ManagementDeps, body: dict[str, Any], *, broker_url: str) -> dict[str, Any]:
     """A one-time login link for an end user; with `connection_id`, a reconnect link for that needs_reauth connection
     (only its own Smartsheet account can finish it: flows/connect.py), in the connection's own region."""
-    unknown = sorted(set(body) - {"end_user_id", "return_to", "region", "connection_id"})
+    unknown = sorted(set(body) - {"end_user_id", "return_to", "region", "connection_id", "tags"})
     if unknown:
         raise BadRequest(
-            f"unknown field(s): {', '.join(unknown)}; the body holds end_user_id, return_to and (optional) region or"
-            " connection_id"
+            f"unknown field(s): {', '.join(unknown)}; the body holds end_user_id, return_to and (optional) region,"
+            " connection_id and tags"
         )
+    tags = checked_tags(body["tags"]) if "tags" in body else None
     connection_id = body.get("connection_id")
     if connection_id is None:
         if "end_user_id" not in body:
@@ -263,10 +314,12 @@ def create_connect_session(deps: ManagementDeps, body: dict[str, Any], *, broker
         now=int(deps.clock()),
         region=None if region == deps.config.region else region,
         connection_id=connection_id,
+        tags=tags,
     )
     return {
         "end_user_id": issued.end_user_id,
         "connection_id": issued.connection_id,
+        "tags": tags,
         "login_url": f"{broker_url}/login?session={issued.token}",
         "expires_at": issued.expires_at,
         "return_to": return_to,

@@ -110,6 +110,7 @@ def begin_sign_in(
     end_user_id: str | None = None,
     region: str | None = None,
     connection_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> LoginRedirect:
     checked = checked_return_to(return_to, config.allowed_return_to)
     chosen = checked_region(region, config)
@@ -120,6 +121,7 @@ def begin_sign_in(
         end_user_id=end_user_id,
         region=None if chosen == config.region else chosen,
         connection_id=connection_id,
+        tags=tags,
     )
     location = authorize_url(
         config.endpoints(chosen)[0],
@@ -293,6 +295,7 @@ def _finish(
             return_to=record.return_to,
             now=now,
             reconnect_of=record.connection_id,
+            tags=record.tags,
         )
     secret_arn = vault.save(user.id, tokens)
     steps.passed(watcher, steps.CALLBACK_STORED, user.id)

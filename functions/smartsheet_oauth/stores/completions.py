@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from smartsheet_oauth.domain.errors import CompletionRefused, ConditionFailed, StorageError
+from smartsheet_oauth.stores.connect_sessions import tags_attribute, tags_of
 from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class HeldCompletion:
     sealed: bytes
     expires_at: int
     reconnect_of: str | None = None  # a reconnect link's connection
+    tags: dict[str, str] | None = None  # the session's tags for the connection (None: it keeps its own)
 
     def __repr__(self) -> str:
         return (
@@ -75,6 +77,7 @@ class CompletionStore:
         sealer: PairSealer | None,
         now: int,
         reconnect_of: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str:
         """Keep the pair sealed under a new code and return the code (only its hash is stored)."""
         if sealer is None:  # the template always sets PENDING_TOKENS_KEY_ID; without a key, nothing is held
@@ -92,6 +95,7 @@ class CompletionStore:
         }
         if reconnect_of is not None:
             item["reconnect_of"] = {"S": reconnect_of}
+        item.update(tags_attribute(tags))
         with storage("completions.hold"):
             self._client.put_item(
                 TableName=self._table,
@@ -134,6 +138,7 @@ class CompletionStore:
             sealed=bytes(item["sealed_pair"]["B"]),
             expires_at=int(item["expires_at"]["N"]),
             reconnect_of=item["reconnect_of"]["S"] if "reconnect_of" in item else None,
+            tags=tags_of(item),
         )
 
     def _why_not_claimed(self, key: str, now: int) -> CompletionRefused:

@@ -4,6 +4,7 @@ integrator's end user (what the binding allows: flows/connect.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class IssuedSession:
     end_user_id: str
     expires_at: int
     connection_id: str | None = None  # a reconnect link: the connection it brings back
+    tags: dict[str, str] | None = None  # set on the connection when it is bound (None: left as they are)
 
     def __repr__(self) -> str:
         return (
@@ -51,6 +53,8 @@ class ConnectSession:
     region: str | None = None
     # A reconnect link's connection: the sign-in succeeds only as that Smartsheet account (flows/connect.py).
     connection_id: str | None = None
+    # The tags the connection gets when the sign-in is confirmed (None: it keeps its own).
+    tags: dict[str, str] | None = None
 
 
 def _key(token: str) -> str:
@@ -71,6 +75,7 @@ class ConnectSessionStore:
         now: int,
         region: str | None = None,
         connection_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> IssuedSession:
         token = secrets.token_urlsafe(SESSION_TOKEN_BYTES)
         expires_at = now + self._ttl
@@ -86,6 +91,7 @@ class ConnectSessionStore:
             item["region"] = {"S": region}
         if connection_id is not None:
             item["connection_id"] = {"S": connection_id}
+        item.update(tags_attribute(tags))
         with storage("sessions.create"):
             self._client.put_item(
                 TableName=self._table,
@@ -93,7 +99,9 @@ class ConnectSessionStore:
                 ConditionExpression="attribute_not_exists(#s)",
                 ExpressionAttributeNames={"#s": "state"},
             )
-        return IssuedSession(token=token, end_user_id=end_user_id, expires_at=expires_at, connection_id=connection_id)
+        return IssuedSession(
+            token=token, end_user_id=end_user_id, expires_at=expires_at, connection_id=connection_id, tags=tags
+        )
 
     def peek(self, token: str, *, now: int) -> ConnectSession:
         """What the session holds, leaving it unused: opening the link (GET) only shows the connect page, so a mail
@@ -145,4 +153,17 @@ def _session(item: dict[str, Any], *, now: int) -> ConnectSession:
         expires_at=int(item["expires_at"]["N"]),
         region=item["region"]["S"] if "region" in item else None,
         connection_id=item["connection_id"]["S"] if "connection_id" in item else None,
+        tags=tags_of(item),
     )
+
+
+def tags_of(item: dict[str, Any]) -> dict[str, str] | None:
+    """The tags a session, a state or a completion item carries on to the connection (stored as JSON)."""
+    if "tags" not in item:
+        return None
+    tags = json.loads(item["tags"]["S"])
+    return {str(key): str(value) for key, value in tags.items()}
+
+
+def tags_attribute(tags: dict[str, str] | None) -> dict[str, Any]:
+    return {} if tags is None else {"tags": {"S": json.dumps(tags, separators=(",", ":"))}}

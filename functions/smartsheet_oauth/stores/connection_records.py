@@ -3,6 +3,8 @@ entries: what stores/connections.py reads and the flows work with."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 
@@ -34,6 +36,8 @@ class Connection(NamedTuple):
     # gone once the grant's fate is known (refreshed, needs_reauth, signed in again). See refusals.py.
     in_flight_attempt: str | None = None
     in_flight_since: int | None = None
+    # The integrator's labels (domain/tags.py), indexed in the tag table (stores/connection_tags.py).
+    tags: Mapping[str, str] = MappingProxyType({})
 
 
 class PendingPair(NamedTuple):
@@ -86,6 +90,7 @@ def connection_from_item(item: dict[str, Any]) -> Connection:
         refreshed_at=number(item, "refreshed_at"),
         in_flight_attempt=_s(item, "in_flight_attempt"),
         in_flight_since=number(item, "in_flight_since"),
+        tags={key: str(value["S"]) for key, value in item.get("tags", {}).get("M", {}).items()},
     )
 
 

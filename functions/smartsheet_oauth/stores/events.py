@@ -43,8 +43,9 @@ class ConnectionEvent(NamedTuple):
     end_user_id: str | None = None
     reason: str | None = None
     extra: Mapping[str, Scalar] = MappingProxyType({})
+    tags: Mapping[str, str] = MappingProxyType({})  # the connection's tags (domain/tags.py)
 
-    def detail(self, occurred_at: int) -> dict[str, Scalar]:
+    def detail(self, occurred_at: int) -> dict[str, Scalar | dict[str, str]]:
         return {
             "connection_id": self.connection_id,
             # Today the connection id is the Smartsheet user id; both are named so consumers need not rely on it.
@@ -55,6 +56,7 @@ class ConnectionEvent(NamedTuple):
             "status": self.status,
             "reason": self.reason,
             "occurred_at": occurred_at,
+            "tags": dict(self.tags),
             **self.extra,
         }
 
@@ -72,6 +74,7 @@ def about(
         end_user_id=connection.end_user_id,
         reason=reason,
         extra=extra,
+        tags=connection.tags,
     )
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from smartsheet_oauth.domain.errors import ConditionFailed, SignInRejected
+from smartsheet_oauth.stores.connect_sessions import tags_attribute, tags_of
 from smartsheet_oauth.stores.storage_errors import storage
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class StateRecord:
     region: str | None = None
     # Set when the connect session was a reconnect link: the connection (Smartsheet account) that must sign in.
     connection_id: str | None = None
+    # The connect session's tags for the connection (None: it keeps its own).
+    tags: dict[str, str] | None = None
 
     def matches(self, nonce: str | None) -> bool:
         """Constant-time comparison of the cookie's nonce with the stored hash."""
@@ -73,6 +76,7 @@ class StateStore:
         end_user_id: str | None = None,
         region: str | None = None,
         connection_id: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> PendingSignIn:
         pending = PendingSignIn(state=secrets.token_urlsafe(STATE_BYTES), nonce=secrets.token_urlsafe(32))
         item = {
@@ -89,6 +93,7 @@ class StateStore:
             item["region"] = {"S": region}
         if connection_id:
             item["connection_id"] = {"S": connection_id}
+        item.update(tags_attribute(tags))
         with storage("state.create"):
             # 256 random bits cannot collide in practice; the condition makes a collision an error, not a takeover.
             self._client.put_item(
@@ -124,6 +129,7 @@ class StateStore:
             end_user_id=item["end_user_id"]["S"] if "end_user_id" in item else None,
             region=item["region"]["S"] if "region" in item else None,
             connection_id=item["connection_id"]["S"] if "connection_id" in item else None,
+            tags=tags_of(item),
         )
         # TTL deletion is lazy (up to days late) and DynamoDB still returns expired items: check it here.
         if record.expires_at <= now:
