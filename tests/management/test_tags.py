@@ -290,3 +290,37 @@ def test_the_python_client_sets_lists_and_reads_tags(broker: Broker) -> None:
     assert management.get_connection(GRACE).tags == {}
     assert link.login_url
     assert (refused.value.status, refused.value.error) == (400, "invalid_request")
+
+
+def test_a_tags_listing_reads_its_own_connections_whatever_the_tables_size(broker: Broker, no_scans: None) -> None:
+    """The figure behind the design: listing one tag costs one Query of the tag index and one BatchGetItem of that
+    page's records, and reads only the tagged records, however many connections the table holds (a Scan with a
+    filter would read all of them, and pay for all of them)."""
+    store, tags = services.connection_store(), services.connection_tags()
+    for n in range(300):
+        store.record_sign_in(
+            connection_id=str(10_000 + n),
+            secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:x",
+            email="",
+            scopes="READ_SHEETS",
+            region="us",
+            access_expires_at=2_000_000_000,
+            refresh_due_at=1_999_000_000,
+            now=1,
+        )
+        tags.replace(str(10_000 + n), {"workspace": "acme" if n % 30 == 0 else f"w{n}"}, now=1)
+    calls: list[tuple[str, int]] = []
+
+    def count(params: dict[str, Any], model: Any, **_: Any) -> None:
+        keys = params.get("RequestItems", {}).get(broker.connections_table, {}).get("Keys", [])
+        calls.append((model.name, len(keys)))
+
+    aws.dynamodb().meta.events.register("before-parameter-build.dynamodb", count)
+
+    listed = call_management("GET", "/connections", query={"tag": "workspace=acme", "limit": "100"})
+
+    assert sorted(c["connection_id"] for c in listed.body["connections"]) == [
+        str(10_000 + n) for n in range(0, 300, 30)
+    ]
+    assert listed.body["next"] is None
+    assert calls == [("Query", 0), ("BatchGetItem", 10)]  # 10 records read of 300

@@ -123,6 +123,7 @@ class ConnectionTagStore:
             kwargs["ExclusiveStartKey"] = start_key
         with storage("tags.query"):
             answer = self._client.query(**kwargs)
+        # A page is at most 100 index items (the API's limit): within BatchGetItem's 100 keys.
         ids = [item["connection_id"]["S"] for item in answer.get("Items", [])]
         records = self._records(ids)
         found = [records[i] for i in ids if i in records and records[i].tags.get(key) == value]
