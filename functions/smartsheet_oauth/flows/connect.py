@@ -218,9 +218,6 @@ def _bind(
     if deps.vault.sealer is None:
         raise StorageError("completions.unseal", "NoSealingKey", transient=False)
     tokens = deps.vault.sealer.open(held.sealed, binding=held.binding)
-    if held.reconnect_of not in (None, held.smartsheet_user_id):  # the callback refused it; held by an older build?
-        _void(deps, completions, held, owner=owner, now=now, tokens=tokens)
-        raise _conflict("reconnected_with_another_smartsheet_account")
     try:
         check_binding(deps.connections, end_user_id=end_user_id, smartsheet_user_id=held.smartsheet_user_id)
     except BindingConflict as conflict:
@@ -339,7 +336,6 @@ def _announce_refusal(
 _CONFLICT_MESSAGES = {
     "smartsheet_account_bound_to_another_end_user": "This Smartsheet account is connected to another end user.",
     "end_user_has_another_smartsheet_account": "This end user already has another Smartsheet account connected.",
-    "reconnected_with_another_smartsheet_account": "The reconnect link was signed in with another Smartsheet account.",
 }
 
 
