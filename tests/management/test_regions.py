@@ -393,3 +393,80 @@ def test_the_management_client_asks_for_a_region_and_reads_the_broker_s_refusal(
     with pytest.raises(BrokerApiError) as refused:
         management.create_connect_session("user-9", return_to=RETURN_TO, region="au")
     assert (refused.value.status, refused.value.error) == (400, "region_not_allowed")
+
+
+def eu_connection_needing_reauth(broker: Broker, eu: SmartsheetEmulator) -> None:
+    """EVE connected through an EU connect session as user-eu, then revoked the app at the EU's Smartsheet."""
+    created = call_management(
+        "POST", "/connect-sessions", body={"end_user_id": "user-eu", "return_to": RETURN_TO, "region": "eu"}
+    )
+    started = broker.press_connect(broker.login({"session": created.body["login_url"].split("session=")[1]}))
+    back = broker.callback(callback_query(eu.consent(started.location, user_id=EVE)), started.cookie(NONCE_COOKIE))
+    assert complete(completion_code(back), "user-eu").status == 200
+    eu.revoke_user(EVE)
+    broker.make_due(EVE)
+    broker.sweep()
+    assert (broker.connection(EVE) or {}).get("status") == "needs_reauth"
+
+
+def test_a_reconnect_link_signs_in_at_the_connections_own_region(regional: Broker, eu: SmartsheetEmulator) -> None:
+    eu_connection_needing_reauth(regional, eu)
+
+    created = call_management("POST", "/connect-sessions", body={"connection_id": str(EVE), "return_to": RETURN_TO})
+    assert created.status == 201, created.body
+    assert (created.body["region"], created.body["end_user_id"]) == ("eu", "user-eu")  # the connection's own
+    page = regional.login({"session": created.body["login_url"].split("session=")[1]})
+    assert urlsplit(eu.authorize_url).netloc in page.headers["Content-Security-Policy"]
+    started = regional.press_connect(page)
+    assert started.location.startswith(eu.authorize_url)
+    back = regional.callback(callback_query(eu.consent(started.location, user_id=EVE)), started.cookie(NONCE_COOKIE))
+    answer = complete(completion_code(back), "user-eu")
+
+    assert answer.status == 200, answer.body
+    assert answer.body["outcome"] == "reconnected"
+    assert (answer.body["connection"]["status"], answer.body["connection"]["region"]) == ("active", "eu")
+    assert eu.access_token_is_live(regional.tokens(EVE)["access_token"])
+
+
+def test_a_reconnect_link_names_no_other_region_than_the_connections(regional: Broker, eu: SmartsheetEmulator) -> None:
+    eu_connection_needing_reauth(regional, eu)
+    body = {"connection_id": str(EVE), "return_to": RETURN_TO}
+
+    other = call_management("POST", "/connect-sessions", body={**body, "region": "us"})
+    same = call_management("POST", "/connect-sessions", body={**body, "region": "EU"})
+
+    assert other.status == 400
+    assert other.body["error"] == "invalid_request"
+    assert "made in region eu" in other.body["message"]
+    assert same.status == 201, same.body
+    assert same.body["region"] == "eu"
+
+
+def test_a_reconnect_link_is_refused_once_its_region_is_no_longer_allowed(
+    regional: Broker, eu: SmartsheetEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eu_connection_needing_reauth(regional, eu)
+    monkeypatch.setenv("ALLOWED_REGIONS", "us")
+    services.reset()
+
+    answer = call_management("POST", "/connect-sessions", body={"connection_id": str(EVE), "return_to": RETURN_TO})
+
+    assert answer.status == 400
+    assert answer.body["error"] == "region_not_allowed"
+
+
+def test_another_account_on_an_eu_reconnect_link_has_its_grant_revoked_in_the_eu(
+    regional: Broker, eu: SmartsheetEmulator
+) -> None:
+    eu_connection_needing_reauth(regional, eu)
+    before = regional.connection(EVE)
+    created = call_management("POST", "/connect-sessions", body={"connection_id": str(EVE), "return_to": RETURN_TO})
+    started = regional.press_connect(regional.login({"session": created.body["login_url"].split("session=")[1]}))
+
+    back = regional.callback(callback_query(eu.consent(started.location, user_id=ADA)), started.cookie(NONCE_COOKIE))
+
+    assert back.status == 409, back.body
+    assert "wrong_account" in back.body
+    assert eu.live_grants() == 0  # ADA's EU grant, revoked where it was issued
+    assert regional.connection(EVE) == before
+    assert regional.connection(ADA) is None
