@@ -375,7 +375,8 @@ def cmd_reconnect_link(target: Target, args: argparse.Namespace, out: Output) ->
         return OK
     out.line(
         f"{args.connection_id}: reconnect link for end user {session['end_user_id']}, valid until"
-        f" {when(session['expires_at'], out.now)}; it works once, for this connection's Smartsheet account only:"
+        f" {when(session['expires_at'], out.now)}; it works once, for this connection's Smartsheet account only"
+        f" (region {session.get('region') or 'of the stack'}):"
     )
     out.line(f"  {session['login_url']}")
     out.line(f"  the sign-in ends at {session['return_to']} with a completion code your backend redeems")

@@ -396,7 +396,17 @@ def test_reconnect_link_lets_the_same_account_connect_again(ada: Ops) -> None:
     assert redeemed.json()["outcome"] == "reconnected"
     assert (record["status"], record["end_user_id"]) == ("active", "user-9")
     assert as_json.code == 0
-    assert set(as_json.json()) == {"end_user_id", "connection_id", "tags", "login_url", "expires_at", "return_to"}
+    assert "(region us):" in made.out  # the connection's own region (the local stack's default)
+    assert set(as_json.json()) == {
+        "end_user_id",
+        "connection_id",
+        "tags",
+        "login_url",
+        "expires_at",
+        "return_to",
+        "region",
+    }
+    assert as_json.json()["region"] == "us"
     assert as_json.json()["connection_id"] == str(ADA)
 
 
