@@ -162,7 +162,7 @@ class _Inputs:
 def _check_answer(kind: str, result: dict[str, Any]) -> None:
     if kind == "authorize" and result["status"] != 302:
         raise RuntimeError(f"cold /login answered {result['status']}")
-    if kind == "callback" and result["status"] != 200:
+    if kind == "callback" and result["status"] != 303:  # 303 See Other to /result: the sign-in finished
         raise RuntimeError(f"cold /callback answered {result['status']}")
     if kind == "refresh" and (result.get("answer") or {}).get("outcomes", {}).get("refreshed") != 1:
         raise RuntimeError(f"cold refresh sweep did not refresh its one connection: {result.get('answer')}")

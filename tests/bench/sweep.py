@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smartsheet_oauth.domain.shards import MAX_DUE_SHARDS
 from smartsheet_oauth.flows.refresh_window import SWEEP_MARGIN_SECONDS, window_seconds
 from smartsheet_oauth.smartsheet.client import Timeouts
 
@@ -30,6 +31,9 @@ from tests.bench.report import Row, check
 
 SECTION = "4. refresh sweep throughput (moto server + emulator, 100 ms token latency)"
 TARGET_EFFICIENCY = 0.70
+# Four calls per connection (lease, read, write, commit), plus what a sweep makes once (its lease taken and given back)
+# and once per pace claim (a share of a window's budget), spread over the sweep's connections: a few per thousand.
+PER_CONNECTION_AT_SCALE = 4.02
 PER_SWEEP_OPS = ("dynamodb.Query", "dynamodb.Scan")
 # Once per container and 5 minutes, whatever the number of connections: the data key a kept pair would be sealed with.
 PER_CONTAINER_OPS = ("kms.GenerateDataKey",)
@@ -109,6 +113,7 @@ def measure(server: Server, window_seconds: float = 45.0) -> tuple[list[Row], di
             # its answer and save need (refresh_window.py), as on Lambda.
             "BENCH_TIMEOUT": str(window_seconds + SWEEP_MARGIN_SECONDS),
             "REFRESH_RATE_PER_MINUTE": "100000",
+            "REFRESH_RATE_CEILING": "100000",  # the template's ceiling for its store, lifted with the pace
             "PATH": os.environ.get("PATH", ""),
             "PYTHONPATH": f"{world.FUNCTIONS_DIR}{os.pathsep}{world.ROOT}",
         }
@@ -170,7 +175,9 @@ def _rows(
     app_credentials_reads = min(1, max(0, per_connection["secrets-manager.GetSecretValue"] - refreshed))
     per_connection_calls = (sum(per_connection.values()) - app_credentials_reads) / refreshed
     page_size = int(result.get("page_size") or 100)
-    pages = -(-int(answer.get("dispatched") or refreshed) // page_size) + 1
+    # A page per page_size dispatched, + 1 to learn the end; and the dispatcher reads every partition of the due index
+    # (MAX_DUE_SHARDS, whatever DueShards is now), each at least once: the other partitions' first pages.
+    pages = -(-int(answer.get("dispatched") or refreshed) // page_size) + 1 + (MAX_DUE_SHARDS - 1)
     token_calls = sum(smartsheet.values()) / refreshed
 
     # Projection for one scheduled function on Lambda, from what was measured here and the template's values
@@ -269,15 +276,15 @@ def _rows(
             "AWS calls per refreshed connection (at scale)",
             f"{per_connection_calls:.2f} ({describe(per_connection)}"
             + (", less 1 app credentials read per container)" if app_credentials_reads else ")"),
-            "<= 4 (lease, read, write, commit)",
-            check(per_connection_calls <= 4.0),
+            f"<= {PER_CONNECTION_AT_SCALE} (lease, read, write, commit; + a sweep's lease and pace claims, amortized)",
+            check(per_connection_calls <= PER_CONNECTION_AT_SCALE),
             gating=True,
         ),
         Row(
             SECTION,
             "AWS reads per sweep (due index pages)",
             describe(per_sweep),
-            f"<= {pages} (a page per {page_size} dispatched, + 1)",
+            f"<= {pages} (a page per {page_size} dispatched, + 1, + the other {MAX_DUE_SHARDS - 1} partitions' first)",
             check(sum(per_sweep.values()) <= pages),
             gating=True,
         ),

@@ -170,7 +170,9 @@ class Bench:
     def callback(self, event: dict[str, Any]) -> dict[str, Any]:
         self.invocations += 1
         answer: dict[str, Any] = self.callback_handler(event, world.LambdaContext(timeout_seconds=20))
-        assert answer["statusCode"] == 200, answer.get("statusCode")
+        # A finished sign-in answers 303 See Other to its result page (/result), which reads only its cookie.
+        assert answer["statusCode"] == 303, answer.get("statusCode")
+        assert answer["headers"]["Location"] == "/result", answer["headers"]
         return answer
 
     def sweep(self, expected: int = 1) -> dict[str, Any]:
@@ -416,8 +418,10 @@ def _calls_rows(bench: Bench, repeats: int) -> list[Row]:
         bench.callback(bench.callback_event(returning_user))
         again = run(lambda: bench.callback(bench.callback_event(returning_user)), repeats)
         for label, sample, budget, why in (
-            ("new user", new, 3, "state consume + secret create + connection write"),
-            ("returning user", again, 4, "the create finds the secret, then put: no upsert in Secrets Manager"),
+            # The read: the account's connection, if any, before anything is stored (a connection of another region
+            # keeps its tokens: flows/sign_in.py refuse_other_region).
+            ("new user", new, 4, "state consume + connection read + secret create + connection write"),
+            ("returning user", again, 5, "the same, and the create finds the secret, then put: no upsert"),
         ):
             core = sum(v for k, v in sample.aws.items() if not k.startswith("eventbridge."))
             published = sum(v for k, v in sample.aws.items() if k.startswith("eventbridge."))
@@ -457,8 +461,8 @@ def _calls_rows(bench: Bench, repeats: int) -> list[Row]:
                 CALLS,
                 "AWS calls per refreshed connection (sweep of 1)",
                 describe(per_connection),
-                "<= 4 (lease, read, write, commit)",
-                check(sum(per_connection.values()) <= 4),
+                "<= 4 (lease, read, write, commit) + 3 a sweep (its lease taken and given back, a pace claim)",
+                check(sum(per_connection.values()) <= 4 + 3),
                 gating=True,
             )
         )
