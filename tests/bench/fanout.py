@@ -235,7 +235,7 @@ def emulator_pace_row(found: dict[str, Any]) -> Row:
         SECTION,
         f"shared pace at the emulator, {found['workers']} refresh workers on moto server, {found['per_minute']}/min"
         f" over {found['seconds']:.0f} s ({found['seeded']:,} due{dry})",
-        f"{found['requests']} token requests of {found['expected']:.0f} ({error:+.1%})",
+        f"{found['requests']:,} token requests of {found['expected']:,.0f} ({error:+.1%})",
         "within +-5%",
         check(abs(error) <= 0.05 and not found["ran_dry"]),
     )
