@@ -26,7 +26,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     report, failed = fanout.work(
         refresh_deps(),
         list(event.get("Records") or []),
-        pace=services.shared_pace(),
+        pace=services.worker_pace(),  # the container's view, across its batches (like BREAKER)
         time_left=lambda: context.get_remaining_time_in_millis() / 1000,
         safety_margin_seconds=SAFETY_MARGIN_SECONDS,
         breaker=BREAKER,

@@ -47,6 +47,7 @@ def run(emulator: str, workers: int, seconds: float, warm_up: float) -> dict[str
 
     def worker() -> None:
         breaker = Breaker()  # each worker container keeps its own
+        pace = services.shared_pace()  # and its own view of the pace, across its batches (services.worker_pace)
         while not stop.is_set():
             with lock:
                 batch = list(itertools.islice(due, BATCH_SIZE))
@@ -62,7 +63,7 @@ def run(emulator: str, workers: int, seconds: float, warm_up: float) -> dict[str
             report, _ = fanout.work(
                 refresh.app.refresh_deps(),
                 records,
-                pace=services.shared_pace(),
+                pace=pace,
                 time_left=time_left,
                 safety_margin_seconds=refresh.app.SAFETY_MARGIN_SECONDS,
                 breaker=breaker,

@@ -299,6 +299,8 @@ def test_a_message_the_pace_has_no_slot_for_is_not_reported_failed_and_stays_due
     fanned.sweep()
     records = receive_all()
     # One slot, then none before the worker's time runs out.
+    # (through services.shared_pace, which the worker container's cached view is made from on its first batch)
+    services.worker_pace.cache_clear()
     monkeypatch.setattr(services, "shared_pace", lambda: LocalPace(1, time.monotonic, time.sleep))
     before = refreshes(fanned)
     from refresh.worker import lambda_handler
