@@ -108,6 +108,7 @@ def test_every_template_route_is_served(local_stack: LocalStack) -> None:
         "PUT /connections/{connection_id}/tags",
         "POST /connect-sessions",
         "POST /connect-sessions/complete",
+        "POST /connections/import",
     }
     assert health["schedules"] == ["RefreshFunctionSweep"]
 
