@@ -4,11 +4,17 @@ BatchSize messages a batch (one ReceiveMessage returns at most ten), at most Sca
 invocations at once. What the function handled is deleted (the whole batch, or all but its batchItemFailures with
 ReportBatchItemFailures; a function error keeps the whole batch); the rest becomes visible again when its visibility
 timeout ends, and the queue's redrive policy (kept by moto, as by SQS) moves a message to its dead-letter queue once
-it has been received maxReceiveCount times. The webhook delivery queue and the refresh work queue both run here."""
+it has been received maxReceiveCount times. The webhook delivery queue and the refresh work queue both run here.
+
+A poller is drained (QueuePoller.backlog) when its queue's own counts say so, read between two of the poller's
+receives: nothing visible or delayed, no batch being delivered, and nothing invisible but the messages the function
+reported failed (they wait out their visibility timeout, 1,080 s on the refresh queue, and do not hold it up)."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -16,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from infra.local.template_model import Resolver, TemplateError
@@ -35,6 +41,51 @@ SQS_MAXIMUM_BATCH: Final = 10  # one ReceiveMessage returns at most ten
 DEFAULT_MAXIMUM_CONCURRENCY: Final = 5
 # The line a function may log at the end of a batch with its outcomes (functions/refresh/worker.py does).
 BATCH_FINISHED: Final = "refresh batch finished"
+QUEUE_COUNTS: Final = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesDelayed",
+    "ApproximateNumberOfMessagesNotVisible",
+)
+# How often a drain reads the queue's counts again while they are not yet zero (a delivery's end wakes it sooner).
+DRAIN_RECHECK_SECONDS: Final = 0.2
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What keeps a poller's queue from being drained, as read at one moment between two of its receives."""
+
+    queue: str
+    visible: int = 0
+    delayed: int = 0
+    not_visible: int = 0
+    held_back: int = 0  # messages the function reported failed, waiting out their visibility timeout
+    in_flight: int = 0  # batches being delivered
+    unsettled: str = field(default="", compare=False)  # why the counts are not a settled reading
+
+    @property
+    def drained(self) -> bool:
+        return (
+            not self.unsettled
+            and self.in_flight == 0
+            and self.visible == 0
+            and self.delayed == 0
+            and self.not_visible <= self.held_back
+        )
+
+    def __str__(self) -> str:
+        counts = (
+            f"{self.queue}: {self.visible} waiting, {self.delayed} delayed, {self.not_visible} not visible"
+            f" ({self.held_back} reported failed), {self.in_flight} batch(es) being delivered"
+        )
+        return f"{counts} (unsettled: {self.unsettled})" if self.unsettled else counts
+
+
+class QueueNotDrained(TimeoutError):
+    """A drain's bounded wait ended with work still on a queue; the message names the queue and its counts."""
+
+    def __init__(self, backlogs: Sequence[Backlog], timeout: float) -> None:
+        self.backlogs = list(backlogs)
+        super().__init__(f"not drained after {timeout:g} s: " + "; ".join(str(b) for b in backlogs))
 
 
 @dataclass(frozen=True)
@@ -159,8 +210,11 @@ class QueuePoller:
         self._queue_url = sqs.get_queue_url(QueueName=source.queue_name)["QueueUrl"]
         self._slots = threading.BoundedSemaphore(source.maximum_concurrency or DEFAULT_MAXIMUM_CONCURRENCY)
         self._stopping = threading.Event()
-        self._busy = 0
-        self._last_empty = float("-inf")  # when the latest receive that found nothing started
+        self._busy = 0  # batches being delivered
+        self._held_back: set[str] = set()  # ids the function reported failed, not received since
+        self._receives_started = 0
+        self._receives_done = 0
+        self._batches_received = 0
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self.invocations = 0
@@ -196,23 +250,30 @@ class QueuePoller:
             if not messages:
                 self._slots.release()
                 continue
-            with self._lock:
-                self._busy += 1
             threading.Thread(target=self._deliver_and_release, args=(messages,), daemon=True).start()
 
     def _receive(self) -> list[dict[str, Any]]:
-        started = time.monotonic()
-        answer = self._sqs.receive_message(
-            QueueUrl=self._queue_url,
-            MaxNumberOfMessages=min(SQS_MAXIMUM_BATCH, self.source.batch_size),
-            WaitTimeSeconds=self._wait_seconds,
-            AttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        )
-        messages: list[dict[str, Any]] = answer.get("Messages") or []
-        if not messages:
+        """One ReceiveMessage; what it got counts as a batch being delivered before the drain can see it done."""
+        messages: list[dict[str, Any]] = []
+        with self._lock:
+            self._receives_started += 1
+        try:
+            answer = self._sqs.receive_message(
+                QueueUrl=self._queue_url,
+                MaxNumberOfMessages=min(SQS_MAXIMUM_BATCH, self.source.batch_size),
+                WaitTimeSeconds=self._wait_seconds,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            messages = answer.get("Messages") or []
+        finally:
             with self._lock:
-                self._last_empty = max(self._last_empty, started)
+                if messages:
+                    self._busy += 1
+                    self._batches_received += 1
+                    self._held_back.difference_update(m["MessageId"] for m in messages)
+                self._receives_done += 1
+                self._lock.notify_all()
         return messages
 
     def _deliver_and_release(self, messages: list[dict[str, Any]]) -> None:
@@ -222,6 +283,7 @@ class QueuePoller:
             self._slots.release()
 
     def _deliver(self, messages: list[dict[str, Any]]) -> None:
+        kept = {m["MessageId"] for m in messages}  # until deleted: what stays in the queue, invisible for now
         try:
             event = sqs_event(messages, self.source.queue_arn, self._region)
             invocation = self.function.invoke(event)
@@ -229,10 +291,12 @@ class QueuePoller:
             done = [] if failed is None else [m for m in messages if m["MessageId"] not in failed]
             if done:
                 with contextlib.suppress(Exception):  # not deleted: it comes back, as on AWS
-                    self._sqs.delete_message_batch(
+                    answer = self._sqs.delete_message_batch(
                         QueueUrl=self._queue_url,
                         Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
                     )
+                    deleted = {int(entry["Id"]) for entry in answer.get("Successful") or []}
+                    kept -= {m["MessageId"] for i, m in enumerate(done) if i in deleted}
             with self._lock:
                 self.invocations += 1
                 self.failed_messages += len(messages) - len(done)
@@ -241,6 +305,7 @@ class QueuePoller:
                 log.info("%s: %s, the batch comes back", self.source.function, invocation.error_type)
         finally:
             with self._lock:
+                self._held_back |= kept
                 self._busy -= 1
                 self._lock.notify_all()
 
@@ -255,12 +320,56 @@ class QueuePoller:
                 found.update({k: int(v) for k, v in (record.get("outcomes") or {}).items()})
         return found
 
-    def idle(self, since: float) -> bool:
-        """Drained since `since` (time.monotonic()): no batch being delivered, and a receive that started after it
-        found the queue empty. (One thread receives, so no batch can be between its receive and its delivery then.)
-        Messages a function reported failed stay invisible until their visibility timeout: they do not count."""
-        with self._lock:
-            return self._busy == 0 and self._last_empty >= since
+    def backlog(self, timeout: float) -> Backlog:
+        """What is left on the queue, read consistently: once no batch is being delivered, the queue's counts are
+        read; if some messages are invisible, the receive that may have been running meanwhile is awaited (it may
+        have taken a message the function reported failed before, again), and if it got a batch, all is read again.
+        A message sent before this call is in the counts (visible, delayed or received); one the poller received
+        and has not handed to the function yet is invisible and not reported failed, so it is not drained.
+        Waits at most `timeout` seconds; what it returns then may not be drained."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._busy == 0, timeout=max(0.0, deadline - time.monotonic()))
+                batches, busy, held_back = self._batches_received, self._busy, len(self._held_back)
+            if busy:
+                return Backlog(self.source.queue_name, in_flight=busy, held_back=held_back)
+            counts = self._counts()
+            if counts.not_visible == 0:  # nothing received and not deleted when read: no receive can be midway
+                return dataclasses.replace(counts, held_back=held_back)
+            with self._lock:
+                started = self._receives_started
+                settled = self._lock.wait_for(
+                    functools.partial(self._receives_ended, started), timeout=max(0.0, deadline - time.monotonic())
+                )
+                received = self._batches_received != batches
+            if settled and not received:
+                return dataclasses.replace(counts, held_back=held_back)
+            if time.monotonic() >= deadline:
+                why = "a batch was received while they were read" if received else "a receive did not end in time"
+                return dataclasses.replace(counts, held_back=held_back, unsettled=why)
+
+    def _receives_ended(self, started: int) -> bool:
+        """Every receive that had started when `started` was counted has ended (or none can run: not polling)."""
+        return self._receives_done >= started or self._thread is None
+
+    def _counts(self) -> Backlog:
+        try:
+            answer = self._sqs.get_queue_attributes(QueueUrl=self._queue_url, AttributeNames=list(QUEUE_COUNTS))
+        except Exception as exc:  # the embedded AWS stopping, mostly: reported, never taken for drained
+            return Backlog(self.source.queue_name, unsettled=f"counts unreadable: {type(exc).__name__}")
+        visible, delayed, not_visible = (int(answer["Attributes"].get(name, 0)) for name in QUEUE_COUNTS)
+        return Backlog(self.source.queue_name, visible=visible, delayed=delayed, not_visible=not_visible)
+
+    def wait_drained(self, timeout: float) -> Backlog:
+        """Wait until drained (see backlog), at most `timeout` seconds: the last backlog read, drained or not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.backlog(max(0.0, deadline - time.monotonic()))
+            if found.drained or time.monotonic() >= deadline:
+                return found
+            with self._lock:  # woken sooner by a delivery's end or a receive
+                self._lock.wait(min(DRAIN_RECHECK_SECONDS, max(0.0, deadline - time.monotonic())))
 
     def snapshot(self) -> tuple[int, int, Counter[str]]:
         """Batches delivered, messages that stayed in the queue, and the outcomes logged, so far."""

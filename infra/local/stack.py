@@ -8,13 +8,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Self
 
 from infra.local.aws import LOCAL_CREDENTIALS, LocalAws
-from infra.local.event_sources import QueuePoller, read_queue_sources
+from infra.local.event_sources import QueueNotDrained, QueuePoller, read_queue_sources
 from infra.local.gateway import Gateway, ScheduleRun
 from infra.local.lambda_runtime import LocalFunction, LogSink
 from infra.local.smartsheet_emulator import DEFAULT_APP, SmartsheetEmulator, users_of_region
@@ -177,7 +177,7 @@ class LocalStack:
                 thread.start()
             for thread in threads:
                 thread.join()
-        self._gateway.after_schedule = self._drained
+        self._gateway.around_schedule = self._drained
         self._gateway.start(self.functions)
         self.pollers = [
             QueuePoller(source, self.functions[source.function], self._aws.client("sqs"), self._aws.region).start()
@@ -200,25 +200,29 @@ class LocalStack:
             return app.client_id, app.client_secret
         return DEFAULT_APP.client_id, DEFAULT_APP.client_secret
 
-    def wait_for_queues(self, timeout: float = QUEUE_DRAIN_SECONDS) -> bool:
-        """Wait until every event source mapping's queue is drained (nothing visible, nothing being delivered);
-        False if `timeout` passed first. Messages a function reported failed wait out their visibility timeout
-        invisibly: they do not hold this up."""
-        since = time.monotonic()
-        deadline = since + timeout
-        while time.monotonic() < deadline:
-            if all(poller.idle(since) for poller in self.pollers):
-                return True
-            time.sleep(0.1)
-        return False
+    def wait_for_queues(self, timeout: float = QUEUE_DRAIN_SECONDS) -> None:
+        """Wait until every event source mapping's queue is drained: nothing visible or delayed, no batch being
+        delivered, nothing invisible but the messages a function reported failed (they wait out their visibility
+        timeout). Raises QueueNotDrained, naming the queues and their counts, if `timeout` passed first."""
+        deadline = time.monotonic() + timeout
+        left = [poller.wait_drained(max(0.0, deadline - time.monotonic())) for poller in self.pollers]
+        if not all(backlog.drained for backlog in left):
+            raise QueueNotDrained([backlog for backlog in left if not backlog.drained], timeout)
 
-    def _drained(self, run: ScheduleRun) -> ScheduleRun:
+    def _drained(self, invoke: Callable[[], ScheduleRun]) -> ScheduleRun:
         """A schedule run once the work it queued is done: the refresh dispatcher's answer with the workers'
-        outcomes added (on AWS they are the workers' metrics; locally `make refresh` and `sweep` print them)."""
+        outcomes added (on AWS they are the workers' metrics; locally `make refresh` and `sweep` print them).
+        The pollers' counts are taken before the function runs: a worker may finish a batch before it returns."""
+        before = [poller.snapshot() for poller in self.pollers]
+        run = invoke()
         if not self.pollers or not run.invocation.ok or not isinstance(run.invocation.payload, dict):
             return run
-        before = [poller.snapshot() for poller in self.pollers]
-        drained = self.wait_for_queues()
+        workers: dict[str, Any] = {"drained": True}
+        try:
+            self.wait_for_queues()
+        except QueueNotDrained as exc:
+            log.warning("%s", exc)
+            workers = {"drained": False, "not_drained": str(exc)}
         after = [poller.snapshot() for poller in self.pollers]
         outcomes = dict(run.invocation.payload.get("outcomes") or {})
         batches = failed = 0
@@ -228,7 +232,7 @@ class LocalStack:
                 outcomes[name] = outcomes.get(name, 0) + count
         payload = run.invocation.payload | {
             "outcomes": outcomes,
-            "workers": {"batches": batches, "failed_messages": failed, "drained": drained},
+            "workers": {"batches": batches, "failed_messages": failed} | workers,
         }
         return dataclasses.replace(run, invocation=dataclasses.replace(run.invocation, payload=payload))
 

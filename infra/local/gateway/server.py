@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -56,15 +57,16 @@ class Gateway:
         region: str = "us-east-1",
         credentials: Mapping[str, str] | None = None,
         control_token: str | None = None,
-        after_schedule: Callable[[ScheduleRun], ScheduleRun] | None = None,
+        around_schedule: Callable[[Callable[[], ScheduleRun]], ScheduleRun] | None = None,
     ) -> None:
         self.routes = RouteTable(routes)
         self.control_token = control_token or secrets.token_urlsafe(32)
         # access key id -> secret access key: who may call routes with AWS_IAM authorization (SigV4).
         self.credentials = dict(credentials or {})
         self.schedules = list(schedules)
-        # What the stack does once a schedule's function returned (the local stack: wait for the work it queued).
-        self.after_schedule = after_schedule
+        # What the stack does around a schedule's function, given the call that runs it (the local stack: counts its
+        # pollers' batches before, waits for the work the function queued after).
+        self.around_schedule = around_schedule
         self.functions: dict[str, Invoker] = {}
         self.api_id = api_id
         self.account_id = account_id
@@ -134,14 +136,16 @@ class Gateway:
             raise LookupError(f"no schedule for function={function} event={event_name}")
         runs = []
         for schedule in chosen:
-            event = self.schedule_event(schedule)
-            invocation = self.functions[schedule.function].invoke(event)
-            log.info(
-                "schedule %s -> %s: %s",
-                schedule.name,
-                schedule.function,
-                "ok" if invocation.ok else f"{invocation.error_type}: {invocation.error_message}",
-            )
-            run = ScheduleRun(schedule, event, invocation)
-            runs.append(self.after_schedule(run) if self.after_schedule is not None else run)
+            run = functools.partial(self._run_schedule, schedule, self.schedule_event(schedule))
+            runs.append(self.around_schedule(run) if self.around_schedule is not None else run())
         return runs
+
+    def _run_schedule(self, schedule: ScheduleSpec, event: dict[str, Any]) -> ScheduleRun:
+        invocation = self.functions[schedule.function].invoke(event)
+        log.info(
+            "schedule %s -> %s: %s",
+            schedule.name,
+            schedule.function,
+            "ok" if invocation.ok else f"{invocation.error_type}: {invocation.error_message}",
+        )
+        return ScheduleRun(schedule, event, invocation)
