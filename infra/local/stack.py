@@ -205,9 +205,15 @@ class LocalStack:
         delivered, nothing invisible but the messages a function reported failed (they wait out their visibility
         timeout). Raises QueueNotDrained, naming the queues and their counts, if `timeout` passed first."""
         deadline = time.monotonic() + timeout
-        left = [poller.wait_drained(max(0.0, deadline - time.monotonic())) for poller in self.pollers]
-        if not all(backlog.drained for backlog in left):
-            raise QueueNotDrained([backlog for backlog in left if not backlog.drained], timeout)
+        while True:
+            delivered = [poller.snapshot()[0] for poller in self.pollers]
+            left = [poller.wait_drained(max(0.0, deadline - time.monotonic())) for poller in self.pollers]
+            if not all(backlog.drained for backlog in left):
+                raise QueueNotDrained([backlog for backlog in left if not backlog.drained], timeout)
+            # Again if a batch ended meanwhile: its function may have queued more on a queue read before (a
+            # refresh's events reach the webhook queue).
+            if len(self.pollers) < 2 or delivered == [poller.snapshot()[0] for poller in self.pollers]:
+                return
 
     def _drained(self, invoke: Callable[[], ScheduleRun]) -> ScheduleRun:
         """A schedule run once the work it queued is done: the refresh dispatcher's answer with the workers'
