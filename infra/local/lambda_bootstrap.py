@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 MAX_RESPONSE_BYTES: Final = 6 * 1024 * 1024  # Lambda's synchronous response payload limit
+# Printed after each invocation's output, before its answer; the runtime keeps it out of the logs and waits for it,
+# so an invocation's lines are all in the function's logs when it returns (lambda_runtime.LOGGED_MARKER).
+LOGGED_MARKER: Final = "\x1elocal-runtime:logged "
 
 
 class LambdaContext:
@@ -85,7 +88,7 @@ def _bootstrap(code_dir: str, handler_name: str, request_fd: int, response_fd: i
             answer(_error(exc))
             continue
         finally:
-            sys.stdout.flush()
+            print(LOGGED_MARKER + str(request["request_id"]), flush=True)
         try:
             payload = json.dumps({"type": "result", "payload": result})
         except (TypeError, ValueError) as exc:

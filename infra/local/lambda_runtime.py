@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("infra.local.lambda")
 
+# lambda_bootstrap.LOGGED_MARKER (the worker imports nothing of ours): the end of an invocation's output.
+LOGGED_MARKER: Final = "\x1elocal-runtime:logged "
+# How long an answered invocation waits for the rest of its output to be read (it was written before the answer).
+LOGS_GRACE_SECONDS: Final = 2.0
 INIT_TIMEOUT_SECONDS: Final = 30.0  # Lambda allows 10 s; a busy 2-core CI box needs more for imports
 
 _BOOTSTRAP: Final = Path(__file__).resolve().with_name("lambda_bootstrap.py")
@@ -109,6 +113,8 @@ class _Worker:
         self._requests = os.fdopen(self._request_write, "wb", buffering=0)
         self._responses = os.fdopen(self._response_read, "rb", buffering=0)
         self._buffer = b""
+        self._logged = threading.Condition()
+        self._last_logged = ""  # the request id of the latest invocation whose output the pump has read
         self._reader = threading.Thread(
             target=self._pump_output,
             args=(self.process.stdout, sink, keep),
@@ -124,8 +130,18 @@ class _Worker:
         with contextlib.suppress(ValueError, OSError):
             for raw in iter(stream.readline, b""):
                 line = raw.decode("utf-8", "replace").rstrip("\n")
+                if line.startswith(LOGGED_MARKER):
+                    with self._logged:
+                        self._last_logged = line.removeprefix(LOGGED_MARKER)
+                        self._logged.notify_all()
+                    continue
                 keep.append(line)
                 sink(self.spec.logical_id, line)
+
+    def wait_logged(self, request_id: str, timeout: float) -> bool:
+        """Wait until the pump has read all the invocation's output (the bootstrap's marker after it)."""
+        with self._logged:
+            return self._logged.wait_for(lambda: self._last_logged == request_id, timeout=timeout)
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         try:
@@ -315,6 +331,8 @@ class LocalFunction:
             self._release(None)
             log.error("%s RequestId: %s Error: %s", self.name, request_id, message)
             return Invocation(request_id, None, error_type, message, duration, cold)
+        # Its output is read on another thread: all of it is in the logs before the invocation returns.
+        worker.wait_logged(request_id, LOGS_GRACE_SECONDS)
         self._release(worker)
         log.debug("REPORT RequestId: %s Duration: %.2f ms (%s)", request_id, duration, self.name)
         if reply.get("type") == "result":

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from infra.local.gateway import Gateway
-from infra.local.lambda_runtime import Invocation, LocalFunction
+from infra.local.lambda_runtime import LOGGED_MARKER, Invocation, LocalFunction
 from infra.local.template_model import FunctionSpec, HttpRoute
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +44,9 @@ def lambda_handler(event, context):
         os._exit(3)
     if mode == "sleep":
         time.sleep(60)
+    if mode == "chatty":  # its last line is what the caller reads (the refresh worker's "batch finished")
+        for n in range(200):
+            print(f"line {n} of {context.aws_request_id}", file=sys.stderr if n % 2 else sys.stdout)
     return {"statusCode": 200, "body": "ok"}
 """
 
@@ -145,6 +148,20 @@ def test_a_worker_that_exits_reports_its_exit_status(code: Path) -> None:
             "Runtime.ExitError",
             "Runtime exited with error: exit status 3",
         )
+    finally:
+        function.close()
+
+
+def test_an_invocation_returns_with_all_its_output_in_the_logs(code: Path) -> None:
+    function = _function(code, timeout=120)
+    try:
+        for _ in range(20):
+            invocation = function.invoke({"mode": "chatty"})
+
+            assert invocation.ok
+            mine = [line for line in function.logs if invocation.request_id in line]
+            assert (len(mine), mine[-1]) == (200, f"line 199 of {invocation.request_id}")
+        assert not any(LOGGED_MARKER.strip() in line for line in function.logs)  # the end marker is not a log line
     finally:
         function.close()
 
