@@ -24,6 +24,7 @@ from tests.management.conftest import (
     connect,
     new_session,
 )
+from tests.ops.support import captured_logs, log_lines
 from tests.support.broker import Broker, completion_code
 
 ADA, GRACE = "4583173393803140", "6812335718217604"
@@ -197,6 +198,34 @@ def test_storage_failing_mid_way_gives_the_code_back_and_loses_nothing(
     assert again.status == 200, again.body
     assert broker.connection(ADA)["end_user_id"] == "user-1"  # type: ignore[index]
     assert broker.emulator.access_token_is_live(broker.tokens(ADA)["access_token"])
+
+
+@pytest.mark.parametrize(
+    ("failing_method", "message", "status"),
+    [("finish", "completion code not marked used", 200), ("release", "completion claim not released", 503)],
+)
+def test_a_completion_store_failure_logs_its_aws_error_code_as_error_code(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch, failing_method: str, message: str, status: int
+) -> None:
+    """Next to completion codes a log field `code` would read as one: the AWS error code is `error_code`."""
+    code = held_code(broker)
+
+    def fails(*_args: Any, **_kwargs: Any) -> None:
+        raise StorageError(f"completions.{failing_method}", "ThrottlingException", transient=True)
+
+    monkeypatch.setattr(CompletionStore, failing_method, fails)
+    if failing_method == "release":  # release runs only when binding failed: make the secret write fail once
+        vault = services.token_vault()
+        failing = FailingOnce(vault.save, StorageError("vault.put", "InternalServiceError", transient=True))
+        monkeypatch.setattr(vault, "save", failing)
+
+    with captured_logs() as sink:
+        assert complete(code, "user-1").status == status
+    [line] = [line for line in log_lines(sink) if line["message"] == message]
+
+    assert line["error_code"] == "ThrottlingException"
+    assert "code" not in line
+    assert code not in sink.getvalue()
 
 
 def test_an_account_bound_elsewhere_in_the_instant_before_the_record_is_written_is_not_rebound(

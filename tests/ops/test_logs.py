@@ -38,3 +38,22 @@ def test_lines_carry_the_invocations_correlation_id_and_each_connections_outcome
     assert {line["correlation_id"] for line in callback_lines} == {stale["requestContext"]["requestId"]}
     assert any(line.get("outcome") == "bad_state" for line in callback_lines)
     assert nonce not in "\n".join(map(str, callback_lines))
+
+
+def test_a_storage_failure_logs_the_aws_error_code_as_error_code_never_as_code(broker: Broker) -> None:
+    """`code` in these logs would read as an OAuth authorization code; an AWS error code is `error_code`."""
+    from callback.app import lambda_handler as callback
+
+    location, nonce = broker.start()
+    query = broker.consent(location)
+    broker.dynamodb.delete_table(TableName=broker.state_table)  # DynamoDB refuses: the state cannot be consumed
+    event = http_event("/callback", query, cookies={"__Host-smartsheet-oauth-nonce": nonce})
+
+    with captured_logs() as sink:
+        assert callback(event, LambdaContext())["statusCode"] == 503
+    [failure] = [line for line in log_lines(sink) if line.get("outcome") == "storage_error"]
+
+    assert failure["error_code"] == "ResourceNotFoundException"
+    assert failure["operation"]
+    assert "code" not in failure
+    assert query["code"] not in sink.getvalue()

@@ -117,7 +117,8 @@ class StorageError(BrokerError):
         self.transient = transient
 
     def log_fields(self) -> dict[str, Any]:
-        return {"operation": self.operation, "code": self.code}
+        # `error_code`, never `code`: in these logs that word means an OAuth authorization code.
+        return {"operation": self.operation, "error_code": self.code}
 
 
 class ConditionFailed(StorageError):

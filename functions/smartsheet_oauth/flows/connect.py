@@ -190,7 +190,7 @@ def complete(deps: ManagementDeps, completions: CompletionStore, body: dict[str,
         try:
             completions.release(held, owner=owner)
         except StorageError as exc:  # the claim lapses by itself after CLAIM_SECONDS
-            logger.warning("completion claim not released", extra={"code": exc.code})
+            logger.warning("completion claim not released", extra=exc.log_fields())
         raise
 
 
@@ -268,7 +268,7 @@ def _store(
     except StorageError as exc:
         # Bound already; the code stays claimed until its claim lapses, and a late replay would store the same
         # secret version again (a no-op) for the same end user.
-        logger.error("completion code not marked used", extra={"operation": exc.operation, "code": exc.code})
+        logger.error("completion code not marked used", extra=exc.log_fields())
     connection = deps.connections.get(held.smartsheet_user_id)
     if connection is None:  # the record was written a moment ago; only a deletion by hand can get here
         raise StorageError("connections.get", "ConnectionMissing", transient=True)
