@@ -99,7 +99,9 @@ def connection_store() -> ConnectionStore:
     from smartsheet_oauth.stores.connections import ConnectionStore  # noqa: PLC0415
 
     config = get_config()
-    return ConnectionStore(aws.dynamodb(), config.connections_table_name, due_shards=config.due_shards)
+    return ConnectionStore(
+        aws.dynamodb(), config.connections_table_name, default_region=config.region, due_shards=config.due_shards
+    )
 
 
 @cache
@@ -107,7 +109,9 @@ def connection_tags() -> ConnectionTagStore:
     from smartsheet_oauth.stores.connection_tags import ConnectionTagStore  # noqa: PLC0415
 
     config = get_config()
-    return ConnectionTagStore(aws.dynamodb(), config.connections_table_name, config.connection_tags_table_name)
+    return ConnectionTagStore(
+        aws.dynamodb(), config.connections_table_name, config.connection_tags_table_name, default_region=config.region
+    )
 
 
 @cache

@@ -176,7 +176,10 @@ def set_tags(
         sessions=ConnectSessionStore(target.dynamodb, target.config.state_table_name, target.config.state_ttl_seconds),
         smartsheet=target.smartsheet,
         tags=ConnectionTagStore(
-            target.dynamodb, target.config.connections_table_name, target.config.connection_tags_table_name
+            target.dynamodb,
+            target.config.connections_table_name,
+            target.config.connection_tags_table_name,
+            default_region=target.config.region,
         ),
     )
     try:

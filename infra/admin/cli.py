@@ -270,7 +270,7 @@ def cmd_show(target: Target, args: argparse.Namespace, out: Output) -> int:
             "expires_at": stored.expires_at,
             "obtained_at": stored.obtained_at,
             "scope": stored.scope,
-            "region": stored.region,
+            "region": stored.region or connection.region,  # a pair stored before regions: its connection's
         }
     except StorageError as exc:
         tokens = {"unavailable": exc.code}

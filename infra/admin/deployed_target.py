@@ -126,7 +126,9 @@ def deployed(
     return Target(
         description=where,
         config=config,
-        connections=ConnectionStore(dynamodb, config.connections_table_name, due_shards=config.due_shards),
+        connections=ConnectionStore(
+            dynamodb, config.connections_table_name, default_region=config.region, due_shards=config.due_shards
+        ),
         dynamodb=dynamodb,
         vault=build_token_stores(
             config,

@@ -164,7 +164,9 @@ def local(state_file: Path = DEV_STATE_FILE, *, template: Path = DEFAULT_TEMPLAT
     return Target(
         description=f"local dev stack {stack_name} ({gateway_url})",
         config=config,
-        connections=ConnectionStore(dynamodb, config.connections_table_name, due_shards=config.due_shards),
+        connections=ConnectionStore(
+            dynamodb, config.connections_table_name, default_region=config.region, due_shards=config.due_shards
+        ),
         dynamodb=dynamodb,
         vault=build_token_stores(
             config, dynamodb=lambda: dynamodb, secrets=lambda: secrets, kms=lambda: client("kms"), keep_pairs=False

@@ -18,7 +18,7 @@ from smartsheet_oauth.stores.connections import Connection, ConnectionStore
 from smartsheet_oauth_client import BrokerApiError, TokenProvider
 
 from infra.local.smartsheet_emulator import SmartsheetEmulator, User
-from tests.management.conftest import RETURN_TO, call_management, complete, integrator_tokens
+from tests.management.conftest import RETURN_TO, EventSink, call_management, complete, integrator_tokens
 from tests.support.broker import NONCE_COOKIE, Broker, completion_code
 
 ADA = 4583173393803140  # a US user of the default emulator
@@ -173,6 +173,42 @@ def test_a_record_without_a_region_is_of_the_stacks_default_region(regional: Bro
     assert regional.connection(ADA)["region"] == "us"  # type: ignore[index]
     # ...and an EU sign-in of the same number is refused: the record is of the default region.
     assert sign_in_eu(regional, eu, ADA)[0] == 409
+
+
+def test_a_record_without_a_region_reads_as_the_stacks_default_region_everywhere_and_is_not_rewritten(
+    regional: Broker, event_sink: EventSink
+) -> None:
+    """A connection recorded before regions has no region attribute: the API and events name the stack's default
+    region (SMARTSHEET_REGION, here us), never an empty one, and reading it writes nothing."""
+    assert regional.sign_in(user_id=ADA).status == 200
+    regional.dynamodb.update_item(
+        TableName=regional.connections_table,
+        Key={"connection_id": {"S": str(ADA)}},
+        UpdateExpression="REMOVE #r",
+        ExpressionAttributeNames={"#r": "region"},
+    )
+    event_sink.drain()
+
+    one = call_management("GET", f"/connections/{ADA}")
+    listed = call_management("GET", "/connections")
+    tagged = call_management("PUT", f"/connections/{ADA}/tags", body={"tags": {"team": "a"}})
+    by_tag = call_management("GET", "/connections", query={"tag": "team=a"})
+    refreshed = call_management("POST", f"/connections/{ADA}/refresh", body={"min_valid_seconds": 7 * 24 * 3600})
+
+    assert one.body["region"] == "us", one.body
+    assert [c["region"] for c in listed.body["connections"] if c["connection_id"] == str(ADA)] == ["us"]
+    assert tagged.body["region"] == "us", tagged.body
+    assert [c["region"] for c in by_tag.body["connections"]] == ["us"]
+    assert refreshed.body["connection"]["region"] == "us", refreshed.body
+    item = regional.dynamodb.get_item(TableName=regional.connections_table, Key={"connection_id": {"S": str(ADA)}})
+    assert "region" not in item["Item"]  # read as the default, never written back
+
+    gone = call_management("DELETE", f"/connections/{ADA}")
+
+    assert gone.status == 200, gone.body
+    events = [event for event in event_sink.drain() if event["detail"]["connection_id"] == str(ADA)]
+    assert "Connection Revoked" in {event["detail-type"] for event in events}
+    assert {event["detail"]["region"] for event in events} == {"us"}
 
 
 def test_on_demand_refresh_and_disconnect_go_to_the_connections_region(

@@ -127,7 +127,9 @@ def deployed(emulator_server: SmartsheetEmulator) -> Iterator[Deployed]:
             obtained_at=1_700_000_000,
         )
         arn = vault.save(str(ADA), tokens)
-        ConnectionStore(session.client("dynamodb"), environment["CONNECTIONS_TABLE_NAME"]).record_sign_in(
+        ConnectionStore(
+            session.client("dynamodb"), environment["CONNECTIONS_TABLE_NAME"], default_region="us"
+        ).record_sign_in(
             connection_id=str(ADA),
             secret_arn=arn,
             email="ada@example.com",

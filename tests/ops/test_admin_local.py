@@ -152,6 +152,29 @@ def test_show_tells_the_state_of_a_connection_but_never_its_tokens(ada: Ops) -> 
     assert ada.admin("show", "123").code == 1
 
 
+def test_a_connection_recorded_before_regions_shows_the_stacks_default_region(ada: Ops) -> None:
+    """No region on the record nor in the secret (written before regions): the stack's default (SmartsheetRegion,
+    us here) is shown, never an empty region."""
+    ada.stack.aws.dynamodb.update_item(
+        TableName=ada.table,
+        Key={"connection_id": {"S": str(ADA)}},
+        UpdateExpression="REMOVE #r",
+        ExpressionAttributeNames={"#r": "region"},
+    )
+    pair = {k: v for k, v in ada.tokens(ADA).items() if k != "region"}
+    ada.stack.aws.secretsmanager.put_secret_value(SecretId=ada.record(ADA)["secret_arn"], SecretString=json.dumps(pair))
+
+    shown = ada.admin("show", str(ADA))
+    as_json = ada.admin("show", str(ADA), "--json").json()
+    listed = [row for row in ada.admin("list", "--json").json() if row["connection_id"] == str(ADA)]
+
+    assert re.search(r"^region\s+us$", shown.out, re.MULTILINE), shown.out
+    assert as_json["connection"]["region"] == "us"
+    assert as_json["stored_tokens"]["region"] == "us"
+    assert [row["region"] for row in listed] == ["us"]
+    assert "region" not in ada.record(ADA)  # read as the default, not written back
+
+
 def test_refresh_rotates_the_pair_now(ada: Ops) -> None:
     before, generation = ada.tokens(ADA), ada.record(ADA)["generation"]
 

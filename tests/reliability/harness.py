@@ -245,7 +245,7 @@ def seed_connections(here: World, count: int) -> list[str]:
     """Signed-in connections, all due now: a grant from the emulator, its secret, its record (as the callback
     stores them), written by a few threads."""
     vault = here.stores
-    store = ConnectionStore(here.dynamodb, here.spec.connections_table)
+    store = ConnectionStore(here.dynamodb, here.spec.connections_table, default_region="us")  # SmartsheetRegion
     now = int(time.time())
 
     def one(n: int) -> str:
@@ -365,7 +365,7 @@ def build_deps(
     assert config.pending_tokens_key_id is not None
     return RefreshDeps(
         config=config,
-        connections=ConnectionStore(dynamodb, config.connections_table_name),
+        connections=ConnectionStore(dynamodb, config.connections_table_name, default_region=config.region),
         vault=build_token_stores(config, dynamodb=lambda: pairs, secrets=lambda: secrets, kms=lambda: kms),
         smartsheet=SmartsheetClient(
             api_base_url=spec.api_base_url,

@@ -69,14 +69,17 @@ def _s(item: dict[str, Any], name: str) -> str | None:
     return str(item[name]["S"]) if name in item else None
 
 
-def connection_from_item(item: dict[str, Any]) -> Connection:
+def connection_from_item(item: dict[str, Any], default_region: str) -> Connection:
+    """The record as the flows read it. A record written before regions were recorded has none: its region is the
+    stack's default (SmartsheetRegion, `default_region`), so every reader (the management API, events, the admin CLI,
+    the refresh) sees the region its tokens work in, and the item is left as it is."""
     return Connection(
         connection_id=item["connection_id"]["S"],
         status=item["status"]["S"],
         secret_arn=item["secret_arn"]["S"],
         email=_s(item, "email") or "",
         scopes=_s(item, "scopes") or "",
-        region=_s(item, "region") or "",
+        region=_s(item, "region") or default_region,
         access_expires_at=number(item, "access_expires_at", 0) or 0,
         refresh_due_at=number(item, "refresh_due_at"),
         generation=number(item, "generation", 0) or 0,

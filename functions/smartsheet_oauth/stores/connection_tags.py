@@ -28,10 +28,14 @@ _BATCH_ATTEMPTS = 5  # BatchGetItem may leave keys unprocessed under throttling:
 
 
 class ConnectionTagStore:
-    def __init__(self, client: DynamoDBClient, connections_table: str, tags_table: str | None) -> None:
+    def __init__(
+        self, client: DynamoDBClient, connections_table: str, tags_table: str | None, *, default_region: str
+    ) -> None:
+        """default_region: the stack's SmartsheetRegion, the region of a record written without one."""
         self._client = client
         self._connections = connections_table
         self._tags = tags_table
+        self._default_region = default_region
 
     def _table(self) -> str:
         if self._tags is None:  # the template gives every function CONNECTION_TAGS_TABLE_NAME
@@ -51,7 +55,7 @@ class ConnectionTagStore:
             ).get("Item")
         if item is None:
             raise ConditionFailed("tags.read", "ConnectionMissing", transient=False)
-        current = connection_from_item(item)
+        current = connection_from_item(item, self._default_region)
         version = int(item.get("tags_version", {}).get("N", "0"))
         old = {index_key(k, v) for k, v in current.tags.items()}
         new = {index_key(k, v) for k, v in tags.items()}
@@ -140,7 +144,7 @@ class ConnectionTagStore:
                     RequestItems={self._connections: {"Keys": keys, "ConsistentRead": True}}
                 )
             for item in answer.get("Responses", {}).get(self._connections, []):
-                connection = connection_from_item(item)
+                connection = connection_from_item(item, self._default_region)
                 records[connection.connection_id] = connection
             unprocessed: dict[str, Any] = dict(answer.get("UnprocessedKeys") or {})
             keys = list(unprocessed.get(self._connections, {}).get("Keys", []))

@@ -50,9 +50,11 @@ def _fence(owner: str, generation: int, now: int) -> dict[str, Any]:
 
 
 class ConnectionStore:
-    def __init__(self, client: DynamoDBClient, table_name: str, *, due_shards: int = 1) -> None:
+    def __init__(self, client: DynamoDBClient, table_name: str, *, default_region: str, due_shards: int = 1) -> None:
+        """default_region: the stack's SmartsheetRegion, the region of a record written without one."""
         self._client = client
         self._table = table_name
+        self._default_region = default_region
         self._due_shards = due_shards
 
     def shard_of(self, connection_id: str) -> str:
@@ -116,7 +118,7 @@ class ConnectionStore:
                 TableName=self._table, Key={"connection_id": {"S": connection_id}}, ConsistentRead=True
             )
         item = answer.get("Item")
-        return connection_from_item(item) if item else None
+        return connection_from_item(item, self._default_region) if item else None
 
     def due(
         self, *, now: int, limit: int, start_key: dict[str, Any] | None = None, shard: str = DUE_SHARD
@@ -183,7 +185,7 @@ class ConnectionStore:
             ":now": _num(now),
         }
         answer = self._write("connections.lease", "lease", connection_id, values, returns="ALL_NEW")
-        return connection_from_item(answer["Attributes"])
+        return connection_from_item(answer["Attributes"], self._default_region)
 
     def commit_refresh(
         self,
@@ -291,7 +293,7 @@ class ConnectionStore:
         while True:
             with storage("connections.scan"):
                 answer = self._client.scan(**kwargs)
-            yield from (connection_from_item(item) for item in answer.get("Items", []))
+            yield from (connection_from_item(item, self._default_region) for item in answer.get("Items", []))
             if not answer.get("LastEvaluatedKey"):
                 return
             kwargs["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
@@ -308,14 +310,14 @@ class ConnectionStore:
             ":shard": _str(self.shard_of(connection_id)),
         }
         answer = self._write("connections.request_refresh", "request_refresh", connection_id, values, returns="ALL_NEW")
-        return connection_from_item(answer["Attributes"])
+        return connection_from_item(answer["Attributes"], self._default_region)
 
     def hold(self, connection_id: str, *, owner: str, now: int, lease_seconds: int) -> Connection:
         """Take the lease for an operator action whatever the connection's status, so no sweep refreshes (rotates)
         it meanwhile. Raises ConditionFailed for an unknown connection or one whose lease another worker holds."""
         values = {":until": _num(now + lease_seconds), ":owner": _str(owner), ":now": _num(now)}
         answer = self._write("connections.hold", "hold", connection_id, values, returns="ALL_NEW")
-        return connection_from_item(answer["Attributes"])
+        return connection_from_item(answer["Attributes"], self._default_region)
 
     def release(self, connection_id: str, *, owner: str, settled: bool = False) -> None:
         """Give a held lease back unchanged (an operator action that did not go through, a refresh that sent
@@ -366,7 +368,7 @@ class ConnectionStore:
             kwargs["ExclusiveStartKey"] = start_key
         with storage("connections.page"):
             answer = self._client.query(**kwargs) if end_user_id is not None else self._client.scan(**kwargs)
-        items = [connection_from_item(item) for item in answer.get("Items", [])]
+        items = [connection_from_item(item, self._default_region) for item in answer.get("Items", [])]
         return items, answer.get("LastEvaluatedKey")
 
     def expedite(self, connection_id: str, *, generation: int, now: int) -> None:

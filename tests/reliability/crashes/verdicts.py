@@ -99,7 +99,7 @@ def sign_in_again(here: World, connection_id: str) -> bool:
             api_base_url=here.spec.api_base_url, client_id=here.spec.client_id, client_secret=here.spec.client_secret
         ),
         vault=here.stores,
-        connections=ConnectionStore(here.dynamodb, here.spec.connections_table),
+        connections=ConnectionStore(here.dynamodb, here.spec.connections_table, default_region=config.region),
         now=now,
         completions=lambda: CompletionStore(here.dynamodb, here.spec.state_table),
     )
