@@ -1,13 +1,20 @@
-"""The ops suite's recording: every scenario of tests/ops/support.py run once, its EMF output kept per scenario."""
+"""The ops suite's fixtures: the recording (every scenario of tests/ops/support.py run once, its EMF output kept per
+scenario), and a local stack per module that the admin CLI finds as `make admin` finds `make dev`'s."""
 
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterator
 from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from infra.local import dev
+from infra.local.stack import LocalStack
 from tests.ops.support import SCENARIOS, emf_blobs
 from tests.support.fixtures import in_process_broker
 
@@ -65,3 +72,37 @@ def recorded(emulator_server: SmartsheetEmulator) -> Recorded:
                 result[name] = emf_blobs(printed.getvalue())
     emulator_server.reset_faults()
     return result
+
+
+@dataclass
+class DevStack:
+    """A running local stack and the state file through which the admin CLI finds it."""
+
+    stack: LocalStack
+    state_file: Path
+
+
+@pytest.fixture(scope="module")
+def dev_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    """One local stack per test module (moto server, emulator, gateway, functions in their own processes), its state
+    file written as `make dev` writes it. The module names the stack and its parameters in DEV_STACK, e.g.
+    `DEV_STACK = ("ops", {"AllowedReturnTo": APP})`."""
+    name, parameters = request.module.DEV_STACK
+    state_file = tmp_path_factory.mktemp("dev") / "dev.json"
+    try:
+        # No prewarm: only the functions the tests call start a worker (CPU is shared with the whole suite).
+        with (
+            LocalStack(stack_name=f"{name}-{os.getpid()}", prewarm=False, parameters=parameters) as stack,
+            pytest.MonkeyPatch.context() as patch,
+        ):
+            patch.setattr(dev, "STATE_FILE", state_file)
+            dev._write_state(stack)  # exactly what `make dev` writes
+            yield DevStack(stack, state_file)
+    finally:
+        # moto's backends are the process's, whatever server serves them: leave no table of this stack behind for
+        # the next module's local stack, whose admin target expects one broker stack in the embedded AWS.
+        from moto.core.base_backend import BackendDict
+        from moto.core.model_instances import reset_model_data
+
+        BackendDict.reset()
+        reset_model_data()

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,8 @@ from typing import Any
 import pytest
 
 from infra.admin.cli import main
-from infra.local import dev
 from infra.local.stack import LocalStack
+from tests.ops.conftest import DevStack
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +31,7 @@ GRANTS = 1000
 CRASH_GRANTS = 150
 # The pace's ceiling (the template's MaxValue), so 1,000 refreshes take 100 s, not 200.
 PACE = "600"
+DEV_STACK = ("imp", {"RefreshRatePerMinute": PACE})  # the module's local stack (conftest.dev_stack)
 
 
 @dataclass
@@ -110,27 +109,8 @@ class Importer:
 
 
 @pytest.fixture(scope="module")
-def importer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Importer]:
-    state_file = tmp_path_factory.mktemp("dev") / "dev.json"
-    files = tmp_path_factory.mktemp("grants")
-    try:
-        with (
-            LocalStack(
-                stack_name=f"imp-{os.getpid()}", prewarm=False, parameters={"RefreshRatePerMinute": PACE}
-            ) as stack,
-            pytest.MonkeyPatch.context() as patch,
-        ):
-            patch.setattr(dev, "STATE_FILE", state_file)
-            dev._write_state(stack)  # exactly what `make dev` writes
-            yield Importer(stack, state_file, files)
-    finally:
-        # moto's backends are the process's, whatever server serves them: leave no table of this stack behind for
-        # the next module's local stack, whose admin target expects one broker stack in the embedded AWS.
-        from moto.core.base_backend import BackendDict
-        from moto.core.model_instances import reset_model_data
-
-        BackendDict.reset()
-        reset_model_data()
+def importer(dev_stack: DevStack, tmp_path_factory: pytest.TempPathFactory) -> Importer:
+    return Importer(dev_stack.stack, dev_stack.state_file, tmp_path_factory.mktemp("grants"))
 
 
 def outcomes(run: Run) -> dict[int, dict[str, Any]]:

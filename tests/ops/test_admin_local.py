@@ -20,15 +20,16 @@ import pytest
 from smartsheet_oauth.stores.sweep_lease import SweepLeases
 
 from infra.admin.cli import main
-from infra.local import dev
 from infra.local.demo import BrokerClient
 from infra.local.stack import LocalStack
 from tests.management.test_over_http import signed
+from tests.ops.conftest import DevStack
 from tests.ops.support import ADA, ALAN, GRACE
 
 pytestmark = pytest.mark.e2e
 
 APP = "https://app.example.com"  # the integrator's app: AllowedReturnTo, where reconnect links return
+DEV_STACK = ("ops", {"AllowedReturnTo": APP})  # the module's local stack (conftest.dev_stack)
 
 
 @dataclass
@@ -97,18 +98,10 @@ class Ops:
 
 
 @pytest.fixture(scope="module")
-def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
-    state_file = tmp_path_factory.mktemp("dev") / "dev.json"
-    # No prewarm: only the functions these tests call start a worker (CPU is shared with the whole suite).
-    with (
-        LocalStack(stack_name=f"ops-{os.getpid()}", prewarm=False, parameters={"AllowedReturnTo": APP}) as stack,
-        pytest.MonkeyPatch.context() as patch,
-    ):
-        patch.setattr(dev, "STATE_FILE", state_file)
-        dev._write_state(stack)  # exactly what `make dev` writes
-        client = BrokerClient.of(stack)
-        yield Ops(stack, state_file, client)
-        client.http.close()
+def ops(dev_stack: DevStack) -> Iterator[Ops]:
+    client = BrokerClient.of(dev_stack.stack)
+    yield Ops(dev_stack.stack, dev_stack.state_file, client)
+    client.http.close()
 
 
 @pytest.fixture

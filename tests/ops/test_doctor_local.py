@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from infra.admin.cli import main
-from infra.local import dev
 from infra.local.stack import LocalStack
+from tests.ops.conftest import DevStack
 from tests.ops.deployed_stack import Run
 
 pytestmark = pytest.mark.e2e
+DEV_STACK: tuple[str, dict[str, str]] = ("doctor", {})  # the module's local stack (conftest.dev_stack)
 
 
 @dataclass
@@ -32,12 +31,8 @@ class Local:
 
 
 @pytest.fixture(scope="module")
-def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Local]:
-    state_file = tmp_path_factory.mktemp("dev") / "dev.json"
-    with LocalStack(stack_name=f"doctor-{os.getpid()}", prewarm=False) as stack, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dev, "STATE_FILE", state_file)
-        dev._write_state(stack)  # exactly what `make dev` writes
-        yield Local(stack, state_file)
+def local(dev_stack: DevStack) -> Local:
+    return Local(dev_stack.stack, dev_stack.state_file)
 
 
 def test_the_local_stack_passes_what_it_has_and_says_what_it_has_not(local: Local) -> None:
