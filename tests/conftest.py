@@ -48,3 +48,24 @@ def _isolated_aws_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     services.reset()
     yield
     services.reset()
+
+
+def reset_moto_backends() -> None:
+    """Empty moto's backends. They are the process's: mock_aws (the in-process broker) and every local stack's moto
+    server read and write the same ones. mock_aws empties them when it starts and stops; a server does not."""
+    from moto.core.base_backend import BackendDict
+    from moto.core.model_instances import reset_model_data
+
+    BackendDict.reset()
+    reset_model_data()
+
+
+@pytest.fixture(scope="module")
+def empty_moto_backends() -> Iterator[None]:
+    """moto's backends empty for a module's own local stack, and emptied again after it. Without it a stack still
+    running (the session's e2e `stack`) or left behind shows up in this one's embedded AWS: the admin CLI finds two
+    broker stacks there and refuses. The session stack, emptied so, is provisioned again when next used
+    (tests/support/fixtures.local_stack), as after any in-process test."""
+    reset_moto_backends()
+    yield
+    reset_moto_backends()

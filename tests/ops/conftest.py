@@ -83,26 +83,19 @@ class DevStack:
 
 
 @pytest.fixture(scope="module")
-def dev_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    """One local stack per test module (moto server, emulator, gateway, functions in their own processes), its state
-    file written as `make dev` writes it. The module names the stack and its parameters in DEV_STACK, e.g.
-    `DEV_STACK = ("ops", {"AllowedReturnTo": APP})`."""
+def dev_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, empty_moto_backends: None
+) -> Iterator[DevStack]:
+    """One local stack per test module (moto server, emulator, gateway, functions in their own processes), alone in
+    moto's backends (tests/conftest.empty_moto_backends), its state file written as `make dev` writes it. The module
+    names the stack and its parameters in DEV_STACK, e.g. `DEV_STACK = ("ops", {"AllowedReturnTo": APP})`."""
     name, parameters = request.module.DEV_STACK
     state_file = tmp_path_factory.mktemp("dev") / "dev.json"
-    try:
-        # No prewarm: only the functions the tests call start a worker (CPU is shared with the whole suite).
-        with (
-            LocalStack(stack_name=f"{name}-{os.getpid()}", prewarm=False, parameters=parameters) as stack,
-            pytest.MonkeyPatch.context() as patch,
-        ):
-            patch.setattr(dev, "STATE_FILE", state_file)
-            dev._write_state(stack)  # exactly what `make dev` writes
-            yield DevStack(stack, state_file)
-    finally:
-        # moto's backends are the process's, whatever server serves them: leave no table of this stack behind for
-        # the next module's local stack, whose admin target expects one broker stack in the embedded AWS.
-        from moto.core.base_backend import BackendDict
-        from moto.core.model_instances import reset_model_data
-
-        BackendDict.reset()
-        reset_model_data()
+    # No prewarm: only the functions the tests call start a worker (CPU is shared with the whole suite).
+    with (
+        LocalStack(stack_name=f"{name}-{os.getpid()}", prewarm=False, parameters=parameters) as stack,
+        pytest.MonkeyPatch.context() as patch,
+    ):
+        patch.setattr(dev, "STATE_FILE", state_file)
+        dev._write_state(stack)  # exactly what `make dev` writes
+        yield DevStack(stack, state_file)
