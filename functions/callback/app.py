@@ -1,26 +1,48 @@
 """GET /callback: Smartsheet sends the browser back here with a code (or an error) and our state. A sign-in that ends
-here answers 303 See Other to GET /result, the page that says how it ended and that a reload cannot break."""
+here answers 303 See Other to GET /result, the page that says how it ended and that a reload cannot break. One that
+ends in a final failure (declined, a refused code, a binding conflict: domain/errors.ANSWERS' final rows) is answered
+here with its own status and page, and its result cookie keeps that: a reload shows the same page again."""
 
 from __future__ import annotations
 
 import hmac
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from smartsheet_oauth import services
 from smartsheet_oauth.config import get_config
-from smartsheet_oauth.domain.errors import BindingConflict, CodeRefused, ConfigError, SignInRejected, StorageError
+from smartsheet_oauth.domain.errors import (
+    CALLBACK,
+    BindingConflict,
+    CodeRefused,
+    ConfigError,
+    SignInRejected,
+    StorageError,
+    answer_for,
+)
 from smartsheet_oauth.domain.lifecycle import detail_type, status_after
 from smartsheet_oauth.edge import pages, result
 from smartsheet_oauth.edge.router import Cookie, Response
-from smartsheet_oauth.edge.web import count, failure_page, html, query_params, redirect, resolver
+from smartsheet_oauth.edge.web import (
+    count,
+    failure_page,
+    final_page,
+    html,
+    page_facts,
+    query_params,
+    redirect,
+    resolver,
+)
 from smartsheet_oauth.flows.connect_return import ConnectSignInFailed
 from smartsheet_oauth.flows.sign_in import NONCE_COOKIE, SignedIn, finish_sign_in
 from smartsheet_oauth.platform import snapstart
 from smartsheet_oauth.platform.observability import logger, metrics
 from smartsheet_oauth.stores import events
+
+if TYPE_CHECKING:
+    from smartsheet_oauth.stores.states import StateRecord
 
 get_config()  # a bad configuration fails the cold start, naming the variable
 snapstart.register()  # SnapStart hooks; nothing is registered off Lambda
@@ -34,17 +56,24 @@ _CLEAR_NONCE = Cookie(name=NONCE_COOKIE, value="", path="/", secure=True, http_o
 def callback() -> Response:
     params = query_params(app)
     config = get_config()
-    signed_in = finish_sign_in(
-        params,
-        app.current_event.cookies.get(NONCE_COOKIE),
-        config=config,
-        states=services.state_store(),
-        smartsheet=services.smartsheet_client(),
-        vault=services.token_vault(),
-        connections=services.connection_store(),
-        now=int(time.time()),
-        completions=services.completion_store,
-    )
+    checked: list[StateRecord] = []
+    try:
+        signed_in = finish_sign_in(
+            params,
+            app.current_event.cookies.get(NONCE_COOKIE),
+            config=config,
+            states=services.state_store(),
+            smartsheet=services.smartsheet_client(),
+            vault=services.token_vault(),
+            connections=services.connection_store(),
+            now=int(time.time()),
+            completions=services.completion_store,
+            browser_checked=checked.append,
+        )
+    except Exception as exc:
+        if not checked or checked[0].end_user_id is not None:
+            raise  # not (yet) this browser's sign-in, or a connect session's: answered as ever (exception handlers)
+        return _ended(exc, params["state"])
     if not isinstance(signed_in, SignedIn):
         # A connect-session sign-in: nothing is bound or announced until the integrator redeems the code that
         # return_to receives (the redirect is the only place the code appears; Referrer-Policy keeps it there).
@@ -78,6 +107,32 @@ def callback() -> Response:
     )
 
 
+def _ended(exc: Exception, state: str) -> Response:
+    """This browser's own sign-in (no connect session) ended in exc: its answer as its exception handler gives it
+    (logged, counted, announced), and when that answer is final, the sign-in's result cookie with its code, reference
+    and what its page is drawn from (no account: the cookie names none for a failure)."""
+    page = app.answer_for(exc)
+    answer = answer_for(exc, CALLBACK)
+    if not answer.row.final:
+        return page  # try again later (Retry-After), or unexpected: a reload says the link is used, which is true
+    now = int(time.time())
+    kept = result.SignInResult(
+        answer.code,
+        "",
+        now + result.RESULT_SECONDS,
+        result.state_hash(state),
+        reference=app.current_event.reference,
+        facts=page_facts(exc, answer.row.page),
+    )
+    try:
+        secret = services.app_credentials().client_secret
+    except (StorageError, ConfigError) as key_error:  # the answer stands; only a reload will say "used"
+        logger.warning("result not kept", extra={"outcome": "result_unkept", "error": type(key_error).__name__})
+        return page
+    page.cookies = [*(page.cookies or ()), result.result_cookie(kept, client_secret=secret, now=now)]
+    return page
+
+
 @app.get(result.RESULT_PATH)
 def result_page() -> Response:
     """How this browser's last sign-in ended, from its signed cookie alone: no value in the address can change what
@@ -90,6 +145,12 @@ def result_page() -> Response:
     if shown is not None and shown.outcome == result.CONNECTED:
         logger.info("result page shown", extra={"outcome": "result_connected"})
         return html(200, pages.signed_in(shown.email))
+    failed = None if shown is None else final_page(shown.outcome, shown.facts, shown.reference)
+    if shown is not None and failed is not None:
+        # 200: this page was found and shown. The refusal was the callback's answer, with its status, logged and
+        # counted once there; the page that tells of it again is no new failure (nor one for 4xx/5xx monitoring).
+        logger.info("result page shown", extra={"outcome": "result_failed", "answer": shown.outcome})
+        return html(200, failed.body)
     logger.info("result page shown", extra={"outcome": "result_none"})
     return html(200, pages.no_result(start_again="/login" if get_config().anonymous_login else None))
 
@@ -110,8 +171,15 @@ def _rejected(exc: SignInRejected) -> Response:
         shown = _this_browsers_result()  # the key was read already: the callback's Smartsheet client needs it
         state = app.current_event.query_string_parameters.get("state", "")
         if shown is not None and hmac.compare_digest(shown.state_hash, result.state_hash(state)):
-            logger.info("finished sign-in revisited", extra={"outcome": "result_again"})
-            return redirect(303, result.RESULT_PATH)
+            if shown.outcome == result.CONNECTED:
+                logger.info("finished sign-in revisited", extra={"outcome": "result_again"})
+                return redirect(303, result.RESULT_PATH)
+            # A final failure of this sign-in: its own page and status again, not "used" (nor a redirect: the
+            # status is the failure's); not counted again, nor announced.
+            failed = final_page(shown.outcome, shown.facts, shown.reference)
+            if failed is not None:
+                logger.info("finished sign-in revisited", extra={"outcome": "result_again", "answer": shown.outcome})
+                return failed
     logger.info("sign-in rejected", extra={"outcome": "bad_state", "reason": exc.reason})
     count("callback", "bad_state")
     start_again = "/login" if get_config().anonymous_login else None

@@ -5,6 +5,7 @@ keeps saying connected; the back button to the spent /callback URL of this same 
 
 from __future__ import annotations
 
+import re
 import time
 from http.cookies import SimpleCookie
 
@@ -12,7 +13,8 @@ import pytest
 from smartsheet_oauth import services
 from smartsheet_oauth.edge import result
 
-from tests.support.broker import NONCE_COOKIE, RESULT_COOKIE, Broker
+from tests.management.conftest import EventSink
+from tests.support.broker import NONCE_COOKIE, RESULT_COOKIE, Answer, Broker
 
 ADA = 4583173393803140
 GRACE = 6812335718217604
@@ -266,3 +268,263 @@ def test_the_cookie_jar_of_a_browser_reads_the_value_back_unchanged(broker: Brok
     assert jar[RESULT_COOKIE].value == cookie
     assert "=" not in cookie
     assert '"' not in cookie
+
+
+# -- a sign-in that ended in a final failure: its page stays its page ---------------------------------------------
+# The callback keeps answering a final failure (ANSWERS' final rows: no Retry-After, the sign-in cannot go on) with its
+# own status, page and reference, and sets this sign-in's result cookie with that outcome: a reload, back/forward to
+# the spent URL, or /result show that page again instead of "can't be used again".
+USED = "can&#x27;t be used again"
+
+
+def callback_answer(query: dict[str, str], nonce: str | None, cookies: dict[str, str] | None = None) -> Answer:
+    """The callback's own answer (never followed: a failure is no redirect)."""
+    from callback.app import lambda_handler
+
+    from tests.support.broker import answer_of
+    from tests.support.events import LambdaContext, http_event
+
+    sent = {**({NONCE_COOKIE: nonce} if nonce is not None else {}), **(cookies or {})}
+    return answer_of(lambda_handler(http_event("/callback", query, cookies=sent or None), LambdaContext()))
+
+
+def declined(broker: Broker) -> tuple[dict[str, str], Answer]:
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA, allow=False)
+    assert query["error"] == "access_denied"
+    return query, callback_answer(query, nonce)
+
+
+def title(answer: Answer) -> str:
+    found = re.search(r"<title>(.*?)</title>", answer.body)
+    assert found, answer.body
+    return found.group(1)
+
+
+def test_a_declined_sign_in_keeps_its_400_page_and_sets_a_result_cookie_saying_declined(broker: Broker) -> None:
+    query, answer = declined(broker)
+
+    assert answer.status == 400
+    assert "Location" not in answer.headers  # not turned into a redirect: the status is the contract
+    assert title(answer) == "You declined access"
+    [raw] = [c for c in answer.cookies if c.startswith(f"{RESULT_COOKIE}=")]
+    attributes = {part.strip().lower() for part in raw.split(";")[1:]}
+    assert attributes == {"path=/", "max-age=900", "httponly", "secure", "samesite=lax"}
+    value = answer.cookie(RESULT_COOKIE) or ""
+    assert value
+    assert query["state"] not in value
+    fields = _fields(value)
+    assert fields["o"] == "denied"  # the answer's code, as the metrics name it (callback_denied)
+    assert fields["e"] == ""  # no account: nobody signed in
+    assert broker.emulator.token_requests == []
+
+
+def test_a_reload_of_a_declined_callback_shows_the_declined_page_again(broker: Broker) -> None:
+    query, answer = declined(broker)
+    cookie = answer.cookie(RESULT_COOKIE) or ""
+
+    for _ in range(2):  # the browser cleared the nonce? it holds none on a reload: only the result cookie
+        again = callback_answer(query, None, {RESULT_COOKIE: cookie})
+        assert again.status == 400
+        assert again.body == answer.body
+        assert USED not in again.body
+        assert "Location" not in again.headers
+        assert again.headers["Cache-Control"] == "no-store"
+        assert "default-src 'none'" in again.headers["Content-Security-Policy"]
+    assert broker.emulator.token_requests == []
+
+
+def test_the_result_page_with_a_declined_result_shows_the_declined_page(broker: Broker) -> None:
+    _, answer = declined(broker)
+
+    page = broker.result({RESULT_COOKIE: answer.cookie(RESULT_COOKIE) or ""})
+
+    assert page.status == 200  # the page was found and shown; the refusal was the callback's answer, counted there
+    assert title(page) == "You declined access"
+    assert "You declined access to your Smartsheet account" in page.body
+    assert NO_RESULT not in page.body
+    assert "Smartsheet connected" not in page.body
+
+
+def test_a_binding_conflict_keeps_its_409_page_on_a_reload_and_is_announced_once(
+    broker: Broker, event_sink: EventSink
+) -> None:
+    from tests.management.conftest import connect
+
+    connect(broker, "user-1", str(ADA))
+    event_sink.drain()
+    exchanged = len(broker.emulator.token_requests)
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA)
+
+    answer = callback_answer(query, nonce)
+    cookie = answer.cookie(RESULT_COOKIE) or ""
+    again = callback_answer(query, None, {RESULT_COOKIE: cookie})
+    page = broker.result({RESULT_COOKIE: cookie})
+
+    assert answer.status == 409
+    assert title(answer) == "Reconnect from the app"
+    assert _fields(cookie)["o"] == "binding_conflict"
+    assert (again.status, again.body) == (409, answer.body)
+    assert (page.status, title(page)) == (200, "Reconnect from the app")
+    [event] = event_sink.drain()  # the reload announced nothing again
+    assert event["detail"]["reason"] == "account_bound_to_an_end_user"
+    assert len(broker.emulator.token_requests) == exchanged + 1  # the reload exchanged nothing
+
+
+def _code_refused(broker: Broker) -> tuple[dict[str, str], str]:
+    location, nonce = broker.start(return_to="https://app.example.com/done?tab=2")
+    query = broker.consent(location, user_id=ADA)
+    query["code"] = "not-a-code-smartsheet-issued"
+    return query, nonce
+
+
+def _authorize_error(broker: Broker) -> tuple[dict[str, str], str]:
+    location, nonce = broker.start()
+    return {"error": "invalid_scope", "state": broker.consent(location, user_id=ADA)["state"]}, nonce
+
+
+def _no_code(broker: Broker) -> tuple[dict[str, str], str]:
+    location, nonce = broker.start()
+    return {"state": broker.consent(location, user_id=ADA)["state"]}, nonce
+
+
+def _wrong_client_secret(broker: Broker) -> tuple[dict[str, str], str]:
+    broker.secrets.put_secret_value(
+        SecretId=broker.env["APP_CREDENTIALS_SECRET_ARN"],
+        SecretString='{"client_id": "local-client-id", "client_secret": "wrong"}',
+    )
+    location, nonce = broker.start()
+    return broker.consent(location, user_id=ADA), nonce
+
+
+@pytest.mark.parametrize(
+    ("begin", "status", "code"),
+    [
+        pytest.param(_authorize_error, 400, "authorize_error", id="authorize-error"),
+        pytest.param(_no_code, 400, "bad_request", id="no-code"),
+        pytest.param(_code_refused, 400, "invalid_code", id="code-refused"),
+        pytest.param(_wrong_client_secret, 502, "smartsheet_error", id="smartsheet-refused"),
+    ],
+)
+def test_each_final_failure_is_shown_again_with_its_status_and_its_original_reference(
+    broker: Broker, begin: object, status: int, code: str
+) -> None:
+    query, nonce = begin(broker)  # type: ignore[operator]
+
+    answer = callback_answer(query, nonce)
+    cookie = answer.cookie(RESULT_COOKIE) or ""
+    again = callback_answer(query, None, {RESULT_COOKIE: cookie})
+    page = broker.result({RESULT_COOKIE: cookie})
+
+    assert answer.status == status
+    assert _fields(cookie)["o"] == code
+    assert "Retry-After" not in answer.headers
+    # The same page, byte for byte: its reference is the failed request's (the one its log lines carry), its
+    # start-again link the same.
+    assert (again.status, again.body) == (status, answer.body)
+    assert "Retry-After" not in again.headers
+    assert (page.status, page.body) == (200, answer.body)
+
+
+def test_a_refused_codes_start_again_link_too_long_for_a_cookie_clears_the_result_instead(broker: Broker) -> None:
+    location, nonce = broker.start(return_to="https://app.example.com/done?" + "a=%&" * 300)
+    query = broker.consent(location, user_id=ADA)
+    query["code"] = "not-a-code-smartsheet-issued"
+
+    answer = callback_answer(query, nonce, {RESULT_COOKIE: signed_in(broker, GRACE)[1]})
+    again = callback_answer(query, None, {RESULT_COOKIE: answer.cookie(RESULT_COOKIE) or ""})
+
+    assert answer.status == 400
+    assert title(answer) == "This sign-in could not be finished"
+    [raw] = [c for c in answer.cookies if c.startswith(f"{RESULT_COOKIE}=")]
+    assert "Max-Age=0" in raw  # GRACE's earlier result is not this sign-in's: /result says it has none
+    assert answer.cookie(RESULT_COOKIE) == ""
+    assert again.status == 400
+    assert USED in again.body
+
+
+def test_another_sign_ins_result_does_not_vouch_for_a_declined_callback(broker: Broker) -> None:
+    first_query, _ = declined(broker)
+    _, second = declined(broker)
+    _, connected = signed_in(broker, GRACE)
+
+    for cookie in (second.cookie(RESULT_COOKIE) or "", connected):
+        again = callback_answer(first_query, None, {RESULT_COOKIE: cookie})
+        assert again.status == 400
+        assert USED in again.body
+        assert "You declined access" not in again.body
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda v, secret: _tampered(v, o="connected", e="mallory@evil.example"), id="made-connected"),
+        pytest.param(lambda v, secret: _tampered(v, o="binding_conflict"), id="outcome-changed"),
+        pytest.param(lambda v, secret: _tampered(v, r="call-mallory-0000"), id="reference-changed"),
+        pytest.param(lambda v, secret: _tampered(v, f={"start_again": "https://evil.example/"}), id="facts-changed"),
+        pytest.param(
+            lambda v, secret: result.seal(result.open_result(v, client_secret=secret, now=0), client_secret="other"),  # type: ignore[arg-type]
+            id="another-key",
+        ),
+    ],
+)
+def test_a_changed_failure_cookie_is_not_believed(broker: Broker, change: object) -> None:
+    query, answer = declined(broker)
+    secret = services.app_credentials().client_secret
+    forged = change(answer.cookie(RESULT_COOKIE) or "", secret)  # type: ignore[operator]
+
+    again = callback_answer(query, None, {RESULT_COOKIE: forged})
+    page = broker.result({RESULT_COOKIE: forged})
+
+    assert again.status == 400
+    assert USED in again.body
+    assert f"<title>{NO_RESULT}</title>" in page.body
+    for lie in ("mallory", "evil.example", "You declined access", "Reconnect from"):
+        assert lie not in again.body
+        assert lie not in page.body
+
+
+def test_a_transient_failure_sets_no_result_the_user_is_told_to_try_again(broker: Broker) -> None:
+    location, nonce = broker.start()
+    query = broker.consent(location, user_id=ADA)
+    broker.emulator.set_faults(error_rate=1.0, token_only=True)
+
+    answer = callback_answer(query, nonce)
+
+    assert answer.status == 503
+    assert answer.headers["Retry-After"]
+    assert answer.cookie(RESULT_COOKIE) is None
+
+
+def test_a_callback_in_another_browser_sets_no_result_there(broker: Broker) -> None:
+    """Not this browser's sign-in (the nonce does not match): it keeps whatever result it had, and a link cannot
+    plant one."""
+    location, _ = broker.start()
+    query = broker.consent(location, user_id=ADA, allow=False)
+    _, kept = signed_in(broker, GRACE)
+
+    answer = callback_answer(query, "another-browsers-nonce", {RESULT_COOKIE: kept})
+
+    assert answer.status == 400
+    assert title(answer) == "Finish in the browser where you started"
+    assert not any(c.startswith(f"{RESULT_COOKIE}=") for c in answer.cookies)
+
+
+def test_a_declined_connect_session_still_goes_back_to_the_app_without_a_result(broker: Broker) -> None:
+    from tests.management.conftest import new_session
+
+    answer = broker.connect_through(new_session("user-1"), user_id=ADA, allow=False)
+
+    assert answer.status == 303
+    assert "outcome=declined" in answer.location
+    assert answer.cookie(RESULT_COOKIE) is None
+
+
+def _fields(value: str) -> dict[str, object]:
+    import base64
+    import json
+
+    payload = value.split(".", maxsplit=1)[0]
+    fields: dict[str, object] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return fields

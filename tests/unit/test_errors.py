@@ -122,3 +122,74 @@ def test_the_resolver_of_each_surface_renders_its_row(case: tuple[Answer, str], 
     else:
         assert result["headers"]["Content-Type"].startswith("text/html")
         assert "Traceback" not in result["body"]
+
+
+FINAL = [row for row in ANSWERS if row.final]
+
+
+def test_the_final_callback_answers_are_the_refusals_a_retry_of_the_same_sign_in_cannot_change() -> None:
+    """A final answer ends the sign-in for good (its result cookie keeps it, edge/result.py): never one that says try
+    again later (Retry-After), nor the unexpected failure (whether anything was stored is not known), nor a state that
+    was not this browser's to spend."""
+    assert {row.code for row in FINAL} == {
+        "denied",
+        "authorize_error",
+        "bad_request",
+        "invalid_code",
+        "binding_conflict",
+        "region_conflict",
+        "smartsheet_error",
+    }
+    for row in FINAL:
+        assert CALLBACK in row.surfaces
+        assert row.retry_after is None
+        assert not row.own
+        assert row.level != errors.UNEXPECTED
+    for row in ANSWERS:
+        if CALLBACK in row.surfaces and row.retry_after:
+            assert not row.final, row
+
+
+def test_a_final_code_names_one_status_and_page_and_nothing_else_is_final() -> None:
+    for row in FINAL:
+        found = errors.final_answer(row.code)
+        assert found is not None
+        assert (found.status, found.page) == (row.status, row.page)
+    for code in (
+        "connected",
+        "bad_state",
+        "smartsheet_unavailable",
+        "storage_error",
+        "internal_error",
+        "not_found",
+        "",
+    ):
+        assert errors.final_answer(code) is None
+
+
+@pytest.mark.parametrize("row", FINAL, ids=lambda row: row.error.__name__)
+def test_a_final_page_drawn_again_from_its_kept_facts_is_the_same_page(
+    row: Answer, recorded: dict[str, list[Any]]
+) -> None:
+    exc = SAMPLES[row.error]
+    event = http_event("/fail")
+    event["requestContext"]["requestId"] = "req-1"
+    first = failing_app(web.resolver(operation=CALLBACK), exc).resolve(event, None)  # type: ignore[arg-type]
+    kept = json.loads(json.dumps(web.page_facts(exc, row.page)))  # as the cookie carries them
+
+    again = web.final_page(row.code, kept, "req-1")
+
+    assert again is not None
+    assert again.proxy_result() == first  # status, headers (no Retry-After), body and its reference alike
+    assert len(recorded["metrics"]) == (1 if row.counted else 0)  # drawing it again counts and logs nothing
+    assert len(recorded["logs"]) == 1
+
+
+def test_a_final_page_keeps_no_more_than_its_page_reads() -> None:
+    conflict = errors.BindingConflict(
+        "account_bound_to_an_end_user", end_user_id="user-1", smartsheet_user_id="7", existing_connection_id="7"
+    )
+    assert web.page_facts(conflict, "binding_conflict") == {"reason": "account_bound_to_an_end_user"}
+    assert web.page_facts(errors.UserDeclined("access_denied"), "declined") == {}
+    assert web.page_facts(errors.CodeRefused("r", start_again=None), "code_refused") == {"start_again": None}
+    assert web.final_page("smartsheet_unavailable", {}, "req-1") is None

@@ -84,3 +84,64 @@ def test_the_state_hash_tells_sign_ins_apart() -> None:
     assert result.state_hash("s1") == result.state_hash("s1")
     assert result.state_hash("s1") != result.state_hash("s2")
     assert len(result.state_hash("s1")) == 32
+
+
+DECLINED = result.SignInResult(
+    "denied", "", NOW + result.RESULT_SECONDS, result.state_hash("s2"), reference="req-1", facts={}
+)
+REFUSED = result.SignInResult(
+    "invalid_code",
+    "",
+    NOW + result.RESULT_SECONDS,
+    result.state_hash("s3"),
+    reference="req-2",
+    facts={"start_again": "/login?return_to=https%3A%2F%2Fapp.example.com%2F"},
+)
+
+
+@pytest.mark.parametrize("kept", [DECLINED, REFUSED, REFUSED._replace(facts={"start_again": None})], ids=str)
+def test_a_failures_result_opens_with_its_reference_and_facts(kept: result.SignInResult) -> None:
+    value = result.seal(kept, client_secret=SECRET)
+
+    assert result.open_result(value, client_secret=SECRET, now=NOW) == kept
+    assert "req-" not in value  # base64: nothing readable at a glance, though nothing in it is secret
+
+
+def test_a_result_sealed_before_failures_were_kept_still_opens_as_connected() -> None:
+    """A browser holding a cookie of the version before this one (no reference, no facts) during a deploy."""
+    import hashlib
+    import hmac
+
+    old = json.dumps({"o": "connected", "e": "ada@example.com", "x": NOW + 60, "s": "0" * 32}, separators=(",", ":"))
+    encoded = base64.urlsafe_b64encode(old.encode()).rstrip(b"=").decode()
+    key = hmac.new(SECRET.encode(), b"smartsheet-oauth-broker result page v1", hashlib.sha256).digest()
+    mac = base64.urlsafe_b64encode(hmac.new(key, encoded.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+
+    opened = result.open_result(f"{encoded}.{mac}", client_secret=SECRET, now=NOW)
+
+    assert opened == result.SignInResult(result.CONNECTED, "ada@example.com", NOW + 60, "0" * 32)
+    assert (opened.reference, opened.facts) == ("", {})
+
+
+@pytest.mark.parametrize("facts", [[], "x", {"start_again": 1}, {"a": ["b"]}, {"a": {"b": "c"}}], ids=str)
+def test_signed_facts_of_the_wrong_shape_open_as_no_result(facts: object) -> None:
+    import hashlib
+    import hmac
+
+    payload = json.dumps({"o": "denied", "e": "", "x": NOW + 60, "s": "0" * 32, "r": "req", "f": facts}).encode()
+    encoded = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    key = hmac.new(SECRET.encode(), b"smartsheet-oauth-broker result page v1", hashlib.sha256).digest()
+    mac = base64.urlsafe_b64encode(hmac.new(key, encoded.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+
+    assert result.open_result(f"{encoded}.{mac}", client_secret=SECRET, now=NOW) is None
+
+
+def test_a_result_too_large_for_a_cookie_clears_the_browsers_result_instead() -> None:
+    huge = REFUSED._replace(facts={"start_again": "/login?return_to=" + "%25" * 2000})
+
+    cookie = result.result_cookie(huge, client_secret=SECRET, now=NOW)
+
+    assert (cookie.name, cookie.value, cookie.max_age) == (result.RESULT_COOKIE, "", 0)
+    fitting = result.result_cookie(REFUSED, client_secret=SECRET, now=NOW)
+    assert fitting.value == result.seal(REFUSED, client_secret=SECRET)
+    assert len(fitting.value) < 1024

@@ -373,6 +373,9 @@ class Answer(NamedTuple):
     page: str = ""  # the public page (edge/pages.py) the pages surfaces show
     message: str = ""  # the API's message ({reason}: the error's); "": the error's own text
     counted: bool = True  # one metric count per answer
+    # The callback's answer ends this browser's sign-in for good (no Retry-After: trying the same sign-in again cannot
+    # change it): its result cookie keeps it, so a reload of the spent URL or /result shows this page again.
+    final: bool = False
 
 
 _NO_ROUTE = "There is no such route; see the README's management API section."
@@ -391,23 +394,27 @@ ANSWERS: tuple[Answer, ...] = (
     Answer(NoSuchRoute,           PAGES,       404, "not_found",          None, page="not_found", counted=False),
     Answer(RegionNotAllowed,      (LOGIN,),    400, "region_not_allowed", INFO,    "region not offered",
            page="region_not_allowed"),
-    Answer(BadRequest,            PAGES,       400, "bad_request",        INFO,    "bad request", page="bad_request"),
+    Answer(BadRequest,            PAGES,       400, "bad_request",        INFO,    "bad request", page="bad_request",
+           final=True),
     Answer(SignInRejected,        (CALLBACK,), 400, "bad_state",          INFO,    "sign-in rejected",
            page="expired_or_used"),
     Answer(UserDeclined,          (CALLBACK,), 400, "denied",             INFO,    "user declined access",
-           page="declined"),
+           page="declined", final=True),
     Answer(AccessDenied,          (CALLBACK,), 400, "authorize_error",    WARNING, "authorization failed at Smartsheet",
-           page="authorization_failed"),
+           page="authorization_failed", final=True),
     Answer(CodeRefused,           (CALLBACK,), 400, "invalid_code",       INFO,    "authorization code refused",
-           page="code_refused"),
+           page="code_refused", final=True),
     Answer(BindingConflict,       (CALLBACK,), 409, "binding_conflict",   WARNING, "connection binding refused",
-           page="binding_conflict"),
+           page="binding_conflict", final=True),
     Answer(RegionConflict,        (CALLBACK,), 409, "region_conflict",    WARNING,
-           "sign-in refused: the user id is connected in another region", page="region_conflict"),
+           "sign-in refused: the user id is connected in another region", page="region_conflict",
+           final=True),
     Answer(TransientSmartsheetError, (CALLBACK,), 503, "smartsheet_unavailable", WARNING, "Smartsheet unavailable",
            retry_after=60, page="unavailable"),
-    Answer(InvalidClient,         (CALLBACK,), 502, "smartsheet_error",   ERROR,   _REFUSED, page="smartsheet_error"),
-    Answer(SmartsheetError,       (CALLBACK,), 502, "smartsheet_error",   WARNING, _REFUSED, page="smartsheet_error"),
+    Answer(InvalidClient,         (CALLBACK,), 502, "smartsheet_error",   ERROR,   _REFUSED, page="smartsheet_error",
+           final=True),
+    Answer(SmartsheetError,       (CALLBACK,), 502, "smartsheet_error",   WARNING, _REFUSED, page="smartsheet_error",
+           final=True),
     Answer(ConnectLinkRejected,   (LOGIN,),    400, "bad_session",        INFO,    "connect link rejected",
            page="connect_link"),
     Answer(ConnectFormRejected,   (LOGIN,),    403, "bad_connect_form",   INFO,    "connect form rejected",
@@ -442,6 +449,15 @@ ANSWERS: tuple[Answer, ...] = (
 _BY_SURFACE: dict[tuple[type[BaseException], str], Answer] = {
     (row.error, surface): row for row in ANSWERS for surface in row.surfaces
 }
+
+
+def final_answer(code: str) -> Answer | None:
+    """The callback's final row answering with `code` (a sign-in's result cookie names its answer by its code; the rows
+    sharing a code share their status and page), or None: no final answer has that code."""
+    for row in ANSWERS:
+        if row.final and row.code == code and CALLBACK in row.surfaces:
+            return row
+    return None
 
 
 class Rendered(NamedTuple):

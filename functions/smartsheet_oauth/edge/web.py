@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qsl
 
-from smartsheet_oauth.domain.errors import BadRequest, BrokerError, ReconnectWrongAccount, answer_for
+from smartsheet_oauth.domain.errors import BadRequest, BrokerError, ReconnectWrongAccount, answer_for, final_answer
 from smartsheet_oauth.edge import pages
 from smartsheet_oauth.edge.router import Cookie, Response, Router
 from smartsheet_oauth.platform.observability import log_failure, metrics
@@ -105,6 +106,32 @@ _PAGES: dict[str, Callable[[Any, str], str]] = {
     "anonymous_login": lambda exc, reference: pages.anonymous_login_disabled(),
     "internal_error": lambda exc, reference: pages.internal_error(reference),
 }
+
+
+# What a final page (ANSWERS' final rows) is drawn from besides its reference: the error's fields its drawing above
+# reads, kept in the sign-in's result cookie (edge/result.py) so a reload draws the same page. No row listed here keeps
+# more than its page shows.
+_FACTS: dict[str, tuple[str, ...]] = {
+    "code_refused": ("start_again",),
+    "binding_conflict": ("reason",),
+    "region_conflict": ("existing_region",),
+}
+
+
+def page_facts(exc: Exception, page: str) -> dict[str, str | None]:
+    """What the final page `page` is drawn from of exc, for the result cookie."""
+    return {name: getattr(exc, name) for name in _FACTS.get(page, ())}
+
+
+def final_page(code: str, facts: Mapping[str, str | None], reference: str) -> Response | None:
+    """The page a final callback answer with `code` showed, drawn again from what the sign-in's result cookie kept (its
+    status and headers as its row says; logged and counted by nobody: the failure was, once). None for a code that is
+    no final answer's."""
+    row = final_answer(code)
+    if row is None:
+        return None
+    kept = SimpleNamespace(**{name: facts.get(name) for name in _FACTS.get(row.page, ())})
+    return html(row.status, _PAGES[row.page](kept, reference))
 
 
 def failure_page(app: Router, exc: Exception, *, operation: str) -> Response:

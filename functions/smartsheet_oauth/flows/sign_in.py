@@ -189,11 +189,13 @@ def finish_sign_in(
     now: int,
     completions: Callable[[], CompletionStore],
     watcher: steps.StepWatcher | None = None,
+    browser_checked: Callable[[StateRecord], None] | None = None,
 ) -> SignedIn | AwaitingConfirmation:
     """Check the state and the browser binding before anything reaches Smartsheet; then exchange the code,
     learn who signed in, store the pair, and record the connection (in that order: the record never points
     at tokens that were not stored). A connect-session sign-in stores nothing yet: its pair is held for the
-    integrator to confirm (flows/connect.py)."""
+    integrator to confirm (flows/connect.py). `browser_checked` hears the spent state's record once this browser is
+    known to be the one that started the sign-in: from there, however the sign-in ends, it ended for this browser."""
     # Only the callback finishes a sign-in: /login does not import what finishing needs (cold start, in _finish).
     state = query.get("state")
     if not state:
@@ -215,6 +217,7 @@ def finish_sign_in(
         now=now,
         completions=completions,
         watcher=watcher,
+        browser_checked=browser_checked,
     )
     if record.end_user_id is None or record.return_to is None:
         return finish()
@@ -241,6 +244,7 @@ def _finish(
     now: int,
     completions: Callable[[], CompletionStore],
     watcher: steps.StepWatcher | None,
+    browser_checked: Callable[[StateRecord], None] | None,
 ) -> SignedIn | AwaitingConfirmation:
     from smartsheet_oauth.domain.shards import due_jitter  # noqa: PLC0415
     from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at  # noqa: PLC0415
@@ -248,6 +252,8 @@ def _finish(
 
     if not record.matches(nonce):
         raise SignInRejected("nonce_mismatch")
+    if browser_checked is not None:
+        browser_checked(record)
     if "error" in query:
         error = query["error"][:64]
         raise (UserDeclined if error == "access_denied" else AccessDenied)(error)
