@@ -1,6 +1,6 @@
 """The pages an end user sees, in the system's headless Chromium at a phone's size (390x844): each case worded for
-what it is (a reload of the result page a sign-in lands on, the back button, a bare /callback, a result past its
-lifetime, a sign-in finished in another browser, a link that was changed), in the integrator's name (AppName,
+what it is (a reload of the result page a sign-in lands on, the back button, a declined sign-in reloaded, a bare
+/callback, a result past its lifetime, a sign-in finished in another browser, a link that was changed), in the integrator's name (AppName,
 SupportUrl, LogoUrl), and free of accessibility violations as axe-core (tests/support/axe, pinned by its lockfile,
 installed by `make axe`) finds them: contrast, labels, language, headings, landmarks. Screenshots land in
 $PAGE_SCREENSHOTS when it is set."""
@@ -199,6 +199,53 @@ def test_the_result_page_survives_a_reload_and_other_cases_say_what_they_are(
     assert "return_to" not in page.content()  # no developer words
     assert fits_the_phone(page)
     screenshot(page, "stack-bad-link")
+
+
+def test_a_declined_sign_in_keeps_saying_declined_on_a_reload_and_back_and_forward(
+    local_stack: LocalStack, phone: Any, browser: Any
+) -> None:
+    """Deny at Smartsheet: the callback answers 400 "You declined access" where it is (no redirect: its status is the
+    contract), and its result cookie keeps that: a reload, back then forward, or /result say "declined" again, never
+    "this sign-in link can't be used again". Another browser holding the same URL has no such result: used."""
+    page = phone.new_page()
+    callbacks: list[tuple[str, int]] = []
+    page.on("response", lambda r: callbacks.append((r.url, r.status)) if "/callback" in r.url else None)
+    page.goto(f"{local_stack.url}/login")
+    page.select_option("#user", ADA)
+    page.click("#deny")
+    page.wait_for_url(f"{local_stack.url}/callback?*")
+    assert page.title() == "You declined access"
+    assert "error=access_denied" in page.url
+    assert [status for _, status in callbacks] == [400]
+    assert axe_violations(page) == []
+    screenshot(page, "stack-declined")
+
+    page.reload()  # the state is spent: the result cookie of this sign-in says how it ended
+
+    assert page.title() == "You declined access"
+    assert "can't be used again" not in page.locator("main").inner_text()
+    assert [status for _, status in callbacks] == [400, 400]
+
+    page.go_back()
+    assert page.url.startswith(local_stack.emulator.authorize_url)
+    page.go_forward()
+    assert "/callback?" in page.url
+    assert page.title() == "You declined access"
+    assert all(status == 400 for _, status in callbacks)
+
+    spent = callbacks[0][0]
+    page.goto(f"{local_stack.url}/result")
+    assert page.title() == "You declined access"
+    assert "ada@example.com" not in page.content()
+    assert axe_violations(page) == []
+
+    other = browser.new_context(viewport=PHONE)
+    try:
+        elsewhere = other.new_page()
+        elsewhere.goto(spent)
+        assert elsewhere.title() == "This sign-in link can't be used again"
+    finally:
+        other.close()
 
 
 def test_a_result_cookie_past_its_expiry_is_not_believed(local_stack: LocalStack, phone: Any) -> None:
