@@ -1,9 +1,9 @@
 """The pages an end user sees, in the system's headless Chromium at a phone's size (390x844): each case worded for
 what it is (a reload of the result page a sign-in lands on, the back button, a declined sign-in reloaded, a bare
-/callback, a result past its lifetime, a sign-in finished in another browser, a link that was changed), in the integrator's name (AppName,
-SupportUrl, LogoUrl), and free of accessibility violations as axe-core (tests/support/axe, pinned by its lockfile,
-installed by `make axe`) finds them: contrast, labels, language, headings, landmarks. Screenshots land in
-$PAGE_SCREENSHOTS when it is set."""
+/callback, a result past its lifetime, a sign-in finished in another browser, a link that was changed), in the
+integrator's name (AppName, SupportUrl, LogoUrl), and free of accessibility violations as axe-core
+(tests/support/axe, pinned by its lockfile, installed by `make axe`) finds them: contrast, labels, language, headings,
+landmarks. Screenshots land in $PAGE_SCREENSHOTS when it is set."""
 
 from __future__ import annotations
 
