@@ -143,6 +143,7 @@ def import_deps(target: Target, pace: Any) -> ManagementDeps:
     stack's pending-tokens key, as the functions have it) and the pace every refresher shares."""
     from smartsheet_oauth.flows.deps import ManagementDeps  # noqa: PLC0415
     from smartsheet_oauth.stores.connect_sessions import ConnectSessionStore  # noqa: PLC0415
+    from smartsheet_oauth.stores.connection_tags import ConnectionTagStore  # noqa: PLC0415
 
     from infra.admin.target import TargetError  # noqa: PLC0415
 
@@ -161,6 +162,10 @@ def import_deps(target: Target, pace: Any) -> ManagementDeps:
         smartsheet=target.smartsheet,
         events=target.events(),
         pace=pace,
+        # A grant's tags go on its connection and the tag index, as a connect session's do.
+        tags=ConnectionTagStore(
+            target.dynamodb, target.config.connections_table_name, target.config.connection_tags_table_name
+        ),
     )
 
 

@@ -19,6 +19,8 @@ from smartsheet_oauth.domain.errors import (
     LineRefused,
     TransientSmartsheetError,
 )
+from smartsheet_oauth.domain.shards import JITTER_SHARE, due_jitter
+from smartsheet_oauth.domain.tokens import refresh_due_at
 from smartsheet_oauth.flows import import_grant as flow
 from smartsheet_oauth.flows.deps import ManagementDeps
 from smartsheet_oauth.flows.import_grant import GrantLine, checked_grant, import_grant
@@ -46,7 +48,9 @@ def _users(broker: Broker) -> None:
         broker.emulator.add_users(len(USERS), first_id=FIRST)
 
 
-def deps(smartsheet: Callable[[], SmartsheetClient] = services.smartsheet_client) -> ManagementDeps:
+def deps(
+    smartsheet: Callable[[], SmartsheetClient] = services.smartsheet_client, clock: Callable[[], float] = time.time
+) -> ManagementDeps:
     return ManagementDeps(
         config=get_config(),
         connections=services.connection_store(),
@@ -55,6 +59,8 @@ def deps(smartsheet: Callable[[], SmartsheetClient] = services.smartsheet_client
         smartsheet=smartsheet,
         events=services.event_publisher(),
         pace=services.shared_pace(),
+        tags=services.connection_tags(),
+        clock=clock,
     )
 
 
@@ -313,6 +319,122 @@ def test_a_connection_held_by_a_refresh_waits_and_the_pair_is_kept(broker: Broke
     assert broker.tokens(USERS[3])["refresh_token"] != grant.refresh_token
 
 
+# ------------------------------------------------------------------------------- recorded as a sign-in records
+SPREAD = [FIRST + 100 + n for n in range(12)]
+
+
+def test_grants_imported_at_one_moment_come_due_spread_out_as_sign_ins_do(broker: Broker) -> None:
+    if SPREAD[0] not in {user.id for user in broker.emulator.users}:
+        broker.emulator.add_users(len(SPREAD), first_id=SPREAD[0])
+    config = get_config()
+    now = int(time.time())
+    at_once = deps(clock=lambda: now)  # every import of the batch happens at the same second
+
+    for user in SPREAD:
+        assert import_grant(at_once, services.import_ledger(), grant_of(broker, user)).is_new
+
+    records = [broker.connection(user) for user in SPREAD]
+    due = {record["connection_id"]: record["refresh_due_at"] for record in records if record}
+    window = config.refresh_window_seconds
+    for connection_id, due_at in due.items():
+        expires_at = broker.connection(connection_id)["access_expires_at"]  # type: ignore[index]
+        # The due time a sign-in of the same pair gets: the window's start, less this connection's jitter.
+        assert due_at == refresh_due_at(
+            expires_at, window_seconds=window, now=now, jitter_seconds=due_jitter(connection_id, window)
+        )
+        assert expires_at - window - window // JITTER_SHARE <= due_at <= expires_at - window
+    assert len(set(due.values())) == len(SPREAD)  # not one herd at the same second
+
+
+def test_an_import_racing_another_regions_sign_in_of_the_same_id_is_refused_as_a_sign_in_is(broker: Broker) -> None:
+    grant = grant_of(broker, USERS[0])
+    store = services.connection_store()
+
+    def other_region_signs_in(step: str, connection_id: str) -> None:
+        # After the import looked (no connection yet) and stored its pair, an EU sign-in of the same id is recorded.
+        if step == flow.IMPORT_STORED:
+            store.record_sign_in(
+                connection_id=connection_id,
+                secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:eu-sign-in",
+                email="ada@example.eu",
+                scopes="READ_SHEETS",
+                region="eu",
+                access_expires_at=int(time.time()) + 3600,
+                refresh_due_at=int(time.time()) + 60,
+                now=int(time.time()),
+            )
+
+    with pytest.raises(GrantRefused) as refused:
+        run(grant, watcher=other_region_signs_in)
+
+    assert (refused.value.code, refused.value.status) == ("region_conflict", 409)
+    record = broker.connection(USERS[0])
+    assert record is not None
+    assert record["region"] == "eu"  # the live connection of the other region keeps its region
+    # The grant the import made ours is revoked (no token outlives the refusal), and the refusal is final.
+    assert broker.emulator.counts["revoke"] == 1
+    with pytest.raises(GrantRefused) as again:
+        run(grant)
+    assert again.value.code == "region_conflict"
+
+
+# ------------------------------------------------------------------------------------------------------- tags
+def tagged(key: str, value: str) -> list[str]:
+    connections, _ = services.connection_tags().page(key, value, limit=100)
+    return [connection.connection_id for connection in connections]
+
+
+def test_an_imported_grants_tags_are_set_on_its_connection_and_its_tag_index(broker: Broker) -> None:
+    tags = {"workspace": "acme", "plan": "pro"}
+
+    result = run(grant_of(broker, USERS[0], tags=tags))
+
+    assert result.connection.tags == tags
+    assert services.connection_store().get(str(USERS[0])).tags == tags  # type: ignore[union-attr]
+    assert tagged("workspace", "acme") == tagged("plan", "pro") == [str(USERS[0])]
+
+
+def test_an_import_with_tags_replaces_a_known_connections_tags_and_one_without_keeps_them(broker: Broker) -> None:
+    assert broker.sign_in(user_id=USERS[1]).status == 200
+    services.connection_tags().replace(str(USERS[1]), {"old": "1"}, now=int(time.time()))
+
+    untagged = run(grant_of(broker, USERS[1]))
+    assert untagged.connection.tags == {"old": "1"}
+    retagged = run(grant_of(broker, USERS[1], tags={"new": "2"}))
+
+    assert not retagged.is_new
+    assert retagged.connection.tags == {"new": "2"}
+    assert tagged("old", "1") == []
+    assert tagged("new", "2") == [str(USERS[1])]
+
+
+@pytest.mark.parametrize(
+    ("tags", "names"),
+    [
+        ({"KEY-AS-TOKEN": "a value\n"}, "the value of a tag is not allowed"),
+        ({"KEY AS TOKEN": "v"}, "a tag key is not allowed"),
+        ({"KEY-AS-TOKEN": "VALUE-AS-TOKEN", **{f"k{n}": "v" for n in range(10)}}, "11 tags: at most 10"),
+    ],
+)
+def test_a_tag_refusal_names_the_field_quotes_nothing_and_sends_nothing(
+    broker: Broker, tags: dict[str, str], names: str
+) -> None:
+    issued = broker.emulator.issue_grant(user_id=USERS[2])
+    body = {"refresh_token": issued["refresh_token"], "tags": tags}
+
+    with pytest.raises(LineRefused) as refused:
+        checked_grant(body, config=get_config(), now=0)
+
+    message = str(refused.value)
+    assert refused.value.code == "invalid_tags"
+    assert names in message
+    assert "tags must be a JSON object" in message
+    assert "AS-TOKEN" not in message
+    assert "AS TOKEN" not in message
+    assert issued["refresh_token"] not in message
+    assert token_requests(broker) == 0
+
+
 def expire_claims(broker: Broker) -> None:
     """Time passing past a dead worker's claim on its ledger items."""
     for item in broker.dynamodb.scan(TableName=broker.state_table)["Items"]:
@@ -343,7 +465,11 @@ def expire_claims(broker: Broker) -> None:
         ({"refresh_token": "rt", "region": "eu"}, "region_not_served"),
         ({"refresh_token": "rt", "end_user_id": "no spaces allowed"}, "invalid_end_user_id"),
         ({"refresh_token": "rt", "tags": "a"}, "invalid_tags"),
-        ({"refresh_token": "rt", "tags": ["a"]}, "tags_not_supported"),
+        ({"refresh_token": "rt", "tags": ["a"]}, "invalid_tags"),
+        ({"refresh_token": "rt", "tags": []}, "invalid_tags"),
+        ({"refresh_token": "rt", "tags": {"bad key": "x"}}, "invalid_tags"),
+        ({"refresh_token": "rt", "tags": {"plan": 3}}, "invalid_tags"),
+        ({"refresh_token": "rt", "tags": {f"k{n}": "v" for n in range(11)}}, "invalid_tags"),
         ({"refresh_token": "rt", "password": "x"}, "unknown_field"),
     ],
 )
@@ -358,12 +484,13 @@ def test_a_bad_line_is_refused_with_a_code_and_never_quotes_a_token(broker: Brok
 
 def test_a_good_line_keeps_its_fields(broker: Broker) -> None:
     line = checked_grant(
-        {"refresh_token": "rt", "region": "US", "expires_in": 60, "end_user_id": "u-1", "tags": []},
+        {"refresh_token": "rt", "region": "US", "expires_in": 60, "end_user_id": "u-1", "tags": {"plan": "pro"}},
         config=get_config(),
         now=100,
     )
 
-    assert (line.region, line.expires_at, line.end_user_id) == ("us", 160, "u-1")
+    assert (line.region, line.expires_at, line.end_user_id, line.tags) == ("us", 160, "u-1", {"plan": "pro"})
+    assert checked_grant({"refresh_token": "rt"}, config=get_config(), now=0).tags is None
     assert "rt" not in repr(line)
 
 

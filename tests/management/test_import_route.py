@@ -65,6 +65,20 @@ def test_an_account_already_connected_is_reconnected_with_the_imported_grant(sea
     assert_fits(document(), "POST", ROUTE, answer)
 
 
+def test_a_grant_imported_with_tags_answers_them_and_is_listed_by_them(sealing: Broker) -> None:
+    tags = {"workspace": "acme", "plan": "pro"}
+
+    answer = post({"refresh_token": issued(sealing, USERS[2])["refresh_token"], "tags": tags})
+    listed = call_management("GET", "/connections", query={"tag": "workspace=acme"})
+    read = call_management("GET", f"/connections/{USERS[2]}")
+
+    assert answer.status == 201, answer.body
+    assert answer.body["connection"]["tags"] == tags
+    assert_fits(document(), "POST", ROUTE, answer)
+    assert [c["connection_id"] for c in listed.body["connections"]] == [str(USERS[2])]
+    assert read.body["tags"] == tags
+
+
 @pytest.mark.parametrize(
     ("body", "raw_body", "names"),
     [
@@ -77,7 +91,9 @@ def test_an_account_already_connected_is_reconnected_with_the_imported_grant(sea
         ({"refresh_token": "abc", "region": "eu"}, None, "serves Smartsheet's us region(s)"),
         ({"refresh_token": "abc", "region": "moon"}, None, "region must be one of"),
         ({"refresh_token": "abc", "end_user_id": "a b"}, None, "end_user_id must be"),
-        ({"refresh_token": "abc", "tags": ["vip"]}, None, "no tags"),
+        ({"refresh_token": "abc", "tags": ["vip"]}, None, "tags must be a JSON object"),
+        ({"refresh_token": "abc", "tags": {"plan": 5}}, None, "the value of a tag is not allowed"),
+        ({"refresh_token": "abc", "tags": {f"k{n}": "v" for n in range(11)}}, None, "11 tags: at most 10"),
         ({"refresh_token": "a secret with spaces"}, None, "printable ASCII"),
     ],
 )

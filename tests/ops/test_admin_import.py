@@ -127,7 +127,7 @@ def test_a_thousand_grants_with_faults_then_a_rerun_imports_every_one_and_prints
         '{"refresh_token": "SECRET-IN-MALFORMED-LINE", ',
         {"access_token": "SECRET-WITHOUT-REFRESH-TOKEN"},
         {"refresh_token": "SECRET-OF-ANOTHER-REGION", "region": "eu"},
-        {"refresh_token": "SECRET-WITH-TAGS", "tags": ["vip"]},
+        {"refresh_token": "SECRET-WITH-TAGS", "tags": ["vip"]},  # tags are a JSON object, as everywhere
         dead[0],
     ]
     path = importer.write("grants.jsonl", [*good, "", *bad])
@@ -151,7 +151,7 @@ def test_a_thousand_grants_with_faults_then_a_rerun_imports_every_one_and_prints
         GRANTS + 2: "malformed_json",
         GRANTS + 3: "missing_refresh_token",
         GRANTS + 4: "region_not_served",
-        GRANTS + 5: "tags_not_supported",
+        GRANTS + 5: "invalid_tags",
         GRANTS + 6: "grant_refused",
     }
     assert all(by_line[line]["outcome"] == "refused" for line in range(GRANTS + 2, GRANTS + 7))
@@ -229,3 +229,30 @@ def test_stdin_and_the_exit_statuses(importer: Importer) -> None:
     assert missing.code == 2
     assert "cannot read" in missing.err
     assert Counter(importer.live(FIRST + 3 * GRANTS + n) for n in range(2)) == Counter({True: 2})
+
+
+def test_tagged_grants_get_their_tags_and_a_bad_tag_is_refused_without_quoting_it(importer: Importer) -> None:
+    first_user = FIRST + 4 * GRANTS
+    tagged = importer.grants(first_user, 2, tags={"workspace": "acme", "plan": "pro"})
+    bad = {**importer.grants(first_user + 2, 1)[0], "tags": {"SECRET-TAG-KEY": "bad\u0007value"}}
+    path = importer.write("tagged.jsonl", [*tagged, bad])
+
+    run = importer.admin("import", str(path), "--json")
+
+    by_line = outcomes(run)
+    assert run.code == 1  # the bad line is refused
+    assert [by_line[n]["outcome"] for n in (1, 2, 3)] == ["imported", "imported", "refused"], run.out
+    assert by_line[3]["code"] == "invalid_tags"
+    assert "SECRET-" not in run.out + run.err
+    for user in (first_user, first_user + 1):
+        shown = importer.admin("tags", str(user), "--json")
+        assert shown.json()["tags"] == {"workspace": "acme", "plan": "pro"}, shown.out
+    # The tag index lists them (a Query of ConnectionTagsTable, as GET /connections?tag= reads it).
+    index = importer.stack.aws.dynamodb.query(
+        TableName=importer.stack.table_name("CONNECTION_TAGS_TABLE_NAME"),
+        KeyConditionExpression="#t = :t",
+        ExpressionAttributeNames={"#t": "tag"},
+        ExpressionAttributeValues={":t": {"S": "workspace=acme"}},
+    )
+    assert {item["connection_id"]["S"] for item in index["Items"]} == {str(first_user), str(first_user + 1)}
+    assert importer.record(first_user + 2) is None

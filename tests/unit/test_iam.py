@@ -709,9 +709,13 @@ def test_every_call_the_handlers_make_is_allowed_for_that_function(
         assert call_management("DELETE", f"/connections/{ALAN}").status == 200
     connect_through_a_session(broker, recorder, ALAN, "user-1")  # a disconnected account's secret is restored
     imported = broker.emulator.issue_grant(user_id=ADA)
-    with recorder.acting_as("ManagementFunction"):  # an imported grant: its ledger item, one refresh, the secret
-        answer = call_management("POST", "/connections/import", body={"refresh_token": imported["refresh_token"]})
+    # An imported grant: its ledger item, one refresh, the secret, the record, and its tags (the tag index, in one
+    # transaction with the record's update).
+    with recorder.acting_as("ManagementFunction"):
+        body = {"refresh_token": imported["refresh_token"], "tags": {"source": "import"}}
+        answer = call_management("POST", "/connections/import", body=body)
     assert answer.status == 201, answer.body
+    assert answer.body["connection"]["tags"] == {"source": "import"}
 
     token_key = deployed.parameters.get("TokenKmsKeyArn")
     seen: dict[str, list[str]] = {}

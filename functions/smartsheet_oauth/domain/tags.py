@@ -25,8 +25,9 @@ def _value_ok(value: str) -> bool:
     return len(value) <= MAX_VALUE_LENGTH and all(c.isprintable() or c == " " for c in value)
 
 
-def checked_tags(raw: object) -> dict[str, str]:
-    """The tags of a request body, or BadRequest naming what is wrong (and the rules)."""
+def checked_tags(raw: object, *, quote_keys: bool = True) -> dict[str, str]:
+    """The tags of a request body, or BadRequest naming what is wrong (and the rules). Without `quote_keys` the
+    message names no key (an import's refusal names a line by number and reason, never by its content)."""
     if not isinstance(raw, Mapping):
         raise BadRequest(RULES)
     if len(raw) > MAX_TAGS:
@@ -34,9 +35,11 @@ def checked_tags(raw: object) -> dict[str, str]:
     tags: dict[str, str] = {}
     for key, value in raw.items():
         if not isinstance(key, str) or not KEY.fullmatch(key):
-            raise BadRequest(f"tag key {str(key)[:80]!r} is not allowed; {RULES}")
+            named = f"tag key {str(key)[:80]!r}" if quote_keys else "a tag key"
+            raise BadRequest(f"{named} is not allowed; {RULES}")
         if not isinstance(value, str) or not _value_ok(value):
-            raise BadRequest(f"the value of tag {key!r} is not allowed; {RULES}")
+            named = f"the value of tag {key!r}" if quote_keys else "the value of a tag"
+            raise BadRequest(f"{named} is not allowed; {RULES}")
         tags[key] = value
     return tags
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,8 +44,10 @@ from smartsheet_oauth.stores.connections import Connection, ConnectionStore
 from smartsheet_oauth.stores.token_vault import PairSealer
 
 if TYPE_CHECKING:
+    from smartsheet_oauth.config import Config
     from smartsheet_oauth.flows.deps import ManagementDeps
     from smartsheet_oauth.smartsheet.client import SmartsheetClient
+    from smartsheet_oauth.stores.connection_tags import ConnectionTagStore
     from smartsheet_oauth.stores.states import StateRecord
 
 CODE_PARAMETER = "completion_code"  # the query parameter of return_to that carries the code
@@ -235,22 +238,17 @@ def _store(
     version_id = str(uuid.UUID(hex=hashlib.sha256(held.key.encode()).hexdigest()[:32]))
     secret_arn = deps.vault.save(held.smartsheet_user_id, tokens, version_id=version_id)
     try:
-        is_new = deps.connections.record_sign_in(
-            connection_id=held.smartsheet_user_id,
+        # The session's tags (if it has any) too, before the code is used up: a storage failure there gives the code
+        # back, and the retry binds (again, a no-op) and tags.
+        is_new = record_new_pair(
+            deps.connections,
+            tokens,
+            config=deps.config,
             secret_arn=secret_arn,
-            email=tokens.email,
-            scopes=tokens.scope,
-            region=tokens.region,
-            access_expires_at=tokens.expires_at,
-            refresh_due_at=refresh_due_at(
-                tokens.expires_at,
-                window_seconds=deps.config.refresh_window_seconds,
-                now=now,
-                jitter_seconds=due_jitter(held.smartsheet_user_id, deps.config.refresh_window_seconds),
-            ),
             now=now,
             end_user_id=held.end_user_id,
-            default_region=deps.config.region,
+            tags=held.tags,
+            tag_store=deps.tag_store,
         )
     except ConditionFailed:
         # Bound to another end user in the instant since check_binding looked. The pair is the same Smartsheet
@@ -259,10 +257,6 @@ def _store(
         reason = "smartsheet_account_bound_to_another_end_user"
         _announce_refusal(deps, held, reason=reason)
         raise _conflict(reason) from None
-    if held.tags is not None:
-        # The session's tags, before the code is used up: a storage failure here gives the code back, and the retry
-        # binds (again, a no-op) and tags.
-        _tag(deps, held.smartsheet_user_id, held.tags, now=now)
     try:
         completions.finish(held, owner=owner, outcome=BOUND, now=now)
     except StorageError as exc:
@@ -278,10 +272,53 @@ def _store(
     return Completed(connection=connection, is_new=is_new)
 
 
-def _tag(deps: ManagementDeps, connection_id: str, tags: dict[str, str], *, now: int) -> None:
-    for _ in range(3):  # a concurrent PUT of its tags: read again (the session's tags win, they come last)
+# ------------------------------------------------------------------------------------------ recording a new pair
+def record_new_pair(
+    connections: ConnectionStore,
+    tokens: TokenSet,
+    *,
+    config: Config,
+    secret_arn: str,
+    now: int,
+    end_user_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    tag_store: Callable[[], ConnectionTagStore] | None = None,
+) -> bool:
+    """Record a newly obtained pair, already in its store (`secret_arn`), on its connection (`tokens.user_id`): what
+    a sign-in, a confirmed connect session and an import all write, written here once so they cannot drift. The
+    connection is active, with the pair's email, scopes, region and expiry; due at the refresh window's start less
+    its jitter (domain/shards.due_jitter: pairs obtained together, a batch of imports too, come due spread out, not
+    all at once); bound to `end_user_id` when there is one; and a live connection of that id never changes region
+    (default_region: the record's own condition, whatever a look before it missed). With `tags` (not None: `{}`
+    clears them) the connection's tags become exactly those, its record and the tag index together, after the
+    record is written. Returns True when the connection is new; ConditionFailed as record_sign_in raises it (then
+    nothing is written, tags neither)."""
+    window = config.refresh_window_seconds
+    is_new = connections.record_sign_in(
+        connection_id=tokens.user_id,
+        secret_arn=secret_arn,
+        email=tokens.email,
+        scopes=tokens.scope,
+        region=tokens.region,
+        access_expires_at=tokens.expires_at,
+        refresh_due_at=refresh_due_at(
+            tokens.expires_at, window_seconds=window, now=now, jitter_seconds=due_jitter(tokens.user_id, window)
+        ),
+        now=now,
+        end_user_id=end_user_id,
+        default_region=config.region,
+    )
+    if tags is not None:
+        if tag_store is None:
+            raise StorageError("tags.table", "NoTagsTable", transient=False)
+        _tag(tag_store(), tokens.user_id, tags, now=now)
+    return is_new
+
+
+def _tag(store: ConnectionTagStore, connection_id: str, tags: Mapping[str, str], *, now: int) -> None:
+    for _ in range(3):  # a concurrent PUT of its tags: read again (these tags win, they come last)
         try:
-            deps.tag_store().replace(connection_id, tags, now=now)
+            store.replace(connection_id, tags, now=now)
             return
         except ConditionFailed:
             continue

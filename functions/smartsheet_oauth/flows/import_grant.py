@@ -44,10 +44,11 @@ from smartsheet_oauth.domain.errors import (
     StorageError,
     TransientSmartsheetError,
 )
-from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at
+from smartsheet_oauth.domain.tags import checked_tags
+from smartsheet_oauth.domain.tokens import TokenSet
 from smartsheet_oauth.domain.vocabulary import ConnectionStatus
 from smartsheet_oauth.flows import steps
-from smartsheet_oauth.flows.connect import check_binding, checked_end_user_id
+from smartsheet_oauth.flows.connect import check_binding, checked_end_user_id, record_new_pair
 from smartsheet_oauth.flows.refresh_window import answer_within
 from smartsheet_oauth.flows.refusals import REVOKED_CODE
 from smartsheet_oauth.platform.observability import logger
@@ -87,7 +88,8 @@ class GrantLine:
     expires_at: int | None = None
     region: str | None = None
     end_user_id: str | None = None
-    tags: tuple[str, ...] = ()
+    # Set on the connection once imported (its tags become exactly these); None leaves a known connection's as they are.
+    tags: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"GrantLine(region={self.region!r}, end_user_id={self.end_user_id!r}, tokens=<hidden>)"
@@ -152,13 +154,20 @@ def checked_grant(body: object, *, config: Config, now: int) -> GrantLine:
             end_user_id = checked_end_user_id(body["end_user_id"])
         except BadRequest as exc:
             raise LineRefused("invalid_end_user_id", str(exc)) from None
-    _no_tags(body.get("tags"))
+    tags = None
+    if body.get("tags") is not None:
+        try:
+            # The rules of every way tags come in (domain/tags.py); the refusal quotes no key (nor any other value).
+            tags = checked_tags(body["tags"], quote_keys=False)
+        except BadRequest as exc:
+            raise LineRefused("invalid_tags", str(exc)) from None
     return GrantLine(
         refresh_token=refresh_token,
         access_token=access_token,
         expires_at=expires_at,
         region=region,
         end_user_id=end_user_id,
+        tags=tags,
     )
 
 
@@ -175,16 +184,6 @@ def _region(region: object, config: Config) -> str | None:
                 f" AllowedRegions); a {region} grant only works where {region} is allowed",
             )
     return region
-
-
-def _no_tags(tags: object) -> None:
-    """Tags are accepted only once connections keep them; until then a non-empty list is refused, not dropped."""
-    if tags is None:
-        return
-    if not isinstance(tags, list):
-        raise LineRefused("invalid_tags", "tags must be a list")
-    if tags:
-        raise LineRefused("tags_not_supported", "this broker keeps no tags on connections: leave tags out (or empty)")
 
 
 # ---------------------------------------------------------------------------------------------------- importing
@@ -410,18 +409,8 @@ def _make_ours(
     user = smartsheet.current_user(tokens.access_token, region=region)
     tokens = replace(tokens, user_id=user.id, email=user.email)
     existing = deps.connections.get(user.id)
-    if (
-        existing is not None
-        and deps.config.region_of(existing.region) != region
-        and existing.status != ConnectionStatus.REVOKED
-    ):
-        # Connection ids are Smartsheet user ids: one id is never a connection of two regions (sign_in.py).
-        conflict = BindingConflict(
-            "region_conflict", end_user_id="", smartsheet_user_id=user.id, existing_connection_id=user.id
-        )
-        _refuse_binding(
-            deps, ledger, key=entry.key, owner=owner, smartsheet=smartsheet, tokens=tokens, conflict=conflict
-        )
+    # Connection ids are Smartsheet user ids: one id is never a connection of two regions (sign_in.py).
+    _refuse_other_region(deps, ledger, existing, key=entry.key, owner=owner, smartsheet=smartsheet, tokens=tokens)
     try:
         _check_binding(deps, existing, end_user_id=grant.end_user_id, smartsheet_user_id=user.id)
     except BindingConflict as conflict:
@@ -452,20 +441,24 @@ def _make_ours(
             generation=held.generation if held else 0,
         )
         steps.passed(watcher, IMPORT_STORED, user.id)
-        is_new = deps.connections.record_sign_in(
-            connection_id=user.id,
+        # As a sign-in records it (its due time spread, its region kept), with the grant's tags if it has any.
+        is_new = record_new_pair(
+            deps.connections,
+            tokens,
+            config=deps.config,
             secret_arn=secret_arn,
-            email=user.email,
-            scopes=tokens.scope,
-            region=tokens.region,
-            access_expires_at=tokens.expires_at,
-            refresh_due_at=refresh_due_at(
-                tokens.expires_at, window_seconds=deps.config.refresh_window_seconds, now=now
-            ),
             now=now,
             end_user_id=grant.end_user_id,
+            tags=grant.tags,
+            tag_store=deps.tag_store,
         )
     except ConditionFailed:
+        # Another region's sign-in of this id may have won the instant since the look above (the record's condition
+        # refused the region change), and this pair has replaced its pair in the secret: refused and revoked as a
+        # sign-in is, so that connection never hands out a live token of this grant (it goes needs_reauth at its
+        # next refresh and its user signs in again).
+        now_there = deps.connections.get(user.id)
+        _refuse_other_region(deps, ledger, now_there, key=entry.key, owner=owner, smartsheet=smartsheet, tokens=tokens)
         # Bound to an end user in the instant since the check: the pair is this same account's and serves it now.
         reason = "account_bound_to_an_end_user" if grant.end_user_id is None else _BINDING[0]
         ledger.finish(entry.key, owner=owner, status=REFUSED, reason=reason, now=int(deps.clock()))
@@ -504,6 +497,29 @@ def _check_binding(
             smartsheet_user_id=smartsheet_user_id,
             existing_connection_id=smartsheet_user_id,
         )
+
+
+def _refuse_other_region(
+    deps: ManagementDeps,
+    ledger: ImportLedger,
+    existing: Connection | None,
+    *,
+    key: str,
+    owner: str,
+    smartsheet: SmartsheetClient,
+    tokens: TokenSet,
+) -> None:
+    """Refuse (region_conflict, the grant revoked) when the id is a live connection of another region."""
+    if (
+        existing is None
+        or deps.config.region_of(existing.region) == tokens.region
+        or existing.status == ConnectionStatus.REVOKED
+    ):
+        return
+    conflict = BindingConflict(
+        "region_conflict", end_user_id="", smartsheet_user_id=tokens.user_id, existing_connection_id=tokens.user_id
+    )
+    _refuse_binding(deps, ledger, key=key, owner=owner, smartsheet=smartsheet, tokens=tokens, conflict=conflict)
 
 
 def _refuse_binding(

@@ -246,9 +246,8 @@ def _finish(
     watcher: steps.StepWatcher | None,
     browser_checked: Callable[[StateRecord], None] | None,
 ) -> SignedIn | AwaitingConfirmation:
-    from smartsheet_oauth.domain.shards import due_jitter  # noqa: PLC0415
-    from smartsheet_oauth.domain.tokens import TokenSet, refresh_due_at  # noqa: PLC0415
-    from smartsheet_oauth.flows.connect import bind_or_refuse  # noqa: PLC0415
+    from smartsheet_oauth.domain.tokens import TokenSet  # noqa: PLC0415
+    from smartsheet_oauth.flows.connect import bind_or_refuse, record_new_pair  # noqa: PLC0415
 
     if not record.matches(nonce):
         raise SignInRejected("nonce_mismatch")
@@ -306,22 +305,7 @@ def _finish(
     secret_arn = vault.save(user.id, tokens)
     steps.passed(watcher, steps.CALLBACK_STORED, user.id)
     try:
-        is_new = connections.record_sign_in(
-            connection_id=user.id,
-            secret_arn=secret_arn,
-            email=user.email,
-            scopes=tokens.scope,
-            region=tokens.region,
-            access_expires_at=tokens.expires_at,
-            refresh_due_at=refresh_due_at(
-                tokens.expires_at,
-                window_seconds=config.refresh_window_seconds,
-                now=now,
-                jitter_seconds=due_jitter(user.id, config.refresh_window_seconds),
-            ),
-            now=now,
-            default_region=config.region,
-        )
+        is_new = record_new_pair(connections, tokens, config=config, secret_arn=secret_arn, now=now)
     except ConditionFailed:
         # The account is bound to one of the integrator's end users: only a confirmed connect session of theirs
         # may bring it back or change it, so its status and binding stay as they were. The pair just stored is a
