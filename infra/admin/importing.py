@@ -164,7 +164,10 @@ def import_deps(target: Target, pace: Any) -> ManagementDeps:
         pace=pace,
         # A grant's tags go on its connection and the tag index, as a connect session's do.
         tags=ConnectionTagStore(
-            target.dynamodb, target.config.connections_table_name, target.config.connection_tags_table_name
+            target.dynamodb,
+            target.config.connections_table_name,
+            target.config.connection_tags_table_name,
+            default_region=target.config.region,
         ),
     )
 
