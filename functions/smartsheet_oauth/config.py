@@ -65,6 +65,11 @@ SECRETS_MANAGER_MAX_REFRESH_RATE_PER_MINUTE = 600
 MAX_REFRESH_RATE_PER_MINUTE = 6000
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# AccountsPerEndUser: how many Smartsheet accounts one of the integrator's end users may have connected. `one` (the
+# default) refuses a second one; `many` binds each (agencies, consultants). One Smartsheet account is never bound to
+# two end users, whichever it is (flows/connect.check_binding).
+ONE_ACCOUNT, MANY_ACCOUNTS = "one", "many"
+ACCOUNTS_PER_END_USER = (ONE_ACCOUNT, MANY_ACCOUNTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,8 @@ class Config:
     dispatch_interval_minutes: int = 30
     # Where the dispatcher sends due connections (RefreshQueue); None: the sweep refreshes them in its own process.
     refresh_queue_url: str | None = None
+    # AccountsPerEndUser: one or many Smartsheet accounts per end user (ACCOUNTS_PER_END_USER above).
+    accounts_per_end_user: str = ONE_ACCOUNT
 
     def regions_allowed(self) -> tuple[str, ...]:
         """The regions a new sign-in may choose, the default first."""
@@ -204,7 +211,15 @@ def load_config(environ: Mapping[str, str]) -> Config:
         due_shards=_int(environ, "DUE_SHARDS", 1, low=1, high=MAX_DUE_SHARDS),
         dispatch_interval_minutes=_schedule_minutes(environ.get("REFRESH_SCHEDULE", "")),
         refresh_queue_url=environ.get("REFRESH_QUEUE_URL", "").strip() or None,
+        accounts_per_end_user=_accounts_per_end_user(environ.get("ACCOUNTS_PER_END_USER", "")),
     )
+
+
+def _accounts_per_end_user(raw: str) -> str:
+    value = raw.strip().lower() or ONE_ACCOUNT
+    if value not in ACCOUNTS_PER_END_USER:
+        raise ConfigError("ACCOUNTS_PER_END_USER", f"must be one or many (AccountsPerEndUser), got {raw.strip()!r}")
+    return value
 
 
 def _allowed_regions(raw: str, default: str) -> tuple[str, ...]:

@@ -53,6 +53,7 @@ from botocore.exceptions import ClientError
 
 __all__ = [
     "AccessToken",
+    "AmbiguousEndUser",
     "BrokerApiError",
     "BrokerUnavailable",
     "ConnectRefused",
@@ -100,6 +101,8 @@ CONNECTION_ID_MAX_DIGITS = 20
 # The integrator's id of its own user, as the broker's API checks it (flows/connect.py holds the two to one).
 _END_USER_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
 _UNUSABLE = ("needs_reauth", "revoked")
+# An end user's connections are listed in pages this size (the API's largest): a consultant's few fit in one.
+_END_USER_PAGE_SIZE = 100
 # What the broker adds to return_to when a connect session's sign-in ends (docs/management-api.md).
 OUTCOME_PARAMETER, CODE_PARAMETER, ERROR_PARAMETER = "outcome", "completion_code", "error"
 
@@ -122,6 +125,22 @@ class ConnectionUnavailable(TokenError):
         self.connection_id = connection_id
         self.end_user_id = end_user_id
         self.status = status
+
+
+class AmbiguousEndUser(TokenError):
+    """Your end user has several active connections (a stack with AccountsPerEndUser=many) and you asked for "the"
+    one: ask for one by its connection id, or for all of them (TokenProvider.tokens_of,
+    ManagementClient.connections_of). `connection_ids` lists them (as GET /connections does), `count` says how
+    many."""
+
+    def __init__(self, end_user_id: str, connection_ids: Sequence[str], *, one: str, every: str) -> None:
+        super().__init__(
+            f"end user {end_user_id} has {len(connection_ids)} active connections: ask for one by its connection id"
+            f" ({one}), or for all of them ({every})"
+        )
+        self.end_user_id = end_user_id
+        self.connection_ids = tuple(connection_ids)
+        self.count = len(self.connection_ids)
 
 
 class BrokerUnavailable(TokenError):
@@ -539,9 +558,21 @@ class ManagementClient:
                 return
             query["next"] = str(following)
 
+    def connections_of(self, end_user_id: str) -> list[Connection]:
+        """Every active connection of your end user (several with AccountsPerEndUser=many), as the API lists them."""
+        return list(self.list_connections(status="active", end_user_id=end_user_id, page_size=_END_USER_PAGE_SIZE))
+
     def connection_of(self, end_user_id: str) -> Connection | None:
-        """The end user's active connection, or None."""
-        return next(iter(self.list_connections(status="active", end_user_id=end_user_id, page_size=1)), None)
+        """The end user's active connection, or None. AmbiguousEndUser when they have several: use connections_of."""
+        found = self.connections_of(end_user_id)
+        if len(found) > 1:
+            raise AmbiguousEndUser(
+                end_user_id,
+                [c.connection_id for c in found],
+                one="get_connection(connection_id)",
+                every="connections_of(end_user_id)",
+            )
+        return found[0] if found else None
 
     def refresh(self, connection_id: str, *, min_valid_seconds: int = DEFAULT_MIN_VALID_SECONDS) -> RefreshResult:
         """Have the broker refresh now unless the token stays valid for min_valid_seconds (then outcome fresh).
@@ -630,7 +661,8 @@ class TokenProvider:
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, _Cached] = {}
-        self._end_users: dict[str, tuple[str, float]] = {}
+        # end user -> (their active connections' ids, when the broker was asked)
+        self._end_users: dict[str, tuple[tuple[str, ...], float]] = {}
         # connection id -> when the broker said to ask again (Retry-After of a refresh it could not do then)
         self._ask_again_at: dict[str, float] = {}
         # connection id -> the hash of the token the caller reported refused ("" when it had none cached): the next
@@ -656,8 +688,9 @@ class TokenProvider:
     # ----------------------------------------------------------------------------------------------- public
     def token(self, connection_id: str | None = None, *, end_user_id: str | None = None) -> AccessToken:
         """A token valid for at least min_valid_seconds (or, when the broker cannot refresh right now, one that
-        is still valid). Give a connection id (the Smartsheet user id) or your own end_user_id. After invalidate(),
-        the broker is asked for the connection's state first: needs_reauth or revoked raise ConnectionUnavailable."""
+        is still valid). Give a connection id (the Smartsheet user id) or your own end_user_id (AmbiguousEndUser when
+        they have several active connections: give the connection id, or use tokens_of). After invalidate(), the
+        broker is asked for the connection's state first: needs_reauth or revoked raise ConnectionUnavailable."""
         if (connection_id is None) == (end_user_id is None):
             raise ValueError("give either a connection id or an end_user_id")
         if connection_id is None:
@@ -697,24 +730,57 @@ class TokenProvider:
             self._suspect[connection_id] = refused
             self._ask_again_at.pop(connection_id, None)
 
+    def tokens_of(self, end_user_id: str) -> dict[str, AccessToken]:
+        """A token of each active connection of your end user (several with AccountsPerEndUser=many): connection id ->
+        token, in the order GET /connections lists them; {} when they have none. Each is token(connection_id)'s, so
+        the same cache and refresh rules apply; a connection found unusable since the lookup (needs_reauth, revoked)
+        is left out, and the lookup is made again next time."""
+        found: dict[str, AccessToken] = {}
+        for connection_id in self._active_of(end_user_id):
+            try:
+                found[connection_id] = self.token(connection_id)
+            except ConnectionUnavailable:
+                continue
+        return found
+
     def connection_of(self, end_user_id: str) -> str:
-        """The active connection bound to your end user (GET /connections?end_user_id=..., cached)."""
-        known = self._end_users.get(end_user_id)
-        if known and self._clock() - known[1] < self._cache_seconds:
-            return known[0]
-        query = urlencode({"end_user_id": end_user_id, "status": "active"}, quote_via=quote)
-        status, body = self._api.call("GET", f"/connections?{query}")
-        if status != 200:
-            raise self._failure(status, body, connection_id=None, end_user_id=end_user_id)
-        active = [c["connection_id"] for c in body.get("connections", [])]
+        """The active connection bound to your end user (GET /connections?end_user_id=..., cached).
+        ConnectionUnavailable when there is none, AmbiguousEndUser when there are several (give a connection id, or use
+        tokens_of)."""
+        active = self._active_of(end_user_id)
         if not active:
             raise ConnectionUnavailable(
                 None, "not_found", "has no active connection (connect them first)", end_user_id=end_user_id
             )
-        if not is_connection_id(active[0]):
-            raise TokenError(f"end user {end_user_id}: the broker answered a malformed connection id")
-        self._end_users[end_user_id] = (active[0], self._clock())
-        return str(active[0])
+        if len(active) > 1:
+            raise AmbiguousEndUser(end_user_id, active, one="token(connection_id)", every="tokens_of(end_user_id)")
+        return active[0]
+
+    def _active_of(self, end_user_id: str) -> tuple[str, ...]:
+        """The ids of the end user's active connections, every page of GET /connections?end_user_id= (a page can be
+        empty and still have a next one: the status filter applies after the table's limit); cached when there are
+        any."""
+        known = self._end_users.get(end_user_id)
+        if known and self._clock() - known[1] < self._cache_seconds:
+            return known[0]
+        query = {"end_user_id": end_user_id, "status": "active", "limit": str(_END_USER_PAGE_SIZE)}
+        active: list[str] = []
+        while True:
+            status, body = self._api.call("GET", f"/connections?{urlencode(query, quote_via=quote)}")
+            if status != 200:
+                raise self._failure(status, body, connection_id=None, end_user_id=end_user_id)
+            for connection in body.get("connections", []):
+                if not is_connection_id(connection.get("connection_id")):
+                    raise TokenError(f"end user {end_user_id}: the broker answered a malformed connection id")
+                active.append(str(connection["connection_id"]))
+            following = body.get("next")
+            if not following:
+                break
+            query["next"] = str(following)
+        found = tuple(dict.fromkeys(active))
+        if found:  # none is not remembered: the user may connect in another process any moment
+            self._end_users[end_user_id] = (found, self._clock())
+        return found
 
     def complete_connect_session(self, completion_code: str, *, end_user_id: str) -> str:
         """Redeem the completion_code your return_to page received, for the end user signed in to your app in that
@@ -729,7 +795,8 @@ class TokenProvider:
             body = _as_body(failure)
             raise self._failure(failure.status, body, connection_id=None, end_user_id=end_user_id) from None
         connection_id = result.connection.connection_id
-        self._end_users[end_user_id] = (connection_id, self._clock())
+        # The end user's lookup is made again: the bound connection may be one of several (AccountsPerEndUser=many).
+        self._end_users.pop(end_user_id, None)
         self._suspect.pop(connection_id, None)
         return connection_id
 
@@ -773,7 +840,7 @@ class TokenProvider:
         until the connection is active with another token (its user connected again)."""
         self._cache.pop(connection_id, None)
         for end_user_id, (known, _) in list(self._end_users.items()):
-            if known == connection_id:
+            if connection_id in known:
                 self._end_users.pop(end_user_id, None)
 
     def _read(self, connection_id: str) -> AccessToken:

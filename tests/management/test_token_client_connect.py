@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 import pytest
-from smartsheet_oauth_client import BrokerUnavailable, ConnectRefused, TokenError, TokenProvider
+from smartsheet_oauth_client import BrokerUnavailable, ConnectionUnavailable, ConnectRefused, TokenError, TokenProvider
 
 API = "https://abc123.execute-api.eu-west-1.amazonaws.com"
 ADA = "4583173393803140"
@@ -33,15 +33,21 @@ def provider(broker: Broker) -> TokenProvider:
     return TokenProvider(api_url=API, secret_prefix="stack/connections/", session=session, send=broker.send)
 
 
-def test_a_redeemed_code_answers_the_connection_and_remembers_its_end_user() -> None:
+def test_a_redeemed_code_answers_the_connection_and_its_end_user_is_looked_up_afresh() -> None:
     bound = {"outcome": "created", "connection": {"connection_id": ADA, "end_user_id": "user-42"}}
-    broker = Broker((200, bound))
+    listed = {"connections": [{"connection_id": ADA}], "next": None}
+    broker = Broker((200, {"connections": [], "next": None}), (200, bound), (200, listed))
     tokens = provider(broker)
+    with pytest.raises(ConnectionUnavailable):
+        tokens.connection_of("user-42")  # none yet
 
     assert tokens.complete_connect_session(CODE, end_user_id="user-42") == ADA
-    assert tokens.connection_of("user-42") == ADA  # no lookup: the broker just said so
+    # Asked again, not taken from the code's answer: with AccountsPerEndUser=many the bound connection may be one of
+    # several, and token(end_user_id=...) must then refuse to pick one.
+    assert tokens.connection_of("user-42") == ADA
 
-    [(method, url, headers, body)] = broker.calls
+    lookup, (method, url, headers, body), again = broker.calls
+    assert lookup[1] == again[1]
     assert (method, url) == ("POST", f"{API}/connect-sessions/complete")
     assert json.loads(body) == {"completion_code": CODE, "end_user_id": "user-42"}
     assert "/eu-west-1/execute-api/aws4_request" in headers["Authorization"]

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from smartsheet_oauth.config import MANY_ACCOUNTS
 from smartsheet_oauth.domain.errors import (
     BadRequest,
     BindingConflict,
@@ -93,10 +94,13 @@ def checked_end_user_id(raw: object) -> str:
     return raw
 
 
-def check_binding(connections: ConnectionStore, *, end_user_id: str, smartsheet_user_id: str) -> None:
-    """Refuse to bind when it would merge two identities: the Smartsheet account is bound to another end user,
-    or the end user already has a different Smartsheet account connected. Revoked connections do not count:
-    their binding ended with them. The same end user with the same account simply reconnects."""
+def check_binding(
+    connections: ConnectionStore, *, end_user_id: str, smartsheet_user_id: str, accounts_per_end_user: str
+) -> None:
+    """Refuse to bind when it would merge two identities: the Smartsheet account is bound to another end user (always),
+    or, with AccountsPerEndUser=one, the end user already has a different Smartsheet account connected (with `many`
+    an end user may own several connections). Revoked connections do not count: their binding ended with them. The
+    same end user with the same account simply reconnects."""
     existing = connections.get(smartsheet_user_id)
     if (
         existing is not None
@@ -109,6 +113,8 @@ def check_binding(connections: ConnectionStore, *, end_user_id: str, smartsheet_
             smartsheet_user_id=smartsheet_user_id,
             existing_connection_id=existing.connection_id,
         )
+    if accounts_per_end_user == MANY_ACCOUNTS:
+        return
     start_key = None
     while True:
         page, start_key = connections.page(limit=25, end_user_id=end_user_id, start_key=start_key)
@@ -131,13 +137,19 @@ def bind_or_refuse(
     *,
     end_user_id: str,
     smartsheet_user_id: str,
+    accounts_per_end_user: str,
     region: str | None = None,
 ) -> None:
     """Before anything is stored: refuse a binding that would merge two identities, and revoke the grant this
     sign-in just got (at its region's API), so no token outlives the refusal. Only that grant: the account's other
     connection (if any) keeps its own."""
     try:
-        check_binding(connections, end_user_id=end_user_id, smartsheet_user_id=smartsheet_user_id)
+        check_binding(
+            connections,
+            end_user_id=end_user_id,
+            smartsheet_user_id=smartsheet_user_id,
+            accounts_per_end_user=accounts_per_end_user,
+        )
     except BindingConflict:
         try:
             smartsheet.revoke(access_token, region=region)
@@ -222,7 +234,12 @@ def _bind(
         raise StorageError("completions.unseal", "NoSealingKey", transient=False)
     tokens = deps.vault.sealer.open(held.sealed, binding=held.binding)
     try:
-        check_binding(deps.connections, end_user_id=end_user_id, smartsheet_user_id=held.smartsheet_user_id)
+        check_binding(
+            deps.connections,
+            end_user_id=end_user_id,
+            smartsheet_user_id=held.smartsheet_user_id,
+            accounts_per_end_user=deps.config.accounts_per_end_user,
+        )
     except BindingConflict as conflict:
         _void(deps, completions, held, owner=owner, now=now, tokens=tokens)
         _announce_refusal(deps, held, reason=conflict.reason, existing_connection_id=conflict.existing_connection_id)
@@ -372,7 +389,8 @@ def _announce_refusal(
 
 _CONFLICT_MESSAGES = {
     "smartsheet_account_bound_to_another_end_user": "This Smartsheet account is connected to another end user.",
-    "end_user_has_another_smartsheet_account": "This end user already has another Smartsheet account connected.",
+    "end_user_has_another_smartsheet_account": "This end user already has another Smartsheet account connected"
+    " (the stack's AccountsPerEndUser is one; many lets an end user connect several).",
 }
 
 

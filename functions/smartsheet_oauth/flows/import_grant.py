@@ -267,7 +267,8 @@ _REFUSALS = {
     "lost_in_flight": "An earlier import of this grant sent its refresh and never received the answer: Smartsheet"
     " rotated the grant and the new pair is lost. The user must connect again.",
     "smartsheet_account_bound_to_another_end_user": "This Smartsheet account is connected to another end user.",
-    "end_user_has_another_smartsheet_account": "This end user already has another Smartsheet account connected.",
+    "end_user_has_another_smartsheet_account": "This end user already has another Smartsheet account connected"
+    " (the stack's AccountsPerEndUser is one; many lets an end user connect several).",
     "account_bound_to_an_end_user": "This Smartsheet account is connected to one of your end users: import it with"
     " that end_user_id.",
     "region_conflict": "This Smartsheet user id is already a connection of another region; nothing was connected and"
@@ -488,7 +489,12 @@ def _check_binding(
     """A bound import checks as a confirmed connect session does; an unbound one may not take a connection bound to
     an end user (only that end user's confirmed connect session, or a bound import for them, may)."""
     if end_user_id is not None:
-        check_binding(deps.connections, end_user_id=end_user_id, smartsheet_user_id=smartsheet_user_id)
+        check_binding(
+            deps.connections,
+            end_user_id=end_user_id,
+            smartsheet_user_id=smartsheet_user_id,
+            accounts_per_end_user=deps.config.accounts_per_end_user,
+        )
         return
     if existing is not None and existing.end_user_id and existing.status != ConnectionStatus.REVOKED:
         raise BindingConflict(

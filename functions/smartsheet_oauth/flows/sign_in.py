@@ -283,6 +283,7 @@ def _finish(
             grant.access_token,
             end_user_id=record.end_user_id,
             smartsheet_user_id=user.id,
+            accounts_per_end_user=config.accounts_per_end_user,
             region=region,
         )
     tokens = TokenSet.from_grant(
