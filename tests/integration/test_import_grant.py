@@ -378,6 +378,32 @@ def test_an_import_racing_another_regions_sign_in_of_the_same_id_is_refused_as_a
     assert again.value.code == "region_conflict"
 
 
+def test_a_refusal_at_the_record_step_releases_the_known_connections_lease(broker: Broker) -> None:
+    run(grant_of(broker, USERS[0]))  # a known, unbound connection: a second import of it holds its lease
+    again = grant_of(broker, USERS[0])
+
+    def bound_meanwhile(step: str, connection_id: str) -> None:
+        # After the import looked (unbound) and stored its pair under the lease, a connect session binds the account.
+        if step == flow.IMPORT_STORED:
+            broker.dynamodb.update_item(
+                TableName=broker.connections_table,
+                Key={"connection_id": {"S": connection_id}},
+                UpdateExpression="SET end_user_id = :who",
+                ExpressionAttributeValues={":who": {"S": "user-9"}},
+            )
+
+    with pytest.raises(GrantRefused) as refused:
+        run(again, watcher=bound_meanwhile)
+
+    assert (refused.value.code, refused.value.status) == ("binding_conflict", 409)
+    record = broker.connection(USERS[0])
+    assert record is not None
+    assert record["end_user_id"] == "user-9"
+    # The lease is released at once: the connection's next refresh need not wait for it to run out.
+    assert "lease_owner" not in record
+    assert "lease_until" not in record
+
+
 # ------------------------------------------------------------------------------------------------------- tags
 def tagged(key: str, value: str) -> list[str]:
     connections, _ = services.connection_tags().page(key, value, limit=100)

@@ -432,39 +432,43 @@ def _make_ours(
                 retry_after=wait,
             ) from None
     try:
-        # Named after the ledger item: a retry after a failure writes the same version again, which changes nothing.
-        version_id = str(uuid.UUID(hex=hashlib.sha256(entry.key.encode()).hexdigest()[:32]))
-        secret_arn = deps.vault.save(
-            user.id,
-            tokens,
-            known_arn=held.secret_arn if held else None,
-            version_id=version_id,
-            generation=held.generation if held else 0,
-        )
-        steps.passed(watcher, IMPORT_STORED, user.id)
-        # As a sign-in records it (its due time spread, its region kept), with the grant's tags if it has any.
-        is_new = record_new_pair(
-            deps.connections,
-            tokens,
-            config=deps.config,
-            secret_arn=secret_arn,
-            now=now,
-            end_user_id=grant.end_user_id,
-            tags=grant.tags,
-            tag_store=deps.tag_store,
-        )
-    except ConditionFailed:
-        # Another region's sign-in of this id may have won the instant since the look above (the record's condition
-        # refused the region change), and this pair has replaced its pair in the secret: refused and revoked as a
-        # sign-in is, so that connection never hands out a live token of this grant (it goes needs_reauth at its
-        # next refresh and its user signs in again).
-        now_there = deps.connections.get(user.id)
-        _refuse_other_region(deps, ledger, now_there, key=entry.key, owner=owner, smartsheet=smartsheet, tokens=tokens)
-        # Bound to an end user in the instant since the check: the pair is this same account's and serves it now.
-        reason = "account_bound_to_an_end_user" if grant.end_user_id is None else _BINDING[0]
-        ledger.finish(entry.key, owner=owner, status=REFUSED, reason=reason, now=int(deps.clock()))
-        raise _refusal(reason) from None
+        try:
+            # Named after the ledger item: a retry after a failure writes the same version again, which changes nothing.
+            version_id = str(uuid.UUID(hex=hashlib.sha256(entry.key.encode()).hexdigest()[:32]))
+            secret_arn = deps.vault.save(
+                user.id,
+                tokens,
+                known_arn=held.secret_arn if held else None,
+                version_id=version_id,
+                generation=held.generation if held else 0,
+            )
+            steps.passed(watcher, IMPORT_STORED, user.id)
+            # As a sign-in records it (its due time spread, its region kept), with the grant's tags if it has any.
+            is_new = record_new_pair(
+                deps.connections,
+                tokens,
+                config=deps.config,
+                secret_arn=secret_arn,
+                now=now,
+                end_user_id=grant.end_user_id,
+                tags=grant.tags,
+                tag_store=deps.tag_store,
+            )
+        except ConditionFailed:
+            # Another region's sign-in of this id may have won the instant since the look above (the record's condition
+            # refused the region change), and this pair has replaced its pair in the secret: refused and revoked as a
+            # sign-in is, so that connection never hands out a live token of this grant (it goes needs_reauth at its
+            # next refresh and its user signs in again).
+            now_there = deps.connections.get(user.id)
+            _refuse_other_region(
+                deps, ledger, now_there, key=entry.key, owner=owner, smartsheet=smartsheet, tokens=tokens
+            )
+            # Bound to an end user in the instant since the check: the pair is this same account's and serves it now.
+            reason = "account_bound_to_an_end_user" if grant.end_user_id is None else _BINDING[0]
+            ledger.finish(entry.key, owner=owner, status=REFUSED, reason=reason, now=int(deps.clock()))
+            raise _refusal(reason) from None
     except BaseException:
+        # Whatever ends the import here (a refusal above included), a held lease goes back at once.
         if held is not None:
             try:
                 deps.connections.release(user.id, owner=owner)
