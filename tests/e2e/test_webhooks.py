@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -42,15 +43,17 @@ class Delivery:
     body: bytes
     verdict: str  # "ok" or the helper's exception name
     status: int
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
 class Receiver:
     """An integrator's endpoint on 127.0.0.1: verifies each delivery with WebhookVerifier, then answers what the
-    test planned for its connection (one status per attempt; 200 once the plan runs out)."""
+    test planned for its connection (one status per attempt, or a status and its Retry-After header; 200 once the
+    plan runs out)."""
 
     secret: Callable[[], str] = field(default=lambda: "")
-    plans: dict[str, list[int]] = field(default_factory=dict)
+    plans: dict[str, list[int | tuple[int, str]]] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
     port: int = 0
     _server: ThreadingHTTPServer | None = None
@@ -62,9 +65,12 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                status, verdict = receiver.answer(dict(self.headers), body)
+                planned, verdict = receiver.answer(dict(self.headers), body)
+                status, retry_after = planned if isinstance(planned, tuple) else (planned, None)
                 receiver.deliveries.append(Delivery(dict(self.headers), body, verdict, status))  # before answering
                 self.send_response(status)
+                if retry_after is not None:
+                    self.send_header("Retry-After", retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -86,7 +92,7 @@ class Receiver:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/broker-events"
 
-    def answer(self, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+    def answer(self, headers: dict[str, str], body: bytes) -> tuple[int | tuple[int, str], str]:
         if self._verifier is None:
             self._verifier = WebhookVerifier(self.secret())
         try:
@@ -235,6 +241,40 @@ def test_a_delivery_answered_5xx_is_retried_with_backoff_until_it_lands(stack: L
     ]
     assert waits
     assert all(1 <= w <= 2 for w in waits), waits  # base 1 s doubling, capped at 2 s (shortened for the suite)
+
+
+def test_a_receiver_that_asks_to_wait_with_retry_after_is_not_attempted_sooner(
+    stack: LocalStack, receiver: Receiver
+) -> None:
+    """429 or 503 with Retry-After (seconds, or an HTTP-date): the next attempt comes no sooner, though the suite's
+    backoff is 1 to 2 s; a Retry-After that is not one leaves the backoff."""
+    in_seconds, as_date, garbage = (f"{n}{uuid.uuid4().int % 10**15:015d}" for n in (4, 3, 2))
+    receiver.plans[in_seconds] = [(429, "6")]
+    receiver.plans[as_date] = [(503, formatdate(time.time() + 7, usegmt=True))]  # 6 to 7 s from now
+    receiver.plans[garbage] = [(429, "in a while"), (503, "-3")]
+
+    for connection in (in_seconds, as_date, garbage):
+        publish(stack, connection)
+
+    for connection, attempts in ((in_seconds, 2), (as_date, 2), (garbage, 3)):
+        wait_for(lambda c=connection, n=attempts: len(receiver.of(c)) == n, what=f"{connection}'s attempts")
+
+    def gaps(connection: str) -> list[float]:
+        arrivals = [d.at for d in receiver.of(connection)]
+        return [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+
+    assert [d.status for d in receiver.of(in_seconds)] == [429, 200]
+    assert gaps(in_seconds)[0] >= 5.9, gaps(in_seconds)  # asked 6 s (the backoff alone: 1 to 2 s)
+    assert [d.status for d in receiver.of(as_date)] == [503, 200]
+    assert gaps(as_date)[0] >= 5.0, gaps(as_date)  # the date was 6 to 7 s ahead when sent
+    assert [d.status for d in receiver.of(garbage)] == [429, 503, 200]
+    assert all(gap < 5.0 for gap in gaps(garbage)), gaps(garbage)  # the backoff, nothing else
+    logged = [
+        json.loads(line)
+        for line in stack.function_logs("WebhookDeliveryFunction")
+        if '"retry_after_seconds"' in line and '"http:429"' in line
+    ]
+    assert any(line["retry_in_seconds"] == line["retry_after_seconds"] == 6 for line in logged), logged
 
 
 def test_a_receiver_down_for_a_while_gets_the_event_once_it_is_back(stack: LocalStack, receiver: Receiver) -> None:

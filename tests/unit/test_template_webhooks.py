@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from smartsheet_oauth.flows.webhook_delivery import ATTEMPT_SECONDS, WebhookDelivery, backoff_seconds
+from smartsheet_oauth.flows.webhook_delivery import ATTEMPT_SECONDS, Answer, WebhookDelivery, backoff_seconds
 from smartsheet_oauth.stores.webhook_queue import SigningSecret, SqsDeliveryQueue
 
 from infra.local.template_model import Resolver, Template, TemplateError
@@ -297,7 +297,7 @@ def test_every_call_the_delivery_makes_is_allowed_by_its_role() -> None:
         flow = WebhookDelivery(
             URL,
             secret=SigningSecret(secrets, secret_arn, max_age_seconds=0),
-            post=lambda url, body, headers: next(answers),
+            post=lambda url, body, headers: Answer(next(answers)),
             queue=SqsDeliveryQueue(sqs, delivery_queue_url=deliveries, dead_letter_queue_url=undelivered),
             retry_base_seconds=30,
             retry_max_seconds=3600,

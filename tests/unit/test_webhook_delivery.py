@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 from smartsheet_oauth.config import load_webhook_config
 from smartsheet_oauth.domain.errors import ConfigError, StorageError
-from smartsheet_oauth.flows.webhook_delivery import ATTEMPT_SECONDS, Unreachable, WebhookDelivery, backoff_seconds
+from smartsheet_oauth.flows.webhook_delivery import (
+    ATTEMPT_SECONDS,
+    Answer,
+    Unreachable,
+    WebhookDelivery,
+    backoff_seconds,
+)
 from smartsheet_oauth_client import verify_webhook
 
 from tests.ops.support import captured_logs
@@ -52,15 +58,15 @@ def record(body: Any, *, attempt: int = 1, message_id: str = "m-1") -> dict[str,
 
 @dataclass
 class FakeReceiver:
-    answers: list[int | Exception] = field(default_factory=list)
+    answers: list[int | Answer | Exception] = field(default_factory=list)
     seen: list[tuple[str, bytes, dict[str, str]]] = field(default_factory=list)
 
-    def __call__(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+    def __call__(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         self.seen.append((url, body, dict(headers)))
         answer = self.answers.pop(0) if self.answers else 200
         if isinstance(answer, Exception):
             raise answer
-        return answer
+        return answer if isinstance(answer, Answer) else Answer(answer)
 
 
 @dataclass

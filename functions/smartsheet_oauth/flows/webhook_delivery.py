@@ -5,9 +5,11 @@ queue. Only the event's envelope and its named `detail` fields are sent: never a
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -27,8 +29,14 @@ from smartsheet_oauth.stores.events import SOURCE
 ENVELOPE = ("version", "id", "detail-type", "source", "account", "time", "region", "resources", "detail")
 # Worth another attempt: the receiver is busy, failing or rate limiting, or answered too slowly.
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
-# SQS keeps a message invisible for 12 hours at most.
+# The statuses whose Retry-After header is followed (RFC 9110: "Too Many Requests", "Service Unavailable").
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+# SQS keeps a message invisible for 12 hours at most, counted from its receive (ChangeMessageVisibility refuses a
+# timeout that would end later).
 MAX_BACKOFF_SECONDS = 43_200
+# A Retry-After longer than what is left of those 12 hours is cut to it, less this much for the time between SQS's
+# receive and the invocation (Lambda's poller) that the function cannot see.
+RECEIVE_MARGIN_SECONDS = 60
 # One attempt's longest wait (connect + read); the handler stops taking records when less than this is left.
 CONNECT_SECONDS, READ_SECONDS = 3.0, 7.0
 ATTEMPT_SECONDS = CONNECT_SECONDS + READ_SECONDS
@@ -39,9 +47,17 @@ class Unreachable(Exception):
     """The request got no answer: refused, reset, timed out, TLS failed. The receiver may have seen it."""
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What the receiver answered: its status, and its Retry-After header as sent (None: none)."""
+
+    status: int
+    retry_after: str | None = None
+
+
 class Poster(Protocol):
-    def __call__(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
-        """POST the body; the answer's status, or Unreachable."""
+    def __call__(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        """POST the body; the receiver's answer, or Unreachable."""
         ...
 
 
@@ -65,6 +81,23 @@ def backoff_seconds(attempt: int, base: int, cap: int, jitter: Callable[[float, 
     to a quarter (jitter, so a receiver that comes back is not hit by every retry in the same second)."""
     delay: int = min(cap, MAX_BACKOFF_SECONDS, base * 2 ** max(0, min(attempt - 1, 20)))
     return max(0, round(delay * jitter(0.75, 1.0)))
+
+
+def retry_after_seconds(value: str | None, *, now: float) -> int | None:
+    """A Retry-After header's wait in whole seconds: delay-seconds (digits) or an HTTP-date (a past one: 0). None
+    when it is absent or neither (a negative or fractional number, a date that is not one)."""
+    text = (value or "").strip()
+    if text.isdigit() and text.isascii():
+        return int(text) if len(text) <= 10 else None
+    if not text:
+        return None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; "-0000" parses naive
+        return None
+    return max(0, math.ceil(when.timestamp() - now))
 
 
 def envelope(message_body: str) -> dict[str, Any] | None:
@@ -107,18 +140,21 @@ class WebhookDelivery:
 
     def run(self, event: Mapping[str, Any], time_left: Callable[[], float]) -> dict[str, list[dict[str, str]]]:
         failures: list[dict[str, str]] = []
+        received_at = self._clock()  # SQS's 12-hour visibility limit counts from the receive, just before
         for record in event.get("Records") or []:
             message_id = str(record.get("messageId", ""))
             if time_left() < ATTEMPT_SECONDS + _MARGIN_SECONDS:
                 # Not attempted: back after the queue's visibility timeout, this receive not counted as a failure.
                 failures.append({"itemIdentifier": message_id})
                 continue
-            outcome = self.deliver(record)
+            outcome = self.deliver(record, received_at=received_at)
             if not outcome.delivered:
                 failures.append({"itemIdentifier": message_id})
         return {"batchItemFailures": failures}
 
-    def deliver(self, record: Mapping[str, Any]) -> Outcome:
+    def deliver(self, record: Mapping[str, Any], *, received_at: float | None = None) -> Outcome:
+        """Post one record's event. `received_at`: when its batch was received (the clock's time)."""
+        received_at = self._clock() if received_at is None else received_at
         body_text = str(record.get("body", ""))
         attempt = _receive_count(record)
         event = envelope(body_text)
@@ -139,26 +175,46 @@ class WebhookDelivery:
             SIGNATURE_HEADER: signature_header(secret, int(self._clock()), body),
         }
         try:
-            status = self._post(self._url, body, headers)
+            answer = self._post(self._url, body, headers)
         except Unreachable as exc:
             return self._retry(record, attempt, facts, f"unreachable:{exc}")
+        status = answer.status
         if 200 <= status < 300:
             logger.info("webhook delivered", extra={**facts, "status": status, "receiver": self._receiver})
             return Outcome(delivered=True, kind="delivered")
         if status >= 500 or status in RETRYABLE_STATUSES:
-            return self._retry(record, attempt, facts, f"http:{status}")
+            asked = None
+            if status in RETRY_AFTER_STATUSES:
+                asked = retry_after_seconds(answer.retry_after, now=self._clock())
+            return self._retry(record, attempt, facts, f"http:{status}", retry_after=asked, received_at=received_at)
         # A redirect (never followed: it would re-send the event elsewhere) or a refusal retrying cannot change.
         return self._give_up(record, body_text, attempt, facts, f"http:{status}")
 
-    def _retry(self, record: Mapping[str, Any], attempt: int, facts: Mapping[str, Any], reason: str) -> Outcome:
+    def _retry(
+        self,
+        record: Mapping[str, Any],
+        attempt: int,
+        facts: Mapping[str, Any],
+        reason: str,
+        *,
+        retry_after: int | None = None,
+        received_at: float | None = None,
+    ) -> Outcome:
         seconds = backoff_seconds(attempt, self._base, self._cap, self._jitter)
+        asked: dict[str, int] = {}
+        if retry_after is not None:
+            # What the receiver asked for, within what SQS still allows this receive, never sooner than the backoff.
+            since_receive = 0 if received_at is None else max(0, math.ceil(self._clock() - received_at))
+            allowed = max(0, MAX_BACKOFF_SECONDS - RECEIVE_MARGIN_SECONDS - since_receive)
+            seconds = max(seconds, min(retry_after, allowed))
+            asked = {"retry_after_seconds": retry_after}
         try:
             self._queue.retry_later(str(record.get("receiptHandle", "")), seconds)
         except StorageError as exc:  # it comes back after the queue's visibility timeout instead
             logger.warning("webhook backoff not set", extra={**facts, "reason": f"sqs:{exc.code}"})
         logger.warning(
             "webhook not delivered, retried later",
-            extra={**facts, "reason": reason, "retry_in_seconds": seconds, "receiver": self._receiver},
+            extra={**facts, "reason": reason, "retry_in_seconds": seconds, **asked, "receiver": self._receiver},
         )
         return Outcome(delivered=False, kind="retry", reason=reason)
 

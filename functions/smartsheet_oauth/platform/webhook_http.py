@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import TYPE_CHECKING
 
-from smartsheet_oauth.flows.webhook_delivery import CONNECT_SECONDS, READ_SECONDS, Unreachable
+from smartsheet_oauth.flows.webhook_delivery import CONNECT_SECONDS, READ_SECONDS, Answer, Unreachable
 
 if TYPE_CHECKING:
     from urllib3 import PoolManager
@@ -22,7 +22,7 @@ def _pool(url: str) -> PoolManager:
     return https_pool(False, url)  # no retries here (the queue retries), redirects never followed
 
 
-def post(url: str, body: bytes, headers: Mapping[str, str]) -> int:
+def post(url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
     from urllib3 import Timeout  # noqa: PLC0415
     from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
@@ -44,4 +44,4 @@ def post(url: str, body: bytes, headers: Mapping[str, str]) -> int:
         pass  # the status arrived; the body does not matter
     finally:
         response.close()  # a body left unread must not go back to the pool
-    return int(response.status)
+    return Answer(int(response.status), response.headers.get("Retry-After"))
