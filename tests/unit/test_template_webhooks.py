@@ -12,7 +12,13 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from smartsheet_oauth.flows.webhook_delivery import ATTEMPT_SECONDS, Answer, WebhookDelivery, backoff_seconds
+from smartsheet_oauth.flows.webhook_delivery import (
+    ATTEMPT_SECONDS,
+    MAX_BACKOFF_SECONDS,
+    Answer,
+    WebhookDelivery,
+    backoff_seconds,
+)
 from smartsheet_oauth.stores.webhook_queue import SigningSecret, SqsDeliveryQueue
 
 from infra.local.template_model import Resolver, Template, TemplateError
@@ -154,6 +160,9 @@ def test_retries_live_in_the_queue_and_outlast_a_receiver_down_for_hours() -> No
     # A message lives well beyond its retries, and the dead-letter queue keeps it for the longest SQS allows.
     assert int(queue["MessageRetentionPeriod"]) > 4 * longest
     assert int(dead["MessageRetentionPeriod"]) == 1209600
+    # A receiver answering every attempt 429 with the longest Retry-After SQS allows (12 h): the message must still
+    # reach its last attempt, and then the dead-letter queue, not expire in the delivery queue unseen.
+    assert int(queue["MessageRetentionPeriod"]) > (receives - 1) * MAX_BACKOFF_SECONDS + 3600
     assert queue["SqsManagedSseEnabled"] is True
     assert dead["SqsManagedSseEnabled"] is True
 
