@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -45,6 +46,8 @@ examples:
   make admin ARGS="--stack broker-prod disconnect 4583173393803140 --yes"
   make admin ARGS="reconnect-link 4583173393803140 --return-to https://app.example.com/connected"
   make admin ARGS="tags 4583173393803140 --set workspace=acme --remove plan"
+  make admin ARGS="--stack broker-prod redrive-webhooks --dry-run"
+  make admin ARGS="--stack broker-prod test-webhook"
   make doctor STACK=broker-prod            (python -m infra.admin --stack broker-prod doctor)
 
 in scripts, run `.venv/bin/python -m infra.admin ...` from the repository's root: make turns every
@@ -149,6 +152,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("sweep", parents=[common], help="run the refresh sweep now and print its report")
     commands.add_parser(
         "health", parents=[common], help="connections by status, due, failing, dead letters, alarms firing"
+    )
+    again = commands.add_parser(
+        "redrive-webhooks",
+        parents=[common],
+        help="send the webhook dead-letter queue's events back to the delivery queue (after fixing the receiver)",
+        description="Move the events waiting in the webhook dead-letter queue back to the delivery queue: each is"
+        " delivered again, with 12 new attempts. Each message is sent before it is deleted, so a run that fails or is"
+        " interrupted can leave an event in both queues (delivered twice: receivers deduplicate on Broker-Event-Id),"
+        " never in neither. A run moves at most what was waiting when it started.",
+        epilog="exit status: 0 every event moved (or --dry-run); 1 some were not (run it again); 2 the stack cannot"
+        " be used.",
+    )
+    again.add_argument("--max", type=int, metavar="N", help="move at most N events (default: all that wait)")
+    again.add_argument("--dry-run", action="store_true", help="only count the events waiting; move nothing")
+    commands.add_parser(
+        "test-webhook",
+        parents=[common],
+        help="POST a signed 'Webhook Test' event to WebhookUrl and say what the receiver answered",
+        description="Send one signed 'Webhook Test' event (docs/events.md) to the stack's WebhookUrl from this"
+        " machine, signed as deliveries are, and report the receiver's answer with a hint when it is not 2xx. It"
+        " does not go through the bus or the queues.",
+        epilog="exit status: 0 the receiver answered 2xx; 1 any other answer, or none; 2 the stack cannot be used.",
     )
     commands.add_parser(
         "doctor",
@@ -587,6 +612,48 @@ def cmd_health(target: Target, _args: argparse.Namespace, out: Output) -> int:
     return OK
 
 
+def cmd_redrive_webhooks(target: Target, args: argparse.Namespace, out: Output) -> int:
+    from infra.admin import webhooks  # noqa: PLC0415
+
+    if args.max is not None and args.max < 1:
+        raise ActionError("--max must be 1 or more")
+    report = webhooks.redrive_webhooks(target, limit=args.max, dry_run=args.dry_run)
+    complete = report.not_sent == 0 and report.not_deleted == 0
+    if out.as_json:
+        out.json({"dry_run": args.dry_run, **dataclasses.asdict(report)})
+        return OK if complete else FAILED
+    in_flight = f" (and {report.in_flight} in flight, back in the queue later)" if report.in_flight else ""
+    out.line(f"webhook dead-letter queue of {target.description}: {report.waiting} event(s) waiting{in_flight}")
+    if args.dry_run:
+        out.line("dry run: nothing moved")
+        return OK
+    out.line(f"  moved {report.moved} to the delivery queue: each is delivered again (Broker-Delivery-Attempt from 1)")
+    if report.not_sent:
+        out.line(f"  {report.not_sent} not sent (SQS refused): still in the dead-letter queue; run it again")
+    if report.not_deleted:
+        out.line(
+            f"  {report.not_deleted} sent but not deleted: they will be delivered twice (receivers deduplicate on"
+            " Broker-Event-Id)"
+        )
+    left = report.waiting - report.moved
+    if complete and left > 0:
+        out.line(f"  {left} left (--max); run it again for the rest")
+    return OK if complete else FAILED
+
+
+def cmd_test_webhook(target: Target, _args: argparse.Namespace, out: Output) -> int:
+    from infra.admin import webhooks  # noqa: PLC0415
+
+    result = webhooks.send_test_event(target)
+    if out.as_json:
+        out.json(dataclasses.asdict(result))
+        return OK if result.ok else FAILED
+    answered = "no answer" if result.status is None else f"answered {result.status}"
+    out.line(f"test-webhook: {result.receiver} {answered} (event {result.event_id})")
+    out.line(f"  {result.message}")
+    return OK if result.ok else FAILED
+
+
 def cmd_doctor(target: Target, _args: argparse.Namespace, out: Output) -> int:
     examination = doctor.examine(target)
     if out.as_json:
@@ -605,6 +672,8 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace, Output], int]] = {
     "sweep": cmd_sweep,
     "migrate-store": cmd_migrate_store,
     "health": cmd_health,
+    "redrive-webhooks": cmd_redrive_webhooks,
+    "test-webhook": cmd_test_webhook,
     "doctor": cmd_doctor,
 }
 

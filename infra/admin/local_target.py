@@ -200,6 +200,14 @@ def _local_outputs(gateway_url: str, physical: Mapping[str, PhysicalResource], c
     }
     if "FailedSweepQueue" in physical:
         outputs["FailedSweepQueueUrl"] = physical["FailedSweepQueue"].ref
+    # With WebhookUrl set: the webhook's queues and signing secret, as the template's outputs name them.
+    for output, logical_id in (
+        ("WebhookDeliveryQueueUrl", "WebhookDeliveryQueue"),
+        ("WebhookDeadLetterQueueUrl", "WebhookDeadLetterQueue"),
+        ("WebhookSigningSecretArn", "WebhookSigningSecret"),
+    ):
+        if logical_id in physical:
+            outputs[output] = physical[logical_id].ref
     return outputs
 
 
@@ -275,7 +283,8 @@ def _function_environment(
     if "AppCredentialsSecret" not in physical:
         raise TargetError(f"the embedded AWS holds no app credentials secret of {stack_name}")
     try:
-        resolver = Resolver(template, stack_name=stack_name, parameters=parameters, physical=lookup)
+        # As the local stack resolves it: an http:// loopback WebhookUrl (LoopbackHttpParameters) is allowed here.
+        resolver = Resolver(template, stack_name=stack_name, parameters=parameters, physical=lookup, loopback_http=True)
         return dict(resolver.function(REFRESH_FUNCTION).environment)
     except TemplateError as exc:
         raise TargetError(f"template.yaml: {exc}") from None

@@ -6,6 +6,7 @@ production schedule is checked in tests/unit/test_webhook_delivery.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -256,12 +257,15 @@ def test_a_receiver_that_asks_to_wait_with_retry_after_is_not_attempted_sooner(
     for connection in (in_seconds, as_date, garbage):
         publish(stack, connection)
 
-    for connection, attempts in ((in_seconds, 2), (as_date, 2), (garbage, 3)):
-        wait_for(lambda c=connection, n=attempts: len(receiver.of(c)) == n, what=f"{connection}'s attempts")
+    def attempts(connection: str, n: int) -> Callable[[], bool]:
+        return lambda: len(receiver.of(connection)) == n
+
+    for connection, n in ((in_seconds, 2), (as_date, 2), (garbage, 3)):
+        wait_for(attempts(connection, n), what=f"{connection}'s attempts")
 
     def gaps(connection: str) -> list[float]:
         arrivals = [d.at for d in receiver.of(connection)]
-        return [later - earlier for earlier, later in zip(arrivals, arrivals[1:], strict=False)]
+        return [later - earlier for earlier, later in itertools.pairwise(arrivals)]
 
     assert [d.status for d in receiver.of(in_seconds)] == [429, 200]
     assert gaps(in_seconds)[0] >= 5.9, gaps(in_seconds)  # asked 6 s (the backoff alone: 1 to 2 s)

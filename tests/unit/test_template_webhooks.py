@@ -76,7 +76,7 @@ def test_without_a_url_no_webhook_resource_exists_and_nothing_else_changes() -> 
     assert all(lid.startswith("Webhook") for lid in added), sorted(added)
     document, resolver = stack()
     webhook_outputs = sorted(name for name, output in document["Outputs"].items() if "Webhook" in name)
-    assert webhook_outputs == ["WebhookDeadLetterQueueUrl", "WebhookSigningSecretArn"]
+    assert webhook_outputs == ["WebhookDeadLetterQueueUrl", "WebhookDeliveryQueueUrl", "WebhookSigningSecretArn"]
     assert all(document["Outputs"][name]["Condition"] == "HasWebhook" for name in webhook_outputs)
     assert not resolver.condition("HasWebhook")
 

@@ -15,6 +15,7 @@ from smartsheet_oauth.flows.webhook_delivery import (
     retry_after_seconds,
 )
 
+from tests.ops.support import captured_logs
 from tests.unit.test_webhook_delivery import NOW, FakeQueue, FakeReceiver, delivery, event, record, run
 
 
@@ -100,8 +101,6 @@ def test_retry_after_on_another_status_is_not_followed(status: int) -> None:
 
 
 def test_the_log_says_the_receiver_asked_for_the_wait() -> None:
-    from tests.ops.support import captured_logs  # noqa: PLC0415
-
     receiver, queue = FakeReceiver([Answer(429, "900")]), FakeQueue()
     with captured_logs() as sink:
         run(delivery(receiver, queue), record(event()))

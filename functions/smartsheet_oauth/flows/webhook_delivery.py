@@ -83,6 +83,21 @@ def backoff_seconds(attempt: int, base: int, cap: int, jitter: Callable[[float, 
     return max(0, round(delay * jitter(0.75, 1.0)))
 
 
+def signed_post(post: Poster, url: str, event: Mapping[str, Any], *, secret: str, attempt: int, now: int) -> Answer:
+    """POST one attempt of an event (its envelope, compact JSON), signed at `now` with the secret: the deliveries'
+    path, and the admin CLI's test-webhook. The receiver's answer, or Unreachable."""
+    body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "smartsheet-oauth-broker-webhooks",
+        EVENT_ID_HEADER: str(event["id"]),
+        EVENT_TYPE_HEADER: str(event["detail-type"]),
+        ATTEMPT_HEADER: str(attempt),
+        SIGNATURE_HEADER: signature_header(secret, now, body),
+    }
+    return post(url, body, headers)
+
+
 def retry_after_seconds(value: str | None, *, now: float) -> int | None:
     """A Retry-After header's wait in whole seconds: delay-seconds (digits) or an HTTP-date (a past one: 0). None
     when it is absent or neither (a negative or fractional number, a date that is not one)."""
@@ -160,22 +175,13 @@ class WebhookDelivery:
         event = envelope(body_text)
         if event is None:
             return self._give_up(record, body_text, attempt, None, "not_a_broker_event")
-        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
         facts = {"event_id": event["id"], "detail_type": event["detail-type"], "attempt": attempt}
         try:
             secret = self._secret()
         except StorageError as exc:
             return self._retry(record, attempt, facts, f"signing_secret:{exc.code}")
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "smartsheet-oauth-broker-webhooks",
-            EVENT_ID_HEADER: event["id"],
-            EVENT_TYPE_HEADER: event["detail-type"],
-            ATTEMPT_HEADER: str(attempt),
-            SIGNATURE_HEADER: signature_header(secret, int(self._clock()), body),
-        }
         try:
-            answer = self._post(self._url, body, headers)
+            answer = signed_post(self._post, self._url, event, secret=secret, attempt=attempt, now=int(self._clock()))
         except Unreachable as exc:
             return self._retry(record, attempt, facts, f"unreachable:{exc}")
         status = answer.status
