@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import boto3
 import pytest
 from moto import mock_aws
 from smartsheet_oauth.flows.webhook_delivery import Answer, Unreachable
 
-from infra.admin.webhooks import redrive, verdict, webhook_test_event
+from infra.admin.actions import ActionError
+from infra.admin.stack_facts import StackFacts
+from infra.admin.target import Target
+from infra.admin.webhooks import redrive, verdict, webhook_parts, webhook_test_event
 
 REGION = "us-east-1"
 
@@ -221,3 +225,39 @@ def test_each_answer_has_a_verdict_and_a_hint(answer: Answer | Exception, ok: bo
 
     assert passed is ok
     assert words in text
+
+
+# ------------------------------------------------------------------------------------------------ the stack's parts
+def stack_with(parameters: dict[str, str], outputs: dict[str, str]) -> Target:
+    facts = StackFacts(
+        name="broker-prod", region=REGION, outputs=outputs, parameters=parameters, client=lambda _: None, local=False
+    )
+    return cast(Target, SimpleNamespace(description="stack broker-prod (us-east-1)", stack=facts))
+
+
+OUTPUTS = {
+    "WebhookDeliveryQueueUrl": "https://sqs.us-east-1.amazonaws.com/1/deliveries",
+    "WebhookDeadLetterQueueUrl": "https://sqs.us-east-1.amazonaws.com/1/dead",
+    "WebhookSigningSecretArn": "arn:aws:secretsmanager:us-east-1:1:secret:signing-AbCdEf",
+}
+
+
+def test_a_stack_without_webhook_url_is_told_webhooks_are_off() -> None:
+    with pytest.raises(ActionError, match="webhooks are off"):
+        webhook_parts(stack_with({"WebhookUrl": ""}, {}))
+
+
+def test_a_stack_deployed_before_the_delivery_queue_output_is_told_to_deploy_again() -> None:
+    outputs = {k: v for k, v in OUTPUTS.items() if k != "WebhookDeliveryQueueUrl"}
+    with pytest.raises(ActionError, match=r"no output WebhookDeliveryQueueUrl.*Deploy it again"):
+        webhook_parts(stack_with({"WebhookUrl": "https://hooks.example.com/in?key=its-own-token"}, outputs))
+
+
+def test_the_parts_come_from_the_stacks_parameter_and_outputs() -> None:
+    url = "https://hooks.example.com/in?key=its-own-token"
+    parts = webhook_parts(stack_with({"WebhookUrl": url}, OUTPUTS))
+
+    assert parts.url == url
+    assert parts.delivery_queue_url.endswith("/deliveries")
+    assert parts.dead_letter_queue_url.endswith("/dead")
+    assert parts.signing_secret_arn == OUTPUTS["WebhookSigningSecretArn"]

@@ -29,6 +29,8 @@ def http_date(epoch: float) -> str:
         ("120", 120),
         ("0", 0),
         (" 45 ", 45),
+        ("99999999999999999999999", 43_200),  # valid, and more than SQS can wait: its longest
+        ("9" * 5000, 43_200),
         (http_date(NOW + 600), 600),
         (http_date(NOW - 600), 0),  # already past: no wait of its own
         ("soon", None),

@@ -1,6 +1,7 @@
 """Webhook delivery: each connection event from the delivery queue is POSTed, signed, to the integrator's URL; a
-failed attempt comes back after an exponential backoff, and what can never be delivered goes to the dead-letter
-queue. Only the event's envelope and its named `detail` fields are sent: never a token, a code or a state."""
+failed attempt comes back after an exponential backoff (longer when a 429 or 503 says Retry-After), and what can never
+be delivered goes to the dead-letter queue. Only the event's envelope and its named `detail` fields are sent: never a
+token, a code or a state."""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def retry_after_seconds(value: str | None, *, now: float) -> int | None:
     when it is absent or neither (a negative or fractional number, a date that is not one)."""
     text = (value or "").strip()
     if text.isdigit() and text.isascii():
-        return int(text) if len(text) <= 10 else None
+        # Longer than SQS can wait is the longest it can (and is cut to what is left of it later).
+        return min(int(text), MAX_BACKOFF_SECONDS) if len(text) <= 64 else MAX_BACKOFF_SECONDS
     if not text:
         return None
     try:
