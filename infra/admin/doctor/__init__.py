@@ -30,7 +30,8 @@ checks, each ✓ passed, ✗ failed (with its fix), ? could not be checked, - no
   last sweep succeeded   no Lambda error since, FailedSweepQueue and RefreshDeadLetterQueue empty
   alarms           none of the stack's alarms is in ALARM
   alarm topic      the alarm topic has a confirmed subscription
-and the callback URL to register in Smartsheet. Locally (no --stack) the doctor runs one sweep (there is no
+and the callback URL to register in Smartsheet. A webhook receiver (WebhookUrl) is not tried: `test-webhook` POSTs
+it a signed test event. Locally (no --stack) the doctor runs one sweep (there is no
 timer) and says which checks have nothing to look at.
 
 exit status: 0 every check passed, 1 a check failed, 2 the stack cannot be used (credentials, name,
