@@ -94,13 +94,13 @@ def redrive(
     wait_seconds: int = REDRIVE_WAIT_SECONDS,
     hold_seconds: int = HOLD_SECONDS,
 ) -> Redrive:
-    """Move up to `limit` messages (None: as many as waited when the run started, so events the receiver refuses again
-    at once are not moved round forever) from `source` to `destination`. Each batch is sent first and deleted only
+    """Move from `source` to `destination` at most what waited when the run started (so events the receiver refuses
+    again at once are not moved round forever), and at most `limit` of them. Each batch is sent first and deleted only
     once sent: a crash in between leaves a message in both queues, never in neither."""
     waiting, in_flight = _counts(sqs, source)
     if dry_run:
         return Redrive(waiting=waiting, in_flight=in_flight)
-    budget = waiting if limit is None else limit
+    budget = waiting if limit is None else min(limit, waiting)
     moved = not_sent = not_deleted = 0
     while moved + not_deleted < budget:
         messages = (
