@@ -22,6 +22,7 @@ from infra.admin.cli import main
 from infra.local import dev
 from infra.local.stack import LocalStack
 from tests.e2e.test_webhooks import Delivery, Receiver, dead_lettered, dead_letters, publish, signing_secret, wait_for
+from tests.ops.support import forget_embedded_aws
 
 pytestmark = pytest.mark.e2e
 
@@ -52,6 +53,7 @@ class Hooks:
 def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hooks]:
     receiver = Receiver().start()
     state_file = tmp_path_factory.mktemp("dev") / "dev.json"
+    forget_embedded_aws()  # an earlier module's stack (test_admin_local.py leaves its own): the target wants one
     with (
         LocalStack(
             stack_name=f"ops-hooks-{os.getpid()}",
@@ -66,6 +68,7 @@ def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hooks]:
         dev._write_state(stack)  # exactly what `make dev` writes
         yield Hooks(stack, receiver, state_file)
     receiver.stop()
+    forget_embedded_aws()
 
 
 def connection() -> str:
