@@ -324,13 +324,3 @@ SCENARIOS: dict[str, Scenario] = {
     "full_sweep": full_sweep,
     "sweep_skipped": sweep_skipped,
 }
-
-
-def forget_embedded_aws() -> None:
-    """Empty moto's backends. They are the process's, whatever server serves them: a module's local stack leaves its
-    tables there for the next module's, whose admin target expects one broker stack in the embedded AWS."""
-    from moto.core.base_backend import BackendDict
-    from moto.core.model_instances import reset_model_data
-
-    BackendDict.reset()
-    reset_model_data()

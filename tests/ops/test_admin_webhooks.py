@@ -22,7 +22,6 @@ from infra.admin.cli import main
 from infra.local import dev
 from infra.local.stack import LocalStack
 from tests.e2e.test_webhooks import Delivery, Receiver, dead_lettered, dead_letters, publish, signing_secret, wait_for
-from tests.ops.support import forget_embedded_aws
 
 pytestmark = pytest.mark.e2e
 
@@ -50,10 +49,11 @@ class Hooks:
 
 
 @pytest.fixture(scope="module")
-def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hooks]:
+def hooks(tmp_path_factory: pytest.TempPathFactory, empty_moto_backends: None) -> Iterator[Hooks]:
+    """A local stack of this module's own (a receiver's URL as its WebhookUrl, retries in seconds), alone in moto's
+    backends as tests/ops/conftest.dev_stack's are."""
     receiver = Receiver().start()
     state_file = tmp_path_factory.mktemp("dev") / "dev.json"
-    forget_embedded_aws()  # an earlier module's stack (test_admin_local.py leaves its own): the target wants one
     with (
         LocalStack(
             stack_name=f"ops-hooks-{os.getpid()}",
@@ -68,7 +68,6 @@ def hooks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hooks]:
         dev._write_state(stack)  # exactly what `make dev` writes
         yield Hooks(stack, receiver, state_file)
     receiver.stop()
-    forget_embedded_aws()
 
 
 def connection() -> str:
