@@ -89,7 +89,7 @@ def callback() -> Response:
             detail_type=detail_type(transition),
             connection_id=signed_in.connection_id,
             status=status_after(transition),
-            region=config.region,
+            region=signed_in.region,
             email=signed_in.email,
         )
     )
@@ -195,7 +195,7 @@ def _binding_conflict(exc: BindingConflict) -> Response:
             detail_type=detail_type("binding_refused"),
             connection_id=exc.existing_connection_id,
             status=status_after("binding_refused"),
-            region=get_config().region,
+            region=get_config().region_of(exc.region),
             end_user_id=exc.end_user_id,
             reason=exc.reason,
             extra={"attempted_smartsheet_user_id": exc.smartsheet_user_id},

@@ -19,7 +19,7 @@ from smartsheet_oauth_client import BrokerApiError, TokenProvider
 
 from infra.local.smartsheet_emulator import SmartsheetEmulator, User
 from tests.management.conftest import RETURN_TO, EventSink, call_management, complete, integrator_tokens
-from tests.support.broker import NONCE_COOKIE, Broker, completion_code
+from tests.support.broker import NONCE_COOKIE, Answer, Broker, completion_code
 
 ADA = 4583173393803140  # a US user of the default emulator
 EVE = 1234567890123457  # only in the EU
@@ -506,3 +506,144 @@ def test_another_account_on_an_eu_reconnect_link_has_its_grant_revoked_in_the_eu
     assert eu.live_grants() == 0  # ADA's EU grant, revoked where it was issued
     assert regional.connection(EVE) == before
     assert regional.connection(ADA) is None
+
+
+# ------------------------------------------------------------------ events name the sign-in's region, not the stack's
+def eu_connect(
+    broker: Broker, eu: SmartsheetEmulator, user_id: int, *, end_user_id: str = "", reconnect: int = 0
+) -> Answer:
+    """An EU connect session for end_user_id (or a reconnect link of connection `reconnect`) signed in at the EU as
+    user_id: the callback's answer."""
+    asked = {"connection_id": str(reconnect)} if reconnect else {"end_user_id": end_user_id, "region": "eu"}
+    created = call_management("POST", "/connect-sessions", body={**asked, "return_to": RETURN_TO})
+    assert created.status == 201, created.body
+    started = broker.press_connect(broker.login({"session": created.body["login_url"].split("session=")[1]}))
+    return broker.callback(callback_query(eu.consent(started.location, user_id=user_id)), started.cookie(NONCE_COOKIE))
+
+
+def announced(sink: EventSink) -> list[tuple[str, str, str, str | None]]:
+    """(detail-type, connection_id, region, reason) of each event published since the last drain."""
+    return [
+        (e["detail-type"], e["detail"]["connection_id"], e["detail"]["region"], e["detail"]["reason"])
+        for e in sink.drain()
+    ]
+
+
+def test_a_plain_eu_sign_in_is_announced_in_the_eu_and_a_default_one_in_the_default_region(
+    regional: Broker, eu: SmartsheetEmulator, event_sink: EventSink
+) -> None:
+    assert sign_in_eu(regional, eu, EVE)[0] == 200
+    assert sign_in_eu(regional, eu, EVE)[0] == 200
+    assert regional.sign_in(user_id=ADA).status == 200
+
+    assert announced(event_sink) == [
+        ("Connection Created", str(EVE), "eu", None),
+        ("Connection Reconnected", str(EVE), "eu", None),
+        ("Connection Created", str(ADA), "us", None),
+    ]
+
+
+def test_a_plain_eu_sign_in_of_a_bound_account_announces_its_conflict_in_the_eu(
+    regional: Broker, eu: SmartsheetEmulator, event_sink: EventSink
+) -> None:
+    assert complete(completion_code(eu_connect(regional, eu, EVE, end_user_id="user-eu")), "user-eu").status == 200
+    event_sink.drain()
+
+    status, body = sign_in_eu(regional, eu, EVE)
+
+    assert status == 409, body
+    assert announced(event_sink) == [("Connection Binding Conflict", str(EVE), "eu", "account_bound_to_an_end_user")]
+
+
+def test_an_eu_connect_session_refused_at_the_callback_announces_its_conflict_in_the_eu(
+    regional: Broker, eu: SmartsheetEmulator, event_sink: EventSink
+) -> None:
+    assert complete(completion_code(eu_connect(regional, eu, EVE, end_user_id="user-a")), "user-a").status == 200
+    event_sink.drain()
+
+    back = eu_connect(regional, eu, EVE, end_user_id="user-b")
+
+    assert back.status == 303
+    assert parse_qs(urlsplit(back.location).query)["error"] == ["binding_conflict"]
+    assert announced(event_sink) == [
+        ("Connection Binding Conflict", str(EVE), "eu", "smartsheet_account_bound_to_another_end_user")
+    ]
+
+
+def test_another_account_on_an_eu_reconnect_link_is_announced_in_the_eu(
+    regional: Broker, eu: SmartsheetEmulator, event_sink: EventSink
+) -> None:
+    eu_connection_needing_reauth(regional, eu)
+    event_sink.drain()
+
+    back = eu_connect(regional, eu, ADA, reconnect=EVE)
+
+    assert back.status == 409, back.body
+    assert announced(event_sink) == [
+        ("Connection Binding Conflict", str(EVE), "eu", "reconnected_with_another_smartsheet_account")
+    ]
+
+
+def test_an_eu_completion_redeemed_for_another_end_user_is_announced_in_the_eu(
+    regional: Broker, eu: SmartsheetEmulator, event_sink: EventSink
+) -> None:
+    code = completion_code(eu_connect(regional, eu, EVE, end_user_id="user-eu"))
+
+    refused = complete(code, "someone-else")
+
+    assert refused.status == 409, refused.body
+    assert announced(event_sink) == [("Connection Binding Conflict", str(EVE), "eu", "completed_by_another_end_user")]
+    assert eu.live_grants() == 0
+
+
+def test_an_eu_completion_refused_at_redemption_is_announced_in_the_eu(
+    regional: Broker, eu: SmartsheetEmulator, event_sink: EventSink
+) -> None:
+    # Both sign-ins finish before either code is redeemed: the callback's check passes both, redemption refuses one.
+    first = completion_code(eu_connect(regional, eu, EVE, end_user_id="user-a"))
+    second = completion_code(eu_connect(regional, eu, EVE, end_user_id="user-b"))
+
+    assert complete(first, "user-a").status == 200
+    refused = complete(second, "user-b")
+
+    assert refused.status == 409, refused.body
+    assert announced(event_sink) == [
+        ("Connection Created", str(EVE), "eu", None),
+        ("Connection Binding Conflict", str(EVE), "eu", "smartsheet_account_bound_to_another_end_user"),
+    ]
+
+
+def test_an_eu_completion_that_loses_the_binding_race_is_announced_in_the_eu(
+    regional: Broker, eu: SmartsheetEmulator, event_sink: EventSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = completion_code(eu_connect(regional, eu, EVE, end_user_id="user-a"))
+    second = completion_code(eu_connect(regional, eu, EVE, end_user_id="user-b"))
+    assert complete(first, "user-a").status == 200
+    event_sink.drain()
+    # The look before binding ran before user-a's binding was written: the record's own condition refuses it.
+    monkeypatch.setattr("smartsheet_oauth.flows.connect.check_binding", lambda *args, **kwargs: None)
+
+    refused = complete(second, "user-b")
+
+    assert refused.status == 409, refused.body
+    assert regional.connection(EVE)["end_user_id"] == "user-a"  # type: ignore[index]
+    assert announced(event_sink) == [
+        ("Connection Binding Conflict", str(EVE), "eu", "smartsheet_account_bound_to_another_end_user")
+    ]
+
+
+def test_an_eu_connections_lifecycle_is_announced_in_the_eu_throughout(
+    regional: Broker, eu: SmartsheetEmulator, event_sink: EventSink
+) -> None:
+    eu_connection_needing_reauth(regional, eu)  # connected at redemption, then needs_reauth at its sweep
+    assert complete(completion_code(eu_connect(regional, eu, EVE, reconnect=EVE)), "user-eu").status == 200
+    regional.make_due(EVE)
+    regional.sweep()  # a plain refresh: no event
+    assert call_management("DELETE", f"/connections/{EVE}").status == 200
+
+    assert [(kind, region) for kind, _, region, _ in announced(event_sink)] == [
+        ("Connection Created", "eu"),
+        ("Connection Needs Reauth", "eu"),
+        ("Connection Recovered", "eu"),
+        ("Connection Revoked", "eu"),
+    ]

@@ -97,7 +97,13 @@ class Connections:
 
 
 def check(store: Connections, mode: str, *, end_user_id: str, account: str) -> None:
-    check_binding(store, end_user_id=end_user_id, smartsheet_user_id=account, accounts_per_end_user=mode)  # type: ignore[arg-type]
+    check_binding(
+        store,  # type: ignore[arg-type]
+        end_user_id=end_user_id,
+        smartsheet_user_id=account,
+        accounts_per_end_user=mode,
+        region="eu",
+    )
 
 
 def test_under_one_an_end_user_with_another_account_is_refused() -> None:
@@ -108,6 +114,7 @@ def test_under_one_an_end_user_with_another_account_is_refused() -> None:
 
     assert refused.value.reason == "end_user_has_another_smartsheet_account"
     assert refused.value.existing_connection_id == ADA
+    assert refused.value.region == "eu"  # the signing-in account's region, for the refusal's event
 
 
 def test_under_one_the_other_account_is_found_past_the_first_page() -> None:
@@ -136,7 +143,11 @@ def test_in_both_modes_an_account_bound_to_another_end_user_is_refused(mode: str
         check(store, mode, end_user_id="user-2", account=ADA)
 
     assert refused.value.reason == "smartsheet_account_bound_to_another_end_user"
-    assert (refused.value.end_user_id, refused.value.existing_connection_id) == ("user-2", ADA)
+    assert (refused.value.end_user_id, refused.value.existing_connection_id, refused.value.region) == (
+        "user-2",
+        ADA,
+        "eu",
+    )
 
 
 @pytest.mark.parametrize("mode", ["one", "many"])

@@ -248,14 +248,24 @@ class AnonymousLoginDisabled(BrokerError):
 
 class BindingConflict(BrokerError):
     """The Smartsheet account that signed in cannot be bound to the session's end user: the end user already has
-    another connected account, or the account belongs to another end user. Reported, never merged."""
+    another connected account, or the account belongs to another end user. Reported, never merged. `region` is the
+    refused sign-in's Smartsheet region (None: not known, the stack's default is named)."""
 
-    def __init__(self, reason: str, *, end_user_id: str, smartsheet_user_id: str, existing_connection_id: str) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        end_user_id: str,
+        smartsheet_user_id: str,
+        existing_connection_id: str,
+        region: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.end_user_id = end_user_id
         self.smartsheet_user_id = smartsheet_user_id
         self.existing_connection_id = existing_connection_id
+        self.region = region
 
     def log_fields(self) -> dict[str, Any]:
         return {"reason": self.reason, "end_user_id": self.end_user_id}
@@ -266,12 +276,15 @@ class ReconnectWrongAccount(BindingConflict):
     held or changed, the new grant is revoked. `back` is the integrator's return_to with outcome=failed added, for the
     page's button."""
 
-    def __init__(self, *, end_user_id: str, smartsheet_user_id: str, connection_id: str, back: str) -> None:
+    def __init__(
+        self, *, end_user_id: str, smartsheet_user_id: str, connection_id: str, back: str, region: str
+    ) -> None:
         super().__init__(
             "reconnected_with_another_smartsheet_account",
             end_user_id=end_user_id,
             smartsheet_user_id=smartsheet_user_id,
             existing_connection_id=connection_id,
+            region=region,
         )
         self.back = back
 

@@ -95,12 +95,12 @@ def checked_end_user_id(raw: object) -> str:
 
 
 def check_binding(
-    connections: ConnectionStore, *, end_user_id: str, smartsheet_user_id: str, accounts_per_end_user: str
+    connections: ConnectionStore, *, end_user_id: str, smartsheet_user_id: str, accounts_per_end_user: str, region: str
 ) -> None:
     """Refuse to bind when it would merge two identities: the Smartsheet account is bound to another end user (always),
     or, with AccountsPerEndUser=one, the end user already has a different Smartsheet account connected (with `many`
     an end user may own several connections). Revoked connections do not count: their binding ended with them. The
-    same end user with the same account simply reconnects."""
+    same end user with the same account simply reconnects. `region` (the signing-in account's) goes on the refusal."""
     existing = connections.get(smartsheet_user_id)
     if (
         existing is not None
@@ -112,6 +112,7 @@ def check_binding(
             end_user_id=end_user_id,
             smartsheet_user_id=smartsheet_user_id,
             existing_connection_id=existing.connection_id,
+            region=region,
         )
     if accounts_per_end_user == MANY_ACCOUNTS:
         return
@@ -125,6 +126,7 @@ def check_binding(
                     end_user_id=end_user_id,
                     smartsheet_user_id=smartsheet_user_id,
                     existing_connection_id=other.connection_id,
+                    region=region,
                 )
         if not start_key:
             return
@@ -138,7 +140,7 @@ def bind_or_refuse(
     end_user_id: str,
     smartsheet_user_id: str,
     accounts_per_end_user: str,
-    region: str | None = None,
+    region: str,
 ) -> None:
     """Before anything is stored: refuse a binding that would merge two identities, and revoke the grant this
     sign-in just got (at its region's API), so no token outlives the refusal. Only that grant: the account's other
@@ -149,6 +151,7 @@ def bind_or_refuse(
             end_user_id=end_user_id,
             smartsheet_user_id=smartsheet_user_id,
             accounts_per_end_user=accounts_per_end_user,
+            region=region,
         )
     except BindingConflict:
         try:
@@ -174,6 +177,7 @@ def refuse_wrong_account(
         smartsheet_user_id=signed_in,
         connection_id=record.connection_id,
         back=with_params(record.return_to, {OUTCOME: FAILED, ERROR: "wrong_account"}),
+        region=region,
     )
 
 
@@ -222,8 +226,8 @@ def _bind(
         )
     if held.end_user_id != end_user_id:
         # The browser that finished is not the session's end user: a forwarded (or phished) connect link.
-        _void(deps, completions, held, owner=owner, now=now)
-        _announce_refusal(deps, held, reason="completed_by_another_end_user")
+        opened = _void(deps, completions, held, owner=owner, now=now)
+        _announce_refusal(deps, held, opened, reason="completed_by_another_end_user")
         raise CompletionRefused(
             "end_user_mismatch",
             "This completion code belongs to a connect session of another end user: the link was opened by someone"
@@ -239,10 +243,13 @@ def _bind(
             end_user_id=end_user_id,
             smartsheet_user_id=held.smartsheet_user_id,
             accounts_per_end_user=deps.config.accounts_per_end_user,
+            region=deps.config.region_of(tokens.region),
         )
     except BindingConflict as conflict:
         _void(deps, completions, held, owner=owner, now=now, tokens=tokens)
-        _announce_refusal(deps, held, reason=conflict.reason, existing_connection_id=conflict.existing_connection_id)
+        _announce_refusal(
+            deps, held, tokens, reason=conflict.reason, existing_connection_id=conflict.existing_connection_id
+        )
         raise _conflict(conflict.reason) from None
     return _store(deps, completions, held, tokens, owner=owner, now=now)
 
@@ -272,7 +279,7 @@ def _store(
         # account's and now in its secret, serving that connection: it is not revoked, and nothing is rebound.
         completions.finish(held, owner=owner, outcome=VOIDED, now=now)
         reason = "smartsheet_account_bound_to_another_end_user"
-        _announce_refusal(deps, held, reason=reason)
+        _announce_refusal(deps, held, tokens, reason=reason)
         raise _conflict(reason) from None
     try:
         completions.finish(held, owner=owner, outcome=BOUND, now=now)
@@ -350,9 +357,10 @@ def _void(
     owner: str,
     now: int,
     tokens: TokenSet | None = None,
-) -> None:
+) -> TokenSet | None:
     """Use the code up without binding, and revoke its grant at Smartsheet (only that grant: the account's own
-    connection, if any, keeps its tokens), so no token outlives the refusal. The revoke is best effort."""
+    connection, if any, keeps its tokens), so no token outlives the refusal. The revoke is best effort. Returns the
+    held pair when it could be opened (None: no key, or it would not open)."""
     if tokens is None and deps.vault.sealer is not None:
         try:
             tokens = deps.vault.sealer.open(held.sealed, binding=held.binding)
@@ -361,6 +369,7 @@ def _void(
     completions.finish(held, owner=owner, outcome=VOIDED, now=now)
     if tokens is not None:
         _revoke(deps.smartsheet(), tokens.access_token, region=tokens.region)
+    return tokens
 
 
 def _revoke(smartsheet: SmartsheetClient, access_token: str, *, region: str | None = None) -> None:
@@ -371,15 +380,22 @@ def _revoke(smartsheet: SmartsheetClient, access_token: str, *, region: str | No
 
 
 def _announce_refusal(
-    deps: ManagementDeps, held: HeldCompletion, *, reason: str, existing_connection_id: str | None = None
+    deps: ManagementDeps,
+    held: HeldCompletion,
+    tokens: TokenSet | None,
+    *,
+    reason: str,
+    existing_connection_id: str | None = None,
 ) -> None:
+    """Binding Conflict for a refused completion, in the region of its held pair (the stack's default when the pair
+    could not be opened)."""
     events.emit(
         deps.events,
         events.ConnectionEvent(
             detail_type=detail_type("binding_refused"),
             connection_id=existing_connection_id or held.smartsheet_user_id,
             status=status_after("binding_refused"),
-            region=deps.config.region,
+            region=deps.config.region_of(tokens.region if tokens is not None else None),
             end_user_id=held.end_user_id,
             reason=reason,
             extra={"attempted_smartsheet_user_id": held.smartsheet_user_id},

@@ -413,7 +413,7 @@ def _make_ours(
     # Connection ids are Smartsheet user ids: one id is never a connection of two regions (sign_in.py).
     _refuse_other_region(deps, ledger, existing, key=entry.key, owner=owner, smartsheet=smartsheet, tokens=tokens)
     try:
-        _check_binding(deps, existing, end_user_id=grant.end_user_id, smartsheet_user_id=user.id)
+        _check_binding(deps, existing, end_user_id=grant.end_user_id, smartsheet_user_id=user.id, region=region)
     except BindingConflict as conflict:
         _refuse_binding(
             deps, ledger, key=entry.key, owner=owner, smartsheet=smartsheet, tokens=tokens, conflict=conflict
@@ -488,7 +488,7 @@ def _make_ours(
 
 
 def _check_binding(
-    deps: ManagementDeps, existing: Connection | None, *, end_user_id: str | None, smartsheet_user_id: str
+    deps: ManagementDeps, existing: Connection | None, *, end_user_id: str | None, smartsheet_user_id: str, region: str
 ) -> None:
     """A bound import checks as a confirmed connect session does; an unbound one may not take a connection bound to
     an end user (only that end user's confirmed connect session, or a bound import for them, may)."""
@@ -498,6 +498,7 @@ def _check_binding(
             end_user_id=end_user_id,
             smartsheet_user_id=smartsheet_user_id,
             accounts_per_end_user=deps.config.accounts_per_end_user,
+            region=region,
         )
         return
     if existing is not None and existing.end_user_id and existing.status != ConnectionStatus.REVOKED:
@@ -506,6 +507,7 @@ def _check_binding(
             end_user_id=existing.end_user_id,
             smartsheet_user_id=smartsheet_user_id,
             existing_connection_id=smartsheet_user_id,
+            region=region,
         )
 
 
@@ -527,7 +529,11 @@ def _refuse_other_region(
     ):
         return
     conflict = BindingConflict(
-        "region_conflict", end_user_id="", smartsheet_user_id=tokens.user_id, existing_connection_id=tokens.user_id
+        "region_conflict",
+        end_user_id="",
+        smartsheet_user_id=tokens.user_id,
+        existing_connection_id=tokens.user_id,
+        region=tokens.region,
     )
     _refuse_binding(deps, ledger, key=key, owner=owner, smartsheet=smartsheet, tokens=tokens, conflict=conflict)
 

@@ -53,12 +53,14 @@ class LoginRedirect(NamedTuple):
 
 
 class SignedIn(NamedTuple):
-    """A finished sign-in: the stored connection, whom it is for, and where to send the browser."""
+    """A finished sign-in: the stored connection, whom it is for, its Smartsheet region, and where to send the
+    browser."""
 
     connection_id: str
     email: str
     return_to: str | None
     is_new: bool
+    region: str
 
 
 def checked_return_to(raw: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -328,6 +330,7 @@ def _finish(
             end_user_id=(bound.end_user_id if bound else None) or "",
             smartsheet_user_id=user.id,
             existing_connection_id=user.id,
+            region=region,
         ) from None
     steps.passed(watcher, steps.CALLBACK_RECORDED, user.id)
-    return SignedIn(connection_id=user.id, email=user.email, return_to=record.return_to, is_new=is_new)
+    return SignedIn(connection_id=user.id, email=user.email, return_to=record.return_to, is_new=is_new, region=region)
