@@ -23,6 +23,11 @@ SQS_MAXIMUM_BATCH: Final = 10  # one ReceiveMessage, SendMessageBatch or DeleteM
 # in both queues, and it shows in the dead-letter queue again after this.
 HOLD_SECONDS: Final = 120
 REDRIVE_WAIT_SECONDS: Final = 1  # a receive that waits this long and finds nothing ends the run
+# A moved event is delivered no sooner than this after it was sent back: its last attempt (which put it in the
+# dead-letter queue) was signed before the move, so the next is signed at a later second. Signed in the same second,
+# the two attempts would be the very same request (`t` is whole seconds, the body the same event), and a receiver's
+# replay check (WebhookVerifier) would refuse the redelivery: back to the dead-letter queue.
+REDRIVE_DELAY_SECONDS: Final = 1
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,13 @@ def redrive(
         sent = sqs.send_message_batch(
             QueueUrl=destination,
             Entries=[
-                {"Id": i, "MessageBody": m["Body"], "MessageAttributes": _attributes(m)} for i, m in by_id.items()
+                {
+                    "Id": i,
+                    "MessageBody": m["Body"],
+                    "MessageAttributes": _attributes(m),
+                    "DelaySeconds": REDRIVE_DELAY_SECONDS,
+                }
+                for i, m in by_id.items()
             ],
         )
         sent_ids = [entry["Id"] for entry in sent.get("Successful") or []]

@@ -46,12 +46,36 @@ def fill(sqs: Any, url: str, n: int) -> list[str]:
 
 
 def drain(sqs: Any, url: str) -> list[dict[str, Any]]:
+    """Every message in the queue, the delayed ones (a redrive's) once their delay is over."""
+    deadline = time.monotonic() + 10
+    while delayed(sqs, url) and time.monotonic() < deadline:
+        time.sleep(0.05)
     found: dict[str, dict[str, Any]] = {}
     while messages := sqs.receive_message(
         QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60, MessageAttributeNames=["All"]
     ).get("Messages"):
         found.update({m["MessageId"]: m for m in messages})
     return list(found.values())
+
+
+def delayed(sqs: Any, url: str) -> int:
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"])
+    return int(attributes["Attributes"]["ApproximateNumberOfMessagesDelayed"])
+
+
+def test_a_moved_event_waits_a_second_so_its_next_attempt_is_not_the_same_signed_request(sqs: Any) -> None:
+    # The attempt that dead-lettered it was signed at `t` (whole seconds); a redelivery in that same second would be
+    # byte for byte the same request, and WebhookVerifier refuses it as a replay (caught by the ops test in CI).
+    dead, deliveries = queues(sqs)
+    fill(sqs, dead, 3)
+
+    report = redrive(sqs, source=dead, destination=deliveries, limit=None, wait_seconds=0)
+
+    assert report.moved == 3
+    counts = sqs.get_queue_attributes(QueueUrl=deliveries, AttributeNames=["All"])["Attributes"]
+    assert counts["ApproximateNumberOfMessages"] == "0"
+    assert counts["ApproximateNumberOfMessagesDelayed"] == "3"
+    assert len(drain(sqs, deliveries)) == 3  # and then delivered
 
 
 def test_every_waiting_message_is_moved_with_its_body_and_attributes(sqs: Any) -> None:
