@@ -69,6 +69,18 @@ def sign_in_eu(broker: Broker, eu: SmartsheetEmulator, user_id: int) -> tuple[in
     return callback.status, callback.body
 
 
+def eu_connect(
+    broker: Broker, eu: SmartsheetEmulator, user_id: int, *, end_user_id: str = "", reconnect: int = 0
+) -> Answer:
+    """An EU connect session for end_user_id (or a reconnect link of connection `reconnect`) signed in at the EU as
+    user_id: the callback's answer."""
+    asked = {"connection_id": str(reconnect)} if reconnect else {"end_user_id": end_user_id, "region": "eu"}
+    created = call_management("POST", "/connect-sessions", body={**asked, "return_to": RETURN_TO})
+    assert created.status == 201, created.body
+    started = broker.press_connect(broker.login({"session": created.body["login_url"].split("session=")[1]}))
+    return broker.callback(callback_query(eu.consent(started.location, user_id=user_id)), started.cookie(NONCE_COOKIE))
+
+
 def test_login_with_region_sends_the_browser_to_that_regions_authorize_page_and_keeps_the_region_with_the_state(
     regional: Broker, eu: SmartsheetEmulator
 ) -> None:
@@ -342,12 +354,8 @@ def test_a_connect_session_of_the_same_id_in_another_region_returns_region_confl
 ) -> None:
     assert regional.sign_in(user_id=ADA).status == 200
     before = regional.connection(ADA)
-    created = call_management(
-        "POST", "/connect-sessions", body={"end_user_id": "user-x", "return_to": RETURN_TO, "region": "eu"}
-    )
-    started = regional.press_connect(regional.login({"session": created.body["login_url"].split("session=")[1]}))
 
-    back = regional.callback(callback_query(eu.consent(started.location, user_id=ADA)), started.cookie(NONCE_COOKIE))
+    back = eu_connect(regional, eu, ADA, end_user_id="user-x")
 
     assert back.status == 303
     query = parse_qs(urlsplit(back.location).query)
@@ -433,12 +441,7 @@ def test_the_management_client_asks_for_a_region_and_reads_the_broker_s_refusal(
 
 def eu_connection_needing_reauth(broker: Broker, eu: SmartsheetEmulator) -> None:
     """EVE connected through an EU connect session as user-eu, then revoked the app at the EU's Smartsheet."""
-    created = call_management(
-        "POST", "/connect-sessions", body={"end_user_id": "user-eu", "return_to": RETURN_TO, "region": "eu"}
-    )
-    started = broker.press_connect(broker.login({"session": created.body["login_url"].split("session=")[1]}))
-    back = broker.callback(callback_query(eu.consent(started.location, user_id=EVE)), started.cookie(NONCE_COOKIE))
-    assert complete(completion_code(back), "user-eu").status == 200
+    assert complete(completion_code(eu_connect(broker, eu, EVE, end_user_id="user-eu")), "user-eu").status == 200
     eu.revoke_user(EVE)
     broker.make_due(EVE)
     broker.sweep()
@@ -496,10 +499,8 @@ def test_another_account_on_an_eu_reconnect_link_has_its_grant_revoked_in_the_eu
 ) -> None:
     eu_connection_needing_reauth(regional, eu)
     before = regional.connection(EVE)
-    created = call_management("POST", "/connect-sessions", body={"connection_id": str(EVE), "return_to": RETURN_TO})
-    started = regional.press_connect(regional.login({"session": created.body["login_url"].split("session=")[1]}))
 
-    back = regional.callback(callback_query(eu.consent(started.location, user_id=ADA)), started.cookie(NONCE_COOKIE))
+    back = eu_connect(regional, eu, ADA, reconnect=EVE)
 
     assert back.status == 409, back.body
     assert "wrong_account" in back.body
@@ -509,18 +510,6 @@ def test_another_account_on_an_eu_reconnect_link_has_its_grant_revoked_in_the_eu
 
 
 # ------------------------------------------------------------------ events name the sign-in's region, not the stack's
-def eu_connect(
-    broker: Broker, eu: SmartsheetEmulator, user_id: int, *, end_user_id: str = "", reconnect: int = 0
-) -> Answer:
-    """An EU connect session for end_user_id (or a reconnect link of connection `reconnect`) signed in at the EU as
-    user_id: the callback's answer."""
-    asked = {"connection_id": str(reconnect)} if reconnect else {"end_user_id": end_user_id, "region": "eu"}
-    created = call_management("POST", "/connect-sessions", body={**asked, "return_to": RETURN_TO})
-    assert created.status == 201, created.body
-    started = broker.press_connect(broker.login({"session": created.body["login_url"].split("session=")[1]}))
-    return broker.callback(callback_query(eu.consent(started.location, user_id=user_id)), started.cookie(NONCE_COOKIE))
-
-
 def announced(sink: EventSink) -> list[tuple[str, str, str, str | None]]:
     """(detail-type, connection_id, region, reason) of each event published since the last drain."""
     return [
